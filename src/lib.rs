@@ -1,0 +1,9 @@
+//! zester: the security core of a NATS fleet on one node.
+//!
+//! The library holds all logic so that the `zester` binary, the tests and the benchmarks call
+//! the same code. `identity` and `permissions` are pure (no files, no network, no clock reads);
+//! `home`, `pki` and `broker` are the edges that touch the disk and processes.
+
+pub mod broker;
+pub mod identity;
+pub mod pki;

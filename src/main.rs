@@ -1,0 +1,2 @@
+//! The `zester` command line: argument parsing and dispatch only.
+fn main() {}
