@@ -1,0 +1,134 @@
+//! Peel ids: the names peels are known by, and the subject tokens they become.
+//!
+//! An id ends up inside NATS subjects (`zester.cmd.<id>`) and file names (`<id>.creds`), so the
+//! rule is strict: `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`. Dots, wildcards, spaces and non-ASCII
+//! look-alikes can never reach a subject. Ids starting with `_` are reserved for the master.
+
+use std::fmt;
+
+/// The longest id allowed.
+pub const MAX_LEN: usize = 128;
+
+/// Why a text is not a peel id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeelIdError {
+    /// Empty.
+    #[error("peel id is empty")]
+    Empty,
+    /// Longer than [`MAX_LEN`].
+    #[error("peel id is {len} characters long; at most {MAX_LEN} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Starts with `_`.
+    #[error("peel id {id:?} starts with '_', which is reserved for the master and admins")]
+    Reserved {
+        /// The id.
+        id: String,
+    },
+    /// Contains a character outside `A-Za-z0-9_-`, or starts with `-`.
+    #[error("peel id {id:?} has {ch:?} at position {position}: use letters, digits, '_' and '-' only, starting with a letter or digit")]
+    InvalidCharacter {
+        /// The id (shortened).
+        id: String,
+        /// The offending character.
+        ch: char,
+        /// Its position (in characters).
+        position: usize,
+    },
+}
+
+/// A validated peel id. Only [`PeelId::parse`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeelId(String);
+
+impl PeelId {
+    /// Validates `text` as a peel id.
+    pub fn parse(text: &str) -> Result<PeelId, PeelIdError> {
+        if text.is_empty() {
+            return Err(PeelIdError::Empty);
+        }
+        if text.starts_with('_') {
+            return Err(PeelIdError::Reserved {
+                id: super::keys::shorten(text),
+            });
+        }
+        for (position, ch) in text.chars().enumerate() {
+            let allowed = ch.is_ascii_alphanumeric() || (position > 0 && (ch == '_' || ch == '-'));
+            if !allowed {
+                return Err(PeelIdError::InvalidCharacter {
+                    id: super::keys::shorten(text),
+                    ch,
+                    position,
+                });
+            }
+        }
+        if text.len() > MAX_LEN {
+            return Err(PeelIdError::TooLong { len: text.len() });
+        }
+        Ok(PeelId(text.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for PeelId {
+    type Err = PeelIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PeelId::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        for ok in ["a", "web-01", "db_2", "A9", &"x".repeat(MAX_LEN)] {
+            assert_eq!(PeelId::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else_with_a_reason() {
+        assert_eq!(PeelId::parse(""), Err(PeelIdError::Empty));
+        assert!(matches!(
+            PeelId::parse("_master"),
+            Err(PeelIdError::Reserved { .. })
+        ));
+        assert!(matches!(
+            PeelId::parse(&"x".repeat(MAX_LEN + 1)),
+            Err(PeelIdError::TooLong { .. })
+        ));
+        for bad in [
+            "a.b",
+            "*",
+            ">",
+            "-a",
+            "a b",
+            "pe\u{0435}l",
+            "a/b",
+            "a\n",
+            "a$",
+        ] {
+            assert!(
+                matches!(
+                    PeelId::parse(bad),
+                    Err(PeelIdError::InvalidCharacter { .. })
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+}
