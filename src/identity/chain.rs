@@ -264,8 +264,10 @@ mod tests {
     }
 
     fn user(signer: &KeyPair, issuer_account: &str) -> UserJwt {
-        let mut nats = UserNats::default();
-        nats.issuer_account = issuer_account.to_string();
+        let nats = UserNats {
+            issuer_account: issuer_account.to_string(),
+            ..UserNats::default()
+        };
         encode(
             Claims {
                 sub: KeyPair::new_user().public_key(),

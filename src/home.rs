@@ -1,0 +1,574 @@
+//! The on-disk home of a zester node: its layout, atomic private writes, and `init`.
+//!
+//! Every path zester uses is built here and nowhere else. Layout (DESIGN §3):
+//!
+//! ```text
+//! $ZESTER_HOME/            0700  (default ~/.local/share/zester)
+//!   zester.toml                  configuration (never overwritten by init)
+//!   auth/                  0700  operator.jwt, *.nk seeds, sys.jwt, zester.jwt, *.xk curve
+//!                                seeds, callout/master/admin/sys .creds
+//!   pki/                   0700  ca.pem, ca.key, server.pem, server.key
+//!   nats/                  0700  generated nats-server config, jetstream/, log
+//!   peels/                 0700  creds exported by `zester creds issue`
+//! ```
+//!
+//! Files are written atomically (temp file in the same directory, fsync, rename, fsync of the
+//! directory) with mode 0600 for secrets and 0644 for public material. `init` builds `auth/` and
+//! `pki/` in staging directories and renames them into place, `auth/` last, so a home either has
+//! a complete `auth/` or none: a killed init is simply run again.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::authority::{Authority, AuthorityError, ServiceUsers, StoredAuthority};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
+use crate::identity::creds::{Creds, CredsError};
+use crate::pki::{self, PkiError, ServerNames};
+
+/// Mode of secret files.
+pub const SECRET_MODE: u32 = 0o600;
+/// Mode of public files (JWTs, certificates).
+pub const PUBLIC_MODE: u32 = 0o644;
+/// Mode of every directory zester creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// What went wrong with the home or a file in it.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// A file system operation failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("write", "read", "create directory"…).
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No home there yet.
+    #[error("no zester home at {}: run `zester init` first (or point --home / ZESTER_HOME at an existing one)", root.display())]
+    NotInitialised {
+        /// The home looked at.
+        root: PathBuf,
+    },
+    /// `init` without `--force` on an existing home.
+    #[error("{} already holds a zester home; `zester init --force` replaces its keys (the old ones are kept in {}/auth.replaced-*, and every creds issued so far stops working)", root.display(), root.display())]
+    AlreadyInitialised {
+        /// The home.
+        root: PathBuf,
+    },
+    /// Neither --home, ZESTER_HOME nor HOME is set.
+    #[error("cannot tell where the zester home is: set ZESTER_HOME or pass --home DIR")]
+    NoHomeDirectory,
+    /// A creds file is broken.
+    #[error("{}: {source}", path.display())]
+    Creds {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        source: CredsError,
+    },
+    /// The stored keys and JWTs are broken or do not belong together.
+    #[error("the keys in {} are damaged: {source}. Restore auth/ from a backup, or re-create the home with `zester init --force`", dir.display())]
+    Authority {
+        /// The auth directory.
+        dir: PathBuf,
+        /// The problem.
+        source: AuthorityError,
+    },
+    /// The configuration file is invalid.
+    #[error("{}: {source}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        source: ConfigError,
+    },
+    /// The TLS PKI could not be made.
+    #[error("TLS certificates: {0}")]
+    Pki(#[from] PkiError),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HomeError {
+    let path = path.to_path_buf();
+    move |source| HomeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (existing ones are left as they are,
+/// except `dir` itself, which is set to 0700).
+pub fn create_private_dir(dir: &Path) -> Result<(), HomeError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_error("create directory", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+        .map_err(io_error("set permissions on", dir))
+}
+
+/// Writes `contents` to `path` atomically with `mode`: never a partial file, never a moment
+/// with looser permissions.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), HomeError> {
+    write_atomic_with(path, contents, mode, |_| Ok(()))
+}
+
+/// [`write_atomic`] with a hook run after the temp file is synced and before the rename, so
+/// tests can inject a failure (or a crash) at the worst moment.
+pub fn write_atomic_with(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    before_rename: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(), HomeError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(io_error("create", &temp))?;
+        // The umask may have narrowed the mode; widen it back to exactly `mode`.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_error("set permissions on", &temp))?;
+        file.write_all(contents).map_err(io_error("write", &temp))?;
+        file.sync_all().map_err(io_error("sync", &temp))?;
+        before_rename(&temp).map_err(io_error("write", path))?;
+        fs::rename(&temp, path).map_err(io_error("replace", path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("sync directory", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn read_text(path: &Path) -> Result<String, HomeError> {
+    fs::read_to_string(path).map_err(io_error("read", path))
+}
+
+/// Reads and parses a `.creds` file; errors name the file.
+pub fn read_creds(path: &Path) -> Result<Creds, HomeError> {
+    let text = read_text(path)?;
+    Creds::parse(&text).map_err(|source| HomeError::Creds {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a `.creds` file atomically with mode 0600, creating its directory (0700) if needed.
+pub fn write_creds(path: &Path, creds: &Creds) -> Result<(), HomeError> {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        create_private_dir(dir)?;
+    }
+    write_atomic(path, creds.to_text().as_bytes(), SECRET_MODE)
+}
+
+/// The home directory of one zester node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// What `init` made, for the caller to report (public material only).
+#[derive(Debug)]
+pub struct InitReport {
+    /// The home.
+    pub root: PathBuf,
+    /// Operator identity key.
+    pub operator: String,
+    /// SYS account key.
+    pub sys_account: String,
+    /// ZESTER account key.
+    pub zester_account: String,
+    /// ZESTER signing key.
+    pub zester_signing_key: String,
+    /// Callout curve key.
+    pub callout_xkey: String,
+    /// Master curve key.
+    pub master_xkey: String,
+    /// SPKI pin of the CA.
+    pub ca_pin: String,
+    /// Names in the server certificate.
+    pub tls_names: Vec<String>,
+    /// Whether an existing home's keys were replaced (and where they were moved).
+    pub replaced: Option<PathBuf>,
+}
+
+impl Home {
+    /// A home at `root` (nothing is checked or created).
+    pub fn at(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+
+    /// The home given by `--home`/`ZESTER_HOME` (already merged by the caller into `explicit`),
+    /// else `$XDG_DATA_HOME/zester`, else `~/.local/share/zester`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Home, HomeError> {
+        if let Some(path) = explicit {
+            return Ok(Home::at(path));
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(data) = env("XDG_DATA_HOME") {
+            return Ok(Home::at(data.join("zester")));
+        }
+        env("HOME")
+            .map(|home| Home::at(home.join(".local/share/zester")))
+            .ok_or(HomeError::NoHomeDirectory)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `zester.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("zester.toml")
+    }
+    /// `auth/`.
+    pub fn auth_dir(&self) -> PathBuf {
+        self.root.join("auth")
+    }
+    /// `pki/`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+    /// `nats/`.
+    pub fn nats_dir(&self) -> PathBuf {
+        self.root.join("nats")
+    }
+    /// `peels/`.
+    pub fn peels_dir(&self) -> PathBuf {
+        self.root.join("peels")
+    }
+    /// Where `zester creds issue ID` writes by default.
+    pub fn peel_creds(&self, id: &str) -> PathBuf {
+        self.peels_dir().join(format!("{id}.creds"))
+    }
+    /// A service user's creds: `auth/<name>.creds` (callout, master, admin, sys).
+    pub fn service_creds(&self, name: &str) -> PathBuf {
+        self.auth_dir().join(format!("{name}.creds"))
+    }
+    /// The CA certificate peels verify the server with.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki_dir().join("ca.pem")
+    }
+    /// The server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.pki_dir().join("server.pem")
+    }
+    /// The server key.
+    pub fn server_key(&self) -> PathBuf {
+        self.pki_dir().join("server.key")
+    }
+    /// The operator JWT.
+    pub fn operator_jwt(&self) -> PathBuf {
+        self.auth_dir().join(AUTH_FILES[2].0)
+    }
+
+    /// True when the home has been initialised (its `auth/` exists).
+    pub fn is_initialised(&self) -> bool {
+        self.auth_dir().join(AUTH_FILES[2].0).is_file()
+    }
+
+    /// Reads `zester.toml` (defaults when the file does not exist).
+    pub fn load_config(&self) -> Result<Config, HomeError> {
+        let path = self.config_file();
+        if !path.exists() {
+            return Ok(Config::default());
+        }
+        Config::parse(&read_text(&path)?).map_err(|source| HomeError::Config { path, source })
+    }
+
+    /// Loads and cross-checks the stored hierarchy.
+    pub fn load_authority(&self) -> Result<Authority, HomeError> {
+        if !self.is_initialised() {
+            return Err(HomeError::NotInitialised {
+                root: self.root.clone(),
+            });
+        }
+        let dir = self.auth_dir();
+        let mut stored = StoredAuthority::default();
+        for (name, field, _) in AUTH_FILES {
+            *field(&mut stored) = read_text(&dir.join(name))?;
+        }
+        Authority::assemble(&stored).map_err(|source| HomeError::Authority { dir, source })
+    }
+
+    /// Creates the home: hierarchy, service creds, TLS PKI and `zester.toml`.
+    ///
+    /// Refuses an initialised home unless `force`; with `force` the old `auth/` and `pki/` are
+    /// moved aside to `auth.replaced-<now>` / `pki.replaced-<now>`, never deleted.
+    pub fn init(&self, force: bool, hostname: &str, now: i64) -> Result<InitReport, HomeError> {
+        let replacing = self.is_initialised();
+        if replacing && !force {
+            return Err(HomeError::AlreadyInitialised {
+                root: self.root.clone(),
+            });
+        }
+        create_private_dir(&self.root)?;
+        let config_path = self.config_file();
+        if !config_path.exists() {
+            write_atomic(&config_path, DEFAULT_CONFIG_TOML.as_bytes(), PUBLIC_MODE)?;
+        }
+        let config = self.load_config()?;
+        let names = ServerNames::defaults(hostname, &config.server.tls_names)?;
+        let (authority, users) =
+            Authority::generate(now).map_err(|source| HomeError::Authority {
+                dir: self.auth_dir(),
+                source,
+            })?;
+        let pki = pki::generate(&names, system_time(now))?;
+
+        let auth_stage = self.root.join("auth.new");
+        let pki_stage = self.root.join("pki.new");
+        for stage in [&auth_stage, &pki_stage] {
+            if stage.exists() {
+                fs::remove_dir_all(stage).map_err(io_error("remove stale", stage))?;
+            }
+            create_private_dir(stage)?;
+        }
+        write_authority(&auth_stage, &authority, &users)?;
+        for (name, contents, mode) in [
+            ("ca.pem", &pki.ca_cert_pem, PUBLIC_MODE),
+            ("ca.key", &pki.ca_key_pem, SECRET_MODE),
+            ("server.pem", &pki.server_cert_pem, PUBLIC_MODE),
+            ("server.key", &pki.server_key_pem, SECRET_MODE),
+        ] {
+            write_atomic(&pki_stage.join(name), contents.as_bytes(), mode)?;
+        }
+        for dir in [self.nats_dir(), self.peels_dir()] {
+            create_private_dir(&dir)?;
+        }
+
+        let mut replaced = None;
+        if replacing {
+            let aside = self.root.join(format!("auth.replaced-{now}"));
+            rename(&self.auth_dir(), &aside)?;
+            replaced = Some(aside);
+        }
+        if self.pki_dir().exists() {
+            // Either replaced with --force, or left by an init that was interrupted.
+            rename(
+                &self.pki_dir(),
+                &self.root.join(format!("pki.replaced-{now}")),
+            )?;
+        }
+        rename(&pki_stage, &self.pki_dir())?;
+        rename(&auth_stage, &self.auth_dir())?;
+        sync_dir(&self.root)?;
+
+        let mut tls_names: Vec<String> = names.dns.clone();
+        tls_names.extend(names.ips.iter().map(|ip| ip.to_string()));
+        Ok(InitReport {
+            root: self.root.clone(),
+            operator: authority.operator.public_key(),
+            sys_account: authority.sys.public_key(),
+            zester_account: authority.zester.public_key(),
+            zester_signing_key: authority.zester_signer.public_key(),
+            callout_xkey: authority.callout_xkey.public_key(),
+            master_xkey: authority.master_xkey.public_key(),
+            ca_pin: pki.ca_pin()?,
+            tls_names,
+            replaced,
+        })
+    }
+}
+
+type StoredField = fn(&mut StoredAuthority) -> &mut String;
+
+/// File name, the stored field it holds, and whether it is secret.
+const AUTH_FILES: [(&str, StoredField, bool); 11] = [
+    ("operator.nk", |s| &mut s.operator_seed, true),
+    (
+        "operator-signing.nk",
+        |s| &mut s.operator_signing_seed,
+        true,
+    ),
+    ("operator.jwt", |s| &mut s.operator_jwt, false),
+    ("sys.nk", |s| &mut s.sys_seed, true),
+    ("sys-signing.nk", |s| &mut s.sys_signing_seed, true),
+    ("sys.jwt", |s| &mut s.sys_jwt, false),
+    ("zester.nk", |s| &mut s.zester_seed, true),
+    ("zester-signing.nk", |s| &mut s.zester_signing_seed, true),
+    ("zester.jwt", |s| &mut s.zester_jwt, false),
+    ("callout.xk", |s| &mut s.callout_xkey_seed, true),
+    ("master.xk", |s| &mut s.master_xkey_seed, true),
+];
+
+fn write_authority(
+    dir: &Path,
+    authority: &Authority,
+    users: &ServiceUsers,
+) -> Result<(), HomeError> {
+    let mut stored = authority.to_stored();
+    for (name, field, secret) in AUTH_FILES {
+        let mode = if secret { SECRET_MODE } else { PUBLIC_MODE };
+        let text = format!("{}\n", field(&mut stored));
+        write_atomic(&dir.join(name), text.as_bytes(), mode)?;
+    }
+    for (name, creds) in [
+        ("callout", &users.callout),
+        ("master", &users.master),
+        ("admin", &users.admin),
+        ("sys", &users.sys),
+    ] {
+        write_creds(&dir.join(format!("{name}.creds")), creds)?;
+    }
+    Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), HomeError> {
+    fs::rename(from, to).map_err(io_error("move", from))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), HomeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync directory", dir))
+}
+
+/// Unix seconds to `SystemTime` (times before 1970 clamp to the epoch).
+pub fn system_time(unix: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0))
+}
+
+/// The current time in unix seconds (the one clock read the CLI makes).
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn atomic_writes_set_the_mode_and_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.creds");
+        write_atomic(&path, b"old", SECRET_MODE).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        write_atomic(&path, b"new", PUBLIC_MODE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(mode(&path), 0o644);
+    }
+
+    #[test]
+    fn a_failure_before_rename_leaves_the_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.creds");
+        write_atomic(&path, b"old", SECRET_MODE).unwrap();
+        let err = write_atomic_with(&path, b"half-written new", SECRET_MODE, |temp| {
+            assert!(temp.exists(), "the temp file is complete before the rename");
+            Err(io::Error::other("injected crash"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("injected crash"));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temp file was cleaned up");
+    }
+
+    #[test]
+    fn init_makes_a_private_complete_home_and_refuses_to_clobber_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let report = home.init(false, "testhost", 1_800_000_000).unwrap();
+        assert!(report.ca_pin.starts_with("sha256:"));
+        assert!(report.tls_names.contains(&"testhost".to_string()));
+        for d in [
+            home.root().to_path_buf(),
+            home.auth_dir(),
+            home.pki_dir(),
+            home.peels_dir(),
+        ] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        for (name, _, secret) in AUTH_FILES {
+            assert_eq!(
+                mode(&home.auth_dir().join(name)),
+                if secret { 0o600 } else { 0o644 },
+                "{name}"
+            );
+        }
+        for name in ["callout", "master", "admin", "sys"] {
+            assert_eq!(mode(&home.service_creds(name)), 0o600);
+            read_creds(&home.service_creds(name)).unwrap();
+        }
+        assert_eq!(mode(&home.pki_dir().join("ca.key")), 0o600);
+        assert_eq!(mode(&home.server_key()), 0o600);
+        let authority = home.load_authority().unwrap();
+        assert_eq!(authority.operator.public_key(), report.operator);
+
+        assert!(matches!(
+            home.init(false, "testhost", 1_800_000_001),
+            Err(HomeError::AlreadyInitialised { .. })
+        ));
+        let again = home.init(true, "testhost", 1_800_000_002).unwrap();
+        assert_ne!(again.operator, report.operator);
+        let aside = again.replaced.unwrap();
+        assert!(
+            aside.join("operator.nk").exists(),
+            "old keys are kept, not deleted"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_init_is_simply_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        create_private_dir(&home.root().join("auth.new")).unwrap();
+        fs::write(home.root().join("auth.new/operator.nk"), "partial").unwrap();
+        create_private_dir(&home.pki_dir()).unwrap();
+        assert!(!home.is_initialised());
+        home.init(false, "h", 1_800_000_000).unwrap();
+        home.load_authority().unwrap();
+        assert!(!home.root().join("auth.new").exists());
+    }
+
+    #[test]
+    fn damaged_homes_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        assert!(matches!(
+            home.load_authority(),
+            Err(HomeError::NotInitialised { .. })
+        ));
+        home.init(false, "h", 1_800_000_000).unwrap();
+        fs::write(home.auth_dir().join("zester.jwt"), "eyJ0eXAi.garbage.x\n").unwrap();
+        let err = home.load_authority().unwrap_err().to_string();
+        assert!(err.contains("ZESTER account JWT"), "{err}");
+        fs::write(home.config_file(), "[server]\nlisten = 5\n").unwrap();
+        let err = home.load_config().unwrap_err().to_string();
+        assert!(err.contains("zester.toml"), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! The permission set of every role, per DESIGN §4. Pure: a role in, NATS permissions out.
+//!
+//! A peel may only speak as itself: publish its events, facts and job answers, and read its own
+//! commands, job cancels and its own inbox (`_INBOX.<id>`; the client sets that inbox prefix).
+//! Nothing here is taken from what a client claims: the callout decides the role from the key
+//! record and asks this module what that role may do.
+
+use crate::identity::claims::{Permission, Permissions, ResponsePermission};
+use crate::identity::peel_id::PeelId;
+
+/// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
+pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";
+/// The inbox prefix admin tools use.
+pub const ADMIN_INBOX_PREFIX: &str = "_INBOX._admin";
+/// Where nats-server sends auth-callout requests.
+pub const AUTH_CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+
+/// Who a connection is, as far as permissions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// An accepted peel.
+    Peel(PeelId),
+    /// The master: drives the fleet, owns the KV buckets.
+    Master,
+    /// An operator's tools (`zester key …`).
+    Admin,
+    /// A key that is enrolling: it may only talk about itself.
+    Enrolling {
+        /// The enrolling nkey (U…).
+        nkey: String,
+    },
+    /// The auth-callout service: reads requests, answers them, nothing else.
+    Callout,
+}
+
+impl Role {
+    /// A short name for logs and tags.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Peel(_) => "peel",
+            Role::Master => "master",
+            Role::Admin => "admin",
+            Role::Enrolling { .. } => "enrolling",
+            Role::Callout => "callout",
+        }
+    }
+
+    /// The inbox prefix clients of this role must use.
+    pub fn inbox_prefix(&self) -> String {
+        match self {
+            Role::Peel(id) => format!("_INBOX.{id}"),
+            Role::Master => MASTER_INBOX_PREFIX.to_string(),
+            Role::Admin | Role::Callout => ADMIN_INBOX_PREFIX.to_string(),
+            Role::Enrolling { nkey } => format!("_INBOX.{nkey}"),
+        }
+    }
+}
+
+fn allow(subjects: &[String]) -> Permission {
+    Permission {
+        allow: subjects.to_vec(),
+        deny: Vec::new(),
+    }
+}
+
+fn strings(subjects: &[&str]) -> Vec<String> {
+    subjects.iter().map(|s| s.to_string()).collect()
+}
+
+/// Answers to requests a client received: one reply each, server default TTL.
+const ONE_REPLY: ResponsePermission = ResponsePermission { max: 1, ttl: 0 };
+
+/// The permissions of `role`.
+pub fn permissions_for(role: &Role) -> Permissions {
+    match role {
+        Role::Peel(id) => Permissions {
+            publish: allow(&[
+                format!("zester.event.{id}.>"),
+                format!("zester.fact.{id}"),
+                format!("zester.job.*.ack.{id}"),
+                format!("zester.job.*.return.{id}"),
+            ]),
+            subscribe: allow(&[
+                format!("zester.cmd.{id}"),
+                format!("zester.cmd.{id}.>"),
+                "zester.job.*.cancel".to_string(),
+                format!("_INBOX.{id}.>"),
+            ]),
+            resp: Some(ONE_REPLY),
+        },
+        Role::Master => {
+            let all = strings(&["zester.>", "$JS.API.>", "$KV.>", "_INBOX.>"]);
+            Permissions {
+                publish: allow(&all),
+                subscribe: allow(&all),
+                resp: None,
+            }
+        }
+        Role::Admin => Permissions {
+            publish: allow(&strings(&[
+                "zester.cmd.>",
+                "zester.job.>",
+                "zester.admin.>",
+                "_INBOX._admin.>",
+            ])),
+            subscribe: allow(&strings(&[
+                "zester.event.>",
+                "zester.job.>",
+                "_INBOX._admin.>",
+            ])),
+            resp: None,
+        },
+        Role::Enrolling { nkey } => Permissions {
+            publish: allow(&[format!("zester.enrol.{nkey}")]),
+            subscribe: allow(&[format!("_INBOX.{nkey}.>")]),
+            resp: None,
+        },
+        // Deny every publish except replies to the requests it received.
+        Role::Callout => Permissions {
+            publish: Permission {
+                allow: Vec::new(),
+                deny: strings(&[">"]),
+            },
+            subscribe: allow(&strings(&[AUTH_CALLOUT_SUBJECT])),
+            resp: Some(ONE_REPLY),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peel(id: &str) -> Permissions {
+        permissions_for(&Role::Peel(PeelId::parse(id).unwrap()))
+    }
+
+    #[test]
+    fn a_peel_only_names_itself() {
+        let p = peel("web-01");
+        for subject in p.publish.allow.iter().chain(&p.subscribe.allow) {
+            let tokens: Vec<&str> = subject.split('.').collect();
+            let names_itself = tokens.contains(&"web-01");
+            let shared = subject == "zester.job.*.cancel";
+            assert!(
+                names_itself || shared,
+                "{subject} is not scoped to the peel"
+            );
+            assert!(!tokens.contains(&">") || tokens[tokens.len() - 2] == "web-01" || shared);
+        }
+        assert!(!p.subscribe.allow.iter().any(|s| s == "_INBOX.>"));
+        assert_eq!(p.resp, Some(ONE_REPLY));
+    }
+
+    #[test]
+    fn two_peels_share_no_subject_but_job_cancel() {
+        let a = peel("a");
+        let b = peel("b");
+        for subject in a.publish.allow.iter().chain(&a.subscribe.allow) {
+            let in_b = b.publish.allow.contains(subject) || b.subscribe.allow.contains(subject);
+            assert!(
+                !in_b || subject == "zester.job.*.cancel",
+                "{subject} shared"
+            );
+        }
+    }
+
+    #[test]
+    fn enrolling_keys_may_only_talk_about_themselves() {
+        let p = permissions_for(&Role::Enrolling {
+            nkey: "UABC".into(),
+        });
+        assert_eq!(p.publish.allow, vec!["zester.enrol.UABC"]);
+        assert_eq!(p.subscribe.allow, vec!["_INBOX.UABC.>"]);
+    }
+
+    #[test]
+    fn admin_inbox_is_reserved() {
+        assert!(PeelId::parse("_admin").is_err());
+        assert_eq!(Role::Admin.inbox_prefix(), ADMIN_INBOX_PREFIX);
+    }
+}
