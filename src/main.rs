@@ -1,2 +1,138 @@
-//! The `zester` command line: argument parsing and dispatch only.
-fn main() {}
+//! The `zester` command line: argument parsing and dispatch only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use zester::commands::{self, Output};
+use zester::home::{now_unix, Home};
+
+/// zester: the security core of a NATS fleet on one node.
+///
+/// It keeps the operator, accounts and keys of the fleet, issues peel credentials, and (with
+/// `zester up`, to come) runs nats-server with an auth callout giving every peel
+/// least-privilege permissions.
+#[derive(Debug, Parser)]
+#[command(name = "zester", version, propagate_version = true)]
+struct Cli {
+    /// The zester home directory (keys, certificates, configuration).
+    /// Default: $XDG_DATA_HOME/zester or ~/.local/share/zester.
+    #[arg(long, global = true, env = "ZESTER_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new home: operator, SYS and ZESTER accounts with signing keys, the callout,
+    /// master, admin and sys users, curve keys, a TLS CA and server certificate, zester.toml.
+    ///
+    /// Prints public keys and the CA's SPKI pin (give the pin to peels for out-of-band trust);
+    /// never a seed.
+    Init {
+        /// Replace the keys of an existing home. The old auth/ and pki/ are moved aside, not
+        /// deleted, but every creds issued so far stops working.
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue and inspect NATS .creds files.
+    Creds {
+        #[command(subcommand)]
+        command: CredsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredsCommand {
+    /// Issue creds for a peel: a fresh user nkey and a JWT signed by the ZESTER signing key with
+    /// the peel's permissions (its own subjects only).
+    ///
+    /// Example: zester creds issue web-01 --expiry 90d
+    Issue {
+        /// The peel id: letters, digits, '_' and '-', starting with a letter or digit, at most
+        /// 128 characters.
+        id: String,
+        /// Where to write the creds (mode 0600). Default: <home>/peels/<ID>.creds.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Lifetime of the JWT, e.g. 180d, 12h, 1y, or 0 for never.
+        /// Default: peels.expiry from zester.toml (180d).
+        #[arg(long, value_name = "DURATION")]
+        expiry: Option<String>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a creds file holds (never its seed) and check its chain against the home.
+    ///
+    /// Exits 1 when the creds are expired or do not chain to this home's operator.
+    Inspect {
+        /// The creds file.
+        file: PathBuf,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zester: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::locate(cli.home.as_deref())?;
+    let now = now_unix();
+    let (output, json) = match cli.command {
+        Command::Init { force, json } => (commands::init(&home, force, &hostname(), now)?, json),
+        Command::Creds { command } => match command {
+            CredsCommand::Issue {
+                id,
+                out,
+                expiry,
+                force,
+                json,
+            } => (
+                commands::creds_issue(&home, &id, out.as_deref(), expiry.as_deref(), force, now)?,
+                json,
+            ),
+            CredsCommand::Inspect { file, json } => {
+                (commands::creds_inspect(&home, &file, now)?, json)
+            }
+        },
+    };
+    print(&output, json)?;
+    Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
+}
+
+fn print(output: &Output, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&output.json)?);
+    } else {
+        print!("{}", output.human);
+    }
+    Ok(())
+}
+
+/// This machine's hostname, for the TLS certificate (empty when unknown).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,282 @@
+//! The bodies of the local CLI commands (`init`, `creds issue`, `creds inspect`).
+//!
+//! Each takes plain arguments plus `now`, does its work through `home` and the identity core,
+//! and returns an [`Output`] holding both the human text and the `--json` document, so `main`
+//! only parses arguments and prints. Nothing secret ever goes into an `Output`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::home::{self, Home, HomeError};
+use crate::identity::chain;
+use crate::identity::creds::Creds;
+use crate::identity::peel_id::{PeelId, PeelIdError};
+use crate::identity::time::{parse_duration, rfc3339, DurationError};
+
+/// What a command prints, both ways, and how it exits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Text for people.
+    pub human: String,
+    /// The `--json` document.
+    pub json: Value,
+    /// Process exit code (0 = success).
+    pub exit_code: i32,
+}
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A home or file problem.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// A bad peel id.
+    #[error(transparent)]
+    PeelId(#[from] PeelIdError),
+    /// A bad `--expiry`.
+    #[error("--expiry: {0}")]
+    Expiry(DurationError),
+    /// The output creds file exists.
+    #[error("{} already exists: pass --force to replace it (the creds in it stay valid until they expire)", path.display())]
+    CredsExist {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Issuing failed.
+    #[error("could not issue creds: {0}")]
+    Issue(crate::authority::AuthorityError),
+}
+
+/// `zester init`.
+pub fn init(home: &Home, force: bool, hostname: &str, now: i64) -> Result<Output, CommandError> {
+    let report = home.init(force, hostname, now)?;
+    let mut human = String::new();
+    if let Some(aside) = &report.replaced {
+        human.push_str(&format!(
+            "Replaced the previous keys (kept in {}).\n",
+            aside.display()
+        ));
+    }
+    human.push_str(&format!(
+        "Initialised zester home {}\n\n\
+         operator  zester-op  {}\n\
+         account   SYS        {}\n\
+         account   ZESTER     {}\n\
+         signing   ZESTER     {}\n\
+         callout xkey         {}\n\
+         master xkey          {}\n\n\
+         TLS CA pin  {}\n\
+         TLS names   {}\n\n\
+         Next steps:\n  \
+         zester creds issue <peel-id>      issue creds for a peel (written to {})\n  \
+         zester creds inspect <file>       check a creds file against this home\n  \
+         edit {} to change listen addresses and lifetimes\n",
+        report.root.display(),
+        report.operator,
+        report.sys_account,
+        report.zester_account,
+        report.zester_signing_key,
+        report.callout_xkey,
+        report.master_xkey,
+        report.ca_pin,
+        report.tls_names.join(", "),
+        home.peels_dir().display(),
+        home.config_file().display(),
+    ));
+    let json = json!({
+        "home": report.root,
+        "operator": report.operator,
+        "sys_account": report.sys_account,
+        "zester_account": report.zester_account,
+        "zester_signing_key": report.zester_signing_key,
+        "callout_xkey": report.callout_xkey,
+        "master_xkey": report.master_xkey,
+        "ca_pin": report.ca_pin,
+        "ca_file": home.ca_cert(),
+        "tls_names": report.tls_names,
+        "replaced": report.replaced,
+    });
+    Ok(Output {
+        human,
+        json,
+        exit_code: 0,
+    })
+}
+
+/// `zester creds issue`.
+pub fn creds_issue(
+    home: &Home,
+    id: &str,
+    out: Option<&Path>,
+    expiry: Option<&str>,
+    force: bool,
+    now: i64,
+) -> Result<Output, CommandError> {
+    let id = PeelId::parse(id)?;
+    let authority = home.load_authority()?;
+    let ttl = match expiry {
+        Some(text) => parse_duration(text).map_err(CommandError::Expiry)?,
+        None => home
+            .load_config()?
+            .peel_expiry()
+            .map_err(|source| HomeError::Config {
+                path: home.config_file(),
+                source,
+            })?,
+    };
+    let path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| home.peel_creds(id.as_str()));
+    if path.exists() && !force {
+        return Err(CommandError::CredsExist { path });
+    }
+    let creds = authority
+        .issue_peel(&id, now, ttl)
+        .map_err(CommandError::Issue)?;
+    home::write_creds(&path, &creds)?;
+    let claims = creds.jwt().claims();
+    let expires = expiry_text(claims.exp, now);
+    Ok(Output {
+        human: format!(
+            "Issued creds for peel {id}\n  file     {}\n  user     {}\n  expires  {expires}\n",
+            path.display(),
+            claims.sub,
+        ),
+        json: json!({
+            "id": id.as_str(),
+            "file": path,
+            "user_key": claims.sub,
+            "expires_at": (claims.exp > 0).then_some(claims.exp),
+        }),
+        exit_code: 0,
+    })
+}
+
+fn expiry_text(exp: i64, now: i64) -> String {
+    if exp == 0 {
+        return "never".to_string();
+    }
+    let days = (exp - now) / 86_400;
+    if exp < now {
+        format!("{} (EXPIRED)", rfc3339(exp))
+    } else {
+        format!("{} (in {days} days)", rfc3339(exp))
+    }
+}
+
+/// `zester creds inspect`: decode a creds file and check its chain against the home.
+///
+/// Exits 1 when the creds are expired or do not chain to this home's operator; a file that
+/// cannot be read or parsed is an error.
+pub fn creds_inspect(home: &Home, file: &Path, now: i64) -> Result<Output, CommandError> {
+    let creds = home::read_creds(file)?;
+    let (chain_human, chain_json, chain_ok) = check_chain(home, &creds, now);
+    let claims = creds.jwt().claims();
+    let nats = &claims.nats;
+    let expired = claims.exp > 0 && now > claims.exp;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "(any)".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    let resp = match nats.resp {
+        Some(r) => format!("allowed (max {}, ttl {} ns)", r.max, r.ttl),
+        None => "no".to_string(),
+    };
+    let mut human = format!(
+        "file        {}\nname        {}\nuser        {}\nissuer      {}\n",
+        file.display(),
+        claims.name,
+        claims.sub,
+        claims.iss
+    );
+    if !nats.issuer_account.is_empty() {
+        human.push_str(&format!("account     {}\n", nats.issuer_account));
+    }
+    human.push_str(&format!(
+        "issued      {}\nexpires     {}\nbearer      {}\npub allow   {}\npub deny    {}\nsub allow   {}\nsub deny    {}\nresponses   {resp}\ntags        {}\nchain       {chain_human}\n",
+        rfc3339(claims.iat),
+        expiry_text(claims.exp, now),
+        if nats.bearer_token { "yes" } else { "no" },
+        list(&nats.publish.allow),
+        if nats.publish.deny.is_empty() { "-".to_string() } else { nats.publish.deny.join(" ") },
+        list(&nats.subscribe.allow),
+        if nats.subscribe.deny.is_empty() { "-".to_string() } else { nats.subscribe.deny.join(" ") },
+        nats.tags.join(" "),
+    ));
+    let json = json!({
+        "file": file,
+        "name": claims.name,
+        "user_key": claims.sub,
+        "issuer": claims.iss,
+        "issuer_account": nats.issuer_account,
+        "issued_at": claims.iat,
+        "expires_at": (claims.exp > 0).then_some(claims.exp),
+        "expired": expired,
+        "bearer": nats.bearer_token,
+        "permissions": nats.permissions(),
+        "tags": nats.tags,
+        "chain": chain_json,
+    });
+    Ok(Output {
+        human,
+        json,
+        exit_code: if chain_ok && !expired { 0 } else { 1 },
+    })
+}
+
+fn check_chain(home: &Home, creds: &Creds, now: i64) -> (String, Value, bool) {
+    if !home.is_initialised() {
+        let text = format!("not checked: no zester home at {}", home.root().display());
+        return (
+            text.clone(),
+            json!({"verified": false, "reason": text}),
+            true,
+        );
+    }
+    let authority = match home.load_authority() {
+        Ok(a) => a,
+        Err(e) => {
+            let text = e.to_string();
+            return (
+                text.clone(),
+                json!({"verified": false, "reason": text}),
+                false,
+            );
+        }
+    };
+    let jwt = creds.jwt();
+    let account = if jwt.claims().nats.issuer_account == authority.sys.public_key() {
+        &authority.sys_jwt
+    } else {
+        &authority.zester_jwt
+    };
+    match chain::verify_user(&authority.operator_jwt, account, jwt, now) {
+        Ok(verified) => (
+            format!(
+                "valid: user {} ← account {} ({}) ← operator {} ({})",
+                verified.user,
+                account.claims().name,
+                verified.account,
+                authority.operator_jwt.claims().name,
+                verified.operator
+            ),
+            json!({
+                "verified": true,
+                "home": home.root(),
+                "operator": verified.operator,
+                "account": verified.account,
+                "signer": verified.user_signer,
+            }),
+            true,
+        ),
+        Err(e) => (
+            format!("INVALID against {}: {e}", home.root().display()),
+            json!({"verified": false, "home": home.root(), "reason": e.to_string()}),
+            false,
+        ),
+    }
+}
