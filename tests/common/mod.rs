@@ -1,0 +1,243 @@
+//! The one helper integration tests use to run a real nats-server and to find the interop
+//! tools (Python venv, Node package).
+//!
+//! Each `tests/*.rs` file is its own crate and does `mod common;`, using only part of this, so
+//! unused items are allowed. A [`NatsServer`] owns its process and a temp directory holding the
+//! config, the log and the ports file; dropping it kills and reaps the process, so no test can
+//! leak a server even when it panics. Servers listen on 127.0.0.1 with a port the OS picks, so
+//! tests run in parallel without coordinating ports.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use zester::broker::binary;
+
+/// How long a server may take to accept TCP connections before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// File names inside a server's temp directory.
+const CONFIG_FILE: &str = "nats-server.conf";
+const LOG_FILE: &str = "nats-server.log";
+const STDERR_FILE: &str = "nats-server.stderr";
+
+/// A running nats-server child; killed and reaped on drop.
+pub struct NatsServer {
+    child: Child,
+    // Declared after `child` and only removed after `Drop::drop` has reaped the process, so the
+    // server never runs without its files.
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts nats-server with `config` (nats-server config text WITHOUT listen/port/http keys);
+    /// the helper adds `listen: 127.0.0.1:-1` (random port) itself, writes the config to a temp
+    /// dir, learns the actual port from the server's ports file, and waits until a TCP connect to
+    /// the port succeeds (timeout 10 s, panics with the server log on failure).
+    ///
+    /// The server runs with the temp dir as its working directory, so relative paths in
+    /// `config` (a JetStream `store_dir`, say) stay inside it.
+    pub fn start(config: &str) -> NatsServer {
+        let binary = nats_server_path();
+        let dir = tempfile::Builder::new()
+            .prefix("zester-nats-")
+            .tempdir()
+            .expect("create temp dir for nats-server");
+        let config_path = dir.path().join(CONFIG_FILE);
+        fs::write(&config_path, render_config(config, dir.path()))
+            .expect("write nats-server config");
+        let stderr = File::create(dir.path().join(STDERR_FILE)).expect("create stderr file");
+        let stdout = stderr.try_clone().expect("clone stderr file");
+
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", binary.display()));
+
+        // Built before waiting so that a panic below still kills the process on unwind.
+        let mut server = NatsServer {
+            child,
+            dir,
+            port: 0,
+        };
+        server.port = server.wait_until_ready();
+        server
+    }
+
+    /// The TCP port the server listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's temp dir (config, log, ports file). Tests that need files of their own
+    /// should use a separate tempdir rather than writing here.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file the server was started with (the caller's text plus the helper's keys).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join(CONFIG_FILE)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has logged so far: its log file, then anything it wrote to
+    /// stdout/stderr (config errors are printed there before logging starts).
+    pub fn log(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        let mut log = read(LOG_FILE);
+        let stderr = read(STDERR_FILE);
+        if !stderr.trim().is_empty() {
+            log.push_str("--- stdout/stderr ---\n");
+            log.push_str(&stderr);
+        }
+        log
+    }
+
+    /// Polls for the ports file and then for a successful TCP connect; panics with the log if
+    /// the server exits or the deadline passes.
+    fn wait_until_ready(&mut self) -> u16 {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut port = None;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => panic!(
+                    "nats-server exited during startup ({status}); config:\n{}\nlog:\n{}",
+                    self.config_text(),
+                    self.log()
+                ),
+                Ok(None) => {}
+                Err(e) => panic!("could not poll nats-server: {e}"),
+            }
+            if port.is_none() {
+                port = self.port_from_ports_file();
+            }
+            if let Some(p) = port {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return p;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "nats-server did not accept connections within {START_TIMEOUT:?} \
+                     (port {port:?}); config:\n{}\nlog:\n{}",
+                    self.config_text(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reads `<name>_<pid>.ports`, which nats-server writes once its listeners are up:
+    /// `{"nats": ["nats://127.0.0.1:PORT"], ...}`.
+    fn port_from_ports_file(&self) -> Option<u16> {
+        let suffix = format!("_{}.ports", self.child.id());
+        let entry = fs::read_dir(self.dir.path())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+        // The file may be caught half-written; an unparsable read just means "not yet".
+        let ports: serde_json::Value =
+            serde_json::from_slice(&fs::read(entry.path()).ok()?).ok()?;
+        let url = ports.get("nats")?.as_array()?.first()?.as_str()?;
+        url.rsplit(':').next()?.parse().ok()
+    }
+
+    fn config_text(&self) -> String {
+        fs::read_to_string(self.config_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // Either may fail only if the process is already gone, which is what we want anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The caller's config followed by the keys the helper owns. nats-server lets a later key
+/// override an earlier one, so these win even if the caller set them by mistake.
+fn render_config(config: &str, dir: &Path) -> String {
+    format!(
+        "{config}\n\n# Added by tests/common: random port on loopback, files in the temp dir.\n\
+         listen: \"127.0.0.1:-1\"\n\
+         ports_file_dir: {}\n\
+         log_file: {}\n",
+        quote(dir),
+        quote(&dir.join(LOG_FILE)),
+    )
+}
+
+/// A double-quoted nats-server config string (JSON escaping is a subset it accepts).
+fn quote(path: &Path) -> String {
+    let text = path
+        .to_str()
+        .unwrap_or_else(|| panic!("temp path is not UTF-8: {}", path.display()));
+    serde_json::to_string(text).expect("a string always serialises")
+}
+
+/// The repository root (this crate's manifest directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The nats-server binary zester would use, checked to be the expected version; panics with
+/// the locator's message (which says how to install it) otherwise.
+pub fn nats_server_path() -> PathBuf {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PATH.get_or_init(|| {
+        let found = binary::locate(None).map_err(|e| e.to_string())?;
+        binary::check_version(&found.path).map_err(|e| e.to_string())?;
+        Ok(found.path)
+    });
+    match found {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// `<repo>/.venv/bin/python`, with nats-py and nkeys installed; panics if missing.
+pub fn python() -> PathBuf {
+    let python = repo_root().join(".venv").join("bin").join("python");
+    if !python.exists() {
+        panic!(
+            "{} is missing: run scripts/setup-interop (creates .venv with nats-py and nkeys)",
+            python.display()
+        );
+    }
+    python
+}
+
+/// `<repo>/scripts/compat`, the Node interop package; panics if its node_modules is missing.
+pub fn node_compat_dir() -> PathBuf {
+    let dir = repo_root().join("scripts").join("compat");
+    if !dir.join("node_modules").is_dir() {
+        panic!(
+            "{} is missing: run scripts/setup-interop (runs npm ci in scripts/compat)",
+            dir.join("node_modules").display()
+        );
+    }
+    dir
+}
