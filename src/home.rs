@@ -75,8 +75,8 @@ pub enum HomeError {
     Authority {
         /// The auth directory.
         dir: PathBuf,
-        /// The problem.
-        source: AuthorityError,
+        /// The problem (boxed: it is large and rare).
+        source: Box<AuthorityError>,
     },
     /// The configuration file is invalid.
     #[error("{}: {source}", path.display())]
@@ -314,7 +314,10 @@ impl Home {
         for (name, field, _) in AUTH_FILES {
             *field(&mut stored) = read_text(&dir.join(name))?;
         }
-        Authority::assemble(&stored).map_err(|source| HomeError::Authority { dir, source })
+        Authority::assemble(&stored).map_err(|source| HomeError::Authority {
+            dir,
+            source: Box::new(source),
+        })
     }
 
     /// Creates the home: hierarchy, service creds, TLS PKI and `zester.toml`.
@@ -338,7 +341,7 @@ impl Home {
         let (authority, users) =
             Authority::generate(now).map_err(|source| HomeError::Authority {
                 dir: self.auth_dir(),
-                source,
+                source: Box::new(source),
             })?;
         let pki = pki::generate(&names, system_time(now))?;
 
