@@ -13,6 +13,7 @@
 //! the certificate shape RFC 5280 describes with [`PkiError::MalformedCertificate`] and never
 //! panics on input.
 
+use crate::identity::time::{days_from_civil, rfc3339};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -347,7 +348,7 @@ pub fn issue_server_cert(
     let ca_not_after = ca.validity()?.1;
     if now >= ca_not_after.time {
         return Err(PkiError::CaExpired {
-            at: format_utc(ca_not_after.unix_seconds),
+            at: rfc3339(ca_not_after.unix_seconds),
         });
     }
 
@@ -522,32 +523,6 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`]: `(year, month, day)`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    // Both are small and positive by construction (day 1..=31, month 1..=12).
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 fn is_leap_year(year: i64) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
 }
@@ -559,21 +534,6 @@ fn days_in_month(year: i64, month: u32) -> u32 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
-}
-
-/// `1970-01-01T00:00:00Z`-style rendering of Unix seconds, for error messages.
-fn format_utc(unix_seconds: i64) -> String {
-    let (days, secs) = (
-        unix_seconds.div_euclid(86_400),
-        unix_seconds.rem_euclid(86_400),
-    );
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1305,22 +1265,6 @@ mod tests {
         let shown = format!("{pki:?}");
         assert!(!shown.contains("PRIVATE KEY"));
         assert!(shown.contains("BEGIN CERTIFICATE"));
-    }
-
-    #[test]
-    fn calendar_conversions() {
-        for (days, ymd) in [
-            (0, (1970, 1, 1)),
-            (-1, (1969, 12, 31)),
-            (11_016, (2000, 2, 29)),
-            (-7_305, (1950, 1, 1)),
-            (2_932_896, (9999, 12, 31)),
-        ] {
-            assert_eq!(civil_from_days(days), ymd);
-            assert_eq!(days_from_civil(ymd.0, ymd.1, ymd.2), days);
-        }
-        assert_eq!(format_utc(MAX_X509_UNIX_SECONDS), "9999-12-31T23:59:59Z");
-        assert_eq!(format_utc(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]

@@ -58,14 +58,7 @@ impl Creds {
         };
         let jwt = jwt::decode_ignoring_time(jwt_text).map_err(CredsError::Jwt)?;
         let key = keys::pair_from_seed(seed_text, &[KeyRole::User]).map_err(CredsError::Seed)?;
-        let seed_key = key.public_key();
-        if seed_key != jwt.subject() {
-            return Err(CredsError::SeedDoesNotMatch {
-                seed_key,
-                jwt_subject: jwt.subject().to_string(),
-            });
-        }
-        Ok(Creds { jwt, key })
+        Creds::new(jwt, key)
     }
 
     /// Pairs an already-verified JWT with its key, checking they belong together.
