@@ -322,7 +322,28 @@ impl Authority {
         now: i64,
         ttl: i64,
     ) -> Result<UserJwt, AuthorityError> {
-        self.sign_user(user_key, name, permissions_for(role), role.name(), now, ttl)
+        let exp = if ttl > 0 { now.saturating_add(ttl) } else { 0 };
+        self.sign_user(user_key, name, permissions_for(role), role.name(), now, exp)
+    }
+
+    /// Signs a callout session JWT for `user_nkey` (the key nats-server made for this
+    /// connection) with `role`'s permissions, expiring at `exp` (unix seconds, 0 = never).
+    pub fn issue_session(
+        &self,
+        user_nkey: &str,
+        name: &str,
+        role: &Role,
+        now: i64,
+        exp: i64,
+    ) -> Result<UserJwt, AuthorityError> {
+        self.sign_user(
+            user_nkey,
+            name,
+            permissions_for(role),
+            role.name(),
+            now,
+            exp,
+        )
     }
 
     /// Issues creds for a new peel: a fresh user key and a JWT with the peel permissions.
@@ -356,7 +377,7 @@ impl Authority {
         permissions: Permissions,
         role_tag: &str,
         now: i64,
-        ttl: i64,
+        exp: i64,
     ) -> Result<UserJwt, AuthorityError> {
         let mut nats = UserNats::with_permissions(permissions);
         nats.issuer_account = self.zester.public_key();
@@ -365,7 +386,7 @@ impl Authority {
             sub: user_key.to_string(),
             name: name.to_string(),
             iat: now,
-            exp: if ttl > 0 { now.saturating_add(ttl) } else { 0 },
+            exp,
             nats,
             ..Claims::default()
         };

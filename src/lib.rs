@@ -6,6 +6,7 @@
 
 pub mod authority;
 pub mod broker;
+pub mod callout;
 pub mod commands;
 pub mod config;
 pub mod home;

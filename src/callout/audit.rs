@@ -1,0 +1,153 @@
+//! The audit log: one JSON line per decision, in `<home>/audit.log` and as a tracing event.
+//!
+//! The callout hands records to a channel and never waits on the disk; a writer task appends
+//! them (mode 0600). Records hold who and why — never a JWT, a seed, a password or a token.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::identity::time::rfc3339;
+
+/// How many records may wait for the writer before new ones are dropped (and counted).
+pub const QUEUE: usize = 8192;
+
+/// One audited decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339 time.
+    pub time: String,
+    /// "callout" (our decision) or "server" (a refusal nats-server made itself).
+    pub source: &'static str,
+    /// "allow" or "refuse".
+    pub decision: &'static str,
+    /// Stable reason code ("key_unknown", "jwt_expired"…); empty when allowed.
+    pub code: String,
+    /// Why, for people.
+    pub reason: String,
+    /// Client IP as the server saw it.
+    pub client_ip: String,
+    /// Client connection id on that server.
+    pub client_id: u64,
+    /// The connection name the client chose.
+    pub connection_name: String,
+    /// The identity key presented, if any.
+    pub nkey: String,
+    /// The peel id, for peels.
+    pub peel_id: String,
+    /// The role granted.
+    pub role: String,
+    /// The server that asked.
+    pub server_id: String,
+    /// Time spent deciding, microseconds (callout only).
+    pub micros: u64,
+}
+
+impl AuditRecord {
+    /// A record stamped at `now`, all other fields empty.
+    pub fn at(now: i64, source: &'static str, decision: &'static str) -> AuditRecord {
+        AuditRecord {
+            time: rfc3339(now),
+            source,
+            decision,
+            code: String::new(),
+            reason: String::new(),
+            client_ip: String::new(),
+            client_id: 0,
+            connection_name: String::new(),
+            nkey: String::new(),
+            peel_id: String::new(),
+            role: String::new(),
+            server_id: String::new(),
+            micros: 0,
+        }
+    }
+}
+
+/// The sending side, cloned into every handler.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    sender: mpsc::Sender<AuditRecord>,
+}
+
+impl AuditSink {
+    /// Queues a record without waiting; logs it as a tracing event too.
+    pub fn record(&self, record: AuditRecord) {
+        if record.decision == "allow" {
+            tracing::info!(target: "audit", peel = %record.peel_id, role = %record.role, nkey = %record.nkey, ip = %record.client_ip, "allowed");
+        } else {
+            tracing::warn!(target: "audit", source = record.source, code = %record.code, reason = %record.reason, nkey = %record.nkey, ip = %record.client_ip, name = %record.connection_name, "refused");
+        }
+        if self.sender.try_send(record).is_err() {
+            tracing::error!(target: "audit", "audit queue full or closed: a record was not written to audit.log");
+        }
+    }
+}
+
+/// Starts the writer task appending to `path`; it ends when every sink is dropped.
+pub fn start(path: &Path) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    let handle = tokio::spawn(write_loop(path.to_path_buf(), receiver));
+    (AuditSink { sender }, handle)
+}
+
+async fn write_loop(path: PathBuf, mut receiver: mpsc::Receiver<AuditRecord>) {
+    let mut file = match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::home::SECRET_MODE)
+        .open(&path)
+        .await
+    {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::error!(
+                "cannot open audit log {}: {e}; decisions are only logged",
+                path.display()
+            );
+            while receiver.recv().await.is_some() {}
+            return;
+        }
+    };
+    while let Some(record) = receiver.recv().await {
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        if let Err(e) = file.write_all(&line).await {
+            tracing::error!("cannot write audit log {}: {e}", path.display());
+        }
+    }
+    let _ = file.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_are_appended_as_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (sink, task) = start(&path);
+        let mut record = AuditRecord::at(0, "callout", "refuse");
+        record.code = "key_unknown".into();
+        sink.record(record.clone());
+        sink.record(AuditRecord::at(1, "callout", "allow"));
+        drop(sink);
+        task.await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["code"], "key_unknown");
+        assert_eq!(lines[1]["decision"], "allow");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The callout's decision: who is this client, and may it in? Pure: a verified request, the
+//! trust anchors and a key lookup in, a [`Decision`] out — no I/O, no clock (callers pass `now`).
+//!
+//! The order follows DESIGN §5: a client presenting a user JWT must hold a JWT that chains to our
+//! operator through the *current* ZESTER account (signing key, `issuer_account`, revocations,
+//! `exp`/`nbf`), must have signed the server's nonce with the JWT's key, and that key must be a
+//! service user of this node (master, admin) or an accepted peel key. The role — and for a peel
+//! its id — comes from our records, never from what the client claims. Clients that arrive on
+//! the `default_sentinel` brought no JWT of their own: user/password, tokens and bare
+//! connections are refused with a reason saying so.
+
+use std::collections::HashMap;
+
+use data_encoding::{BASE64, BASE64URL, BASE64URL_NOPAD, BASE64_NOPAD};
+
+use crate::identity::chain::{self, ChainError};
+use crate::identity::claims::{AuthRequestNats, UserNats};
+use crate::identity::jwt::{self, AccountJwt, JwtError, OperatorJwt};
+use crate::identity::keys;
+use crate::identity::peel_id::PeelId;
+use crate::permissions::Role;
+
+/// The state of a peel key as the callout sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStanding {
+    /// May connect.
+    Accepted,
+    /// Waiting for an admin.
+    Pending,
+    /// Refused by an admin.
+    Rejected,
+    /// Revoked.
+    Revoked,
+}
+
+impl KeyStanding {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyStanding::Accepted => "accepted",
+            KeyStanding::Pending => "pending",
+            KeyStanding::Rejected => "rejected",
+            KeyStanding::Revoked => "revoked",
+        }
+    }
+}
+
+/// Where the decision looks up peel keys (the in-memory key cache in production).
+pub trait KeyLookup {
+    /// The peel id and standing bound to `nkey`, if any record holds it.
+    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyStanding)>;
+}
+
+impl KeyLookup for HashMap<String, (PeelId, KeyStanding)> {
+    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyStanding)> {
+        self.get(nkey).cloned()
+    }
+}
+
+/// The trust anchors of this node, swapped as a whole when the account JWT changes.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Our operator.
+    pub operator: OperatorJwt,
+    /// The current ZESTER account JWT (signing keys, revocations).
+    pub account: AccountJwt,
+    /// The `default_sentinel` token given to clients without a JWT.
+    pub sentinel: String,
+    /// Service users of this node by nkey (master, admin).
+    pub services: HashMap<String, Role>,
+}
+
+/// Why a client was refused. `code` is stable for scripts; `Display` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Nothing presented at all.
+    #[error("no credentials: connect with a .creds file issued by zester")]
+    NoCredentials,
+    /// user/password.
+    #[error("user/password authentication is not accepted: connect with a .creds file")]
+    PasswordNotAccepted,
+    /// A token.
+    #[error("token authentication is not accepted: connect with a .creds file")]
+    TokenNotAccepted,
+    /// An nkey without a JWT (enrolment is not open on this node).
+    #[error("an nkey alone is not accepted here: connect with a .creds file")]
+    NkeyWithoutJwt,
+    /// A bearer JWT (no proof of key possession).
+    #[error("bearer JWTs are not accepted: the client must sign the nonce")]
+    Bearer,
+    /// The user JWT itself is broken, tampered, expired…
+    #[error("user JWT: {0}")]
+    Jwt(JwtError),
+    /// The JWT does not chain to our operator through ZESTER.
+    #[error("user JWT: {0}")]
+    Chain(ChainError),
+    /// No nonce signature.
+    #[error("no nonce signature: the client did not prove it holds the key")]
+    MissingSignature,
+    /// The signature is not base64.
+    #[error("nonce signature is not valid base64")]
+    SignatureEncoding,
+    /// The nonce was not signed by the JWT's key.
+    #[error("nonce signature does not verify with {nkey}: the seed does not belong to this JWT")]
+    NonceSignatureMismatch {
+        /// The key it was checked against.
+        nkey: String,
+    },
+    /// The key is unknown to the key store.
+    #[error("key {nkey} is not known to this node")]
+    UnknownKey {
+        /// The key.
+        nkey: String,
+    },
+    /// The key exists but is not accepted.
+    #[error("key of peel {id} is {}, not accepted", standing.name())]
+    KeyNotAccepted {
+        /// The peel.
+        id: PeelId,
+        /// Its standing.
+        standing: KeyStanding,
+    },
+    /// The request itself is malformed or not from a server.
+    #[error("authorization request: {0}")]
+    BadRequest(String),
+}
+
+impl Refusal {
+    /// A short stable code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoCredentials => "no_credentials",
+            Refusal::PasswordNotAccepted => "password_not_accepted",
+            Refusal::TokenNotAccepted => "token_not_accepted",
+            Refusal::NkeyWithoutJwt => "nkey_without_jwt",
+            Refusal::Bearer => "bearer_not_accepted",
+            Refusal::Jwt(JwtError::Expired { .. }) => "jwt_expired",
+            Refusal::Jwt(JwtError::NotYetValid { .. }) => "jwt_not_yet_valid",
+            Refusal::Jwt(JwtError::SignatureMismatch { .. }) => "jwt_signature",
+            Refusal::Jwt(_) => "jwt_invalid",
+            Refusal::Chain(ChainError::IssuerNotSigningKey { .. }) => "issuer_not_signing_key",
+            Refusal::Chain(ChainError::Revoked { .. }) => "revoked",
+            Refusal::Chain(ChainError::Time { .. }) => "jwt_expired",
+            Refusal::Chain(_) => "foreign_issuer",
+            Refusal::MissingSignature | Refusal::SignatureEncoding => "nonce_signature_missing",
+            Refusal::NonceSignatureMismatch { .. } => "nonce_signature_mismatch",
+            Refusal::UnknownKey { .. } => "key_unknown",
+            Refusal::KeyNotAccepted { .. } => "key_not_accepted",
+            Refusal::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// Who was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Its role (a peel carries its id).
+    pub role: Role,
+    /// The key it proved (the identity JWT's subject).
+    pub nkey: String,
+    /// The identity JWT's `exp` (0 = none): the session must not outlive it.
+    pub expires: i64,
+}
+
+/// The decision, with the identity key when one was seen (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let in.
+    Allow(Admission),
+    /// Refused.
+    Refuse {
+        /// Why.
+        refusal: Refusal,
+        /// The key the client presented, if any.
+        nkey: Option<String>,
+    },
+}
+
+/// Decides on one authorization request at `now`.
+pub fn decide(
+    request: &AuthRequestNats,
+    trust: &Trust,
+    keys: &(impl KeyLookup + ?Sized),
+    now: i64,
+) -> Decision {
+    let opts = &request.connect_opts;
+    let presented_jwt = !opts.jwt.is_empty() && opts.jwt != trust.sentinel;
+    if !presented_jwt {
+        let refusal = if !opts.nkey.is_empty() {
+            Refusal::NkeyWithoutJwt
+        } else if !opts.username.is_empty() || !opts.password.is_empty() {
+            Refusal::PasswordNotAccepted
+        } else if !opts.token.is_empty() {
+            Refusal::TokenNotAccepted
+        } else {
+            Refusal::NoCredentials
+        };
+        let nkey = (!opts.nkey.is_empty()).then(|| opts.nkey.clone());
+        return Decision::Refuse { refusal, nkey };
+    }
+    match admit_user_jwt(request, trust, keys, now) {
+        Ok(admission) => Decision::Allow(admission),
+        Err((refusal, nkey)) => Decision::Refuse { refusal, nkey },
+    }
+}
+
+fn admit_user_jwt(
+    request: &AuthRequestNats,
+    trust: &Trust,
+    keys: &(impl KeyLookup + ?Sized),
+    now: i64,
+) -> Result<Admission, (Refusal, Option<String>)> {
+    let opts = &request.connect_opts;
+    let user = jwt::decode::<UserNats>(&opts.jwt, now).map_err(|e| (Refusal::Jwt(e), None))?;
+    let nkey = user.subject().to_string();
+    let fail = |refusal: Refusal| (refusal, Some(nkey.clone()));
+    chain::verify_user(&trust.operator, &trust.account, &user, now)
+        .map_err(|e| fail(Refusal::Chain(e)))?;
+    if user.claims().nats.bearer_token {
+        return Err(fail(Refusal::Bearer));
+    }
+    verify_nonce(&request.client_info.nonce, &opts.signed_nonce, &nkey).map_err(fail)?;
+    let role = match trust.services.get(&nkey) {
+        Some(role) => role.clone(),
+        None => match keys.peel_key(&nkey) {
+            Some((id, KeyStanding::Accepted)) => Role::Peel(id),
+            Some((id, standing)) => return Err(fail(Refusal::KeyNotAccepted { id, standing })),
+            None => return Err(fail(Refusal::UnknownKey { nkey: nkey.clone() })),
+        },
+    };
+    Ok(Admission {
+        role,
+        expires: user.claims().exp,
+        nkey,
+    })
+}
+
+/// Checks `signature` (base64url without padding as nats.go and async-nats send it, or standard
+/// base64 with padding as nats.py sends it) over the nonce, by `nkey`.
+pub fn verify_nonce(nonce: &str, signature: &str, nkey: &str) -> Result<(), Refusal> {
+    if signature.is_empty() {
+        return Err(Refusal::MissingSignature);
+    }
+    let raw = [&BASE64URL_NOPAD, &BASE64, &BASE64URL, &BASE64_NOPAD]
+        .iter()
+        .find_map(|encoding| encoding.decode(signature.as_bytes()).ok())
+        .ok_or(Refusal::SignatureEncoding)?;
+    keys::verify(nkey, nonce.as_bytes(), &raw).map_err(|_| Refusal::NonceSignatureMismatch {
+        nkey: nkey.to_string(),
+    })
+}
+
+/// The session's expiry: the identity JWT's, shortened to `now + session_ttl` when configured.
+pub fn session_expiry(identity_expires: i64, session_ttl: i64, now: i64) -> i64 {
+    if session_ttl <= 0 {
+        return identity_expires;
+    }
+    let by_ttl = now.saturating_add(session_ttl);
+    if identity_expires == 0 {
+        by_ttl
+    } else {
+        identity_expires.min(by_ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nkeys::KeyPair;
+
+    use super::*;
+    use crate::authority::Authority;
+    use crate::identity::claims::{Claims, ConnectOptions};
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct World {
+        authority: Authority,
+        trust: Trust,
+        keys: HashMap<String, (PeelId, KeyStanding)>,
+    }
+
+    fn world() -> World {
+        let (authority, users) = Authority::generate(NOW).unwrap();
+        let mut services = HashMap::new();
+        services.insert(users.master.key().public_key(), Role::Master);
+        let trust = Trust {
+            operator: authority.operator_jwt.clone(),
+            account: authority.zester_jwt.clone(),
+            sentinel: "SENTINEL".into(),
+            services,
+        };
+        World {
+            authority,
+            trust,
+            keys: HashMap::new(),
+        }
+    }
+
+    fn request(jwt: &str, key: Option<&KeyPair>) -> AuthRequestNats {
+        let mut request = AuthRequestNats::default();
+        request.client_info.nonce = "nonce-123".into();
+        request.connect_opts = ConnectOptions {
+            jwt: jwt.to_string(),
+            signed_nonce: key
+                .map(|k| BASE64URL_NOPAD.encode(&k.sign(b"nonce-123").unwrap()))
+                .unwrap_or_default(),
+            ..ConnectOptions::default()
+        };
+        request
+    }
+
+    fn peel(w: &mut World, id: &str, standing: KeyStanding) -> (KeyPair, String) {
+        let id = PeelId::parse(id).unwrap();
+        let creds = w.authority.issue_peel(&id, NOW, 3600).unwrap();
+        w.keys.insert(creds.key().public_key(), (id, standing));
+        let token = creds.jwt().token().to_string();
+        let seed = creds.key().seed().unwrap();
+        (KeyPair::from_seed(&seed).unwrap(), token)
+    }
+
+    fn refusal(d: Decision) -> Refusal {
+        match d {
+            Decision::Refuse { refusal, .. } => refusal,
+            Decision::Allow(a) => panic!("allowed: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn an_accepted_peel_gets_its_own_role() {
+        let mut w = world();
+        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        match decide(&request(&token, Some(&key)), &w.trust, &w.keys, NOW) {
+            Decision::Allow(a) => {
+                assert_eq!(a.role, Role::Peel(PeelId::parse("web-01").unwrap()));
+                assert_eq!(a.nkey, key.public_key());
+                assert_eq!(a.expires, NOW + 3600);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn nats_py_padded_signatures_verify() {
+        let mut w = world();
+        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let mut req = request(&token, None);
+        req.connect_opts.signed_nonce = BASE64.encode(&key.sign(b"nonce-123").unwrap());
+        assert!(matches!(
+            decide(&req, &w.trust, &w.keys, NOW),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn services_are_recognised_by_key_not_by_claim() {
+        let w = world();
+        let master = KeyPair::new_user();
+        let mut services = w.trust.services.clone();
+        services.insert(master.public_key(), Role::Master);
+        let trust = Trust {
+            services,
+            ..w.trust.clone()
+        };
+        let jwt = w
+            .authority
+            .issue_user(&master.public_key(), "admin", &Role::Admin, NOW, 0)
+            .unwrap();
+        match decide(&request(jwt.token(), Some(&master)), &trust, &w.keys, NOW) {
+            Decision::Allow(a) => assert_eq!(a.role, Role::Master),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_client_is_refused_with_its_reason() {
+        let mut w = world();
+        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let (pending_key, pending) = peel(&mut w, "web-02", KeyStanding::Pending);
+        let (revoked_key, revoked) = peel(&mut w, "web-03", KeyStanding::Revoked);
+
+        let mut none = request("SENTINEL", None);
+        assert_eq!(
+            refusal(decide(&none, &w.trust, &w.keys, NOW)),
+            Refusal::NoCredentials
+        );
+        none.connect_opts.username = "bob".into();
+        none.connect_opts.password = "pw".into();
+        assert_eq!(
+            refusal(decide(&none, &w.trust, &w.keys, NOW)),
+            Refusal::PasswordNotAccepted
+        );
+
+        let mut tampered = token.clone();
+        tampered.insert(40, 'x');
+        assert_eq!(
+            refusal(decide(
+                &request(&tampered, Some(&key)),
+                &w.trust,
+                &w.keys,
+                NOW
+            ))
+            .code(),
+            "jwt_invalid"
+        );
+
+        let foreign = Authority::generate(NOW).unwrap().0;
+        let stranger = foreign
+            .issue_peel(&PeelId::parse("web-01").unwrap(), NOW, 3600)
+            .unwrap();
+        let stranger_key = KeyPair::from_seed(&stranger.key().seed().unwrap()).unwrap();
+        let r = refusal(decide(
+            &request(stranger.jwt().token(), Some(&stranger_key)),
+            &w.trust,
+            &w.keys,
+            NOW,
+        ));
+        assert_eq!(r.code(), "foreign_issuer", "{r}");
+
+        let mut claims: Claims<UserNats> = jwt::decode_ignoring_time::<UserNats>(&token)
+            .unwrap()
+            .claims()
+            .clone();
+        claims.nats.issuer_account.clear();
+        let identity_signed = jwt::encode(claims, &w.authority.zester).unwrap();
+        let r = refusal(decide(
+            &request(identity_signed.token(), Some(&key)),
+            &w.trust,
+            &w.keys,
+            NOW,
+        ));
+        assert_eq!(r.code(), "issuer_not_signing_key");
+
+        let r = refusal(decide(
+            &request(&token, Some(&key)),
+            &w.trust,
+            &w.keys,
+            NOW + 3601,
+        ));
+        assert_eq!(r.code(), "jwt_expired");
+
+        let wrong = KeyPair::new_user();
+        let r = refusal(decide(
+            &request(&token, Some(&wrong)),
+            &w.trust,
+            &w.keys,
+            NOW,
+        ));
+        assert_eq!(r.code(), "nonce_signature_mismatch");
+        let r = refusal(decide(&request(&token, None), &w.trust, &w.keys, NOW));
+        assert_eq!(r, Refusal::MissingSignature);
+
+        let r = refusal(decide(
+            &request(&pending, Some(&pending_key)),
+            &w.trust,
+            &w.keys,
+            NOW,
+        ));
+        assert_eq!(r.code(), "key_not_accepted");
+        let r = refusal(decide(
+            &request(&revoked, Some(&revoked_key)),
+            &w.trust,
+            &w.keys,
+            NOW,
+        ));
+        assert!(r.to_string().contains("revoked"), "{r}");
+
+        w.keys.clear();
+        let r = refusal(decide(&request(&token, Some(&key)), &w.trust, &w.keys, NOW));
+        assert_eq!(r.code(), "key_unknown");
+    }
+
+    #[test]
+    fn account_revocations_apply() {
+        let mut w = world();
+        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let mut claims = w.trust.account.claims().clone();
+        claims.nats.revocations.insert(key.public_key(), NOW);
+        w.trust.account = w.authority.sign_account(claims).unwrap();
+        let r = refusal(decide(&request(&token, Some(&key)), &w.trust, &w.keys, NOW));
+        assert_eq!(r.code(), "revoked");
+    }
+
+    #[test]
+    fn session_expiry_never_outlives_the_identity() {
+        assert_eq!(session_expiry(NOW + 100, 0, NOW), NOW + 100);
+        assert_eq!(session_expiry(NOW + 100, 10, NOW), NOW + 10);
+        assert_eq!(session_expiry(NOW + 5, 10, NOW), NOW + 5);
+        assert_eq!(session_expiry(0, 10, NOW), NOW + 10);
+        assert_eq!(session_expiry(0, 0, NOW), 0);
+    }
+}

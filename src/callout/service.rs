@@ -1,0 +1,237 @@
+//! The callout service: subscribes `$SYS.REQ.USER.AUTH` in a queue group and answers each
+//! request on its own task.
+//!
+//! Shaped like mini-redis' listener/handler split: [`serve`] owns the subscription, each request
+//! is handled by [`CalloutState::process`], a straight line — open → decode → verify → look up
+//! the key (memory) → permissions → sign → seal — and the reply is published. Nothing on that
+//! path waits on storage or holds a lock across an await; audit records go to a channel.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+
+use super::audit::{AuditRecord, AuditSink};
+use super::decide::{self, Decision, KeyLookup, Trust};
+use super::protocol::{self, XKEY_HEADER};
+use super::sessions::{CalloutStats, Session, SessionTable};
+use crate::authority::Authority;
+use crate::home::now_unix;
+use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
+
+/// The queue group every zester callout joins (several nodes share the load, DESIGN §9).
+pub const QUEUE_GROUP: &str = "zester-callout";
+
+/// Key lookups shared with the key store's cache, swappable once the store is open.
+pub type SharedKeys = Arc<dyn KeyLookup + Send + Sync>;
+
+/// Everything a request handler needs; shared by all handlers.
+pub struct CalloutState {
+    authority: Arc<Authority>,
+    trust: RwLock<Arc<Trust>>,
+    keys: RwLock<SharedKeys>,
+    session_ttl: i64,
+    audit: AuditSink,
+    /// Decision counters and latencies.
+    pub stats: CalloutStats,
+    /// Live sessions, for kicks.
+    pub sessions: SessionTable,
+}
+
+/// What handling one request produced.
+pub struct Outcome {
+    /// The reply payload (absent when the request could not even be opened).
+    pub reply: Option<Vec<u8>>,
+    /// The audit record.
+    pub audit: AuditRecord,
+    /// Whether the client was let in.
+    pub allowed: bool,
+}
+
+impl CalloutState {
+    /// A state with no peel keys yet (until the key store is open every peel is "unknown").
+    pub fn new(
+        authority: Arc<Authority>,
+        trust: Trust,
+        session_ttl: i64,
+        audit: AuditSink,
+    ) -> Self {
+        let no_keys: SharedKeys = Arc::new(std::collections::HashMap::new());
+        CalloutState {
+            authority,
+            trust: RwLock::new(Arc::new(trust)),
+            keys: RwLock::new(no_keys),
+            session_ttl,
+            audit,
+            stats: CalloutStats::default(),
+            sessions: SessionTable::default(),
+        }
+    }
+
+    /// Points lookups at the key store's cache.
+    pub fn set_keys(&self, keys: SharedKeys) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// Replaces the trust anchors (e.g. after the account JWT changed).
+    pub fn set_trust(&self, trust: Trust) {
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
+    }
+
+    /// The current trust anchors.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn keys(&self) -> SharedKeys {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Handles one request payload at `now`: the whole decision, synchronously.
+    pub fn process(&self, payload: &[u8], server_xkey: Option<&str>, now: i64) -> Outcome {
+        let trust = self.trust();
+        let account = trust.account.subject().to_string();
+        let request = match protocol::open_request(
+            payload,
+            server_xkey,
+            &self.authority.callout_xkey,
+            &account,
+            now,
+        ) {
+            Ok(request) => request,
+            Err(e) => {
+                let mut audit = AuditRecord::at(now, "callout", "refuse");
+                audit.code = "bad_request".into();
+                audit.reason = e.to_string();
+                return Outcome {
+                    reply: None,
+                    audit,
+                    allowed: false,
+                };
+            }
+        };
+        let request = &request.claims().nats;
+        let mut audit = AuditRecord::at(now, "callout", "refuse");
+        audit.client_ip = request.client_info.host.clone();
+        audit.client_id = request.client_info.id;
+        audit.connection_name = request.client_info.name.clone();
+        audit.server_id = request.server.id.clone();
+
+        let decision = decide::decide(request, &trust, self.keys().as_ref(), now);
+        let (verdict, allowed) = match &decision {
+            Decision::Allow(admission) => {
+                let (name, peel) = match &admission.role {
+                    Role::Peel(id) => (id.to_string(), id.to_string()),
+                    other => (other.name().to_string(), String::new()),
+                };
+                let exp = decide::session_expiry(admission.expires, self.session_ttl, now);
+                match self.authority.issue_session(
+                    &request.user_nkey,
+                    &name,
+                    &admission.role,
+                    now,
+                    exp,
+                ) {
+                    Ok(session) => {
+                        audit.decision = "allow";
+                        audit.nkey = admission.nkey.clone();
+                        audit.peel_id = peel;
+                        audit.role = admission.role.name().to_string();
+                        self.sessions.insert(
+                            &name,
+                            Session {
+                                server_id: request.server.id.clone(),
+                                client_id: request.client_info.id,
+                                nkey: admission.nkey.clone(),
+                                since: now,
+                            },
+                        );
+                        (Ok(session.token().to_string()), true)
+                    }
+                    Err(e) => {
+                        audit.code = "internal".into();
+                        audit.reason = format!("could not sign the session JWT: {e}");
+                        (Err(audit.reason.clone()), false)
+                    }
+                }
+            }
+            Decision::Refuse { refusal, nkey } => {
+                audit.code = refusal.code().to_string();
+                audit.reason = refusal.to_string();
+                audit.nkey = nkey.clone().unwrap_or_default();
+                (Err(audit.reason.clone()), false)
+            }
+        };
+        let verdict = match &verdict {
+            Ok(jwt) => Ok(jwt.as_str()),
+            Err(reason) => Err(reason.as_str()),
+        };
+        let reply = protocol::answer(
+            request,
+            verdict,
+            &self.authority.zester_signer,
+            &account,
+            &self.authority.callout_xkey,
+            server_xkey,
+            now,
+        );
+        match reply {
+            Ok(bytes) => Outcome {
+                reply: Some(bytes),
+                audit,
+                allowed,
+            },
+            Err(e) => {
+                audit.decision = "refuse";
+                audit.code = "internal".into();
+                audit.reason = e.to_string();
+                Outcome {
+                    reply: None,
+                    audit,
+                    allowed: false,
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to authorization requests on `client` (the callout user's connection) and serves
+/// them until the subscription ends. Returns once the subscription is live on the server.
+pub async fn serve(
+    client: async_nats::Client,
+    state: Arc<CalloutState>,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+    let mut requests = client
+        .queue_subscribe(AUTH_CALLOUT_SUBJECT, QUEUE_GROUP.to_string())
+        .await?;
+    client.flush().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let client = client.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let Some(reply_to) = message.reply.clone() else {
+                    return;
+                };
+                let server_xkey = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(XKEY_HEADER))
+                    .map(|v| v.as_str().to_string());
+                let mut outcome =
+                    state.process(&message.payload, server_xkey.as_deref(), now_unix());
+                let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                if let Some(reply) = outcome.reply.take() {
+                    if let Err(e) = client.publish(reply_to, reply.into()).await {
+                        tracing::warn!("could not answer an authorization request: {e}");
+                    }
+                }
+                outcome.audit.micros = u64::from(micros);
+                state.stats.record(outcome.allowed, micros);
+                state.audit.record(outcome.audit);
+            });
+        }
+        tracing::info!("callout subscription ended");
+    }))
+}
