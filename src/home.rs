@@ -267,6 +267,15 @@ impl Home {
     pub fn peel_creds(&self, id: &str) -> PathBuf {
         self.peels_dir().join(format!("{id}.creds"))
     }
+    /// `keys/journal/`: key records registered while no appliance ran (`creds issue`), waiting
+    /// to be imported into the key store.
+    pub fn keys_journal_dir(&self) -> PathBuf {
+        self.root.join("keys").join("journal")
+    }
+    /// `keys/journal/rejected/`: journal entries that could not be imported.
+    pub fn keys_journal_rejected_dir(&self) -> PathBuf {
+        self.keys_journal_dir().join("rejected")
+    }
     /// A service user's creds: `auth/<name>.creds` (callout, master, admin, sys).
     pub fn service_creds(&self, name: &str) -> PathBuf {
         self.auth_dir().join(format!("{name}.creds"))

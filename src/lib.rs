@@ -11,5 +11,6 @@ pub mod commands;
 pub mod config;
 pub mod home;
 pub mod identity;
+pub mod keys;
 pub mod permissions;
 pub mod pki;
