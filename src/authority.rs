@@ -11,7 +11,7 @@ use nkeys::{KeyPair, XKey};
 
 use crate::identity::chain::{self, ChainError};
 use crate::identity::claims::{AccountLimits, AccountNats, Claims, ExternalAuthorization};
-use crate::identity::claims::{OperatorNats, Permissions, SigningKey, UserNats};
+use crate::identity::claims::{OperatorNats, Permission, Permissions, SigningKey, UserNats};
 use crate::identity::creds::{Creds, CredsError};
 use crate::identity::jwt::{self, AccountJwt, JwtError, OperatorJwt, UserJwt};
 use crate::identity::keys::{self, KeyError, KeyRole};
@@ -391,6 +391,34 @@ impl Authority {
             ..Claims::default()
         };
         sign(claims, &self.zester_signer, "user JWT")
+    }
+
+    /// The `default_sentinel` nats-server hands to clients that bring no JWT of their own, so
+    /// that they reach the callout: a bearer user of ZESTER that may do nothing at all.
+    pub fn issue_sentinel(&self, now: i64) -> Result<UserJwt, AuthorityError> {
+        let nothing = Permissions {
+            publish: Permission {
+                allow: Vec::new(),
+                deny: vec![">".to_string()],
+            },
+            subscribe: Permission {
+                allow: Vec::new(),
+                deny: vec![">".to_string()],
+            },
+            resp: None,
+        };
+        let mut nats = UserNats::with_permissions(nothing);
+        nats.bearer_token = true;
+        nats.issuer_account = self.zester.public_key();
+        nats.tags = vec!["zester-role:sentinel".to_string()];
+        let claims = Claims {
+            sub: KeyPair::new_user().public_key(),
+            name: "sentinel".to_string(),
+            iat: now,
+            nats,
+            ..Claims::default()
+        };
+        sign(claims, &self.zester_signer, "sentinel JWT")
     }
 
     /// Issues the system-account user (no permission limits: it is the operator's own tool).

@@ -13,6 +13,7 @@ use crate::identity::chain;
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::{PeelId, PeelIdError};
 use crate::identity::time::{parse_duration, rfc3339, DurationError};
+use crate::keys::{journal, KeyRecord};
 
 /// What a command prints, both ways, and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,9 @@ pub enum CommandError {
         /// The file.
         path: PathBuf,
     },
+    /// The key could not be registered for the appliance.
+    #[error("creds were written, but the key could not be registered: {0}")]
+    Register(String),
     /// Issuing failed.
     #[error("could not issue creds: {0}")]
     Issue(crate::authority::AuthorityError),
@@ -135,6 +139,15 @@ pub fn creds_issue(
         .issue_peel(&id, now, ttl)
         .map_err(CommandError::Issue)?;
     home::write_creds(&path, &creds)?;
+    let record = KeyRecord::new_accepted(
+        id.clone(),
+        &creds.key().public_key(),
+        "zester creds issue",
+        "creds signed by this node",
+        now,
+    )
+    .map_err(|e| CommandError::Register(e.to_string()))?;
+    journal::record(home, &record).map_err(|e| CommandError::Register(e.to_string()))?;
     let claims = creds.jwt().claims();
     let expires = expiry_text(claims.exp, now);
     Ok(Output {

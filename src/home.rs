@@ -263,6 +263,30 @@ impl Home {
     pub fn peels_dir(&self) -> PathBuf {
         self.root.join("peels")
     }
+    /// The generated nats-server configuration.
+    pub fn nats_config_file(&self) -> PathBuf {
+        self.nats_dir().join("nats-server.conf")
+    }
+    /// The nats resolver's account JWT directory (claim updates survive restarts there).
+    pub fn resolver_dir(&self) -> PathBuf {
+        self.nats_dir().join("jwt")
+    }
+    /// JetStream's store.
+    pub fn jetstream_dir(&self) -> PathBuf {
+        self.nats_dir().join("jetstream")
+    }
+    /// nats-server's pid file.
+    pub fn nats_pid_file(&self) -> PathBuf {
+        self.nats_dir().join("nats-server.pid")
+    }
+    /// Written by a running `zester up`: its pid and where it listens (removed on clean exit).
+    pub fn runtime_file(&self) -> PathBuf {
+        self.nats_dir().join("runtime.json")
+    }
+    /// The audit log, one JSON line per decision.
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.log")
+    }
     /// Where `zester creds issue ID` writes by default.
     pub fn peel_creds(&self, id: &str) -> PathBuf {
         self.peels_dir().join(format!("{id}.creds"))

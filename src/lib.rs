@@ -9,6 +9,7 @@ pub mod broker;
 pub mod callout;
 pub mod commands;
 pub mod config;
+pub mod connect;
 pub mod home;
 pub mod identity;
 pub mod keys;

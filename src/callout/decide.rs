@@ -18,41 +18,17 @@ use crate::identity::claims::{AuthRequestNats, UserNats};
 use crate::identity::jwt::{self, AccountJwt, JwtError, OperatorJwt};
 use crate::identity::keys;
 use crate::identity::peel_id::PeelId;
+use crate::keys::KeyState;
 use crate::permissions::Role;
-
-/// The state of a peel key as the callout sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyStanding {
-    /// May connect.
-    Accepted,
-    /// Waiting for an admin.
-    Pending,
-    /// Refused by an admin.
-    Rejected,
-    /// Revoked.
-    Revoked,
-}
-
-impl KeyStanding {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            KeyStanding::Accepted => "accepted",
-            KeyStanding::Pending => "pending",
-            KeyStanding::Rejected => "rejected",
-            KeyStanding::Revoked => "revoked",
-        }
-    }
-}
 
 /// Where the decision looks up peel keys (the in-memory key cache in production).
 pub trait KeyLookup {
     /// The peel id and standing bound to `nkey`, if any record holds it.
-    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyStanding)>;
+    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyState)>;
 }
 
-impl KeyLookup for HashMap<String, (PeelId, KeyStanding)> {
-    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyStanding)> {
+impl KeyLookup for HashMap<String, (PeelId, KeyState)> {
+    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyState)> {
         self.get(nkey).cloned()
     }
 }
@@ -113,12 +89,12 @@ pub enum Refusal {
         nkey: String,
     },
     /// The key exists but is not accepted.
-    #[error("key of peel {id} is {}, not accepted", standing.name())]
+    #[error("key of peel {id} is {}, not accepted", standing.as_str())]
     KeyNotAccepted {
         /// The peel.
         id: PeelId,
         /// Its standing.
-        standing: KeyStanding,
+        standing: KeyState,
     },
     /// The request itself is malformed or not from a server.
     #[error("authorization request: {0}")]
@@ -223,7 +199,7 @@ fn admit_user_jwt(
     let role = match trust.services.get(&nkey) {
         Some(role) => role.clone(),
         None => match keys.peel_key(&nkey) {
-            Some((id, KeyStanding::Accepted)) => Role::Peel(id),
+            Some((id, KeyState::Accepted)) => Role::Peel(id),
             Some((id, standing)) => return Err(fail(Refusal::KeyNotAccepted { id, standing })),
             None => return Err(fail(Refusal::UnknownKey { nkey: nkey.clone() })),
         },
@@ -276,7 +252,7 @@ mod tests {
     struct World {
         authority: Authority,
         trust: Trust,
-        keys: HashMap<String, (PeelId, KeyStanding)>,
+        keys: HashMap<String, (PeelId, KeyState)>,
     }
 
     fn world() -> World {
@@ -309,7 +285,7 @@ mod tests {
         request
     }
 
-    fn peel(w: &mut World, id: &str, standing: KeyStanding) -> (KeyPair, String) {
+    fn peel(w: &mut World, id: &str, standing: KeyState) -> (KeyPair, String) {
         let id = PeelId::parse(id).unwrap();
         let creds = w.authority.issue_peel(&id, NOW, 3600).unwrap();
         w.keys.insert(creds.key().public_key(), (id, standing));
@@ -328,7 +304,7 @@ mod tests {
     #[test]
     fn an_accepted_peel_gets_its_own_role() {
         let mut w = world();
-        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let (key, token) = peel(&mut w, "web-01", KeyState::Accepted);
         match decide(&request(&token, Some(&key)), &w.trust, &w.keys, NOW) {
             Decision::Allow(a) => {
                 assert_eq!(a.role, Role::Peel(PeelId::parse("web-01").unwrap()));
@@ -342,7 +318,7 @@ mod tests {
     #[test]
     fn nats_py_padded_signatures_verify() {
         let mut w = world();
-        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let (key, token) = peel(&mut w, "web-01", KeyState::Accepted);
         let mut req = request(&token, None);
         req.connect_opts.signed_nonce = BASE64.encode(&key.sign(b"nonce-123").unwrap());
         assert!(matches!(
@@ -374,9 +350,9 @@ mod tests {
     #[test]
     fn every_bad_client_is_refused_with_its_reason() {
         let mut w = world();
-        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
-        let (pending_key, pending) = peel(&mut w, "web-02", KeyStanding::Pending);
-        let (revoked_key, revoked) = peel(&mut w, "web-03", KeyStanding::Revoked);
+        let (key, token) = peel(&mut w, "web-01", KeyState::Accepted);
+        let (pending_key, pending) = peel(&mut w, "web-02", KeyState::Pending);
+        let (revoked_key, revoked) = peel(&mut w, "web-03", KeyState::Revoked);
 
         let mut none = request("SENTINEL", None);
         assert_eq!(
@@ -472,7 +448,7 @@ mod tests {
     #[test]
     fn account_revocations_apply() {
         let mut w = world();
-        let (key, token) = peel(&mut w, "web-01", KeyStanding::Accepted);
+        let (key, token) = peel(&mut w, "web-01", KeyState::Accepted);
         let mut claims = w.trust.account.claims().clone();
         claims.nats.revocations.insert(key.public_key(), NOW);
         w.trust.account = w.authority.sign_account(claims).unwrap();

@@ -1,0 +1,83 @@
+//! How zester's own processes connect to the appliance: creds, TLS with our CA, a name, and the
+//! inbox prefix the role's permissions allow (DESIGN §4). Used by `zester up` for its callout,
+//! master and system connections, and by CLI clients such as `zester status`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The creds file cannot be used.
+    #[error("cannot read creds {}: {source}", path.display())]
+    Creds {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        source: std::io::Error,
+    },
+    /// The server refused or could not be reached.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `nats://host:port` (TLS is required regardless of the scheme).
+    pub url: String,
+    /// The CA certificate the server's certificate must chain to.
+    pub ca: PathBuf,
+}
+
+/// Connection settings of one of zester's clients.
+#[derive(Debug, Clone)]
+pub struct ClientSpec<'a> {
+    /// The creds file.
+    pub creds: &'a Path,
+    /// Connection name, as the server and the audit log show it.
+    pub name: &'a str,
+    /// Inbox prefix (must be one the role may subscribe to).
+    pub inbox_prefix: &'a str,
+    /// Keep retrying the first connect (for the appliance's own long-lived clients).
+    pub retry_initial: bool,
+}
+
+/// Connects over TLS with creds.
+pub async fn connect(
+    endpoint: &Endpoint,
+    spec: &ClientSpec<'_>,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut options = async_nats::ConnectOptions::with_credentials_file(spec.creds)
+        .await
+        .map_err(|source| ConnectError::Creds {
+            path: spec.creds.to_path_buf(),
+            source,
+        })?
+        .add_root_certificates(endpoint.ca.clone())
+        .require_tls(true)
+        .name(spec.name)
+        .custom_inbox_prefix(spec.inbox_prefix)
+        .connection_timeout(Duration::from_secs(5));
+    if spec.retry_initial {
+        options = options
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis((50u64 << attempt.min(5)).min(1000))
+            });
+    } else {
+        options = options.max_reconnects(Some(1));
+    }
+    options
+        .connect(endpoint.url.as_str())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: endpoint.url.clone(),
+            source,
+        })
+}
