@@ -2,3 +2,5 @@
 //! its configuration and supervising it).
 
 pub mod binary;
+pub mod config;
+pub mod supervisor;

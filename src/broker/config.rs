@@ -1,0 +1,658 @@
+//! Rendering the nats-server configuration file: text in memory, no I/O.
+//!
+//! zester owns the whole of `nats-server.conf`: it is generated from `zester.toml` and the
+//! home's keys on every start and never edited by hand, so [`render`] is a pure function from
+//! a [`ServerConfigInput`] to the file's text. Keeping it pure means every line can be checked
+//! by unit tests, and one test feeds the result to the real binary (`nats-server -t`).
+//!
+//! Facts about nats-server 2.15 this relies on (read from `server/opts.go` and `conf/lex.go`):
+//!
+//! - `listen`/`http` take `"HOST:PORT"`, split by Go's `net.SplitHostPort` (so IPv6 hosts are
+//!   bracketed); port `-1` asks for a random port, which is how zester renders port 0. The real
+//!   ports are learnt from the ports file nats-server writes into `ports_file_dir`.
+//! - A double-quoted string knows only the escapes `\t \n \r \" \\ \xHH`: JSON's `\u00XX`,
+//!   `\b` and `\f` are errors, so [`quote`] is written here rather than borrowed from JSON.
+//!   `$` is not special inside quotes. Quoted keys have no escapes at all, which is why the
+//!   only keys rendered from input (the `resolver_preload` account keys) are validated first.
+//! - `resolver { type: full }` is a writable directory resolver, so `resolver_preload` works
+//!   with it: preloads are stored with "save if newer", so a JWT updated at run time (say, with
+//!   a new revocation) is not rolled back by an older preload at the next start.
+
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+/// Everything the rendered config depends on.
+#[derive(Debug, Clone)]
+pub struct ServerConfigInput<'a> {
+    /// `server_name` (no spaces; nats-server refuses them).
+    pub server_name: &'a str,
+    /// Client listen address, `HOST:PORT` (`server.listen` or `--listen`); port 0 = random.
+    pub listen: &'a str,
+    /// Monitoring listen address, `HOST:PORT`, loopback only; port 0 = random.
+    pub monitor: &'a str,
+    /// The operator JWT file.
+    pub operator_jwt_file: &'a Path,
+    /// Public key of the system account (SYS).
+    pub system_account: &'a str,
+    /// Directory of the full account resolver (`<home>/nats/jwt`).
+    pub resolver_dir: &'a Path,
+    /// `(account public key, account JWT)` pairs stored in the resolver at start.
+    pub preload: &'a [(&'a str, &'a str)],
+    /// The bearer user JWT that clients without a JWT of their own get (DESIGN §5).
+    pub default_sentinel: &'a str,
+    /// Server certificate (PEM).
+    pub tls_cert_file: &'a Path,
+    /// Server private key (PEM).
+    pub tls_key_file: &'a Path,
+    /// CA certificate (PEM).
+    pub tls_ca_file: &'a Path,
+    /// JetStream storage directory.
+    pub jetstream_dir: &'a Path,
+    /// Longest protocol line accepted; CONNECT lines carry a user JWT and a signature.
+    pub max_control_line: usize,
+    /// Where nats-server writes `<executable>_<pid>.ports`, the ports it really listens on.
+    pub ports_file_dir: &'a Path,
+    /// Where nats-server writes its pid.
+    pub pid_file: &'a Path,
+}
+
+/// Why a configuration could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigRenderError {
+    /// An address that is not `HOST:PORT`.
+    #[error(
+        "{key} = {value:?} is not HOST:PORT (e.g. \"127.0.0.1:4222\", \"[::1]:4222\", \
+         \"localhost:4222\"; port 0 picks a free port)"
+    )]
+    BadAddress {
+        /// The setting it came from (`server.listen`, `server.monitor`).
+        key: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The monitoring address is reachable from other hosts.
+    #[error(
+        "server.monitor = {value:?} is not a loopback address; the monitoring port has no \
+         authentication and lists every connection, so zester serves it only on 127.0.0.1, \
+         [::1] or localhost (change server.monitor in zester.toml or pass --monitor)"
+    )]
+    MonitorNotLoopback {
+        /// The value given.
+        value: String,
+    },
+    /// Something that must be an account public key is not one.
+    #[error(
+        "{what} {value:?} is not an account public key (56 characters, starting with 'A'); \
+         the home's auth/ files are damaged"
+    )]
+    BadAccountKey {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+}
+
+/// A parsed `HOST:PORT`: an IP literal or a host name, and a port (0 = random).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    /// Parses `HOST:PORT` (IPv6 in brackets: `[::1]:4222`); `key` names the setting in errors.
+    pub fn parse(key: &'static str, value: &str) -> Result<HostPort, ConfigRenderError> {
+        let bad = || ConfigRenderError::BadAddress {
+            key,
+            value: value.to_string(),
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(bad)?;
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or_else(bad)?;
+            inner.parse::<Ipv6Addr>().map_err(|_| bad())?;
+            inner
+        } else {
+            let is_name = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !is_name {
+                return Err(bad());
+            }
+            host
+        };
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The host: an IP literal (IPv6 without brackets) or a name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port; 0 means nats-server picks a free one.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The host as an IP address, if it is an IP literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// The address as a socket address, if the host is an IP literal (no name lookup).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.ip().map(|ip| SocketAddr::new(ip, self.port))
+    }
+
+    /// True for `localhost` and loopback IPs (127.0.0.0/8, ::1).
+    pub fn is_loopback(&self) -> bool {
+        match self.ip() {
+            Some(ip) => ip.is_loopback(),
+            None => self.host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
+    /// The form nats-server's `listen`/`http` take, with port 0 written as `-1` (random).
+    pub fn to_nats_listen(&self) -> String {
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        format!("{}:{port}", self.bracketed_host())
+    }
+
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.bracketed_host(), self.port)
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(addr: SocketAddr) -> HostPort {
+        HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl Default for HostPort {
+    /// `127.0.0.1:0`: loopback, random port.
+    fn default() -> HostPort {
+        HostPort::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+}
+
+/// Renders `nats-server.conf`.
+///
+/// Fails on a malformed address, a monitoring address other hosts could reach, or an account
+/// key that is not one (it would be rendered as a config key, which cannot be escaped).
+pub fn render(input: &ServerConfigInput) -> Result<String, ConfigRenderError> {
+    let listen = HostPort::parse("server.listen", input.listen)?;
+    let monitor = HostPort::parse("server.monitor", input.monitor)?;
+    if !monitor.is_loopback() {
+        return Err(ConfigRenderError::MonitorNotLoopback {
+            value: input.monitor.to_string(),
+        });
+    }
+    check_account_key("system_account", input.system_account)?;
+    for (key, _) in input.preload {
+        check_account_key("resolver_preload account", key)?;
+    }
+
+    let mut out = String::with_capacity(4096);
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line("# Generated by zester at every start from zester.toml and the home's keys.".into());
+    line("# Do not edit: changes are overwritten. Change zester.toml instead.".into());
+    line(String::new());
+    line(format!("server_name: {}", quote(input.server_name)));
+    line(format!("listen: {}", quote(&listen.to_nats_listen())));
+    line("# Monitoring has no authentication: loopback only.".into());
+    line(format!("http: {}", quote(&monitor.to_nats_listen())));
+    line(format!("max_control_line: {}", input.max_control_line));
+    line(format!(
+        "ports_file_dir: {}",
+        quote_path(input.ports_file_dir)
+    ));
+    line(format!("pid_file: {}", quote_path(input.pid_file)));
+    line(String::new());
+    line("# Operator mode: accounts and users are JWTs signed by the operator's keys.".into());
+    line(format!("operator: {}", quote_path(input.operator_jwt_file)));
+    line(format!("system_account: {}", quote(input.system_account)));
+    line("resolver {".into());
+    line("  type: full".into());
+    line(format!("  dir: {}", quote_path(input.resolver_dir)));
+    line("  allow_delete: false".into());
+    line("  interval: \"2m\"".into());
+    line("  timeout: \"1.9s\"".into());
+    line("}".into());
+    line("resolver_preload {".into());
+    for (key, jwt) in input.preload {
+        line(format!("  {}: {}", quote(key), quote(jwt)));
+    }
+    line("}".into());
+    line(
+        "# Clients without a JWT (enrolling peels) get this bearer JWT of ZESTER and so reach"
+            .into(),
+    );
+    line("# the auth callout, which decides.".into());
+    line(format!(
+        "default_sentinel: {}",
+        quote(input.default_sentinel)
+    ));
+    line(String::new());
+    line("# Clients verify the server against the CA; they present no certificate.".into());
+    line("tls {".into());
+    line(format!("  cert_file: {}", quote_path(input.tls_cert_file)));
+    line(format!("  key_file: {}", quote_path(input.tls_key_file)));
+    line(format!("  ca_file: {}", quote_path(input.tls_ca_file)));
+    line("  min_version: \"1.3\"".into());
+    line("  timeout: 2".into());
+    line("}".into());
+    line(String::new());
+    line("jetstream {".into());
+    line(format!("  store_dir: {}", quote_path(input.jetstream_dir)));
+    line("}".into());
+    Ok(out)
+}
+
+fn check_account_key(what: &'static str, value: &str) -> Result<(), ConfigRenderError> {
+    let ok = value.len() == 56
+        && value.starts_with('A')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigRenderError::BadAccountKey {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// A double-quoted nats-server config string holding exactly `text`.
+///
+/// Only the escapes nats-server's lexer knows are used: `\"`, `\\`, `\t`, `\n`, `\r`, and
+/// `\xHH` for the other control characters.
+pub fn quote(text: &str) -> String {
+    quote_bytes(text.as_bytes())
+}
+
+/// [`quote`] for a path; bytes that are not UTF-8 are written as `\xHH`, which nats-server
+/// turns back into the same bytes, so any Unix path survives.
+pub fn quote_path(path: &Path) -> String {
+    quote_bytes(path.as_os_str().as_encoded_bytes())
+}
+
+fn quote_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                // Writing to a String cannot fail.
+                c if c.is_ascii_control() => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const SYS: &str = "ADQGSLKS2PXDJ4U6CM7E3RJGWSJB2MM4CUGRYEHWCMWHEMAOJQPMIFJH";
+    const ZESTER: &str = "ACFTK4XZLJK5BHQBMZ6AFBQSOD2U2BRSSJXNSA2GGZ3AKHXDVDBRMMZA";
+
+    struct Paths {
+        operator: PathBuf,
+        resolver: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+        js: PathBuf,
+        ports: PathBuf,
+        pid: PathBuf,
+    }
+
+    impl Paths {
+        fn under(root: &Path) -> Paths {
+            Paths {
+                operator: root.join("auth/operator.jwt"),
+                resolver: root.join("nats/jwt"),
+                cert: root.join("pki/server.pem"),
+                key: root.join("pki/server.key"),
+                ca: root.join("pki/ca.pem"),
+                js: root.join("nats/jetstream"),
+                ports: root.join("nats"),
+                pid: root.join("nats/nats-server.pid"),
+            }
+        }
+
+        fn input<'a>(
+            &'a self,
+            listen: &'a str,
+            monitor: &'a str,
+            preload: &'a [(&'a str, &'a str)],
+            sentinel: &'a str,
+            sys: &'a str,
+        ) -> ServerConfigInput<'a> {
+            ServerConfigInput {
+                server_name: "zester",
+                listen,
+                monitor,
+                operator_jwt_file: &self.operator,
+                system_account: sys,
+                resolver_dir: &self.resolver,
+                preload,
+                default_sentinel: sentinel,
+                tls_cert_file: &self.cert,
+                tls_key_file: &self.key,
+                tls_ca_file: &self.ca,
+                jetstream_dir: &self.js,
+                max_control_line: 32768,
+                ports_file_dir: &self.ports,
+                pid_file: &self.pid,
+            }
+        }
+    }
+
+    fn render_with(listen: &str, monitor: &str) -> Result<String, ConfigRenderError> {
+        let paths = Paths::under(Path::new("/var/lib/zester"));
+        let preload = [(SYS, "sys.jwt.token"), (ZESTER, "zester.jwt.token")];
+        render(&paths.input(listen, monitor, &preload, "sentinel.jwt", SYS))
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().map(str::trim).collect()
+    }
+
+    #[test]
+    fn renders_the_important_lines() {
+        let text = render_with("0.0.0.0:4222", "127.0.0.1:8222").unwrap();
+        let lines = lines(&text);
+        for expected in [
+            "server_name: \"zester\"",
+            "listen: \"0.0.0.0:4222\"",
+            "http: \"127.0.0.1:8222\"",
+            "max_control_line: 32768",
+            "ports_file_dir: \"/var/lib/zester/nats\"",
+            "pid_file: \"/var/lib/zester/nats/nats-server.pid\"",
+            "operator: \"/var/lib/zester/auth/operator.jwt\"",
+            &format!("system_account: \"{SYS}\""),
+            "resolver {",
+            "type: full",
+            "dir: \"/var/lib/zester/nats/jwt\"",
+            "allow_delete: false",
+            "interval: \"2m\"",
+            "timeout: \"1.9s\"",
+            &format!("\"{SYS}\": \"sys.jwt.token\""),
+            &format!("\"{ZESTER}\": \"zester.jwt.token\""),
+            "default_sentinel: \"sentinel.jwt\"",
+            "cert_file: \"/var/lib/zester/pki/server.pem\"",
+            "key_file: \"/var/lib/zester/pki/server.key\"",
+            "ca_file: \"/var/lib/zester/pki/ca.pem\"",
+            "min_version: \"1.3\"",
+            "timeout: 2",
+            "store_dir: \"/var/lib/zester/nats/jetstream\"",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{text}"
+            );
+        }
+        // Clients present no certificate, so none may be demanded.
+        assert!(!lines.iter().any(|l| l.starts_with("verify")), "{text}");
+        // The preloads sit inside the resolver_preload block.
+        let start = text.find("resolver_preload {").unwrap();
+        let end = start + text[start..].find('}').unwrap();
+        assert!(text[start..end].contains(SYS) && text[start..end].contains(ZESTER));
+    }
+
+    #[test]
+    fn port_zero_is_rendered_as_random() {
+        let text = render_with("127.0.0.1:0", "127.0.0.1:0").unwrap();
+        let v4 = lines(&text);
+        assert!(v4.contains(&"listen: \"127.0.0.1:-1\""), "{text}");
+        assert!(v4.contains(&"http: \"127.0.0.1:-1\""), "{text}");
+        let text = render_with("[::1]:0", "[::1]:8222").unwrap();
+        let v6 = lines(&text);
+        assert!(v6.contains(&"listen: \"[::1]:-1\""), "{text}");
+        assert!(v6.contains(&"http: \"[::1]:8222\""), "{text}");
+    }
+
+    #[test]
+    fn monitor_must_be_loopback() {
+        for monitor in [
+            "0.0.0.0:8222",
+            "192.168.1.5:8222",
+            "[::]:8222",
+            "example.com:8222",
+        ] {
+            let err = render_with("127.0.0.1:4222", monitor).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigRenderError::MonitorNotLoopback {
+                    value: monitor.to_string()
+                }
+            );
+            assert!(err.to_string().contains("--monitor"), "{err}");
+        }
+        for monitor in [
+            "127.0.0.1:8222",
+            "127.0.0.2:0",
+            "[::1]:8222",
+            "localhost:8222",
+        ] {
+            render_with("127.0.0.1:4222", monitor).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        for (listen, monitor, key) in [
+            ("4222", "127.0.0.1:8222", "server.listen"),
+            ("127.0.0.1:", "127.0.0.1:8222", "server.listen"),
+            (":4222", "127.0.0.1:8222", "server.listen"),
+            ("::1:4222", "127.0.0.1:8222", "server.listen"),
+            ("[::1:4222", "127.0.0.1:8222", "server.listen"),
+            ("[nothost]:4222", "127.0.0.1:8222", "server.listen"),
+            ("127.0.0.1:65536", "127.0.0.1:8222", "server.listen"),
+            ("127.0.0.1:-1", "127.0.0.1:8222", "server.listen"),
+            ("127.0.0.1:+1", "127.0.0.1:8222", "server.listen"),
+            ("a host:4222", "127.0.0.1:8222", "server.listen"),
+            ("a\"b:4222", "127.0.0.1:8222", "server.listen"),
+            ("127.0.0.1:4222", "8222", "server.monitor"),
+        ] {
+            match render_with(listen, monitor) {
+                Err(ConfigRenderError::BadAddress { key: k, value }) => {
+                    assert_eq!(k, key, "{listen} {monitor}");
+                    assert!(value == listen || value == monitor);
+                }
+                other => panic!("{listen} {monitor}: expected BadAddress, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn host_port_parses_and_prints() {
+        let hp = HostPort::parse("k", "[::1]:4222").unwrap();
+        assert_eq!(hp.host(), "::1");
+        assert_eq!(hp.port(), 4222);
+        assert_eq!(hp.to_string(), "[::1]:4222");
+        assert_eq!(hp.socket_addr(), Some("[::1]:4222".parse().unwrap()));
+        assert!(hp.is_loopback());
+        let hp = HostPort::parse("k", "localhost:0").unwrap();
+        assert_eq!(hp.socket_addr(), None);
+        assert_eq!(hp.to_nats_listen(), "localhost:-1");
+        assert!(hp.is_loopback());
+        assert!(!HostPort::parse("k", "0.0.0.0:1").unwrap().is_loopback());
+        assert_eq!(HostPort::default().to_string(), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn account_keys_are_checked() {
+        let paths = Paths::under(Path::new("/h"));
+        let preload = [("A\"}evil", "jwt")];
+        let err = render(&paths.input("127.0.0.1:0", "127.0.0.1:0", &preload, "s", SYS));
+        assert!(matches!(err, Err(ConfigRenderError::BadAccountKey { .. })));
+        let err = render(&paths.input("127.0.0.1:0", "127.0.0.1:0", &[], "s", "SYS"));
+        assert!(matches!(
+            err,
+            Err(ConfigRenderError::BadAccountKey {
+                what: "system_account",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn quoting_uses_only_escapes_nats_server_knows() {
+        assert_eq!(quote("plain"), "\"plain\"");
+        assert_eq!(quote("a \"b\" c"), "\"a \\\"b\\\" c\"");
+        assert_eq!(quote("back\\slash"), "\"back\\\\slash\"");
+        assert_eq!(quote("t\tn\nr\r"), "\"t\\tn\\nr\\r\"");
+        assert_eq!(quote("bell\u{7}del\u{7f}"), "\"bell\\x07del\\x7f\"");
+        assert_eq!(quote("$VAR ünï"), "\"$VAR ünï\"");
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe/x"));
+        assert_eq!(quote_path(path), "\"/tmp/\\xff\\xfe/x\"");
+    }
+
+    /// The rendered config from a real home passes the real binary's config test.
+    #[test]
+    fn real_nats_server_accepts_a_rendered_config() {
+        use crate::home::{now_unix, Home};
+        use crate::identity::claims::{Claims, Permission, UserNats};
+
+        let binary = match crate::broker::binary::locate(None) {
+            Ok(found) => found.path,
+            Err(e) => {
+                eprintln!("skipped: no nats-server binary to test the config with: {e}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Spaces, quotes, a backslash and non-ASCII in every path exercise the quoting.
+        let home = Home::at(dir.path().join("a home \"quoted\" \\ ü"));
+        let now = now_unix();
+        home.init(false, "localhost", now).unwrap();
+        let authority = home.load_authority().unwrap();
+
+        let sentinel = crate::identity::jwt::encode(
+            Claims {
+                sub: nkeys::KeyPair::new_user().public_key(),
+                name: "sentinel".into(),
+                iat: now,
+                nats: UserNats {
+                    bearer_token: true,
+                    issuer_account: authority.zester.public_key(),
+                    publish: Permission {
+                        allow: vec![],
+                        deny: vec![">".into()],
+                    },
+                    subscribe: Permission {
+                        allow: vec![],
+                        deny: vec![">".into()],
+                    },
+                    ..UserNats::default()
+                },
+                ..Claims::default()
+            },
+            &authority.zester_signer,
+        )
+        .unwrap();
+        let sys = authority.sys.public_key();
+        let zester = authority.zester.public_key();
+        let preload = [
+            (sys.as_str(), authority.sys_jwt.token()),
+            (zester.as_str(), authority.zester_jwt.token()),
+        ];
+        let nats = home.nats_dir();
+        let (resolver, js, pid) = (
+            nats.join("jwt"),
+            nats.join("jetstream"),
+            nats.join("nats-server.pid"),
+        );
+        let input = ServerConfigInput {
+            server_name: "zester",
+            listen: "127.0.0.1:0",
+            monitor: "127.0.0.1:0",
+            operator_jwt_file: &home.operator_jwt(),
+            system_account: &sys,
+            resolver_dir: &resolver,
+            preload: &preload,
+            default_sentinel: sentinel.token(),
+            tls_cert_file: &home.server_cert(),
+            tls_key_file: &home.server_key(),
+            tls_ca_file: &home.ca_cert(),
+            jetstream_dir: &js,
+            max_control_line: 32768,
+            ports_file_dir: &nats,
+            pid_file: &pid,
+        };
+        let text = render(&input).unwrap();
+        let file = nats.join("nats-server.conf");
+        std::fs::write(&file, &text).unwrap();
+
+        let output = std::process::Command::new(&binary)
+            .arg("-t")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "nats-server -t refused the config ({}): {printed}\n{text}",
+            output.status
+        );
+        assert!(printed.contains("is valid"), "{printed}");
+        // Parsing the full resolver made its directory, under the quoted path.
+        assert!(resolver.is_dir(), "{printed}");
+    }
+}
