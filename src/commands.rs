@@ -293,3 +293,43 @@ fn check_chain(home: &Home, creds: &Creds, now: i64) -> (String, Value, bool) {
         ),
     }
 }
+
+/// `zester status`: renders the appliance's status document for people (JSON as it came).
+pub fn status(status: &Value) -> Output {
+    let z = &status["zester"];
+    let n = &status["nats_server"];
+    let d = &status["decisions"];
+    let k = &status["keys"];
+    let human = format!(
+        "zester      running, pid {}, up {} s (ready in {} ms)\n\
+         url         {}\n\
+         monitor     {}\n\
+         nats-server pid {}, restarts {}\n\
+         connections {}\n\
+         decisions   {} allowed, {} refused (p50 {} µs, p99 {} µs)\n\
+         sessions    {}\n\
+         keys        {} accepted, {} pending, {} rejected, {} revoked\n",
+        z["pid"],
+        z["uptime_secs"],
+        z["ready_ms"],
+        z["url"].as_str().unwrap_or("?"),
+        z["monitor_url"].as_str().unwrap_or("-"),
+        n["pid"],
+        n["restarts"],
+        status["connections"],
+        d["allowed"],
+        d["refused"],
+        d["p50_micros"],
+        d["p99_micros"],
+        status["sessions"],
+        k["accepted"],
+        k["pending"],
+        k["rejected"],
+        k["revoked"],
+    );
+    Output {
+        human,
+        json: status.clone(),
+        exit_code: 0,
+    }
+}

@@ -15,3 +15,4 @@ pub mod identity;
 pub mod keys;
 pub mod permissions;
 pub mod pki;
+pub mod up;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use zester::commands::{self, Output};
 use zester::home::{now_unix, Home};
+use zester::up::{Appliance, UpOptions};
 
 /// zester: the security core of a NATS fleet on one node.
 ///
@@ -37,6 +38,31 @@ enum Command {
         /// deleted, but every creds issued so far stops working.
         #[arg(long)]
         force: bool,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the appliance: nats-server (supervised, restarted if it dies) with the auth callout
+    /// that admits every client, the key store and the audit log. Initialises the home first
+    /// if it does not exist. Stops cleanly on SIGINT/SIGTERM.
+    ///
+    /// Logs go to stderr (ZESTER_LOG=debug for more); decisions also go to <home>/audit.log.
+    Up {
+        /// Client listen address, HOST:PORT (port 0 picks a free one). Default: server.listen.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// Monitoring address, HOST:PORT on loopback (port 0 picks a free one).
+        /// Default: server.monitor.
+        #[arg(long, value_name = "HOST:PORT")]
+        monitor: Option<String>,
+        /// The nats-server binary (default: ZESTER_NATS_SERVER, nats/bin/ beside the source
+        /// tree or this executable, then PATH).
+        #[arg(long, value_name = "PATH")]
+        nats_server: Option<PathBuf>,
+    },
+    /// Ask the running appliance how it is: nats-server pid and restarts, connections,
+    /// decisions allowed/refused with latency, key counts. Exits 1 when it is not running.
+    Status {
         /// Print a JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -86,6 +112,7 @@ enum CredsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -100,6 +127,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     let (output, json) = match cli.command {
         Command::Init { force, json } => (commands::init(&home, force, &hostname(), now)?, json),
+        Command::Up {
+            listen,
+            monitor,
+            nats_server,
+        } => {
+            let options = UpOptions {
+                listen,
+                monitor,
+                nats_server,
+                hostname: hostname(),
+            };
+            runtime()?.block_on(async {
+                let appliance = Appliance::start(home, options).await?;
+                appliance.run_until_signal().await
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status { json } => match runtime()?.block_on(zester::up::query_status(&home)) {
+            Ok(status) => (commands::status(&status), json),
+            Err(e) => {
+                eprintln!("zester: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
         Command::Creds { command } => match command {
             CredsCommand::Issue {
                 id,
@@ -127,6 +178,25 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
         print!("{}", output.human);
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs to stderr at the level in ZESTER_LOG (error, warn, info, debug, trace; default info).
+fn init_logging() {
+    let level = std::env::var("ZESTER_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 /// This machine's hostname, for the TLS certificate (empty when unknown).

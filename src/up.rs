@@ -1,0 +1,646 @@
+//! `zester up`: the appliance — a supervised nats-server child and, in the same process, its
+//! auth callout, the key store, the audit log and the admin status endpoint (DESIGN §1).
+//!
+//! [`Appliance::start`] walks the steps in order and each one fails with an error naming the
+//! fix: initialise the home if needed, find and check the binary, render the server config,
+//! start the child, connect the callout user (which bypasses the callout) and subscribe, then
+//! the system user (kicks, auth-error and disconnect events) and the master (through the
+//! callout, like everyone else), open the key store and import the offline journal. Only then
+//! is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last, so that
+//! no client is ever left without an answer while the server still runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::broker::binary::{self, BinaryError};
+use crate::broker::config::{self as server_config, HostPort, ServerConfigInput};
+use crate::broker::supervisor::{Supervisor, SupervisorSettings};
+use crate::callout::audit::{self, AuditRecord, AuditSink};
+use crate::callout::decide::{KeyLookup, Trust};
+use crate::callout::service::{self, CalloutState};
+use crate::connect::{self, ClientSpec, Endpoint};
+use crate::home::{self, now_unix, Home, HomeError};
+use crate::identity::peel_id::PeelId;
+use crate::keys::{journal, KeyCache, KeyState, KeyStore};
+use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+
+/// Subject of the admin status request.
+pub const STATUS_SUBJECT: &str = "zester.admin.status";
+/// How often the offline journal is imported while running.
+const JOURNAL_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest control line nats-server accepts (CONNECT carries the JWT and signature).
+const MAX_CONTROL_LINE: usize = 32 * 1024;
+
+/// Why the appliance could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The home, config or keys.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The nats-server binary.
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+    /// The server config could not be rendered.
+    #[error("nats-server configuration: {0}")]
+    Render(#[from] server_config::ConfigRenderError),
+    /// The child process.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::supervisor::BrokerError),
+    /// One of zester's own connections.
+    #[error("{what}: {source}")]
+    Connect {
+        /// Which connection.
+        what: &'static str,
+        /// The problem.
+        source: connect::ConnectError,
+    },
+    /// A NATS operation failed.
+    #[error("{what}: {reason}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        reason: String,
+    },
+    /// The key store.
+    #[error("key store: {0}")]
+    Keys(#[from] crate::keys::KeyStoreError),
+    /// Signing failed (a damaged key).
+    #[error("signing: {0}")]
+    Authority(#[from] crate::authority::AuthorityError),
+}
+
+fn nats_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> UpError {
+    move |e| UpError::Nats {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Command-line overrides of `zester.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// `--listen HOST:PORT`.
+    pub listen: Option<String>,
+    /// `--monitor HOST:PORT`.
+    pub monitor: Option<String>,
+    /// `--nats-server PATH`.
+    pub nats_server: Option<PathBuf>,
+    /// This machine's hostname (for the TLS certificate at first init).
+    pub hostname: String,
+}
+
+/// What a running appliance writes to `<home>/nats/runtime.json` for CLI clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// zester's pid.
+    pub pid: u32,
+    /// Client URL (TLS required).
+    pub url: String,
+    /// Monitoring URL.
+    pub monitor_url: Option<String>,
+    /// Unix seconds zester started.
+    pub started_at: i64,
+}
+
+impl KeyLookup for KeyCache {
+    fn peel_key(&self, nkey: &str) -> Option<(PeelId, KeyState)> {
+        self.lookup_nkey(nkey).map(|r| (r.id.clone(), r.state))
+    }
+}
+
+/// A running appliance.
+pub struct Appliance {
+    home: Home,
+    supervisor: Supervisor,
+    state: Arc<CalloutState>,
+    callout: async_nats::Client,
+    sys: async_nats::Client,
+    master: async_nats::Client,
+    keys: Arc<KeyStore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    audit_task: tokio::task::JoinHandle<()>,
+    endpoint: Endpoint,
+    runtime: RuntimeInfo,
+    ready_after: Duration,
+}
+
+impl Appliance {
+    /// Starts everything; returns once the appliance is ready.
+    pub async fn start(home: Home, options: UpOptions) -> Result<Appliance, UpError> {
+        let started = Instant::now();
+        let started_at = now_unix();
+        if !home.is_initialised() {
+            tracing::info!(
+                "no zester home at {}: initialising it",
+                home.root().display()
+            );
+            let report = home.init(false, &options.hostname, started_at)?;
+            tracing::info!(operator = %report.operator, ca_pin = %report.ca_pin, "home initialised");
+        }
+        let config = home.load_config()?;
+        let config_error = |source| HomeError::Config {
+            path: home.config_file(),
+            source,
+        };
+        let session_ttl = config.session_ttl().map_err(config_error)?;
+        let authority = Arc::new(home.load_authority()?);
+
+        let listen = options
+            .listen
+            .clone()
+            .unwrap_or(config.server.listen.clone());
+        let monitor = options
+            .monitor
+            .clone()
+            .unwrap_or(config.server.monitor.clone());
+        let explicit_binary = options.nats_server.clone().or_else(|| {
+            (!config.server.nats_server.is_empty())
+                .then(|| PathBuf::from(&config.server.nats_server))
+        });
+        let binary = binary::locate(explicit_binary.as_deref())?;
+        let version = binary::check_version(&binary.path)?;
+        tracing::info!(path = %binary.path.display(), found_by = %binary.found_by, %version, "nats-server");
+
+        for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
+            home::create_private_dir(&dir)?;
+        }
+        let sentinel = authority.issue_sentinel(started_at)?;
+        let zester_account = authority.zester_jwt.token().to_string();
+        let sys_account = authority.sys_jwt.token().to_string();
+        let zester_key = authority.zester.public_key();
+        let sys_key = authority.sys.public_key();
+        let rendered = server_config::render(&ServerConfigInput {
+            server_name: "zester",
+            listen: &listen,
+            monitor: &monitor,
+            operator_jwt_file: &home.operator_jwt(),
+            system_account: &sys_key,
+            resolver_dir: &home.resolver_dir(),
+            preload: &[(&sys_key, &sys_account), (&zester_key, &zester_account)],
+            default_sentinel: sentinel.token(),
+            tls_cert_file: &home.server_cert(),
+            tls_key_file: &home.server_key(),
+            tls_ca_file: &home.ca_cert(),
+            jetstream_dir: &home.jetstream_dir(),
+            max_control_line: MAX_CONTROL_LINE,
+            ports_file_dir: &home.nats_dir(),
+            pid_file: &home.nats_pid_file(),
+        })?;
+        home::write_atomic(
+            &home.nats_config_file(),
+            rendered.as_bytes(),
+            home::SECRET_MODE,
+        )?;
+
+        let supervisor = Supervisor::start(SupervisorSettings::new(
+            binary.path.clone(),
+            home.nats_config_file(),
+            home.nats_dir(),
+            HostPort::parse("server.listen", &listen)?,
+            HostPort::parse("server.monitor", &monitor)?,
+        ))
+        .await?;
+        let child = supervisor.info();
+        let endpoint = Endpoint {
+            url: format!("nats://127.0.0.1:{}", child.ports.client.port()),
+            ca: home.ca_cert(),
+        };
+        tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
+
+        let (audit, audit_task) = audit::start(&home.audit_log());
+        let trust = Trust {
+            operator: authority.operator_jwt.clone(),
+            account: authority.zester_jwt.clone(),
+            sentinel: sentinel.token().to_string(),
+            services: service_roles(&home)?,
+        };
+        let state = Arc::new(CalloutState::new(
+            authority.clone(),
+            trust,
+            session_ttl,
+            audit.clone(),
+        ));
+
+        let callout_creds = home.service_creds("callout");
+        let callout = connect_own(
+            &endpoint,
+            &callout_creds,
+            "zester-callout",
+            ADMIN_INBOX_PREFIX,
+            "callout connection",
+        )
+        .await?;
+        let mut tasks = vec![service::serve(callout.clone(), state.clone())
+            .await
+            .map_err(nats_error("subscribing to $SYS.REQ.USER.AUTH"))?];
+
+        let sys_creds = home.service_creds("sys");
+        let sys = connect_own(
+            &endpoint,
+            &sys_creds,
+            "zester-sys",
+            "_INBOX._sys",
+            "system connection",
+        )
+        .await?;
+        tasks.push(
+            watch_server_events(
+                sys.clone(),
+                state.clone(),
+                audit.clone(),
+                zester_key.clone(),
+            )
+            .await?,
+        );
+
+        let master_creds = home.service_creds("master");
+        let master = connect_own(
+            &endpoint,
+            &master_creds,
+            "zester-master",
+            MASTER_INBOX_PREFIX,
+            "master connection (through the callout)",
+        )
+        .await?;
+        let keys = Arc::new(KeyStore::open(master.clone()).await?);
+        state.set_keys(Arc::new(keys.cache()));
+        import_journal(&home, &keys).await;
+
+        let runtime = RuntimeInfo {
+            pid: std::process::id(),
+            url: endpoint.url.clone(),
+            monitor_url: child.ports.monitor.map(|m| format!("http://{m}")),
+            started_at,
+        };
+        let ready_after = started.elapsed();
+        let status = StatusSource {
+            state: state.clone(),
+            keys: keys.cache(),
+            sys: sys.clone(),
+            runtime: runtime.clone(),
+            ready_after,
+            supervisor: supervisor.info_handle(),
+        };
+        tasks.push(serve_status(master.clone(), status).await?);
+        tasks.push(tokio::spawn(import_journal_periodically(
+            home.clone(),
+            keys.clone(),
+        )));
+
+        let text = serde_json::to_vec_pretty(&runtime).unwrap_or_default();
+        home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
+        tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %endpoint.url, "zester is ready");
+        Ok(Appliance {
+            home,
+            supervisor,
+            state,
+            callout,
+            sys,
+            master,
+            keys,
+            tasks,
+            audit_task,
+            endpoint,
+            runtime,
+            ready_after,
+        })
+    }
+
+    /// The client URL (TLS).
+    pub fn url(&self) -> &str {
+        &self.endpoint.url
+    }
+
+    /// What `runtime.json` says.
+    pub fn runtime(&self) -> &RuntimeInfo {
+        &self.runtime
+    }
+
+    /// Time from start to ready.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// The callout's shared state (stats, sessions).
+    pub fn callout(&self) -> &Arc<CalloutState> {
+        &self.state
+    }
+
+    /// The key store.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// The supervisor of the child.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Runs until SIGINT/SIGTERM or until the child cannot be kept up, then stops.
+    pub async fn run_until_signal(self) -> Result<(), UpError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| UpError::Nats {
+            what: "installing the SIGINT handler",
+            reason: e.to_string(),
+        })?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| UpError::Nats {
+            what: "installing the SIGTERM handler",
+            reason: e.to_string(),
+        })?;
+        let gave_up = self.supervisor.gave_up();
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            error = gave_up => {
+                self.stop().await;
+                return Err(UpError::Broker(error));
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops in reverse order: the child first, the callout last.
+    pub async fn stop(self) {
+        if let Err(e) = self.supervisor.shutdown().await {
+            tracing::warn!("stopping nats-server: {e}");
+        }
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Ok(keys) = Arc::try_unwrap(self.keys) {
+            keys.close().await;
+        }
+        drop(self.master);
+        drop(self.sys);
+        drop(self.callout);
+        drop(self.state);
+        let _ = self.audit_task.await;
+        let _ = std::fs::remove_file(self.home.runtime_file());
+        tracing::info!("zester stopped");
+    }
+}
+
+/// Master and admin are recognised by their keys in the home, never by what they claim.
+fn service_roles(home: &Home) -> Result<std::collections::HashMap<String, Role>, UpError> {
+    let mut services = std::collections::HashMap::new();
+    for (name, role) in [("master", Role::Master), ("admin", Role::Admin)] {
+        let creds = home::read_creds(&home.service_creds(name))?;
+        services.insert(creds.key().public_key(), role);
+    }
+    Ok(services)
+}
+
+async fn connect_own(
+    endpoint: &Endpoint,
+    creds: &std::path::Path,
+    name: &str,
+    inbox_prefix: &str,
+    what: &'static str,
+) -> Result<async_nats::Client, UpError> {
+    let client = connect::connect(
+        endpoint,
+        &ClientSpec {
+            creds,
+            name,
+            inbox_prefix,
+            retry_initial: false,
+        },
+    )
+    .await
+    .map_err(|source| UpError::Connect { what, source })?;
+    Ok(client)
+}
+
+/// Audits refusals the server makes before the callout sees the client, and forgets sessions
+/// that closed.
+async fn watch_server_events(
+    sys: async_nats::Client,
+    state: Arc<CalloutState>,
+    audit: AuditSink,
+    account: String,
+) -> Result<tokio::task::JoinHandle<()>, UpError> {
+    let mut auth_errors = sys
+        .subscribe("$SYS.SERVER.*.CLIENT.AUTH.ERR")
+        .await
+        .map_err(|e| nats_error("subscribing to auth-error events")(e.into()))?;
+    let mut disconnects = sys
+        .subscribe(format!("$SYS.ACCOUNT.{account}.DISCONNECT"))
+        .await
+        .map_err(|e| nats_error("subscribing to disconnect events")(e.into()))?;
+    sys.flush()
+        .await
+        .map_err(|e| nats_error("subscribing to server events")(e.into()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(message) = auth_errors.next() => {
+                    if let Some(record) = server_refusal(&message.payload, now_unix()) {
+                        audit.record(record);
+                    }
+                }
+                Some(message) = disconnects.next() => {
+                    if let Ok(event) = serde_json::from_slice::<Value>(&message.payload) {
+                        let server = event["server"]["id"].as_str().unwrap_or_default();
+                        let client = event["client"]["id"].as_u64().unwrap_or_default();
+                        state.sessions.remove(server, client);
+                    }
+                }
+                else => break,
+            }
+        }
+    }))
+}
+
+/// An audit record for a refusal nats-server made itself (`None` for the ones our callout made,
+/// which are audited already).
+pub fn server_refusal(payload: &[u8], now: i64) -> Option<AuditRecord> {
+    let event: Value = serde_json::from_slice(payload).ok()?;
+    let reason = event["reason"].as_str().unwrap_or_default().to_string();
+    if reason.to_ascii_lowercase().contains("auth callout") {
+        return None;
+    }
+    let client = &event["client"];
+    let mut record = AuditRecord::at(now, "server", "refuse");
+    record.code = "server_refused".into();
+    record.reason = reason;
+    record.client_ip = client["host"].as_str().unwrap_or_default().to_string();
+    record.client_id = client["id"].as_u64().unwrap_or_default();
+    record.connection_name = client["name"].as_str().unwrap_or_default().to_string();
+    record.nkey = client["user"].as_str().unwrap_or_default().to_string();
+    record.server_id = event["server"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Some(record)
+}
+
+async fn import_journal(home: &Home, keys: &KeyStore) {
+    match journal::import(home, keys).await {
+        Ok(report) if !report.imported.is_empty() || !report.rejected.is_empty() => {
+            tracing::info!(
+                imported = report.imported.len(),
+                rejected = report.rejected.len(),
+                "key journal imported"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("key journal import: {e}"),
+    }
+}
+
+async fn import_journal_periodically(home: Home, keys: Arc<KeyStore>) {
+    let mut tick = tokio::time::interval(JOURNAL_INTERVAL);
+    loop {
+        tick.tick().await;
+        import_journal(&home, &keys).await;
+    }
+}
+
+/// What the status endpoint reports from.
+struct StatusSource {
+    state: Arc<CalloutState>,
+    keys: KeyCache,
+    sys: async_nats::Client,
+    runtime: RuntimeInfo,
+    ready_after: Duration,
+    supervisor: crate::broker::supervisor::InfoHandle,
+}
+
+impl StatusSource {
+    async fn report(&self) -> Value {
+        let child = self.supervisor.info();
+        let connections = self.connections().await;
+        let counts = self.keys.counts();
+        json!({
+            "zester": {
+                "pid": self.runtime.pid,
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_at": self.runtime.started_at,
+                "uptime_secs": now_unix() - self.runtime.started_at,
+                "ready_ms": self.ready_after.as_millis() as u64,
+                "url": self.runtime.url,
+                "monitor_url": self.runtime.monitor_url,
+            },
+            "nats_server": {
+                "pid": child.pid,
+                "started_at": child
+                    .started_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                "restarts": child.restarts,
+            },
+            "connections": connections,
+            "decisions": self.state.stats.snapshot(),
+            "sessions": self.state.sessions.len(),
+            "keys": {
+                "pending": counts.pending,
+                "accepted": counts.accepted,
+                "rejected": counts.rejected,
+                "revoked": counts.revoked,
+            },
+        })
+    }
+
+    async fn connections(&self) -> Option<u64> {
+        let server = self.sys.server_info().server_id;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.sys
+                .request(format!("$SYS.REQ.SERVER.{server}.VARZ"), "".into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let varz: Value = serde_json::from_slice(&reply.payload).ok()?;
+        varz["data"]["connections"].as_u64()
+    }
+}
+
+async fn serve_status(
+    master: async_nats::Client,
+    source: StatusSource,
+) -> Result<tokio::task::JoinHandle<()>, UpError> {
+    let mut requests = master
+        .subscribe(STATUS_SUBJECT)
+        .await
+        .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    master
+        .flush()
+        .await
+        .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    Ok(tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let Some(reply) = request.reply else { continue };
+            let body = serde_json::to_vec(&source.report().await).unwrap_or_default();
+            if let Err(e) = master.publish(reply, body.into()).await {
+                tracing::warn!("answering a status request: {e}");
+            }
+        }
+    }))
+}
+
+/// Asks a running appliance for its status (`zester status`), with the admin creds.
+pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
+    let path = home.runtime_file();
+    let text = std::fs::read_to_string(&path).map_err(|_| StatusError::NotRunning {
+        reason: format!("no {} (start it with `zester up`)", path.display()),
+    })?;
+    let runtime: RuntimeInfo =
+        serde_json::from_str(&text).map_err(|e| StatusError::NotRunning {
+            reason: format!("{} is unreadable: {e}", path.display()),
+        })?;
+    let endpoint = Endpoint {
+        url: runtime.url.clone(),
+        ca: home.ca_cert(),
+    };
+    let admin_creds = home.service_creds("admin");
+    let client = connect::connect(
+        &endpoint,
+        &ClientSpec {
+            creds: &admin_creds,
+            name: "zester-status",
+            inbox_prefix: ADMIN_INBOX_PREFIX,
+            retry_initial: false,
+        },
+    )
+    .await
+    .map_err(|e| StatusError::NotRunning {
+        reason: format!("{e} (pid {} in {} is gone?)", runtime.pid, path.display()),
+    })?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(STATUS_SUBJECT, "".into()),
+    )
+    .await
+    .map_err(|_| StatusError::NoAnswer)?
+    .map_err(|e| StatusError::NotRunning {
+        reason: e.to_string(),
+    })?;
+    serde_json::from_slice(&reply.payload).map_err(|e| StatusError::Malformed(e.to_string()))
+}
+
+/// Why `zester status` has no status to show.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing is running.
+    #[error("zester is not running: {reason}")]
+    NotRunning {
+        /// Why we think so.
+        reason: String,
+    },
+    /// Connected, but no answer.
+    #[error("zester is running but did not answer the status request within 5 s")]
+    NoAnswer,
+    /// An answer that is not JSON.
+    #[error("zester answered with an unreadable status: {0}")]
+    Malformed(String),
+}
