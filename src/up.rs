@@ -21,7 +21,7 @@ use crate::broker::binary::{self, BinaryError};
 use crate::broker::config::{self as server_config, HostPort, ServerConfigInput};
 use crate::broker::supervisor::{Supervisor, SupervisorSettings};
 use crate::callout::audit::{self, AuditRecord, AuditSink};
-use crate::callout::decide::{KeyLookup, Trust};
+use crate::callout::decide::{self, KeyLookup, Trust};
 use crate::callout::service::{self, CalloutState};
 use crate::connect::{self, ClientSpec, Endpoint};
 use crate::home::{self, now_unix, Home, HomeError};
@@ -442,7 +442,7 @@ async fn watch_server_events(
         loop {
             tokio::select! {
                 Some(message) = auth_errors.next() => {
-                    if let Some(record) = server_refusal(&message.payload, now_unix()) {
+                    if let Some(record) = server_refusal(&state, &message.payload, now_unix()) {
                         audit.record(record);
                     }
                 }
@@ -459,27 +459,42 @@ async fn watch_server_events(
     }))
 }
 
-/// An audit record for a refusal nats-server made itself (`None` for the ones our callout made,
-/// which are audited already).
-pub fn server_refusal(payload: &[u8], now: i64) -> Option<AuditRecord> {
+/// An audit record for a refusal nats-server made itself (`None` for connections our callout
+/// decided on, which are audited already). The server only says "Authentication Failure", so
+/// the reason is diagnosed from the JWT the client presented.
+pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<AuditRecord> {
     let event: Value = serde_json::from_slice(payload).ok()?;
-    let reason = event["reason"].as_str().unwrap_or_default().to_string();
-    if reason.to_ascii_lowercase().contains("auth callout") {
+    let client = &event["client"];
+    let server_id = event["server"]["id"].as_str().unwrap_or_default();
+    let client_id = client["id"].as_u64().unwrap_or_default();
+    if state.recent.contains(server_id, client_id) {
         return None;
     }
-    let client = &event["client"];
+    let presented = client["jwt"].as_str().unwrap_or_default();
+    let refusal = decide::diagnose(presented, &state.trust(), now);
     let mut record = AuditRecord::at(now, "server", "refuse");
-    record.code = "server_refused".into();
-    record.reason = reason;
+    record.code = refusal.code().to_string();
+    record.reason = format!(
+        "{refusal} (refused by nats-server: {})",
+        event["reason"].as_str().unwrap_or("no reason given")
+    );
     record.client_ip = client["host"].as_str().unwrap_or_default().to_string();
-    record.client_id = client["id"].as_u64().unwrap_or_default();
+    record.client_id = client_id;
     record.connection_name = client["name"].as_str().unwrap_or_default().to_string();
-    record.nkey = client["user"].as_str().unwrap_or_default().to_string();
-    record.server_id = event["server"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    record.nkey = jwt_subject(presented)
+        .unwrap_or_else(|| client["user"].as_str().unwrap_or_default().to_string());
+    record.server_id = server_id.to_string();
     Some(record)
+}
+
+/// The `sub` a JWT claims, read without verification (for naming who was refused).
+fn jwt_subject(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(payload.as_bytes())
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims["sub"].as_str().map(str::to_string)
 }
 
 async fn import_journal(home: &Home, keys: &KeyStore) {

@@ -888,7 +888,7 @@ impl fmt::Display for NotReady {
     }
 }
 
-/// Waits for the ports file and a successful TCP connect to the client port.
+/// Waits for the ports file and a successful TCP connect (monitor port if any, else client).
 async fn wait_ready(
     child: &mut RunningChild,
     settings: &SupervisorSettings,
@@ -911,15 +911,14 @@ async fn wait_ready(
         }
         // Read again on every poll: a file caught half-written parses next time.
         if let Some(ports) = read_ports_file(&settings.ports_file_dir, child.pid, not_before) {
-            match tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect(ports.client),
-            )
-            .await
+            // Probe the monitor port when there is one: a bare TCP probe of the TLS client port
+            // makes nats-server log a "TLS handshake error" at every start.
+            let probe = ports.monitor.unwrap_or(ports.client);
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(probe)).await
             {
                 Ok(Ok(_)) => return Ok(ports),
-                Ok(Err(e)) => detail = format!("connecting to {} failed: {e}", ports.client),
-                Err(_) => detail = format!("connecting to {} timed out", ports.client),
+                Ok(Err(e)) => detail = format!("connecting to {probe} failed: {e}"),
+                Err(_) => detail = format!("connecting to {probe} timed out"),
             }
         }
         if Instant::now() >= deadline {

@@ -61,6 +61,10 @@ pub enum Refusal {
     /// An nkey without a JWT (enrolment is not open on this node).
     #[error("an nkey alone is not accepted here: connect with a .creds file")]
     NkeyWithoutJwt,
+    /// The client sent a JWT (it signed the nonce) that nats-server could not decode or verify,
+    /// so the server handed it the sentinel instead.
+    #[error("the user JWT presented is not valid (tampered, truncated or not a NATS user JWT)")]
+    JwtRejectedByServer,
     /// A bearer JWT (no proof of key possession).
     #[error("bearer JWTs are not accepted: the client must sign the nonce")]
     Bearer,
@@ -110,6 +114,7 @@ impl Refusal {
             Refusal::TokenNotAccepted => "token_not_accepted",
             Refusal::NkeyWithoutJwt => "nkey_without_jwt",
             Refusal::Bearer => "bearer_not_accepted",
+            Refusal::JwtRejectedByServer => "jwt_invalid",
             Refusal::Jwt(JwtError::Expired { .. }) => "jwt_expired",
             Refusal::Jwt(JwtError::NotYetValid { .. }) => "jwt_not_yet_valid",
             Refusal::Jwt(JwtError::SignatureMismatch { .. }) => "jwt_signature",
@@ -164,6 +169,8 @@ pub fn decide(
     if !presented_jwt {
         let refusal = if !opts.nkey.is_empty() {
             Refusal::NkeyWithoutJwt
+        } else if !opts.signed_nonce.is_empty() {
+            Refusal::JwtRejectedByServer
         } else if !opts.username.is_empty() || !opts.password.is_empty() {
             Refusal::PasswordNotAccepted
         } else if !opts.token.is_empty() {
@@ -209,6 +216,26 @@ fn admit_user_jwt(
         expires: user.claims().exp,
         nkey,
     })
+}
+
+/// Explains a refusal nats-server made before asking the callout, from the JWT the client
+/// presented (the server's auth-error event carries it, but only says "Authentication
+/// Failure"). The server checks signature, expiry, the chain and the nonce signature itself, so
+/// a JWT that passes every check here must have failed the nonce signature.
+pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64) -> Refusal {
+    if jwt_text.is_empty() || jwt_text == trust.sentinel {
+        return Refusal::NoCredentials;
+    }
+    let user = match jwt::decode::<UserNats>(jwt_text, now) {
+        Ok(user) => user,
+        Err(e) => return Refusal::Jwt(e),
+    };
+    if let Err(e) = chain::verify_user(&trust.operator, &trust.account, &user, now) {
+        return Refusal::Chain(e);
+    }
+    Refusal::NonceSignatureMismatch {
+        nkey: user.subject().to_string(),
+    }
 }
 
 /// Checks `signature` (base64url without padding as nats.go and async-nats send it, or standard

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, XKEY_HEADER};
-use super::sessions::{CalloutStats, Session, SessionTable};
+use super::sessions::{CalloutStats, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
@@ -36,6 +36,8 @@ pub struct CalloutState {
     pub stats: CalloutStats,
     /// Live sessions, for kicks.
     pub sessions: SessionTable,
+    /// Connections decided on recently (to skip the server's duplicate auth-error events).
+    pub recent: RecentDecisions,
 }
 
 /// What handling one request produced.
@@ -65,6 +67,7 @@ impl CalloutState {
             audit,
             stats: CalloutStats::default(),
             sessions: SessionTable::default(),
+            recent: RecentDecisions::default(),
         }
     }
 
@@ -116,6 +119,8 @@ impl CalloutState {
         audit.client_id = request.client_info.id;
         audit.connection_name = request.client_info.name.clone();
         audit.server_id = request.server.id.clone();
+        self.recent
+            .remember(&request.server.id, request.client_info.id);
 
         let decision = decide::decide(request, &trust, self.keys().as_ref(), now);
         let (verdict, allowed) = match &decision {

@@ -75,6 +75,36 @@ impl SessionTable {
     }
 }
 
+/// The connections the callout decided on recently, so that the server's own auth-error
+/// event for the same connection is not audited twice.
+#[derive(Debug, Default)]
+pub struct RecentDecisions {
+    inner: Mutex<VecDeque<(String, u64)>>,
+}
+
+/// How many recent decisions are remembered.
+const RECENT_DECISIONS: usize = 4096;
+
+impl RecentDecisions {
+    /// Remembers a decision about client `client_id` on `server_id`.
+    pub fn remember(&self, server_id: &str, client_id: u64) {
+        let mut recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_DECISIONS {
+            recent.pop_front();
+        }
+        recent.push_back((server_id.to_string(), client_id));
+    }
+
+    /// True when the callout decided on that connection recently.
+    pub fn contains(&self, server_id: &str, client_id: u64) -> bool {
+        let recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .rev()
+            .any(|(s, c)| *c == client_id && s == server_id)
+    }
+}
+
 /// Decision counters and latencies.
 #[derive(Debug, Default)]
 pub struct CalloutStats {

@@ -8,6 +8,8 @@
 //! tests run in parallel without coordinating ports.
 #![allow(dead_code)]
 
+pub mod appliance;
+
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
