@@ -44,8 +44,9 @@ pub struct ClientSpec<'a> {
     pub name: &'a str,
     /// Inbox prefix (must be one the role may subscribe to).
     pub inbox_prefix: &'a str,
-    /// Keep retrying the first connect (for the appliance's own long-lived clients).
-    pub retry_initial: bool,
+    /// The appliance's own clients: reconnect forever (the child may restart). CLI clients
+    /// give up after one reconnect attempt.
+    pub long_lived: bool,
 }
 
 /// Connects over TLS with creds.
@@ -64,9 +65,9 @@ pub async fn connect(
         .name(spec.name)
         .custom_inbox_prefix(spec.inbox_prefix)
         .connection_timeout(Duration::from_secs(5));
-    if spec.retry_initial {
+    if spec.long_lived {
         options = options
-            .retry_on_initial_connect()
+            .max_reconnects(None)
             .reconnect_delay_callback(|attempt| {
                 Duration::from_millis((50u64 << attempt.min(5)).min(1000))
             });

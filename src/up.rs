@@ -175,28 +175,32 @@ impl Appliance {
         let sys_account = authority.sys_jwt.token().to_string();
         let zester_key = authority.zester.public_key();
         let sys_key = authority.sys.public_key();
-        let rendered = server_config::render(&ServerConfigInput {
-            server_name: "zester",
-            listen: &listen,
-            monitor: &monitor,
-            operator_jwt_file: &home.operator_jwt(),
-            system_account: &sys_key,
-            resolver_dir: &home.resolver_dir(),
-            preload: &[(&sys_key, &sys_account), (&zester_key, &zester_account)],
-            default_sentinel: sentinel.token(),
-            tls_cert_file: &home.server_cert(),
-            tls_key_file: &home.server_key(),
-            tls_ca_file: &home.ca_cert(),
-            jetstream_dir: &home.jetstream_dir(),
-            max_control_line: MAX_CONTROL_LINE,
-            ports_file_dir: &home.nats_dir(),
-            pid_file: &home.nats_pid_file(),
-        })?;
-        home::write_atomic(
-            &home.nats_config_file(),
-            rendered.as_bytes(),
-            home::SECRET_MODE,
-        )?;
+        let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
+            let rendered = server_config::render(&ServerConfigInput {
+                server_name: "zester",
+                listen,
+                monitor,
+                operator_jwt_file: &home.operator_jwt(),
+                system_account: &sys_key,
+                resolver_dir: &home.resolver_dir(),
+                preload: &[(&sys_key, &sys_account), (&zester_key, &zester_account)],
+                default_sentinel: sentinel.token(),
+                tls_cert_file: &home.server_cert(),
+                tls_key_file: &home.server_key(),
+                tls_ca_file: &home.ca_cert(),
+                jetstream_dir: &home.jetstream_dir(),
+                max_control_line: MAX_CONTROL_LINE,
+                ports_file_dir: &home.nats_dir(),
+                pid_file: &home.nats_pid_file(),
+            })?;
+            home::write_atomic(
+                &home.nats_config_file(),
+                rendered.as_bytes(),
+                home::SECRET_MODE,
+            )?;
+            Ok(())
+        };
+        render(&listen, &monitor)?;
 
         let supervisor = Supervisor::start(SupervisorSettings::new(
             binary.path.clone(),
@@ -207,6 +211,20 @@ impl Appliance {
         ))
         .await?;
         let child = supervisor.info();
+        // Ports chosen at run time (port 0) are pinned for restarts, so that clients (and this
+        // process) find a restarted child where the first one was.
+        let listen_at = HostPort::parse("server.listen", &listen)?;
+        let monitor_at = HostPort::parse("server.monitor", &monitor)?;
+        if listen_at.port() == 0 || monitor_at.port() == 0 {
+            let pin = |at: &HostPort, port: Option<u16>| match port {
+                Some(port) if at.port() == 0 => join_host_port(at.host(), port),
+                _ => at.to_string(),
+            };
+            render(
+                &pin(&listen_at, Some(child.ports.client.port())),
+                &pin(&monitor_at, child.ports.monitor.map(|m| m.port())),
+            )?;
+        }
         let endpoint = Endpoint {
             url: format!("nats://127.0.0.1:{}", child.ports.client.port()),
             ca: home.ca_cert(),
@@ -388,6 +406,14 @@ impl Appliance {
     }
 }
 
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Master and admin are recognised by their keys in the home, never by what they claim.
 fn service_roles(home: &Home) -> Result<std::collections::HashMap<String, Role>, UpError> {
     let mut services = std::collections::HashMap::new();
@@ -411,7 +437,7 @@ async fn connect_own(
             creds,
             name,
             inbox_prefix,
-            retry_initial: false,
+            long_lived: true,
         },
     )
     .await
@@ -624,7 +650,7 @@ pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
             creds: &admin_creds,
             name: "zester-status",
             inbox_prefix: ADMIN_INBOX_PREFIX,
-            retry_initial: false,
+            long_lived: false,
         },
     )
     .await

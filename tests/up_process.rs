@@ -1,0 +1,293 @@
+//! `zester up` as a process: session expiry and re-authentication, a nats-server crash and
+//! restart, SIGTERM (exit 0, nothing left, port free) and SIGKILL (no orphan).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::appliance;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_reconnects_through_the_callout_keeping_its_subscription() {
+    let t = appliance::start("[peels]\nsession_ttl = \"3s\"\n").await;
+    let creds = t.peel("peel-a").await;
+    let peel = t
+        .connect(&creds, "_INBOX.peel-a")
+        .await
+        .expect("peel connects");
+    let mut commands = peel.nats.subscribe("zester.cmd.peel-a").await.unwrap();
+    peel.nats.flush().await.unwrap();
+
+    // The session JWT runs out after ~3 s: the server disconnects, the client reconnects.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = peel.events();
+        let reconnected = events.iter().filter(|e| *e == "connected").count() >= 2;
+        if reconnected && events.iter().any(|e| e == "disconnected") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no expiry and reconnect: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        peel.errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("expired")),
+        "expected 'User Authentication Expired', got {:?}",
+        peel.errors.lock().unwrap()
+    );
+
+    // The subscription survived: a command from the master still arrives.
+    let master = t
+        .connect(&t.home.service_creds("master"), "_INBOX._master")
+        .await
+        .unwrap();
+    master
+        .nats
+        .publish("zester.cmd.peel-a", "after-expiry".into())
+        .await
+        .unwrap();
+    master.nats.flush().await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), commands.next())
+        .await
+        .expect("the command arrives after re-authentication")
+        .unwrap();
+    assert_eq!(&message.payload[..], b"after-expiry");
+    let admissions = t
+        .audit()
+        .iter()
+        .filter(|r| r["decision"] == "allow" && r["peel_id"] == "peel-a")
+        .count();
+    assert!(
+        admissions >= 2,
+        "the reconnect did not go through the callout"
+    );
+    t.stop().await;
+}
+
+/// A `zester up` child process on its own home; killed if the test fails.
+struct Up {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("zester.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(dir.path().join("home"))
+            .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn zester up");
+        let up = Up {
+            child: Some(child),
+            dir,
+        };
+        up.wait_for(Duration::from_secs(20), "runtime.json", || {
+            up.home().join("nats/runtime.json").exists()
+        });
+        up
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("zester.log")).unwrap_or_default()
+    }
+
+    fn runtime(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn nats_pid(&self) -> i32 {
+        std::fs::read_to_string(self.home().join("nats/nats-server.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    fn zester(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn wait_for(&self, limit: Duration, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen; zester log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// True when `pid` is gone (or a zombie waiting to be reaped by init).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+async fn connect(up: &Up, creds: &Path, inbox: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .unwrap()
+        .add_root_certificates(up.home().join("pki/ca.pem"))
+        .require_tls(true)
+        .custom_inbox_prefix(inbox)
+        .connect(up.runtime()["url"].as_str().unwrap())
+        .await
+        .expect("connect to zester up")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_child_is_restarted_and_sigterm_stops_everything() {
+    let mut up = Up::start();
+    let issue = up.zester(&["creds", "issue", "web-01"]);
+    assert!(
+        issue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issue.stderr)
+    );
+    let creds = up.home().join("peels/web-01.creds");
+    // The running appliance imports the key within its journal interval.
+    let status = || up.zester(&["status", "--json"]);
+    up.wait_for(Duration::from_secs(10), "key import", || {
+        let out = status();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|s| s["keys"]["accepted"] == 1)
+            .unwrap_or(false)
+    });
+    let peel = connect(&up, &creds, "_INBOX.web-01").await;
+    let master = connect(&up, &up.home().join("auth/master.creds"), "_INBOX._master").await;
+    let mut commands = peel.subscribe("zester.cmd.web-01").await.unwrap();
+    peel.flush().await.unwrap();
+
+    let first = up.nats_pid();
+    assert!(first > 0);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    up.wait_for(Duration::from_secs(20), "nats-server restart", || {
+        let pid = up.nats_pid();
+        pid > 0 && pid != first
+    });
+    // Both clients come back through the callout and traffic flows again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        let _ = master.publish("zester.cmd.web-01", "back".into()).await;
+        let _ = master.flush().await;
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(500), commands.next()).await
+        {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clients did not come back:\n{}",
+            up.log()
+        );
+    };
+    assert_eq!(&message.payload[..], b"back");
+    let status: Value = serde_json::from_slice(&status().stdout).unwrap();
+    assert_eq!(status["nats_server"]["restarts"], 1, "{status}");
+
+    let second = up.nats_pid();
+    let port = port_of(up.runtime()["url"].as_str().unwrap());
+    drop(peel);
+    drop(master);
+    up.signal(libc::SIGTERM);
+    let mut child = up.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zester did not stop on SIGTERM:\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "zester exited with {exit}:\n{}", up.log());
+    assert!(gone(second), "nats-server survived zester's SIGTERM");
+    assert!(port_free(port), "port {port} still taken after stop");
+    assert!(!up.home().join("nats/runtime.json").exists());
+    let out = up.zester(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status after stop should say not running"
+    );
+}
+
+#[test]
+fn sigkill_of_zester_leaves_no_orphan() {
+    let mut up = Up::start();
+    let nats = up.nats_pid();
+    assert!(nats > 0 && !gone(nats));
+    up.signal(libc::SIGKILL);
+    let _ = up.child.take().unwrap().wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(nats) {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server {nats} outlived its SIGKILLed parent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
