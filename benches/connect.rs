@@ -762,7 +762,7 @@ async fn capture_request(home: &Home, target: &Target, peel: &Peel) -> Result<Ca
             creds: &creds,
             name: "bench-capture",
             inbox_prefix: ADMIN_INBOX_PREFIX,
-            retry_initial: false,
+            long_lived: false,
         },
     )
     .await?;
