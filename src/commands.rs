@@ -304,7 +304,7 @@ pub fn status(status: &Value) -> Output {
         "zester      running, pid {}, up {} s (ready in {} ms)\n\
          url         {}\n\
          monitor     {}\n\
-         nats-server pid {}, restarts {}\n\
+         nats-server {} pid {}, up {} s, restarts {}\n\
          connections {}\n\
          decisions   {} allowed, {} refused (p50 {} µs, p99 {} µs)\n\
          sessions    {}\n\
@@ -314,7 +314,9 @@ pub fn status(status: &Value) -> Output {
         z["ready_ms"],
         z["url"].as_str().unwrap_or("?"),
         z["monitor_url"].as_str().unwrap_or("-"),
+        n["version"].as_str().unwrap_or("?"),
         n["pid"],
+        n["uptime_secs"],
         n["restarts"],
         status["connections"],
         d["allowed"],

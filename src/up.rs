@@ -9,7 +9,7 @@
 //! is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last, so that
 //! no client is ever left without an answer while the server still runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -304,6 +304,7 @@ impl Appliance {
             runtime: runtime.clone(),
             ready_after,
             supervisor: supervisor.info_handle(),
+            nats_version: version.clone(),
         };
         tasks.push(serve_status(master.clone(), status).await?);
         tasks.push(tokio::spawn(import_journal_periodically(
@@ -553,6 +554,7 @@ struct StatusSource {
     runtime: RuntimeInfo,
     ready_after: Duration,
     supervisor: crate::broker::supervisor::InfoHandle,
+    nats_version: String,
 }
 
 impl StatusSource {
@@ -572,6 +574,12 @@ impl StatusSource {
             },
             "nats_server": {
                 "pid": child.pid,
+                "version": self.nats_version,
+                "uptime_secs": child
+                    .started_at
+                    .elapsed()
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
                 "started_at": child
                     .started_at
                     .duration_since(std::time::UNIX_EPOCH)
@@ -654,8 +662,17 @@ pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
         },
     )
     .await
-    .map_err(|e| StatusError::NotRunning {
-        reason: format!("{e} (pid {} in {} is gone?)", runtime.pid, path.display()),
+    .map_err(|e| {
+        if Path::new(&format!("/proc/{}", runtime.pid)).exists() {
+            StatusError::Unreachable {
+                pid: runtime.pid,
+                reason: e.to_string(),
+            }
+        } else {
+            StatusError::NotRunning {
+                reason: format!("{e}; pid {} from {} is gone", runtime.pid, path.display()),
+            }
+        }
     })?;
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
@@ -676,6 +693,14 @@ pub enum StatusError {
     #[error("zester is not running: {reason}")]
     NotRunning {
         /// Why we think so.
+        reason: String,
+    },
+    /// zester runs, but its nats-server does not answer (e.g. while it is being restarted).
+    #[error("zester (pid {pid}) is running, but its nats-server does not answer: {reason} (restarting? try again in a moment)")]
+    Unreachable {
+        /// zester's pid.
+        pid: u32,
+        /// The connection error.
         reason: String,
     },
     /// Connected, but no answer.

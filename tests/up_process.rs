@@ -135,7 +135,7 @@ impl Up {
             .unwrap()
     }
 
-    fn wait_for(&self, limit: Duration, what: &str, done: impl Fn() -> bool) {
+    fn wait_for(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !done() {
             assert!(
@@ -242,7 +242,16 @@ async fn a_killed_child_is_restarted_and_sigterm_stops_everything() {
         );
     };
     assert_eq!(&message.payload[..], b"back");
-    let status: Value = serde_json::from_slice(&status().stdout).unwrap();
+    // The status endpoint answers again too (its clients reconnect on their own schedule).
+    let mut last = None;
+    up.wait_for(Duration::from_secs(10), "status after restart", || {
+        let out = status();
+        let parsed = serde_json::from_slice::<Value>(&out.stdout).ok();
+        let done = parsed.is_some();
+        last = parsed.or(last.take());
+        done
+    });
+    let status = last.unwrap();
     assert_eq!(status["nats_server"]["restarts"], 1, "{status}");
 
     let second = up.nats_pid();
