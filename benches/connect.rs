@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use nkeys::XKey;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
@@ -800,7 +799,10 @@ fn callout_steps(home: &Home, appliance: &Appliance, captured: &Captured) -> Res
         captured.server_xkey.as_deref(),
         captured.at,
     );
-    let opened = || protocol::open_request(payload, xkey, &authority.callout_xkey, &account, now);
+    let channel = xkey
+        .map(|k| protocol::Channel::new(&authority.callout_xkey, k))
+        .transpose()?;
+    let opened = || protocol::open_request(payload, channel.as_ref(), &account, now);
     let request = opened()?;
     let nats = &request.claims().nats;
     let Decision::Allow(admission) = decide::decide(nats, &trust, &keys, now) else {
@@ -817,13 +819,12 @@ fn callout_steps(home: &Home, appliance: &Appliance, captured: &Captured) -> Res
         )
     };
     let token = session()?.token().to_string();
-    let answer = |seal_to: Option<&str>| {
+    let answer = |seal_to: Option<&protocol::Channel>| {
         protocol::answer(
             nats,
             Ok(&token),
             &authority.zester_signer,
             &account,
-            &authority.callout_xkey,
             seal_to,
             now,
         )
@@ -838,12 +839,16 @@ fn callout_steps(home: &Home, appliance: &Appliance, captured: &Captured) -> Res
         median_micros(|| state.process(payload, xkey, now)),
     )];
     steps.push(("open request", 1, median_micros(opened)));
-    if let Some(sender) = xkey {
-        let sender = XKey::from_public_key(sender).map_err(|e| anyhow!("server xkey: {e}"))?;
+    if let (Some(sender), Some(channel)) = (xkey, channel.as_ref()) {
         steps.push((
-            "unseal (X25519 + XSalsa20-Poly1305)",
+            "derive the shared key (X25519, once per server)",
             2,
-            median_micros(|| authority.callout_xkey.open(payload, &sender)),
+            median_micros(|| protocol::Channel::new(&authority.callout_xkey, sender)),
+        ));
+        steps.push((
+            "unseal (XSalsa20-Poly1305, shared key cached)",
+            2,
+            median_micros(|| channel.open(payload)),
         ));
     }
     steps.push((
@@ -873,7 +878,11 @@ fn callout_steps(home: &Home, appliance: &Appliance, captured: &Captured) -> Res
         }),
     ));
     steps.push(("issue session JWT", 1, median_micros(session)));
-    steps.push(("answer (sign + seal)", 1, median_micros(|| answer(xkey))));
+    steps.push((
+        "answer (sign + seal)",
+        1,
+        median_micros(|| answer(channel.as_ref())),
+    ));
     steps.push(("sign only", 2, median_micros(|| answer(None))));
     Ok(steps)
 }

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
-use super::protocol::{self, XKEY_HEADER};
+use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
@@ -38,7 +38,11 @@ pub struct CalloutState {
     pub sessions: SessionTable,
     /// Connections decided on recently (to skip the server's duplicate auth-error events).
     pub recent: RecentDecisions,
+    channels: RwLock<std::collections::HashMap<String, Arc<Channel>>>,
 }
+
+/// Servers a node talks to are few; past this many cached channels the cache starts over.
+const MAX_CHANNELS: usize = 64;
 
 /// What handling one request produced.
 pub struct Outcome {
@@ -48,6 +52,21 @@ pub struct Outcome {
     pub audit: AuditRecord,
     /// Whether the client was let in.
     pub allowed: bool,
+}
+
+impl Outcome {
+    /// A request that cannot be answered at all (it does not open or verify): audited, and
+    /// left for the server to time out, since there is no user key to answer to.
+    fn unanswerable(now: i64, error: ProtocolError) -> Outcome {
+        let mut audit = AuditRecord::at(now, "callout", "refuse");
+        audit.code = "bad_request".into();
+        audit.reason = error.to_string();
+        Outcome {
+            reply: None,
+            audit,
+            allowed: false,
+        }
+    }
 }
 
 impl CalloutState {
@@ -68,6 +87,7 @@ impl CalloutState {
             stats: CalloutStats::default(),
             sessions: SessionTable::default(),
             recent: RecentDecisions::default(),
+            channels: RwLock::new(std::collections::HashMap::new()),
         }
     }
 
@@ -86,6 +106,25 @@ impl CalloutState {
         self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The box to a server's curve key, derived once per server.
+    fn channel(&self, server_xkey: &str) -> Result<Arc<Channel>, ProtocolError> {
+        if let Some(channel) = self
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server_xkey)
+        {
+            return Ok(channel.clone());
+        }
+        let channel = Arc::new(Channel::new(&self.authority.callout_xkey, server_xkey)?);
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        if channels.len() >= MAX_CHANNELS {
+            channels.clear();
+        }
+        channels.insert(server_xkey.to_string(), channel.clone());
+        Ok(channel)
+    }
+
     fn keys(&self) -> SharedKeys {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -94,24 +133,13 @@ impl CalloutState {
     pub fn process(&self, payload: &[u8], server_xkey: Option<&str>, now: i64) -> Outcome {
         let trust = self.trust();
         let account = trust.account.subject().to_string();
-        let request = match protocol::open_request(
-            payload,
-            server_xkey,
-            &self.authority.callout_xkey,
-            &account,
-            now,
-        ) {
+        let channel = match server_xkey.map(|k| self.channel(k)).transpose() {
+            Ok(channel) => channel,
+            Err(e) => return Outcome::unanswerable(now, e),
+        };
+        let request = match protocol::open_request(payload, channel.as_deref(), &account, now) {
             Ok(request) => request,
-            Err(e) => {
-                let mut audit = AuditRecord::at(now, "callout", "refuse");
-                audit.code = "bad_request".into();
-                audit.reason = e.to_string();
-                return Outcome {
-                    reply: None,
-                    audit,
-                    allowed: false,
-                };
-            }
+            Err(e) => return Outcome::unanswerable(now, e),
         };
         let request = &request.claims().nats;
         let mut audit = AuditRecord::at(now, "callout", "refuse");
@@ -176,8 +204,7 @@ impl CalloutState {
             verdict,
             &self.authority.zester_signer,
             &account,
-            &self.authority.callout_xkey,
-            server_xkey,
+            channel.as_deref(),
             now,
         );
         match reply {
