@@ -68,9 +68,7 @@ pub async fn connect(
     if spec.long_lived {
         options = options
             .max_reconnects(None)
-            .reconnect_delay_callback(|attempt| {
-                Duration::from_millis((50u64 << attempt.min(5)).min(1000))
-            });
+            .reconnect_delay_callback(reconnect_delay);
     } else {
         options = options.max_reconnects(Some(1));
     }
@@ -81,4 +79,26 @@ pub async fn connect(
             url: endpoint.url.clone(),
             source,
         })
+}
+
+/// Delay before connect attempt `attempt` (async-nats asks before the very first one too):
+/// none for the first, then 100 ms doubling to 1 s, so a restarted child is found quickly.
+fn reconnect_delay(attempt: usize) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis((50u64 << attempt.min(5)).min(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_attempt_is_not_delayed() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(50), Duration::from_secs(1));
+    }
 }

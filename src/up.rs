@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::broker::binary::{self, BinaryError};
-use crate::broker::config::{self as server_config, HostPort, ServerConfigInput};
+use crate::broker::config::{self as server_config, HostPort};
 use crate::broker::supervisor::{Supervisor, SupervisorSettings};
 use crate::callout::audit::{self, AuditRecord, AuditSink};
 use crate::callout::decide::{self, KeyLookup, Trust};
@@ -33,8 +33,6 @@ use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
 pub const STATUS_SUBJECT: &str = "zester.admin.status";
 /// How often the offline journal is imported while running.
 const JOURNAL_INTERVAL: Duration = Duration::from_secs(2);
-/// Longest control line nats-server accepts (CONNECT carries the JWT and signature).
-const MAX_CONTROL_LINE: usize = 32 * 1024;
 
 /// Why the appliance could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -171,28 +169,15 @@ impl Appliance {
             home::create_private_dir(&dir)?;
         }
         let sentinel = authority.issue_sentinel(started_at)?;
-        let zester_account = authority.zester_jwt.token().to_string();
-        let sys_account = authority.sys_jwt.token().to_string();
         let zester_key = authority.zester.public_key();
-        let sys_key = authority.sys.public_key();
         let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
-            let rendered = server_config::render(&ServerConfigInput {
-                server_name: "zester",
+            let rendered = server_config::render_for_home(
+                &home,
+                &authority,
+                sentinel.token(),
                 listen,
                 monitor,
-                operator_jwt_file: &home.operator_jwt(),
-                system_account: &sys_key,
-                resolver_dir: &home.resolver_dir(),
-                preload: &[(&sys_key, &sys_account), (&zester_key, &zester_account)],
-                default_sentinel: sentinel.token(),
-                tls_cert_file: &home.server_cert(),
-                tls_key_file: &home.server_key(),
-                tls_ca_file: &home.ca_cert(),
-                jetstream_dir: &home.jetstream_dir(),
-                max_control_line: MAX_CONTROL_LINE,
-                ports_file_dir: &home.nats_dir(),
-                pid_file: &home.nats_pid_file(),
-            })?;
+            )?;
             home::write_atomic(
                 &home.nats_config_file(),
                 rendered.as_bytes(),

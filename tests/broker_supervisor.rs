@@ -16,13 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufReadExt;
-use zester::broker::config::{self, HostPort, ServerConfigInput};
+use zester::broker::config::{self, HostPort};
 use zester::broker::supervisor::{
     Backoff, BrokerError, ChildEvent, Supervisor, SupervisorSettings,
 };
 use zester::home::{now_unix, Home};
-use zester::identity::claims::{Claims, Permission, UserNats};
-use zester::identity::jwt;
 
 /// Set (to a config file) only in the helper process of `no_orphan_when_the_parent_is_killed`.
 const ORPHAN_ENV: &str = "ZESTER_TEST_ORPHAN_PARENT";
@@ -72,57 +70,10 @@ fn settings_for(binary: &Path, config: &Path, listen: &str, monitor: &str) -> Su
 
 fn render_config(home: &Home, listen: &str, monitor: &str, now: i64) -> PathBuf {
     let authority = home.load_authority().unwrap();
-    let deny_all = Permission {
-        allow: vec![],
-        deny: vec![">".into()],
-    };
-    let sentinel = jwt::encode(
-        Claims {
-            sub: nkeys::KeyPair::new_user().public_key(),
-            name: "sentinel".into(),
-            iat: now,
-            nats: UserNats {
-                bearer_token: true,
-                issuer_account: authority.zester.public_key(),
-                publish: deny_all.clone(),
-                subscribe: deny_all,
-                ..UserNats::default()
-            },
-            ..Claims::default()
-        },
-        &authority.zester_signer,
-    )
-    .unwrap();
-    let sys = authority.sys.public_key();
-    let zester = authority.zester.public_key();
-    let preload = [
-        (sys.as_str(), authority.sys_jwt.token()),
-        (zester.as_str(), authority.zester_jwt.token()),
-    ];
+    let sentinel = authority.issue_sentinel(now).unwrap();
+    let text =
+        config::render_for_home(home, &authority, sentinel.token(), listen, monitor).unwrap();
     let nats = home.nats_dir();
-    let (resolver, js, pid) = (
-        nats.join("jwt"),
-        nats.join("jetstream"),
-        nats.join("nats-server.pid"),
-    );
-    let text = config::render(&ServerConfigInput {
-        server_name: "zester",
-        listen,
-        monitor,
-        operator_jwt_file: &home.operator_jwt(),
-        system_account: &sys,
-        resolver_dir: &resolver,
-        preload: &preload,
-        default_sentinel: sentinel.token(),
-        tls_cert_file: &home.server_cert(),
-        tls_key_file: &home.server_key(),
-        tls_ca_file: &home.ca_cert(),
-        jetstream_dir: &js,
-        max_control_line: 32768,
-        ports_file_dir: &nats,
-        pid_file: &pid,
-    })
-    .unwrap();
     let path = nats.join("nats-server.conf");
     std::fs::write(&path, text).unwrap();
     path

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -250,35 +249,8 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 #[test]
 fn peel_creds_work_with_nats_py() {
     let setup = setup();
-    let run = |creds: &Path| {
-        let out = Command::new(common::python())
-            .arg(common::repo_root().join("tests/interop/nats_py_peel.py"))
-            .args(["--url", &setup.server.url()])
-            .arg("--creds")
-            .arg(creds)
-            .arg("--ca")
-            .arg(setup.home.ca_cert())
-            .args([
-                "--own",
-                "zester.event.peel-a.py",
-                "--foreign",
-                "zester.event.peel-b.py",
-            ])
-            .args([
-                "--foreign-sub",
-                "zester.cmd.peel-b",
-                "--inbox-prefix",
-                "_INBOX.peel-a",
-            ])
-            .output()
-            .expect("run nats_py_peel.py");
-        assert!(
-            out.status.success(),
-            "nats_py_peel.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let run =
+        |creds: &Path| common::nats_py_peel_a(&setup.server.url(), creds, &setup.home.ca_cert());
     let report = run(&setup.home.peel_creds("peel-a"));
     assert_eq!(report["connected"], true, "{report}");
     assert_eq!(report["own_publish_ok"], true, "{report}");

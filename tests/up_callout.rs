@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ConnectOptions};
@@ -305,30 +304,7 @@ async fn nats_py_connects_through_the_callout() {
     let t = appliance::start("").await;
     let creds = t.peel("peel-a").await;
     t.peel("peel-b").await;
-    let out = Command::new(common::python())
-        .arg(common::repo_root().join("tests/interop/nats_py_peel.py"))
-        .args(["--url", &t.url()])
-        .arg("--creds")
-        .arg(&creds)
-        .arg("--ca")
-        .arg(t.home.ca_cert())
-        .args([
-            "--own",
-            "zester.event.peel-a.py",
-            "--foreign",
-            "zester.event.peel-b.py",
-        ])
-        .args([
-            "--foreign-sub",
-            "zester.cmd.peel-b",
-            "--inbox-prefix",
-            "_INBOX.peel-a",
-        ])
-        .args(["--name", "zester-peel-peel-a"])
-        .output()
-        .expect("run nats_py_peel.py");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let report = common::nats_py_peel_a(&t.url(), &creds, &t.home.ca_cert());
     assert_eq!(report["connected"], true, "{report}");
     assert_eq!(report["own_publish_ok"], true, "{report}");
     assert_eq!(report["foreign_publish_violation"], true, "{report}");

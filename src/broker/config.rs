@@ -204,6 +204,43 @@ impl Default for HostPort {
     }
 }
 
+/// Renders the configuration of a zester home: its operator, accounts (preloaded into the full
+/// resolver under `<home>/nats/jwt`), TLS files, JetStream store, ports and pid files, with
+/// `sentinel` as the `default_sentinel` and the given listen/monitor addresses.
+pub fn render_for_home(
+    home: &crate::home::Home,
+    authority: &crate::authority::Authority,
+    sentinel: &str,
+    listen: &str,
+    monitor: &str,
+) -> Result<String, ConfigRenderError> {
+    let sys = authority.sys.public_key();
+    let zester = authority.zester.public_key();
+    render(&ServerConfigInput {
+        server_name: "zester",
+        listen,
+        monitor,
+        operator_jwt_file: &home.operator_jwt(),
+        system_account: &sys,
+        resolver_dir: &home.resolver_dir(),
+        preload: &[
+            (&sys, authority.sys_jwt.token()),
+            (&zester, authority.zester_jwt.token()),
+        ],
+        default_sentinel: sentinel,
+        tls_cert_file: &home.server_cert(),
+        tls_key_file: &home.server_key(),
+        tls_ca_file: &home.ca_cert(),
+        jetstream_dir: &home.jetstream_dir(),
+        max_control_line: MAX_CONTROL_LINE,
+        ports_file_dir: &home.nats_dir(),
+        pid_file: &home.nats_pid_file(),
+    })
+}
+
+/// Longest control line nats-server accepts (CONNECT carries the JWT and the signature).
+pub const MAX_CONTROL_LINE: usize = 32 * 1024;
+
 /// Renders `nats-server.conf`.
 ///
 /// Fails on a malformed address, a monitoring address other hosts could reach, or an account
@@ -563,7 +600,6 @@ mod tests {
     #[test]
     fn real_nats_server_accepts_a_rendered_config() {
         use crate::home::{now_unix, Home};
-        use crate::identity::claims::{Claims, Permission, UserNats};
 
         let binary = match crate::broker::binary::locate(None) {
             Ok(found) => found.path,
@@ -579,59 +615,16 @@ mod tests {
         home.init(false, "localhost", now).unwrap();
         let authority = home.load_authority().unwrap();
 
-        let sentinel = crate::identity::jwt::encode(
-            Claims {
-                sub: nkeys::KeyPair::new_user().public_key(),
-                name: "sentinel".into(),
-                iat: now,
-                nats: UserNats {
-                    bearer_token: true,
-                    issuer_account: authority.zester.public_key(),
-                    publish: Permission {
-                        allow: vec![],
-                        deny: vec![">".into()],
-                    },
-                    subscribe: Permission {
-                        allow: vec![],
-                        deny: vec![">".into()],
-                    },
-                    ..UserNats::default()
-                },
-                ..Claims::default()
-            },
-            &authority.zester_signer,
+        let sentinel = authority.issue_sentinel(now).unwrap();
+        let nats = home.nats_dir();
+        let text = render_for_home(
+            &home,
+            &authority,
+            sentinel.token(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
         )
         .unwrap();
-        let sys = authority.sys.public_key();
-        let zester = authority.zester.public_key();
-        let preload = [
-            (sys.as_str(), authority.sys_jwt.token()),
-            (zester.as_str(), authority.zester_jwt.token()),
-        ];
-        let nats = home.nats_dir();
-        let (resolver, js, pid) = (
-            nats.join("jwt"),
-            nats.join("jetstream"),
-            nats.join("nats-server.pid"),
-        );
-        let input = ServerConfigInput {
-            server_name: "zester",
-            listen: "127.0.0.1:0",
-            monitor: "127.0.0.1:0",
-            operator_jwt_file: &home.operator_jwt(),
-            system_account: &sys,
-            resolver_dir: &resolver,
-            preload: &preload,
-            default_sentinel: sentinel.token(),
-            tls_cert_file: &home.server_cert(),
-            tls_key_file: &home.server_key(),
-            tls_ca_file: &home.ca_cert(),
-            jetstream_dir: &js,
-            max_control_line: 32768,
-            ports_file_dir: &nats,
-            pid_file: &pid,
-        };
-        let text = render(&input).unwrap();
         let file = nats.join("nats-server.conf");
         std::fs::write(&file, &text).unwrap();
 
@@ -653,6 +646,6 @@ mod tests {
         );
         assert!(printed.contains("is valid"), "{printed}");
         // Parsing the full resolver made its directory, under the quoted path.
-        assert!(resolver.is_dir(), "{printed}");
+        assert!(home.resolver_dir().is_dir(), "{printed}");
     }
 }

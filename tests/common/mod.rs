@@ -243,3 +243,38 @@ pub fn node_compat_dir() -> PathBuf {
     }
     dir
 }
+
+/// Runs the real nats.py client (`tests/interop/nats_py_peel.py`) as peel-a against `url`
+/// with `creds` and the CA `ca`: it publishes on its own subject and on peel-b's, and
+/// subscribes to peel-b's commands. Returns its JSON report (see the script's doc).
+pub fn nats_py_peel_a(url: &str, creds: &Path, ca: &Path) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/interop/nats_py_peel.py"))
+        .args(["--url", url])
+        .arg("--creds")
+        .arg(creds)
+        .arg("--ca")
+        .arg(ca)
+        .args(["--own", "zester.event.peel-a.py"])
+        .args(["--foreign", "zester.event.peel-b.py"])
+        .args(["--foreign-sub", "zester.cmd.peel-b"])
+        .args([
+            "--inbox-prefix",
+            "_INBOX.peel-a",
+            "--name",
+            "zester-peel-peel-a",
+        ])
+        .output()
+        .expect("run nats_py_peel.py");
+    assert!(
+        out.status.success(),
+        "nats_py_peel.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nats_py_peel.py printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
