@@ -123,6 +123,7 @@ async fn peel_creds_work_with_async_nats_and_stay_in_their_lane() {
         .expect("master connects");
     let mut events = master.subscribe("zester.event.>").await.unwrap();
     master.flush().await.unwrap();
+    common::sync(&master, "_INBOX._master.sync").await;
 
     let (peel, errors) = connect(&setup, &setup.home.peel_creds("peel-a"), "_INBOX.peel-a")
         .await
@@ -180,14 +181,9 @@ async fn peel_creds_work_with_async_nats_and_stay_in_their_lane() {
     // Its own commands arrive.
     let mut commands = peel.subscribe("zester.cmd.peel-a").await.unwrap();
     peel.flush().await.unwrap();
-    master
-        .publish("zester.cmd.peel-a", "test.ping".into())
-        .await
-        .unwrap();
-    let cmd = tokio::time::timeout(Duration::from_secs(5), commands.next())
-        .await
-        .expect("the peel hears its command")
-        .unwrap();
+    let cmd =
+        common::publish_until_received(&master, "zester.cmd.peel-a", b"test.ping", &mut commands)
+            .await;
     assert_eq!(&cmd.payload[..], b"test.ping");
 }
 

@@ -28,6 +28,7 @@ async fn peels_keep_to_their_lane_and_the_master_reaches_everything() {
         .expect("the master connects through the callout");
     let mut everything = master.nats.subscribe("zester.>").await.unwrap();
     master.nats.flush().await.unwrap();
+    common::sync(&master.nats, "_INBOX._master.sync").await;
 
     let peel = t
         .connect(&peel_a, "_INBOX.peel-a")
@@ -80,13 +81,24 @@ async fn peels_keep_to_their_lane_and_the_master_reaches_everything() {
             nats.flush().await.unwrap();
         }
     });
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        master.nats.request("zester.cmd.peel-a", "test.ping".into()),
-    )
-    .await
-    .expect("answer in time")
-    .expect("the peel answers the master");
+    // Until the peel's subscription is registered the server answers "no responders".
+    let mut answer = None;
+    for _ in 0..40 {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            master.nats.request("zester.cmd.peel-a", "test.ping".into()),
+        )
+        .await
+        .expect("answer in time")
+        {
+            Ok(reply) => {
+                answer = Some(reply);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let answer = answer.expect("the peel answers the master");
     assert_eq!(&answer.payload[..], b"true");
     responder.await.unwrap();
 

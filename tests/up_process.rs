@@ -51,16 +51,13 @@ async fn an_expired_session_reconnects_through_the_callout_keeping_its_subscript
         .connect(&t.home.service_creds("master"), "_INBOX._master")
         .await
         .unwrap();
-    master
-        .nats
-        .publish("zester.cmd.peel-a", "after-expiry".into())
-        .await
-        .unwrap();
-    master.nats.flush().await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(5), commands.next())
-        .await
-        .expect("the command arrives after re-authentication")
-        .unwrap();
+    let message = common::publish_until_received(
+        &master.nats,
+        "zester.cmd.peel-a",
+        b"after-expiry",
+        &mut commands,
+    )
+    .await;
     assert_eq!(&message.payload[..], b"after-expiry");
     let admissions = t
         .audit()

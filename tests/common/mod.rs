@@ -278,3 +278,43 @@ pub fn nats_py_peel_a(url: &str, creds: &Path, ca: &Path) -> serde_json::Value {
         )
     })
 }
+
+/// Publishes `payload` on `subject` every 200 ms until `subscriber` receives it (up to 10 s).
+/// async-nats' `flush` only empties the client's buffer, so a subscription made on another
+/// connection is not known to be registered on the server until a message gets through.
+pub async fn publish_until_received(
+    publisher: &async_nats::Client,
+    subject: &str,
+    payload: &'static [u8],
+    subscriber: &mut async_nats::Subscriber,
+) -> async_nats::Message {
+    use futures_util::StreamExt;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        publisher
+            .publish(subject.to_string(), payload.into())
+            .await
+            .expect("publish");
+        publisher.flush().await.expect("flush");
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), subscriber.next()).await
+        {
+            return message;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing published on {subject} reached the subscriber"
+        );
+    }
+}
+
+/// Makes sure the server has processed everything `client` sent so far (its subscriptions
+/// included) by a request round trip on `subject`, a subject the client may publish to and
+/// nobody serves: the server answers "no responders" only after the preceding operations.
+pub async fn sync(client: &async_nats::Client, subject: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_string(), "".into()),
+    )
+    .await;
+}
