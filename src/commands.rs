@@ -13,7 +13,7 @@ use crate::identity::chain;
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::{PeelId, PeelIdError};
 use crate::identity::time::{parse_duration, rfc3339, DurationError};
-use crate::keys::{journal, KeyRecord};
+use crate::keys::{journal, KeyRecord, KeyState};
 
 /// What a command prints, both ways, and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,4 +334,199 @@ pub fn status(status: &Value) -> Output {
         json: status.clone(),
         exit_code: 0,
     }
+}
+
+/// What `zester key accept|reject|revoke|delete` acts on.
+#[derive(Debug, Clone)]
+pub struct KeyAction {
+    /// The new state, or `None` to delete the record.
+    pub to: Option<KeyState>,
+    /// One id, or a glob.
+    pub target: String,
+    /// Act on several matches without asking.
+    pub yes: bool,
+    /// Why (kept in the key's history).
+    pub reason: String,
+    /// Act only if the key still has this fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// Why a `zester key` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCommandError {
+    /// The appliance could not be asked.
+    #[error(transparent)]
+    Appliance(#[from] crate::up::StatusError),
+    /// Nothing matched.
+    #[error("no key matches {0:?} (see `zester key list`)")]
+    NoMatch(String),
+    /// Several keys matched and nobody confirmed.
+    #[error("nothing done: several keys match and the action was not confirmed (pass --yes)")]
+    Declined,
+}
+
+/// `zester key list`.
+pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, KeyCommandError> {
+    let client = crate::up::admin_connect(home).await?;
+    let list = crate::up::admin_request(
+        &client,
+        crate::admin::KEY_LIST,
+        &crate::admin::ListRequest { state },
+    )
+    .await?;
+    let summaries: Vec<crate::admin::KeySummary> =
+        serde_json::from_value(list.clone()).unwrap_or_default();
+    let mut human = format!(
+        "{:<24} {:<9} {:<48} {}\n",
+        "ID", "STATE", "FINGERPRINT", "CHANGED"
+    );
+    for s in &summaries {
+        human.push_str(&format!(
+            "{:<24} {:<9} {:<48} {}\n",
+            s.id,
+            s.state.as_str(),
+            s.fingerprint,
+            rfc3339(s.updated_at)
+        ));
+    }
+    human.push_str(&format!("{} key(s)\n", summaries.len()));
+    Ok(Output {
+        human,
+        json: list,
+        exit_code: 0,
+    })
+}
+
+/// `zester key show ID`.
+pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
+    let client = crate::up::admin_connect(home).await?;
+    let shown = crate::up::admin_request(
+        &client,
+        crate::admin::KEY_SHOW,
+        &crate::admin::KeyRequest {
+            id: id.to_string(),
+            fingerprint: None,
+        },
+    )
+    .await?;
+    let record = &shown["record"];
+    let mut human = format!(
+        "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nsessions     {}\nhistory:\n",
+        record["id"].as_str().unwrap_or("?"),
+        record["state"].as_str().unwrap_or("?"),
+        record["nkey"].as_str().unwrap_or("?"),
+        record["xkey"].as_str().unwrap_or("-"),
+        shown["fingerprint"].as_str().unwrap_or("?"),
+        rfc3339(record["created_at"].as_i64().unwrap_or(0)),
+        shown["sessions"].as_array().map_or(0, Vec::len),
+    );
+    for change in record["history"].as_array().into_iter().flatten() {
+        human.push_str(&format!(
+            "  {}  {:<9} by {}: {}\n",
+            rfc3339(change["at"].as_i64().unwrap_or(0)),
+            change["state"].as_str().unwrap_or("?"),
+            change["by"].as_str().unwrap_or("?"),
+            change["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    Ok(Output {
+        human,
+        json: shown,
+        exit_code: 0,
+    })
+}
+
+/// `zester key accept|reject|revoke|delete ID|GLOB` (and `accept --all-pending`, which is the
+/// glob `*` over pending keys).
+pub async fn key_act(
+    home: &Home,
+    action: &KeyAction,
+    only_state: Option<KeyState>,
+    confirm: impl Fn(&[String]) -> bool,
+) -> Result<Output, KeyCommandError> {
+    let client = crate::up::admin_connect(home).await?;
+    let ids: Vec<String> = if crate::admin::is_glob(&action.target) {
+        let list = crate::up::admin_request(
+            &client,
+            crate::admin::KEY_LIST,
+            &crate::admin::ListRequest { state: only_state },
+        )
+        .await?;
+        let summaries: Vec<crate::admin::KeySummary> =
+            serde_json::from_value(list).unwrap_or_default();
+        summaries
+            .into_iter()
+            .filter(|s| crate::admin::glob_matches(&action.target, &s.id))
+            .map(|s| s.id)
+            .collect()
+    } else {
+        vec![action.target.clone()]
+    };
+    if ids.is_empty() {
+        return Err(KeyCommandError::NoMatch(action.target.clone()));
+    }
+    if ids.len() > 1 && !action.yes && !confirm(&ids) {
+        return Err(KeyCommandError::Declined);
+    }
+    let by = format!(
+        "admin@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+    );
+    let mut human = String::new();
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for id in &ids {
+        let outcome = match action.to {
+            Some(to) => {
+                crate::up::admin_request(
+                    &client,
+                    crate::admin::KEY_CHANGE,
+                    &crate::admin::ChangeRequest {
+                        id: id.clone(),
+                        to,
+                        by: by.clone(),
+                        reason: action.reason.clone(),
+                        fingerprint: action.fingerprint.clone(),
+                    },
+                )
+                .await
+            }
+            None => {
+                crate::up::admin_request(
+                    &client,
+                    crate::admin::KEY_DELETE,
+                    &crate::admin::KeyRequest {
+                        id: id.clone(),
+                        fingerprint: action.fingerprint.clone(),
+                    },
+                )
+                .await
+            }
+        };
+        match outcome {
+            Ok(value) => {
+                let verb = action.to.map_or("deleted", KeyState::as_str);
+                let mut line = format!("{id}: {verb}");
+                if let Some(ms) = value["cut_off_ms"].as_f64() {
+                    line.push_str(&format!(
+                        " ({} live session(s) cut off in {ms:.1} ms)",
+                        value["kicked"]
+                    ));
+                }
+                human.push_str(&line);
+                human.push('\n');
+                results.push(json!({"id": id, "ok": value}));
+            }
+            Err(e) => {
+                failed += 1;
+                human.push_str(&format!("{id}: FAILED: {e}\n"));
+                results.push(json!({"id": id, "error": e.to_string()}));
+            }
+        }
+    }
+    Ok(Output {
+        human,
+        json: json!(results),
+        exit_code: i32::from(failed > 0),
+    })
 }

@@ -67,11 +67,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage peel keys on the running appliance, salt-key style: list, show, accept,
+    /// reject, revoke (cuts live connections at once), delete.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Issue and inspect NATS .creds files.
     Creds {
         #[command(subcommand)]
         command: CredsCommand,
     },
+}
+
+/// Options shared by the key state changes.
+#[derive(Debug, clap::Args)]
+struct KeyActionArgs {
+    /// A peel id, or a glob over ids (`*`, `?`), e.g. 'web-*'.
+    target: String,
+    /// Act on every key a glob matches without asking.
+    #[arg(long)]
+    yes: bool,
+    /// Why (kept in the key's history).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+    /// Act only if the key still has this fingerprint (guards against a re-created key).
+    #[arg(long, value_name = "FP")]
+    fingerprint: Option<String>,
+    /// Print a JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// List keys (default: all states).
+    List {
+        /// pending, accepted, rejected, revoked or all.
+        #[arg(long, default_value = "all")]
+        state: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key: nkey, xkey, fingerprint, live sessions, and its history (who, when, why).
+    Show {
+        /// The peel id.
+        id: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept pending (or rejected) keys: the peel may connect.
+    Accept {
+        /// Accept every pending key.
+        #[arg(long, conflicts_with = "target")]
+        all_pending: bool,
+        /// A peel id or glob (not with --all-pending).
+        target: Option<String>,
+        /// Act on every key a glob matches without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Why (kept in the key's history).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        /// Act only if the key still has this fingerprint.
+        #[arg(long, value_name = "FP")]
+        fingerprint: Option<String>,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject pending keys.
+    Reject(KeyActionArgs),
+    /// Revoke accepted keys: their live connections are cut at once and they cannot return.
+    Revoke(KeyActionArgs),
+    /// Delete key records that are not accepted (revoke first), freeing the id.
+    Delete(KeyActionArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Key { command } => {
+            let (output, json) = runtime()?.block_on(key_command(&home, command))?;
+            print(&output, json)?;
+            return Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)));
+        }
         Command::Status { json } => match runtime()?.block_on(zester::up::query_status(&home)) {
             Ok(status) => (commands::status(&status), json),
             Err(e) => {
@@ -178,6 +255,107 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
         print!("{}", output.human);
     }
     Ok(())
+}
+
+async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
+    use zester::keys::KeyState;
+    let act = |to: Option<KeyState>, args: KeyActionArgs| {
+        (
+            commands::KeyAction {
+                to,
+                target: args.target,
+                yes: args.yes,
+                reason: args.reason,
+                fingerprint: args.fingerprint,
+            },
+            args.json,
+        )
+    };
+    let (action, only, json) = match command {
+        KeyCommand::List { state, json } => {
+            let state = match state.as_str() {
+                "all" => None,
+                other => Some(parse_state(other)?),
+            };
+            return Ok((commands::key_list(home, state).await?, json));
+        }
+        KeyCommand::Show { id, json } => return Ok((commands::key_show(home, &id).await?, json)),
+        KeyCommand::Accept {
+            all_pending,
+            target,
+            yes,
+            reason,
+            fingerprint,
+            json,
+        } => {
+            let target = match (all_pending, target) {
+                (true, _) => "*".to_string(),
+                (false, Some(target)) => target,
+                (false, None) => anyhow::bail!("name a peel id or glob, or pass --all-pending"),
+            };
+            let only = all_pending.then_some(KeyState::Pending);
+            let (action, json) = act(
+                Some(KeyState::Accepted),
+                KeyActionArgs {
+                    target,
+                    yes: yes || all_pending,
+                    reason,
+                    fingerprint,
+                    json,
+                },
+            );
+            (action, only, json)
+        }
+        KeyCommand::Reject(args) => {
+            let (a, j) = act(Some(KeyState::Rejected), args);
+            (a, None, j)
+        }
+        KeyCommand::Revoke(args) => {
+            let (a, j) = act(Some(KeyState::Revoked), args);
+            (a, None, j)
+        }
+        KeyCommand::Delete(args) => {
+            let (a, j) = act(None, args);
+            (a, None, j)
+        }
+    };
+    let output = commands::key_act(home, &action, only, confirm).await?;
+    Ok((output, json))
+}
+
+fn parse_state(text: &str) -> anyhow::Result<zester::keys::KeyState> {
+    use zester::keys::KeyState;
+    Ok(match text {
+        "pending" => KeyState::Pending,
+        "accepted" => KeyState::Accepted,
+        "rejected" => KeyState::Rejected,
+        "revoked" => KeyState::Revoked,
+        other => {
+            anyhow::bail!("--state {other:?}: use pending, accepted, rejected, revoked or all")
+        }
+    })
+}
+
+/// Asks on the terminal before acting on several keys; refuses when nobody can answer.
+fn confirm(ids: &[String]) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!(
+            "zester: {} keys match: {}; pass --yes to act on all of them",
+            ids.len(),
+            ids.join(", ")
+        );
+        return false;
+    }
+    eprint!(
+        "{} keys match: {}\nProceed? [y/N] ",
+        ids.len(),
+        ids.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::admin::AdminService;
 use crate::broker::binary::{self, BinaryError};
 use crate::broker::config::{self as server_config, HostPort};
 use crate::broker::supervisor::{Supervisor, SupervisorSettings};
@@ -292,6 +293,20 @@ impl Appliance {
             nats_version: version.clone(),
         };
         tasks.push(serve_status(master.clone(), status).await?);
+        let admin = Arc::new(AdminService {
+            home: home.clone(),
+            authority: authority.clone(),
+            keys: keys.clone(),
+            callout: state.clone(),
+            sys: sys.clone(),
+            account_lock: tokio::sync::Mutex::new(()),
+        });
+        tasks.push(
+            admin
+                .serve(master.clone())
+                .await
+                .map_err(nats_error("subscribing to the admin subjects"))?,
+        );
         tasks.push(tokio::spawn(import_journal_periodically(
             home.clone(),
             keys.clone(),
@@ -622,8 +637,8 @@ async fn serve_status(
     }))
 }
 
-/// Asks a running appliance for its status (`zester status`), with the admin creds.
-pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
+/// Connects to the running appliance with the admin creds (for `zester status`, `zester key`).
+pub async fn admin_connect(home: &Home) -> Result<async_nats::Client, StatusError> {
     let path = home.runtime_file();
     let text = std::fs::read_to_string(&path).map_err(|_| StatusError::NotRunning {
         reason: format!("no {} (start it with `zester up`)", path.display()),
@@ -637,11 +652,11 @@ pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
         ca: home.ca_cert(),
     };
     let admin_creds = home.service_creds("admin");
-    let client = connect::connect(
+    connect::connect(
         &endpoint,
         &ClientSpec {
             creds: &admin_creds,
-            name: "zester-status",
+            name: "zester-admin-cli",
             inbox_prefix: ADMIN_INBOX_PREFIX,
             long_lived: false,
         },
@@ -658,17 +673,40 @@ pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
                 reason: format!("{e}; pid {} from {} is gone", runtime.pid, path.display()),
             }
         }
-    })?;
+    })
+}
+
+/// Sends one admin request and unwraps its `{"ok": …}` / `{"error": …}` answer.
+pub async fn admin_request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &impl Serialize,
+) -> Result<Value, StatusError> {
+    let body = serde_json::to_vec(body).map_err(|e| StatusError::Malformed(e.to_string()))?;
     let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(STATUS_SUBJECT, "".into()),
+        Duration::from_secs(10),
+        client.request(subject.to_string(), body.into()),
     )
     .await
     .map_err(|_| StatusError::NoAnswer)?
     .map_err(|e| StatusError::NotRunning {
         reason: e.to_string(),
     })?;
-    serde_json::from_slice(&reply.payload).map_err(|e| StatusError::Malformed(e.to_string()))
+    let mut answer: Value = serde_json::from_slice(&reply.payload)
+        .map_err(|e| StatusError::Malformed(e.to_string()))?;
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        return Err(StatusError::Refused(error.to_string()));
+    }
+    match answer.get_mut("ok") {
+        Some(ok) => Ok(ok.take()),
+        None => Ok(answer),
+    }
+}
+
+/// Asks a running appliance for its status (`zester status`), with the admin creds.
+pub async fn query_status(home: &Home) -> Result<Value, StatusError> {
+    let client = admin_connect(home).await?;
+    admin_request(&client, STATUS_SUBJECT, &json!({})).await
 }
 
 /// Why `zester status` has no status to show.
@@ -689,8 +727,11 @@ pub enum StatusError {
         reason: String,
     },
     /// Connected, but no answer.
-    #[error("zester is running but did not answer the status request within 5 s")]
+    #[error("zester is running but did not answer within 10 s")]
     NoAnswer,
+    /// The appliance answered with an error.
+    #[error("{0}")]
+    Refused(String),
     /// An answer that is not JSON.
     #[error("zester answered with an unreadable status: {0}")]
     Malformed(String),

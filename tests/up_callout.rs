@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions};
-use common::appliance::{self, TestAppliance};
+use async_nats::ConnectOptions;
+use common::appliance;
 use futures_util::StreamExt;
 use nkeys::KeyPair;
 use zester::authority::Authority;
@@ -118,34 +118,6 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-/// Asserts the client is refused. Where nats-server refuses by itself after its auth timeout,
-/// async-nats first reports the connection as up, then the authorization violation: the
-/// client must see that violation and never get a round trip through.
-async fn refused(t: &TestAppliance, options: ConnectOptions, what: &str) {
-    match t.connect_with(options, "_INBOX.x").await {
-        Err(e) => assert!(
-            matches!(e.kind(), ConnectErrorKind::AuthorizationViolation),
-            "{what}: unexpected failure {e}"
-        ),
-        Ok(client) => {
-            let round_trip = tokio::time::timeout(
-                Duration::from_secs(6),
-                client.nats.request("zester.cmd.nobody", "".into()),
-            )
-            .await;
-            assert!(
-                !matches!(round_trip, Ok(Ok(_))),
-                "{what}: the client got a reply through"
-            );
-            assert!(
-                client.wait_error("authorization violation").await,
-                "{what}: the client was let in: {:?}",
-                client.events()
-            );
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_client_is_refused_with_an_audited_reason() {
     let t = appliance::start("").await;
@@ -158,13 +130,12 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
     let now = now_unix();
 
     // No credentials at all.
-    refused(&t, ConnectOptions::new(), "no creds").await;
+    t.assert_refused(ConnectOptions::new(), "no creds").await;
     t.wait_audit("no creds", |r| r["code"] == "no_credentials")
         .await;
 
     // user/password.
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_user_and_password("bob".into(), "secret".into()),
         "user/password",
     )
@@ -194,8 +165,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         parts[2]
     );
     let path = write(dir.path(), "tampered.creds", &format_creds(&forged, &seed));
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "tampered JWT",
     )
@@ -210,8 +180,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         .unwrap();
     let stranger_key = stranger.key().public_key();
     let path = write(dir.path(), "foreign.creds", &stranger.to_text());
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "foreign operator",
     )
@@ -230,8 +199,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         "identity.creds",
         &format_creds(identity_signed.token(), &seed),
     );
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "identity key",
     )
@@ -247,8 +215,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         "expired.creds",
         &format_creds(expired.token(), &seed),
     );
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "expired",
     )
@@ -261,8 +228,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         "wrong-seed.creds",
         &format_creds(token, &other_seed),
     );
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "wrong seed",
     )
@@ -274,8 +240,7 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
         .unwrap();
     let unknown_key = unknown.key().public_key();
     let path = write(dir.path(), "unknown.creds", &unknown.to_text());
-    refused(
-        &t,
+    t.assert_refused(
         ConnectOptions::with_credentials_file(&path).await.unwrap(),
         "unknown key",
     )

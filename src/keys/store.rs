@@ -273,6 +273,32 @@ impl KeyStore {
         }
     }
 
+    /// Deletes the record of `id` if it is still at `expected_revision` (compare-and-set). The
+    /// bucket keeps the history; the id becomes free for a new enrolment.
+    pub async fn delete(&self, id: &PeelId, expected_revision: u64) -> Result<(), KeyStoreError> {
+        match self
+            .kv
+            .delete_expect_revision(id.as_str(), Some(expected_revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) => match self.get(id).await {
+                Ok(Some((_, found))) if found != expected_revision => {
+                    Err(KeyStoreError::Conflict {
+                        id: id.clone(),
+                        expected: expected_revision,
+                        found: Some(found),
+                    })
+                }
+                _ => Err(KeyStoreError::Kv {
+                    action: "delete",
+                    id: id.clone(),
+                    source: Box::new(error),
+                }),
+            },
+        }
+    }
+
     /// Reads the record of `id` from the bucket (not the cache) with its revision; `None` when
     /// there is none (or it was deleted).
     pub async fn get(&self, id: &PeelId) -> Result<Option<(KeyRecord, u64)>, KeyStoreError> {

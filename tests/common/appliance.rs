@@ -153,6 +153,37 @@ impl TestAppliance {
         );
     }
 
+    /// Asserts a client with `options` is refused. Where nats-server refuses by itself after
+    /// its auth timeout, async-nats first reports the connection as up, then the authorization
+    /// violation: the client must see that violation and never get a round trip through.
+    pub async fn assert_refused(&self, options: ConnectOptions, what: &str) {
+        match self.connect_with(options, "_INBOX.x").await {
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                ),
+                "{what}: unexpected failure {e}"
+            ),
+            Ok(client) => {
+                let round_trip = tokio::time::timeout(
+                    Duration::from_secs(6),
+                    client.nats.request("zester.cmd.nobody", "".into()),
+                )
+                .await;
+                assert!(
+                    !matches!(round_trip, Ok(Ok(_))),
+                    "{what}: the client got a reply through"
+                );
+                assert!(
+                    client.wait_error("authorization violation").await,
+                    "{what}: the client was let in: {:?}",
+                    client.events()
+                );
+            }
+        }
+    }
+
     /// Stops the appliance (child first, callout last).
     pub async fn stop(self) {
         self.appliance.stop().await;

@@ -318,3 +318,9 @@ pub async fn sync(client: &async_nats::Client, subject: &str) {
     )
     .await;
 }
+
+/// Makes sure the server has processed a peel's connection and subscriptions: a request on
+/// one of its own event subjects (which it may publish to) comes back as "no responders".
+pub async fn sync_peel(client: &async_nats::Client, id: &str) {
+    sync(client, &format!("zester.event.{id}.sync-probe")).await;
+}

@@ -1,0 +1,387 @@
+//! The admin API over NATS (`zester.admin.key.*`), served by `zester up`, used by `zester key`.
+//!
+//! Requests and answers are JSON; every answer is `{"ok": …}` or `{"error": "…"}`. Key state
+//! changes are compare-and-set writes to the key store, guarded by the fingerprint the admin
+//! saw when given. Revoking a key also cuts it off at once (DESIGN §6): every live session of
+//! the peel is kicked through the system account, and the peel's identity key is added to the
+//! ZESTER account's revocations (pushed to the server and kept in the home), so the server
+//! refuses it even before asking the callout. Globs are resolved by the CLI, which lists the
+//! matches and asks before acting on several.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::authority::Authority;
+use crate::callout::decide::Trust;
+use crate::callout::service::CalloutState;
+use crate::home::{self, now_unix, Home};
+use crate::identity::peel_id::PeelId;
+use crate::keys::{KeyRecord, KeyState, KeyStore, StateChange};
+
+/// Prefix of every key admin subject.
+pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
+/// List keys.
+pub const KEY_LIST: &str = "zester.admin.key.list";
+/// Show one key.
+pub const KEY_SHOW: &str = "zester.admin.key.show";
+/// Change a key's state.
+pub const KEY_CHANGE: &str = "zester.admin.key.change";
+/// Delete a key record.
+pub const KEY_DELETE: &str = "zester.admin.key.delete";
+
+/// `list`: keys in a state (all when `None`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// The state to list.
+    pub state: Option<KeyState>,
+}
+
+/// One line of `zester key list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySummary {
+    /// Peel id.
+    pub id: String,
+    /// Its key.
+    pub nkey: String,
+    /// Fingerprint of the key.
+    pub fingerprint: String,
+    /// State.
+    pub state: KeyState,
+    /// Last change, unix seconds.
+    pub updated_at: i64,
+    /// Who made the last change and why.
+    pub last_change: Option<StateChange>,
+}
+
+impl KeySummary {
+    fn of(record: &KeyRecord) -> KeySummary {
+        KeySummary {
+            id: record.id.to_string(),
+            nkey: record.nkey.clone(),
+            fingerprint: record.fingerprint(),
+            state: record.state,
+            updated_at: record.updated_at,
+            last_change: record.last_change().cloned(),
+        }
+    }
+}
+
+/// `show` and `delete`: one key, optionally guarded by its fingerprint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyRequest {
+    /// Peel id.
+    pub id: String,
+    /// Act only if the key still has this fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// `change`: move a key to another state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    /// Peel id.
+    pub id: String,
+    /// The new state.
+    pub to: KeyState,
+    /// Who asks (recorded in the history).
+    pub by: String,
+    /// Why (recorded in the history).
+    pub reason: String,
+    /// Act only if the key still has this fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeReply {
+    /// The record after the change.
+    pub record: KeyRecord,
+    /// Live sessions kicked (revocation).
+    pub kicked: usize,
+    /// Time from the request to the last kick answered, ms (revocation).
+    pub cut_off_ms: Option<f64>,
+}
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No such key.
+    #[error("no key record for peel {id}")]
+    NoSuchKey {
+        /// The id.
+        id: String,
+    },
+    /// The fingerprint guard did not match (the key was re-created).
+    #[error("peel {id} now has key {found}, not {expected}: it was re-created since you looked; check `zester key show {id}`")]
+    FingerprintMismatch {
+        /// The id.
+        id: String,
+        /// The fingerprint given.
+        expected: String,
+        /// The fingerprint found.
+        found: String,
+    },
+    /// An accepted key cannot be deleted.
+    #[error("peel {id} is accepted: revoke it first (`zester key revoke {id}`), then delete it")]
+    DeleteAccepted {
+        /// The id.
+        id: String,
+    },
+    /// A bad request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The key store refused.
+    #[error(transparent)]
+    Store(#[from] crate::keys::KeyStoreError),
+    /// A state change that is not allowed.
+    #[error(transparent)]
+    Record(#[from] crate::keys::KeyError),
+    /// Updating the account JWT failed.
+    #[error("updating the ZESTER account: {0}")]
+    Account(String),
+}
+
+/// What the admin service needs.
+pub struct AdminService {
+    /// The home (account JWT is rewritten there on revocation).
+    pub home: Home,
+    /// The keys (operator signer for account updates).
+    pub authority: Arc<Authority>,
+    /// The key store.
+    pub keys: Arc<KeyStore>,
+    /// The callout (sessions to kick, trust to update).
+    pub callout: Arc<CalloutState>,
+    /// The system-account connection (kicks, claim updates).
+    pub sys: async_nats::Client,
+    /// Serialises account JWT updates.
+    pub account_lock: tokio::sync::Mutex<()>,
+}
+
+impl AdminService {
+    /// Serves `zester.admin.key.>` on `client` (the master's connection).
+    pub async fn serve(
+        self: Arc<Self>,
+        client: async_nats::Client,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+        let mut requests = client.subscribe(KEY_SUBJECTS).await?;
+        client.flush().await?;
+        Ok(tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let Some(reply) = request.reply.clone() else {
+                    continue;
+                };
+                let service = self.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let answer = match service.handle(&request.subject, &request.payload).await {
+                        Ok(value) => json!({ "ok": value }),
+                        Err(e) => json!({ "error": e.to_string() }),
+                    };
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::warn!("answering an admin request: {e}");
+                    }
+                });
+            }
+        }))
+    }
+
+    async fn handle(&self, subject: &str, payload: &[u8]) -> Result<Value, AdminError> {
+        let parse_error = |e: serde_json::Error| AdminError::BadRequest(e.to_string());
+        match subject {
+            KEY_LIST => {
+                let request: ListRequest = serde_json::from_slice(payload).map_err(parse_error)?;
+                let list: Vec<KeySummary> = self
+                    .keys
+                    .cache()
+                    .all()
+                    .iter()
+                    .filter(|r| request.state.is_none_or(|s| s == r.state))
+                    .map(|r| KeySummary::of(r))
+                    .collect();
+                Ok(json!(list))
+            }
+            KEY_SHOW => {
+                let request: KeyRequest = serde_json::from_slice(payload).map_err(parse_error)?;
+                let (record, revision) = self.read(&request).await?;
+                let sessions = self.callout.sessions.of(record.id.as_str());
+                Ok(json!({
+                    "record": record,
+                    "fingerprint": record.fingerprint(),
+                    "revision": revision,
+                    "sessions": sessions,
+                }))
+            }
+            KEY_CHANGE => {
+                let request: ChangeRequest =
+                    serde_json::from_slice(payload).map_err(parse_error)?;
+                Ok(json!(self.change(request).await?))
+            }
+            KEY_DELETE => {
+                let request: KeyRequest = serde_json::from_slice(payload).map_err(parse_error)?;
+                let (record, revision) = self.read(&request).await?;
+                if record.state == KeyState::Accepted {
+                    return Err(AdminError::DeleteAccepted { id: request.id });
+                }
+                self.keys.delete(&record.id, revision).await?;
+                Ok(json!({ "deleted": record.id.as_str() }))
+            }
+            other => Err(AdminError::BadRequest(format!(
+                "unknown admin subject {other}"
+            ))),
+        }
+    }
+
+    async fn read(&self, request: &KeyRequest) -> Result<(KeyRecord, u64), AdminError> {
+        let id = PeelId::parse(&request.id).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        let (record, revision) =
+            self.keys
+                .get(&id)
+                .await?
+                .ok_or_else(|| AdminError::NoSuchKey {
+                    id: request.id.clone(),
+                })?;
+        if let Some(expected) = &request.fingerprint {
+            let found = record.fingerprint();
+            if !found.eq_ignore_ascii_case(expected) {
+                return Err(AdminError::FingerprintMismatch {
+                    id: request.id.clone(),
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        Ok((record, revision))
+    }
+
+    async fn change(&self, request: ChangeRequest) -> Result<ChangeReply, AdminError> {
+        let started = Instant::now();
+        let (record, revision) = self
+            .read(&KeyRequest {
+                id: request.id.clone(),
+                fingerprint: request.fingerprint.clone(),
+            })
+            .await?;
+        let now = now_unix();
+        let changed = record.transition(request.to, &request.by, &request.reason, now)?;
+        let new_revision = self.keys.update(&record.id, revision, &changed).await?;
+        let _ = self
+            .keys
+            .wait_for_revision(new_revision, Duration::from_secs(2))
+            .await;
+        let mut reply = ChangeReply {
+            record: changed,
+            kicked: 0,
+            cut_off_ms: None,
+        };
+        if request.to == KeyState::Revoked {
+            reply.kicked = self.kick(&record).await;
+            reply.cut_off_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            self.revoke_in_account(&record.nkey, now).await?;
+            tracing::warn!(peel = %record.id, kicked = reply.kicked, ms = ?reply.cut_off_ms, "key revoked");
+        } else {
+            tracing::info!(peel = %record.id, state = %request.to, by = %request.by, "key state changed");
+        }
+        Ok(reply)
+    }
+
+    /// Kicks every live session of the peel; returns how many the servers acknowledged.
+    async fn kick(&self, record: &KeyRecord) -> usize {
+        let sessions = self.callout.sessions.of(record.id.as_str());
+        let kicks = sessions.iter().map(|session| {
+            let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
+            let body = json!({ "cid": session.client_id }).to_string();
+            let sys = self.sys.clone();
+            async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), sys.request(subject, body.into()))
+                        .await;
+                matches!(answer, Ok(Ok(_)))
+            }
+        });
+        futures_util::future::join_all(kicks)
+            .await
+            .into_iter()
+            .filter(|kicked| *kicked)
+            .count()
+    }
+
+    /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
+    /// keeps it in the home and in the callout's trust.
+    async fn revoke_in_account(&self, nkey: &str, now: i64) -> Result<(), AdminError> {
+        let _guard = self.account_lock.lock().await;
+        let trust = self.callout.trust();
+        let mut claims = trust.account.claims().clone();
+        claims.nats.revocations.insert(nkey.to_string(), now);
+        claims.iat = now.max(claims.iat + 1);
+        let account = self
+            .authority
+            .sign_account(claims)
+            .map_err(|e| AdminError::Account(e.to_string()))?;
+        let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", account.subject());
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.sys
+                .request(subject, account.token().as_bytes().to_vec().into()),
+        )
+        .await
+        .map_err(|_| AdminError::Account("the server did not answer the claim update".into()))?
+        .map_err(|e| AdminError::Account(e.to_string()))?;
+        let answer: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+        if let Some(error) = answer.get("error") {
+            return Err(AdminError::Account(format!(
+                "the server refused the update: {error}"
+            )));
+        }
+        home::write_atomic(
+            &self.home.auth_dir().join("zester.jwt"),
+            format!("{}\n", account.token()).as_bytes(),
+            home::PUBLIC_MODE,
+        )
+        .map_err(|e| AdminError::Account(e.to_string()))?;
+        self.callout.set_trust(Trust {
+            account,
+            ..(*trust).clone()
+        });
+        Ok(())
+    }
+}
+
+/// `*` (any run) and `?` (one character) glob matching on peel ids.
+pub fn glob_matches(pattern: &str, id: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), id.as_bytes())
+}
+
+/// True when `text` is a glob rather than one id.
+pub fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("web-*", "web-01"));
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("db-0?", "db-07"));
+        assert!(!glob_matches("db-0?", "db-10"));
+        assert!(!glob_matches("web-*", "db-01"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(is_glob("web-*") && !is_glob("web-01"));
+    }
+}
