@@ -4,6 +4,7 @@
 //! the same code. `identity` and `permissions` are pure (no files, no network, no clock reads);
 //! `home`, `pki` and `broker` are the edges that touch the disk and processes.
 
+pub mod admin;
 pub mod authority;
 pub mod broker;
 pub mod callout;
