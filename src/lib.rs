@@ -14,6 +14,7 @@ pub mod connect;
 pub mod home;
 pub mod identity;
 pub mod keys;
+pub mod peel;
 pub mod permissions;
 pub mod pki;
 pub mod up;

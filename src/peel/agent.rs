@@ -1,0 +1,687 @@
+//! The peel agent: one long-lived NATS connection that announces the host and answers the
+//! master's commands.
+//!
+//! The connection follows DESIGN §4 and §6: TLS always (the server checked against our CA when
+//! one is given), the connection name `zester-peel-<id>`, the inbox prefix `_INBOX.<id>` (the only
+//! inboxes a peel may subscribe to), and reconnects forever, 2 s plus up to 1 s of random jitter
+//! apart so that a fleet does not stampede a restarted server. The peel id is the `name` of the
+//! creds' user JWT, never something the agent makes up.
+//!
+//! Credentials are not held in memory: every (re)connect reads the creds file again
+//! ([`sign_in`]), so creds rotated on disk are picked up at the next reconnect without a restart.
+//!
+//! Work is split into three tasks over the shared client, each with one concern: the client's
+//! event callback only forwards (`Connected` → the facts task, `Closed` → [`Agent::stop`]); the
+//! facts task publishes `zester.fact.<id>` after every connect; the command task serves
+//! `zester.cmd.<id>` through a small dispatch table (parse → look up → answer).
+//!
+//! async-nats has no byte-bounded reconnect buffer (nats.go's `ReconnectBufSize`): while
+//! disconnected, publishes wait in the client's command channel (2048 commands, its default
+//! `client_capacity`) and a publish waits once that is full; data already written to a dropped
+//! connection is lost. The agent publishes little (facts and events), so that is enough, but
+//! the 8 MB bound of the design is not enforced.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Auth, AuthError, Client, ConnectErrorKind, ConnectOptions, Event, Subscriber};
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::facts::{Facts, ZESTER_VERSION};
+use crate::home::{self, now_unix, HomeError};
+use crate::identity::creds::Creds;
+use crate::identity::peel_id::{PeelId, PeelIdError};
+use crate::identity::time::rfc3339;
+
+/// How long the first connect may take before `start` gives up (later reconnects never do).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause before every reconnect attempt, before jitter.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// The most random jitter added to [`RECONNECT_DELAY`], in milliseconds.
+const RECONNECT_JITTER_MS: u64 = 1000;
+/// How long [`Agent::stop`] waits for the connection to drain.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest command name echoed back in an error answer.
+const MAX_ECHOED_NAME: usize = 128;
+
+/// Where and as whom the agent connects.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The server, `nats://host:port` (TLS is required whatever the scheme says).
+    pub server: String,
+    /// The peel's `.creds` file; read again on every reconnect.
+    pub creds: PathBuf,
+    /// The CA certificate (PEM) the server's certificate must chain to; `None` trusts the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// Why the agent could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The creds file cannot be read or parsed (the source names the file).
+    #[error("cannot use the peel creds: {source}")]
+    Creds {
+        /// The creds file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: HomeError,
+    },
+    /// The creds' user JWT carries no `name`, so the peel id is unknown.
+    #[error("{}: the user JWT has no name; peel creds carry the peel id there (issue them with `zester creds issue ID`)", path.display())]
+    NoPeelId {
+        /// The creds file.
+        path: PathBuf,
+    },
+    /// The creds' `name` is not a valid peel id.
+    #[error("{}: the user JWT's name is not a peel id: {source}", path.display())]
+    InvalidPeelId {
+        /// The creds file.
+        path: PathBuf,
+        /// Why the name was refused.
+        source: PeelIdError,
+    },
+    /// The creds file was replaced by creds of another peel while the agent runs.
+    #[error("{} now holds creds for peel {found:?}, but this agent runs as {expected:?}: restart the agent to change its id", path.display())]
+    PeelIdChanged {
+        /// The creds file.
+        path: PathBuf,
+        /// The id the agent runs as.
+        expected: String,
+        /// The id in the file now.
+        found: String,
+    },
+    /// The creds' JWT has expired.
+    #[error("{}: the creds expired at {at}; issue new ones", path.display())]
+    Expired {
+        /// The creds file.
+        path: PathBuf,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// The nonce could not be signed with the creds' key.
+    #[error("{}: cannot sign the server's nonce: {reason}", path.display())]
+    Sign {
+        /// The creds file.
+        path: PathBuf,
+        /// The key library's message.
+        reason: String,
+    },
+    /// The CA certificate cannot be read.
+    #[error("cannot read the CA certificate {}: {source}", path.display())]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server refused the creds.
+    #[error("{url} refused peel {id} with the creds {}: {source}. Check that the peel's key is accepted and its creds not revoked", creds.display())]
+    Refused {
+        /// The server URL.
+        url: String,
+        /// The peel id.
+        id: String,
+        /// The creds file.
+        creds: PathBuf,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+    /// The server could not be reached or the TLS handshake failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+    /// A NATS operation failed after connecting.
+    #[error("{what}: {reason}")]
+    Nats {
+        /// What was being done.
+        what: String,
+        /// The client's message.
+        reason: String,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        /// `SIGINT` or `SIGTERM`.
+        signal: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The connection did not drain in time (typically: not connected to the server).
+    #[error("the connection did not drain within {}s (is the server reachable?); messages not yet sent were dropped", after.as_secs())]
+    StopTimeout {
+        /// How long was waited.
+        after: Duration,
+    },
+}
+
+/// What the agent presents on one (re)connect: its user JWT and the server's nonce signed with
+/// the JWT's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// The user JWT, as in the creds file.
+    pub jwt: String,
+    /// Ed25519 signature of the nonce (raw bytes; the client encodes them).
+    pub signature: Vec<u8>,
+}
+
+/// Reads the creds file now and signs `nonce` with it, checking the file still belongs to peel
+/// `expected`. Called by the client on every (re)connect, so rotated creds take effect at the
+/// next reconnect.
+pub fn sign_in(creds_path: &Path, expected: &PeelId, nonce: &[u8]) -> Result<SignIn, AgentError> {
+    let (creds, id) = load_creds(creds_path)?;
+    if &id != expected {
+        return Err(AgentError::PeelIdChanged {
+            path: creds_path.to_path_buf(),
+            expected: expected.to_string(),
+            found: id.to_string(),
+        });
+    }
+    let signature = creds.key().sign(nonce).map_err(|e| AgentError::Sign {
+        path: creds_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(SignIn {
+        jwt: creds.jwt().token().to_string(),
+        signature,
+    })
+}
+
+/// Reads the creds and the peel id they are for.
+fn load_creds(path: &Path) -> Result<(Creds, PeelId), AgentError> {
+    let creds = home::read_creds(path).map_err(|source| AgentError::Creds {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = &creds.jwt().claims().name;
+    if name.is_empty() {
+        return Err(AgentError::NoPeelId {
+            path: path.to_path_buf(),
+        });
+    }
+    let id = PeelId::parse(name).map_err(|source| AgentError::InvalidPeelId {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((creds, id))
+}
+
+/// A running peel agent.
+#[derive(Debug)]
+pub struct Agent {
+    id: PeelId,
+    client: Client,
+    commands: JoinHandle<()>,
+    facts: JoinHandle<()>,
+    stop_facts: oneshot::Sender<()>,
+    closed: watch::Receiver<bool>,
+}
+
+impl Agent {
+    /// Connects (giving up after 5 s on the first connect), subscribes to `zester.cmd.<id>`,
+    /// emits `zester.event.<id>.start` and publishes the facts; from then on the agent
+    /// reconnects forever and re-publishes its facts after every reconnect.
+    pub async fn start(options: AgentOptions) -> Result<Agent, AgentError> {
+        let (creds, id) = load_creds(&options.creds)?;
+        let exp = creds.jwt().claims().exp;
+        if exp != 0 && exp <= now_unix() {
+            return Err(AgentError::Expired {
+                path: options.creds.clone(),
+                at: rfc3339(exp),
+            });
+        }
+        drop(creds);
+        if let Some(ca) = &options.ca {
+            std::fs::metadata(ca).map_err(|source| AgentError::Ca {
+                path: ca.clone(),
+                source,
+            })?;
+        }
+
+        // Connected events reach the facts task through a one-slot channel: a connect that
+        // happens while facts are pending is covered by the publish already queued.
+        let (connected_tx, connected_rx) = mpsc::channel::<()>(1);
+        let (closed_tx, closed) = watch::channel(false);
+        let client = connect_options(&options, &id, connected_tx, closed_tx)
+            .connect(options.server.as_str())
+            .await
+            .map_err(|source| match source.kind() {
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                    AgentError::Refused {
+                        url: options.server.clone(),
+                        id: id.to_string(),
+                        creds: options.creds.clone(),
+                        source,
+                    }
+                }
+                _ => AgentError::Connect {
+                    url: options.server.clone(),
+                    source,
+                },
+            })?;
+        tracing::info!(peel = %id, url = %options.server, "peel agent connected");
+
+        let subject = format!("zester.cmd.{id}");
+        let subscriber = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| AgentError::Nats {
+                what: format!("subscribing to {subject}"),
+                reason: e.to_string(),
+            })?;
+        // The subscription is sent before the start event on the same connection, so whoever
+        // hears `start` can already command the peel.
+        let start =
+            json!({"id": id.as_str(), "zester_version": ZESTER_VERSION, "at": rfc3339(now_unix())});
+        let start_subject = format!("zester.event.{id}.start");
+        client
+            .publish(start_subject.clone(), start.to_string().into())
+            .await
+            .map_err(|e| AgentError::Nats {
+                what: format!("publishing {start_subject}"),
+                reason: e.to_string(),
+            })?;
+        client.flush().await.map_err(|e| AgentError::Nats {
+            what: format!("flushing {start_subject}"),
+            reason: e.to_string(),
+        })?;
+
+        let (stop_facts, facts_stopped) = oneshot::channel();
+        let facts = tokio::spawn(publish_facts(
+            client.clone(),
+            id.clone(),
+            connected_rx,
+            facts_stopped,
+        ));
+        let commands = tokio::spawn(serve_commands(client.clone(), id.clone(), subscriber));
+        Ok(Agent {
+            id,
+            client,
+            commands,
+            facts,
+            stop_facts,
+            closed,
+        })
+    }
+
+    /// The peel id the agent runs as (the `name` of its creds).
+    pub fn peel_id(&self) -> &PeelId {
+        &self.id
+    }
+
+    /// Stops publishing facts, drains the connection (pending answers and publishes are sent,
+    /// the command subscription is closed) and waits for the tasks. Gives up after 10 s, e.g.
+    /// when the server is unreachable, with [`AgentError::StopTimeout`].
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let Agent {
+            id,
+            client,
+            mut commands,
+            mut facts,
+            stop_facts,
+            mut closed,
+        } = self;
+        let _ = stop_facts.send(());
+        let drained = tokio::time::timeout(STOP_TIMEOUT, async {
+            let _ = (&mut facts).await;
+            client.drain().await.map_err(|e| AgentError::Nats {
+                what: "draining the connection".to_string(),
+                reason: e.to_string(),
+            })?;
+            let _ = (&mut commands).await;
+            // An error means the client is gone altogether, which is closed too.
+            let _ = closed.wait_for(|closed| *closed).await;
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => {
+                tracing::info!(peel = %id, "peel agent stopped");
+                result
+            }
+            Err(_) => {
+                facts.abort();
+                commands.abort();
+                Err(AgentError::StopTimeout {
+                    after: STOP_TIMEOUT,
+                })
+            }
+        }
+    }
+}
+
+/// Runs an agent until SIGINT or SIGTERM, then stops it (draining the connection).
+pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before connecting so that a signal during start is not lost.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let agent = Agent::start(options).await?;
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    agent.stop().await
+}
+
+/// The client options of DESIGN §4/§6 for peel `id`.
+fn connect_options(
+    options: &AgentOptions,
+    id: &PeelId,
+    connected: mpsc::Sender<()>,
+    closed: watch::Sender<bool>,
+) -> ConnectOptions {
+    let creds = options.creds.clone();
+    let signer = id.clone();
+    let auth = ConnectOptions::with_auth_callback(move |nonce: Vec<u8>| {
+        let (creds, id) = (creds.clone(), signer.clone());
+        async move {
+            let signed = sign_in(&creds, &id, &nonce).map_err(|e| {
+                tracing::warn!(peel = %id, "cannot sign in: {e}");
+                AuthError::new(e)
+            })?;
+            let mut auth = Auth::new();
+            auth.jwt = Some(signed.jwt);
+            auth.signature = Some(signed.signature);
+            Ok(auth)
+        }
+    });
+    // async-nats asks for a delay before the very first attempt too: only that one is skipped.
+    let attempted = AtomicBool::new(false);
+    let events_id = id.clone();
+    let closed = Arc::new(closed);
+    let mut client_options = auth
+        .require_tls(true)
+        .name(format!("zester-peel-{id}"))
+        .custom_inbox_prefix(format!("_INBOX.{id}"))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |_attempt| {
+            let first = !attempted.swap(true, Ordering::Relaxed);
+            reconnect_delay(first, rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MS))
+        })
+        .event_callback(move |event| {
+            let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
+            async move { on_event(event, &id, &connected, &closed) }
+        });
+    if let Some(ca) = &options.ca {
+        client_options = client_options.add_root_certificates(ca.clone());
+    }
+    client_options
+}
+
+/// The delay before a connect attempt: none before the first ever, then 2 s plus `jitter_ms`
+/// (capped at 1 s).
+fn reconnect_delay(first_attempt: bool, jitter_ms: u64) -> Duration {
+    if first_attempt {
+        return Duration::ZERO;
+    }
+    RECONNECT_DELAY + Duration::from_millis(jitter_ms.min(RECONNECT_JITTER_MS))
+}
+
+/// Forwards what other tasks wait for and logs the rest.
+fn on_event(event: Event, id: &PeelId, connected: &mpsc::Sender<()>, closed: &watch::Sender<bool>) {
+    match event {
+        Event::Connected => {
+            tracing::info!(peel = %id, "connected");
+            // Full means facts are already due: one publish covers this connect as well.
+            let _ = connected.try_send(());
+        }
+        Event::Closed => {
+            tracing::info!(peel = %id, "connection closed");
+            closed.send_replace(true);
+        }
+        Event::Disconnected => tracing::warn!(peel = %id, "disconnected; reconnecting"),
+        Event::ServerError(e) => tracing::warn!(peel = %id, "server error: {e}"),
+        Event::ClientError(e) => tracing::warn!(peel = %id, "client error: {e}"),
+        other => tracing::info!(peel = %id, "connection event: {other}"),
+    }
+}
+
+/// Publishes the facts after every connect until told to stop.
+async fn publish_facts(
+    client: Client,
+    id: PeelId,
+    mut connected: mpsc::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let subject = format!("zester.fact.{id}");
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            signal = connected.recv() => {
+                if signal.is_none() {
+                    return;
+                }
+            }
+        }
+        let facts = Facts::gather(&id, now_unix());
+        match client
+            .publish(subject.clone(), facts.to_json().into())
+            .await
+        {
+            Ok(()) => tracing::debug!(peel = %id, "facts published"),
+            Err(e) => tracing::warn!(peel = %id, "cannot publish facts: {e}"),
+        }
+    }
+}
+
+/// Answers the master's commands until the subscription ends (on drain).
+async fn serve_commands(client: Client, id: PeelId, mut commands: Subscriber) {
+    while let Some(message) = commands.next().await {
+        let Some(reply) = message.reply else {
+            tracing::warn!(peel = %id, subject = %message.subject, "command without a reply subject ignored");
+            continue;
+        };
+        let answer = answer(&message.payload);
+        if let Err(e) = client.publish(reply, answer.to_string().into()).await {
+            tracing::warn!(peel = %id, "cannot answer a command: {e}");
+        }
+    }
+}
+
+/// A command handler: the request in (`Value::Null` when the master sent only the name), the
+/// JSON answer out.
+type Handler = fn(&Value) -> Value;
+
+/// The commands a peel knows, by name. A new command is one function and one line here.
+const COMMANDS: &[(&str, Handler)] = &[("test.ping", test_ping)];
+
+/// `test.ping`: the master checks the peel is alive and answering.
+fn test_ping(_request: &Value) -> Value {
+    Value::Bool(true)
+}
+
+/// A command as the master sent it.
+#[derive(Debug, Clone, PartialEq)]
+struct CommandRequest {
+    /// The command name (`test.ping`).
+    fun: String,
+    /// The whole JSON request, or `Null` when the payload was the bare name.
+    body: Value,
+}
+
+/// Parses a command payload: either the bare name (`test.ping`) or a JSON object with the name
+/// in `fun` (`{"fun":"test.ping"}`).
+fn parse_command(payload: &[u8]) -> Result<CommandRequest, String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "the command is not UTF-8".to_string())?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty command".to_string());
+    }
+    if !text.starts_with('{') {
+        return Ok(CommandRequest {
+            fun: text.to_string(),
+            body: Value::Null,
+        });
+    }
+    let body: Value =
+        serde_json::from_str(text).map_err(|e| format!("the command is not valid JSON: {e}"))?;
+    let fun = body
+        .get("fun")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "the command has no \"fun\" string".to_string())?
+        .to_string();
+    Ok(CommandRequest { fun, body })
+}
+
+/// The answer to a command payload: the handler's answer, or `{"error": …}`.
+fn answer(payload: &[u8]) -> Value {
+    let request = match parse_command(payload) {
+        Ok(request) => request,
+        Err(message) => return json!({ "error": message }),
+    };
+    match COMMANDS.iter().find(|(name, _)| *name == request.fun) {
+        Some((_, handler)) => handler(&request.body),
+        None => {
+            let name: String = request.fun.chars().take(MAX_ECHOED_NAME).collect();
+            json!({ "error": format!("unknown command {name}") })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::Authority;
+    use crate::permissions::Role;
+    use nkeys::KeyPair;
+
+    #[test]
+    fn ping_is_answered_in_both_forms() {
+        assert_eq!(answer(b"test.ping"), Value::Bool(true));
+        assert_eq!(answer(b"  test.ping\n"), Value::Bool(true));
+        assert_eq!(answer(br#"{"fun":"test.ping"}"#), Value::Bool(true));
+    }
+
+    #[test]
+    fn unknown_and_malformed_commands_get_an_error() {
+        assert_eq!(
+            answer(b"test.pong"),
+            json!({"error": "unknown command test.pong"})
+        );
+        assert_eq!(
+            answer(br#"{"fun":"nope"}"#),
+            json!({"error": "unknown command nope"})
+        );
+        for payload in [
+            &b""[..],
+            b"  ",
+            b"\xff\xfe",
+            b"{not json",
+            br#"{"fun":1}"#,
+            b"{}",
+        ] {
+            let got = answer(payload);
+            assert!(got["error"].is_string(), "{payload:?} gave {got}");
+        }
+        let long = "x".repeat(1000);
+        let got = answer(long.as_bytes());
+        assert_eq!(
+            got["error"].as_str().unwrap().len(),
+            "unknown command ".len() + MAX_ECHOED_NAME
+        );
+    }
+
+    #[test]
+    fn a_json_command_keeps_its_body() {
+        let request = parse_command(br#"{"fun":"test.ping","arg":[1]}"#).unwrap();
+        assert_eq!(request.fun, "test.ping");
+        assert_eq!(request.body["arg"], json!([1]));
+        assert_eq!(parse_command(b"test.ping").unwrap().body, Value::Null);
+    }
+
+    #[test]
+    fn only_the_very_first_attempt_is_not_delayed() {
+        assert_eq!(reconnect_delay(true, 700), Duration::ZERO);
+        assert_eq!(reconnect_delay(false, 0), Duration::from_secs(2));
+        assert_eq!(reconnect_delay(false, 700), Duration::from_millis(2700));
+        assert_eq!(reconnect_delay(false, 5000), Duration::from_secs(3));
+    }
+
+    fn issue(authority: &Authority, key: KeyPair, name: &str) -> Creds {
+        let role = match PeelId::parse(name) {
+            Ok(id) => Role::Peel(id),
+            Err(_) => Role::Master,
+        };
+        authority
+            .issue_creds(key, name, &role, now_unix(), 3600)
+            .unwrap()
+    }
+
+    #[test]
+    fn sign_in_reads_the_file_on_every_call() {
+        let (authority, _) = Authority::generate(now_unix()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-01.creds");
+        let id = PeelId::parse("web-01").unwrap();
+
+        let a = issue(&authority, KeyPair::new_user(), "web-01");
+        home::write_creds(&path, &a).unwrap();
+        let first = sign_in(&path, &id, b"nonce-1").unwrap();
+        assert_eq!(first.jwt, a.jwt().token());
+        a.key().verify(b"nonce-1", &first.signature).unwrap();
+
+        // Rotated on disk (a new key here; a renewed JWT for the same key works the same way).
+        let b = issue(&authority, KeyPair::new_user(), "web-01");
+        home::write_creds(&path, &b).unwrap();
+        let second = sign_in(&path, &id, b"nonce-2").unwrap();
+        assert_eq!(second.jwt, b.jwt().token());
+        assert_ne!(second.jwt, first.jwt);
+        b.key().verify(b"nonce-2", &second.signature).unwrap();
+    }
+
+    #[test]
+    fn sign_in_refuses_broken_or_foreign_creds_naming_the_file() {
+        let (authority, _) = Authority::generate(now_unix()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-01.creds");
+        let id = PeelId::parse("web-01").unwrap();
+
+        let missing = sign_in(&path, &id, b"n").unwrap_err();
+        assert!(matches!(missing, AgentError::Creds { .. }), "{missing}");
+        assert!(missing.to_string().contains("web-01.creds"), "{missing}");
+
+        std::fs::write(&path, "garbage").unwrap();
+        let garbage = sign_in(&path, &id, b"n").unwrap_err();
+        assert!(matches!(garbage, AgentError::Creds { .. }), "{garbage}");
+        assert!(garbage.to_string().contains("web-01.creds"), "{garbage}");
+
+        home::write_creds(&path, &issue(&authority, KeyPair::new_user(), "web-02")).unwrap();
+        let other = sign_in(&path, &id, b"n").unwrap_err();
+        assert!(
+            matches!(&other, AgentError::PeelIdChanged { found, .. } if found == "web-02"),
+            "{other}"
+        );
+
+        home::write_creds(&path, &issue(&authority, KeyPair::new_user(), "")).unwrap();
+        let nameless = sign_in(&path, &id, b"n").unwrap_err();
+        assert!(
+            matches!(nameless, AgentError::NoPeelId { .. }),
+            "{nameless}"
+        );
+
+        home::write_creds(&path, &issue(&authority, KeyPair::new_user(), "_master")).unwrap();
+        let reserved = sign_in(&path, &id, b"n").unwrap_err();
+        assert!(
+            matches!(reserved, AgentError::InvalidPeelId { .. }),
+            "{reserved}"
+        );
+    }
+}
