@@ -118,6 +118,8 @@ pub struct KeysConfig {
     pub trusted: Vec<String>,
     /// Most pending keys.
     pub max_pending: u32,
+    /// Most enrolment connections per client address and minute.
+    pub enrol_rate: u32,
 }
 
 impl Default for KeysConfig {
@@ -126,6 +128,7 @@ impl Default for KeysConfig {
             accept: "manual".to_string(),
             trusted: Vec::new(),
             max_pending: 1000,
+            enrol_rate: 10,
         }
     }
 }

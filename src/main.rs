@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The peel side: enrol with a master.
+    Peel {
+        #[command(subcommand)]
+        command: PeelCommand,
+    },
     /// Issue and inspect NATS .creds files.
     Creds {
         #[command(subcommand)]
@@ -147,6 +152,33 @@ enum KeyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PeelCommand {
+    /// Enrol this machine as peel ID: makes its nkey and curve key locally (seeds 0600 in
+    /// --dir; reused when present), proves the key to the master, waits for an admin to
+    /// accept it (with --wait), then writes <dir>/<ID>.creds itself. The seed never leaves.
+    Enrol {
+        /// The master's client URL, e.g. nats://master.example:4222.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The peel id to enrol as.
+        #[arg(long)]
+        id: String,
+        /// The master's CA certificate (its pki/ca.pem).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// Check the CA file against this pin (printed by `zester init`) before trusting it.
+        #[arg(long, value_name = "sha256:HEX")]
+        pin: Option<String>,
+        /// Where the seeds and the creds are kept.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Keep waiting until an admin decides.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CredsCommand {
     /// Issue creds for a peel: a fresh user nkey and a JWT signed by the ZESTER signing key with
     /// the peel's permissions (its own subjects only).
@@ -215,6 +247,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 appliance.run_until_signal().await
             })?;
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::Peel { command } => {
+            let PeelCommand::Enrol {
+                server,
+                id,
+                ca,
+                pin,
+                dir,
+                wait,
+            } = command;
+            if let Some(pin) = pin {
+                let pem = std::fs::read_to_string(&ca)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+                let found = zester::pki::spki_pin_from_cert_pem(&pem)?;
+                if !found.eq_ignore_ascii_case(&pin) {
+                    anyhow::bail!(
+                        "{} has pin {found}, not {pin}: do not trust this CA file",
+                        ca.display()
+                    );
+                }
+            }
+            let options = zester::enrol::EnrolOptions {
+                server,
+                id: id.clone(),
+                ca,
+                dir,
+                wait,
+            };
+            let outcome = runtime()?.block_on(zester::enrol::enrol(&options, |step| {
+                eprintln!("zester: {step}")
+            }))?;
+            return Ok(match outcome {
+                zester::enrol::EnrolOutcome::Enrolled { creds } => {
+                    println!("enrolled as {id}: creds written to {}", creds.display());
+                    ExitCode::SUCCESS
+                }
+                zester::enrol::EnrolOutcome::Pending { fingerprint } => {
+                    println!(
+                        "pending: ask an admin to run `zester key accept {id} --fingerprint {fingerprint}`, then run this again (or use --wait)"
+                    );
+                    ExitCode::SUCCESS
+                }
+                zester::enrol::EnrolOutcome::Rejected => {
+                    eprintln!("zester: the key for {id} was rejected by an admin");
+                    ExitCode::from(1)
+                }
+            });
         }
         Command::Key { command } => {
             let (output, json) = runtime()?.block_on(key_command(&home, command))?;

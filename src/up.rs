@@ -25,6 +25,7 @@ use crate::callout::audit::{self, AuditRecord, AuditSink};
 use crate::callout::decide::{self, KeyLookup, Trust};
 use crate::callout::service::{self, CalloutState};
 use crate::connect::{self, ClientSpec, Endpoint};
+use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{journal, KeyCache, KeyState, KeyStore};
@@ -293,6 +294,21 @@ impl Appliance {
             nats_version: version.clone(),
         };
         tasks.push(serve_status(master.clone(), status).await?);
+        state.set_enrol_rate(config.keys.enrol_rate);
+        let enrol = Arc::new(EnrolService {
+            authority: authority.clone(),
+            keys: keys.clone(),
+            policy: config.accept_policy().map_err(config_error)?,
+            trusted: config.keys.trusted.clone(),
+            max_pending: config.keys.max_pending as usize,
+            peel_expiry: config.peel_expiry().map_err(config_error)?,
+        });
+        tasks.push(
+            enrol
+                .serve(master.clone())
+                .await
+                .map_err(nats_error("subscribing to the enrolment subjects"))?,
+        );
         let admin = Arc::new(AdminService {
             home: home.clone(),
             authority: authority.clone(),

@@ -58,9 +58,15 @@ pub enum Refusal {
     /// A token.
     #[error("token authentication is not accepted: connect with a .creds file")]
     TokenNotAccepted,
-    /// An nkey without a JWT (enrolment is not open on this node).
-    #[error("an nkey alone is not accepted here: connect with a .creds file")]
+    /// An "nkey" that is not a user key.
+    #[error("the nkey presented is not a user key")]
     NkeyWithoutJwt,
+    /// Too many enrolment connections from one address.
+    #[error("too many enrolment attempts from {ip}: try again in a minute")]
+    EnrolRateLimited {
+        /// The client address.
+        ip: String,
+    },
     /// The client sent a JWT (it signed the nonce) that nats-server could not decode or verify,
     /// so the server handed it the sentinel instead.
     #[error("the user JWT presented is not valid (tampered, truncated or not a NATS user JWT)")]
@@ -112,7 +118,8 @@ impl Refusal {
             Refusal::NoCredentials => "no_credentials",
             Refusal::PasswordNotAccepted => "password_not_accepted",
             Refusal::TokenNotAccepted => "token_not_accepted",
-            Refusal::NkeyWithoutJwt => "nkey_without_jwt",
+            Refusal::NkeyWithoutJwt => "nkey_invalid",
+            Refusal::EnrolRateLimited { .. } => "enrol_rate_limited",
             Refusal::Bearer => "bearer_not_accepted",
             Refusal::JwtRejectedByServer => "jwt_invalid",
             Refusal::Jwt(JwtError::Expired { .. }) => "jwt_expired",
@@ -166,10 +173,11 @@ pub fn decide(
 ) -> Decision {
     let opts = &request.connect_opts;
     let presented_jwt = !opts.jwt.is_empty() && opts.jwt != trust.sentinel;
+    if !presented_jwt && !opts.nkey.is_empty() {
+        return admit_enrolling(request, keys, now);
+    }
     if !presented_jwt {
-        let refusal = if !opts.nkey.is_empty() {
-            Refusal::NkeyWithoutJwt
-        } else if !opts.signed_nonce.is_empty() {
+        let refusal = if !opts.signed_nonce.is_empty() {
             Refusal::JwtRejectedByServer
         } else if !opts.username.is_empty() || !opts.password.is_empty() {
             Refusal::PasswordNotAccepted
@@ -236,6 +244,41 @@ pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64) -> Refusal {
     Refusal::NonceSignatureMismatch {
         nkey: user.subject().to_string(),
     }
+}
+
+/// How long an enrolling session lasts: enough to enrol and wait a little; `--wait` reconnects.
+pub const ENROLLING_SESSION_SECS: i64 = 600;
+
+/// An nkey without a JWT is a peel enrolling (DESIGN §6): it must prove the key by signing the
+/// nonce, and a key already rejected or revoked stays out.
+fn admit_enrolling(
+    request: &AuthRequestNats,
+    keys: &(impl KeyLookup + ?Sized),
+    now: i64,
+) -> Decision {
+    let nkey = request.connect_opts.nkey.clone();
+    let refuse = |refusal| Decision::Refuse {
+        refusal,
+        nkey: Some(nkey.clone()),
+    };
+    if keys::expect_role(&nkey, &[keys::KeyRole::User]).is_err() {
+        return refuse(Refusal::NkeyWithoutJwt);
+    }
+    if let Err(refusal) = verify_nonce(
+        &request.client_info.nonce,
+        &request.connect_opts.signed_nonce,
+        &nkey,
+    ) {
+        return refuse(refusal);
+    }
+    if let Some((id, standing @ (KeyState::Rejected | KeyState::Revoked))) = keys.peel_key(&nkey) {
+        return refuse(Refusal::KeyNotAccepted { id, standing });
+    }
+    Decision::Allow(Admission {
+        role: Role::Enrolling { nkey: nkey.clone() },
+        nkey,
+        expires: now + ENROLLING_SESSION_SECS,
+    })
 }
 
 /// Checks `signature` (base64url without padding as nats.go and async-nats send it, or standard

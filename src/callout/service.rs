@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
-use super::sessions::{CalloutStats, RecentDecisions, Session, SessionTable};
+use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
@@ -39,6 +39,8 @@ pub struct CalloutState {
     /// Connections decided on recently (to skip the server's duplicate auth-error events).
     pub recent: RecentDecisions,
     channels: RwLock<std::collections::HashMap<String, Arc<Channel>>>,
+    enrol_limiter: EnrolLimiter,
+    enrol_per_minute: std::sync::atomic::AtomicU32,
 }
 
 /// Servers a node talks to are few; past this many cached channels the cache starts over.
@@ -88,7 +90,15 @@ impl CalloutState {
             sessions: SessionTable::default(),
             recent: RecentDecisions::default(),
             channels: RwLock::new(std::collections::HashMap::new()),
+            enrol_limiter: EnrolLimiter::default(),
+            enrol_per_minute: std::sync::atomic::AtomicU32::new(10),
         }
+    }
+
+    /// How many enrolment connections one address may make per minute.
+    pub fn set_enrol_rate(&self, per_minute: u32) {
+        self.enrol_per_minute
+            .store(per_minute, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Points lookups at the key store's cache.
@@ -150,7 +160,21 @@ impl CalloutState {
         self.recent
             .remember(&request.server.id, request.client_info.id);
 
-        let decision = decide::decide(request, &trust, self.keys().as_ref(), now);
+        let mut decision = decide::decide(request, &trust, self.keys().as_ref(), now);
+        if let Decision::Allow(admission) = &decision {
+            let per_minute = self
+                .enrol_per_minute
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let ip = &request.client_info.host;
+            if matches!(admission.role, Role::Enrolling { .. })
+                && !self.enrol_limiter.allow(ip, now, per_minute)
+            {
+                decision = Decision::Refuse {
+                    refusal: decide::Refusal::EnrolRateLimited { ip: ip.clone() },
+                    nkey: Some(admission.nkey.clone()),
+                };
+            }
+        }
         let (verdict, allowed) = match &decision {
             Decision::Allow(admission) => {
                 let (name, peel) = match &admission.role {

@@ -105,6 +105,31 @@ impl RecentDecisions {
     }
 }
 
+/// Counts enrolment connections per client address over the last minute.
+#[derive(Debug, Default)]
+pub struct EnrolLimiter {
+    inner: Mutex<HashMap<String, VecDeque<i64>>>,
+}
+
+impl EnrolLimiter {
+    /// Records an attempt from `ip` at `now`; false when it is over `per_minute`.
+    pub fn allow(&self, ip: &str, now: i64, per_minute: u32) -> bool {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, times| times.back().is_some_and(|t| now - t < 60));
+        }
+        let times = map.entry(ip.to_string()).or_default();
+        while times.front().is_some_and(|t| now - t >= 60) {
+            times.pop_front();
+        }
+        if times.len() >= per_minute as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+}
+
 /// Decision counters and latencies.
 #[derive(Debug, Default)]
 pub struct CalloutStats {
@@ -214,6 +239,16 @@ mod tests {
             table.insert("busy", session("N1", 100 + i));
         }
         assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
+    }
+
+    #[test]
+    fn enrolment_attempts_are_limited_per_address_and_minute() {
+        let limiter = EnrolLimiter::default();
+        assert!(limiter.allow("10.0.0.1", 100, 2));
+        assert!(limiter.allow("10.0.0.1", 101, 2));
+        assert!(!limiter.allow("10.0.0.1", 102, 2));
+        assert!(limiter.allow("10.0.0.2", 102, 2));
+        assert!(limiter.allow("10.0.0.1", 161, 2));
     }
 
     #[test]

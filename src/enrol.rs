@@ -1,0 +1,550 @@
+//! Enrolment (DESIGN §6): a peel makes its nkey and curve key locally, connects with the nkey
+//! alone (the callout admits it as an enrolling session that may only publish on
+//! `zester.enrol.<its nkey>`), asks to be enrolled with a request signed by that nkey, and once
+//! accepted fetches its user JWT there and writes its own `.creds`. The seed never leaves it.
+//!
+//! Requests are `{"request": base64url(json), "sig": base64url(ed25519)}`: the signature binds
+//! the id, the curve key and the time to the nkey, and the subject must name the same key.
+//! The master side refuses ids bound to another key (no squatting), malformed or reserved ids,
+//! stale or future timestamps (replays), and more than `max_pending` pending keys; it records
+//! pending keys, or accepted ones under the `auto-trusted` / `auto-all` policies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use data_encoding::BASE64URL_NOPAD;
+use futures_util::StreamExt;
+use nkeys::{KeyPair, XKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::authority::Authority;
+use crate::config::AcceptPolicy;
+use crate::home::{self, now_unix};
+use crate::identity::creds::Creds;
+use crate::identity::keys::{self, KeyRole};
+use crate::identity::peel_id::PeelId;
+use crate::keys::{KeyRecord, KeyState, KeyStore};
+use crate::permissions::Role;
+
+/// Subjects enrolment requests arrive on (`zester.enrol.<nkey>`).
+pub const ENROL_SUBJECTS: &str = "zester.enrol.*";
+/// How far a request's time may be from the master's clock.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// What the peel asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Record my key for this id.
+    Enrol,
+    /// Give me my user JWT (once accepted).
+    Fetch,
+}
+
+/// The signed body of an enrolment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// What is asked.
+    pub op: Op,
+    /// The peel id wanted.
+    pub id: String,
+    /// The peel's user key (`U…`), the one signing the request.
+    pub nkey: String,
+    /// The peel's curve key (`X…`), for secrets.
+    pub xkey: Option<String>,
+    /// The peel's hostname, for the admin's eyes.
+    pub hostname: String,
+    /// Unix seconds when made.
+    pub at: i64,
+}
+
+/// The wire form: the request as base64url JSON and its signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedRequest {
+    /// base64url(JSON of [`EnrolRequest`]).
+    pub request: String,
+    /// base64url(Ed25519 signature of the decoded `request` bytes by `nkey`).
+    pub sig: String,
+}
+
+/// Why an enrolment request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    /// Not the wire form.
+    #[error("malformed enrolment request: {0}")]
+    Malformed(String),
+    /// The signature does not verify, or the subject names another key.
+    #[error("the enrolment request is not signed by the key it names")]
+    BadSignature,
+    /// Too old or from the future.
+    #[error("the enrolment request is {age} s away from the master's clock (more than {MAX_SKEW_SECS} s): check the peel's clock")]
+    Stale {
+        /// Seconds off.
+        age: i64,
+    },
+    /// A bad id.
+    #[error(transparent)]
+    PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// The id belongs to another key.
+    #[error("peel id {id} is already bound to another key ({state}): pick another id, or ask an admin to revoke and delete the old key")]
+    IdTaken {
+        /// The id.
+        id: String,
+        /// State of the key holding it.
+        state: KeyState,
+    },
+    /// Too many pending keys.
+    #[error("too many keys are waiting for approval ({pending}, the limit is {max}): ask an admin to accept or reject some")]
+    TooManyPending {
+        /// Pending now.
+        pending: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Fetch before enrolling.
+    #[error("no enrolment for peel {id} with this key: enrol first")]
+    NotEnrolled {
+        /// The id.
+        id: String,
+    },
+    /// The key store failed.
+    #[error(transparent)]
+    Store(#[from] crate::keys::KeyStoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
+    /// A record could not be made.
+    #[error(transparent)]
+    Record(#[from] crate::keys::KeyError),
+}
+
+/// Signs `request` with `key`.
+pub fn sign_request(key: &KeyPair, request: &EnrolRequest) -> Result<SignedRequest, EnrolError> {
+    let body = serde_json::to_vec(request).map_err(|e| EnrolError::Malformed(e.to_string()))?;
+    let sig = key.sign(&body).map_err(|_| EnrolError::BadSignature)?;
+    Ok(SignedRequest {
+        request: BASE64URL_NOPAD.encode(&body),
+        sig: BASE64URL_NOPAD.encode(&sig),
+    })
+}
+
+/// Verifies a request that arrived on `zester.enrol.<subject_nkey>` at `now`.
+pub fn verify_request(
+    payload: &[u8],
+    subject_nkey: &str,
+    now: i64,
+) -> Result<EnrolRequest, EnrolError> {
+    let signed: SignedRequest =
+        serde_json::from_slice(payload).map_err(|e| EnrolError::Malformed(e.to_string()))?;
+    let decode = |text: &str| {
+        BASE64URL_NOPAD
+            .decode(text.as_bytes())
+            .map_err(|_| EnrolError::Malformed("not base64url".into()))
+    };
+    let body = decode(&signed.request)?;
+    let sig = decode(&signed.sig)?;
+    let request: EnrolRequest =
+        serde_json::from_slice(&body).map_err(|e| EnrolError::Malformed(e.to_string()))?;
+    if request.nkey != subject_nkey {
+        return Err(EnrolError::BadSignature);
+    }
+    keys::expect_role(&request.nkey, &[KeyRole::User]).map_err(|_| EnrolError::BadSignature)?;
+    keys::verify(&request.nkey, &body, &sig).map_err(|_| EnrolError::BadSignature)?;
+    if (now - request.at).abs() > MAX_SKEW_SECS {
+        return Err(EnrolError::Stale {
+            age: now - request.at,
+        });
+    }
+    if let Some(xkey) = &request.xkey {
+        if XKey::from_public_key(xkey).is_err() {
+            return Err(EnrolError::Malformed("xkey is not a curve key".into()));
+        }
+    }
+    Ok(request)
+}
+
+/// The master's side: records enrolments and hands out JWTs to accepted keys.
+pub struct EnrolService {
+    /// Signs the peels' user JWTs.
+    pub authority: Arc<Authority>,
+    /// The key store.
+    pub keys: Arc<KeyStore>,
+    /// Accept policy.
+    pub policy: AcceptPolicy,
+    /// Id globs accepted under `auto-trusted`.
+    pub trusted: Vec<String>,
+    /// Most pending keys.
+    pub max_pending: usize,
+    /// Lifetime of the JWTs handed out, seconds (0 = never).
+    pub peel_expiry: i64,
+}
+
+impl EnrolService {
+    /// Serves `zester.enrol.*` on `client` (the master's connection).
+    pub async fn serve(
+        self: Arc<Self>,
+        client: async_nats::Client,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+        if self.policy == AcceptPolicy::AutoAll {
+            tracing::warn!(
+                "keys.accept = \"auto-all\": every enrolling key is accepted (labs only)"
+            );
+        }
+        let mut requests = client.subscribe(ENROL_SUBJECTS).await?;
+        client.flush().await?;
+        Ok(tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
+                let service = self.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let nkey = message
+                        .subject
+                        .as_str()
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default();
+                    let answer = match service.handle(&message.payload, nkey, now_unix()).await {
+                        Ok(value) => json!({ "ok": value }),
+                        Err(e) => {
+                            tracing::warn!(target: "audit", nkey, reason = %e, "enrolment refused");
+                            json!({ "error": e.to_string() })
+                        }
+                    };
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::warn!("answering an enrolment request: {e}");
+                    }
+                });
+            }
+        }))
+    }
+
+    /// Handles one request from `nkey` at `now`.
+    pub async fn handle(&self, payload: &[u8], nkey: &str, now: i64) -> Result<Value, EnrolError> {
+        let request = verify_request(payload, nkey, now)?;
+        let id = PeelId::parse(&request.id)?;
+        let existing = self.keys.get(&id).await?;
+        match request.op {
+            Op::Enrol => {
+                if let Some((record, _)) = &existing {
+                    if record.nkey != request.nkey {
+                        return Err(EnrolError::IdTaken {
+                            id: id.to_string(),
+                            state: record.state,
+                        });
+                    }
+                    return Ok(json!({ "state": record.state }));
+                }
+                let pending = self.keys.cache().counts().pending;
+                if pending >= self.max_pending {
+                    return Err(EnrolError::TooManyPending {
+                        pending,
+                        max: self.max_pending,
+                    });
+                }
+                let reason = format!("enrolled from {}", request.hostname);
+                let mut record = KeyRecord::new_pending(
+                    id.clone(),
+                    &request.nkey,
+                    request.xkey.as_deref(),
+                    "enrolment",
+                    &reason,
+                    now,
+                )?;
+                if let Some(policy) = self.auto_accepts(&id) {
+                    record = record.transition(KeyState::Accepted, policy, "accept policy", now)?;
+                }
+                self.keys.create(&record).await?;
+                tracing::info!(target: "audit", peel = %id, state = %record.state, fingerprint = %record.fingerprint(), "key enrolled");
+                Ok(json!({ "state": record.state, "fingerprint": record.fingerprint() }))
+            }
+            Op::Fetch => match existing {
+                Some((record, _)) if record.nkey == request.nkey => {
+                    if record.state != KeyState::Accepted {
+                        return Ok(json!({ "state": record.state }));
+                    }
+                    let jwt = self.authority.issue_user(
+                        &record.nkey,
+                        id.as_str(),
+                        &Role::Peel(id.clone()),
+                        now,
+                        self.peel_expiry,
+                    )?;
+                    Ok(json!({ "state": record.state, "jwt": jwt.token() }))
+                }
+                _ => Err(EnrolError::NotEnrolled { id: id.to_string() }),
+            },
+        }
+    }
+
+    fn auto_accepts(&self, id: &PeelId) -> Option<&'static str> {
+        match self.policy {
+            AcceptPolicy::Manual => None,
+            AcceptPolicy::AutoAll => Some("policy auto-all"),
+            AcceptPolicy::AutoTrusted => self
+                .trusted
+                .iter()
+                .any(|glob| crate::admin::glob_matches(glob, id.as_str()))
+                .then_some("policy auto-trusted"),
+        }
+    }
+}
+
+/// What `zester peel enrol` needs.
+#[derive(Debug, Clone)]
+pub struct EnrolOptions {
+    /// `nats://host:port`.
+    pub server: String,
+    /// The id wanted.
+    pub id: String,
+    /// CA certificate to verify the server with.
+    pub ca: PathBuf,
+    /// Where the seeds and the creds go (0700).
+    pub dir: PathBuf,
+    /// Keep asking until accepted.
+    pub wait: bool,
+}
+
+/// How `zester peel enrol` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    /// Creds written.
+    Enrolled {
+        /// The creds file.
+        creds: PathBuf,
+    },
+    /// Waiting for an admin (without `--wait`).
+    Pending {
+        /// The key's fingerprint, to compare with `zester key list`.
+        fingerprint: String,
+    },
+    /// An admin rejected the key.
+    Rejected,
+}
+
+/// Why the peel side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeelEnrolError {
+    /// A file problem.
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    /// The key files are unusable.
+    #[error("{}: not a usable seed; move it away to make a new key", path.display())]
+    BadSeed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {url} to enrol: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The master refused or did not answer.
+    #[error("enrolment refused: {0}")]
+    Refused(String),
+    /// A bad id.
+    #[error(transparent)]
+    PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// The JWT handed out does not fit the key.
+    #[error("the master handed out creds that do not fit this key: {0}")]
+    BadCreds(String),
+}
+
+fn load_or_create_seed(
+    path: &Path,
+    make: impl FnOnce() -> String,
+    valid: impl Fn(&str) -> bool,
+) -> Result<String, PeelEnrolError> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|source| home::HomeError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let seed = text.trim().to_string();
+        return if valid(&seed) {
+            Ok(seed)
+        } else {
+            Err(PeelEnrolError::BadSeed {
+                path: path.to_path_buf(),
+            })
+        };
+    }
+    let seed = make();
+    home::write_atomic(path, format!("{seed}\n").as_bytes(), home::SECRET_MODE)?;
+    Ok(seed)
+}
+
+/// The peel side: make (or reuse) the keys in `options.dir`, enrol, and with `wait` poll until
+/// an admin decides; writes `<dir>/<id>.creds` once accepted. `progress` hears each step.
+pub async fn enrol(
+    options: &EnrolOptions,
+    progress: impl Fn(&str),
+) -> Result<EnrolOutcome, PeelEnrolError> {
+    let id = PeelId::parse(&options.id)?;
+    home::create_private_dir(&options.dir)?;
+    let seed_path = options.dir.join(format!("{id}.nk"));
+    let seed = load_or_create_seed(
+        &seed_path,
+        || KeyPair::new_user().seed().unwrap_or_default(),
+        |s| keys::pair_from_seed(s, &[KeyRole::User]).is_ok(),
+    )?;
+    let xkey_seed = load_or_create_seed(
+        &options.dir.join(format!("{id}.xk")),
+        || XKey::new().seed().unwrap_or_default(),
+        |s| XKey::from_seed(s).is_ok(),
+    )?;
+    let key =
+        keys::pair_from_seed(&seed, &[KeyRole::User]).map_err(|_| PeelEnrolError::BadSeed {
+            path: seed_path.clone(),
+        })?;
+    let xkey = XKey::from_seed(&xkey_seed)
+        .map(|x| x.public_key())
+        .map_err(|_| PeelEnrolError::BadSeed {
+            path: options.dir.join(format!("{id}.xk")),
+        })?;
+    let nkey = key.public_key();
+    progress(&format!(
+        "key {nkey} (fingerprint {})",
+        crate::keys::fingerprint(&nkey)
+    ));
+
+    let connect_error = |reason: String| {
+        let hint = if reason.to_lowercase().contains("authorization violation") {
+            " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
+        } else {
+            ""
+        };
+        PeelEnrolError::Connect {
+            url: options.server.clone(),
+            reason: format!("{reason}{hint}"),
+        }
+    };
+    let client = async_nats::ConnectOptions::with_nkey(seed.clone())
+        .add_root_certificates(options.ca.clone())
+        .require_tls(true)
+        .name(format!("zester-peel-{id}"))
+        .custom_inbox_prefix(format!("_INBOX.{nkey}"))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(3))
+        .connect(options.server.as_str())
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let ask = |op: Op| {
+        let request = EnrolRequest {
+            op,
+            id: id.to_string(),
+            nkey: nkey.clone(),
+            xkey: Some(xkey.clone()),
+            hostname: hostname.clone(),
+            at: now_unix(),
+        };
+        let client = client.clone();
+        let key = &key;
+        async move {
+            let signed =
+                sign_request(key, &request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            let body = serde_json::to_vec(&signed).unwrap_or_default();
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request(format!("zester.enrol.{}", request.nkey), body.into()),
+            )
+            .await
+            .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?
+            .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            let answer: Value = serde_json::from_slice(&reply.payload)
+                .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            if let Some(error) = answer.get("error").and_then(Value::as_str) {
+                return Err(PeelEnrolError::Refused(error.to_string()));
+            }
+            Ok(answer["ok"].clone())
+        }
+    };
+    let enrolled = ask(Op::Enrol).await?;
+    let fingerprint = crate::keys::fingerprint(&nkey);
+    progress(&format!("enrolment recorded: {}", enrolled["state"]));
+    loop {
+        let fetched = ask(Op::Fetch).await?;
+        match fetched["state"].as_str() {
+            Some("accepted") => {
+                let jwt_text = fetched["jwt"].as_str().unwrap_or_default();
+                let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
+                    .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+                let creds =
+                    Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+                let path = options.dir.join(format!("{id}.creds"));
+                home::write_creds(&path, &creds)?;
+                return Ok(EnrolOutcome::Enrolled { creds: path });
+            }
+            Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),
+            _ if !options.wait => return Ok(EnrolOutcome::Pending { fingerprint }),
+            _ => {
+                progress(&format!(
+                    "waiting for approval: on the master run `zester key accept {id} --fingerprint {fingerprint}`"
+                ));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn request(key: &KeyPair, at: i64) -> EnrolRequest {
+        EnrolRequest {
+            op: Op::Enrol,
+            id: "web-01".into(),
+            nkey: key.public_key(),
+            xkey: Some(XKey::new().public_key()),
+            hostname: "h".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn signed_requests_verify_only_for_their_key_and_time() {
+        let key = KeyPair::new_user();
+        let signed = sign_request(&key, &request(&key, NOW)).unwrap();
+        let body = serde_json::to_vec(&signed).unwrap();
+        assert_eq!(
+            verify_request(&body, &key.public_key(), NOW).unwrap().id,
+            "web-01"
+        );
+        let other = KeyPair::new_user().public_key();
+        assert!(matches!(
+            verify_request(&body, &other, NOW),
+            Err(EnrolError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_request(&body, &key.public_key(), NOW + 301),
+            Err(EnrolError::Stale { .. })
+        ));
+        // A request signed by one key but claiming another.
+        let thief = KeyPair::new_user();
+        let forged = sign_request(&thief, &request(&key, NOW)).unwrap();
+        let body = serde_json::to_vec(&forged).unwrap();
+        assert!(matches!(
+            verify_request(&body, &key.public_key(), NOW),
+            Err(EnrolError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_request(b"{}", &key.public_key(), NOW),
+            Err(EnrolError::Malformed(_))
+        ));
+    }
+}
