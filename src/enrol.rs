@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::authority::Authority;
+use crate::callout::audit::{AuditRecord, AuditSink};
 use crate::config::AcceptPolicy;
 use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
@@ -179,6 +180,8 @@ pub struct EnrolService {
     pub max_pending: usize,
     /// Lifetime of the JWTs handed out, seconds (0 = never).
     pub peel_expiry: i64,
+    /// Where enrolment decisions are audited.
+    pub audit: AuditSink,
 }
 
 impl EnrolService {
@@ -208,12 +211,14 @@ impl EnrolService {
                         .rsplit('.')
                         .next()
                         .unwrap_or_default();
-                    let answer = match service.handle(&message.payload, nkey, now_unix()).await {
+                    let now = now_unix();
+                    let outcome = service.handle(&message.payload, nkey, now).await;
+                    service
+                        .audit
+                        .record(enrol_audit(&outcome, &message.payload, nkey, now));
+                    let answer = match outcome {
                         Ok(value) => json!({ "ok": value }),
-                        Err(e) => {
-                            tracing::warn!(target: "audit", nkey, reason = %e, "enrolment refused");
-                            json!({ "error": e.to_string() })
-                        }
+                        Err(e) => json!({ "error": e.to_string() }),
                     };
                     let body = serde_json::to_vec(&answer).unwrap_or_default();
                     if let Err(e) = client.publish(reply, body.into()).await {
@@ -293,6 +298,63 @@ impl EnrolService {
                 .then_some("policy auto-trusted"),
         }
     }
+}
+
+impl EnrolError {
+    /// A short stable code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnrolError::Malformed(_) => "enrol_malformed",
+            EnrolError::BadSignature => "enrol_bad_signature",
+            EnrolError::Stale { .. } => "enrol_stale",
+            EnrolError::PeelId(_) => "enrol_bad_id",
+            EnrolError::IdTaken { .. } => "enrol_id_taken",
+            EnrolError::TooManyPending { .. } => "enrol_too_many_pending",
+            EnrolError::NotEnrolled { .. } => "enrol_not_enrolled",
+            EnrolError::Store(_) | EnrolError::Authority(_) | EnrolError::Record(_) => "internal",
+        }
+    }
+}
+
+/// The audit record of one enrolment request (the id is read unverified for a refusal, to say
+/// what was asked for).
+fn enrol_audit(
+    outcome: &Result<Value, EnrolError>,
+    payload: &[u8],
+    nkey: &str,
+    now: i64,
+) -> AuditRecord {
+    let asked = serde_json::from_slice::<SignedRequest>(payload)
+        .ok()
+        .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
+        .and_then(|b| serde_json::from_slice::<EnrolRequest>(&b).ok());
+    let mut record = match outcome {
+        Ok(value) => {
+            let mut record = AuditRecord::at(now, "enrol", "allow");
+            record.reason = format!(
+                "{} request answered: {}",
+                asked.as_ref().map_or("enrolment", |a| match a.op {
+                    Op::Enrol => "enrol",
+                    Op::Fetch => "fetch",
+                }),
+                value["state"].as_str().unwrap_or("?")
+            );
+            record
+        }
+        Err(e) => {
+            let mut record = AuditRecord::at(now, "enrol", "refuse");
+            record.code = e.code().to_string();
+            record.reason = e.to_string();
+            record
+        }
+    };
+    record.nkey = nkey.chars().take(64).collect();
+    if let Some(asked) = asked {
+        record.peel_id = asked.id.chars().take(128).collect();
+        record.connection_name = asked.hostname.chars().take(128).collect();
+    }
+    record.role = "enrolling".to_string();
+    record
 }
 
 /// What `zester peel enrol` needs.

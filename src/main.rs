@@ -153,6 +153,20 @@ enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum PeelCommand {
+    /// Run the peel agent: connects with its creds (re-read from the file at every reconnect,
+    /// so rotated creds are picked up), publishes its facts, answers commands (test.ping),
+    /// reconnects forever. SIGINT/SIGTERM: drain and exit 0.
+    Run {
+        /// The master's client URL, e.g. nats://master.example:4222.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The peel's creds (written by `zester peel enrol` or `zester creds issue`).
+        #[arg(long, value_name = "FILE")]
+        creds: PathBuf,
+        /// The master's CA certificate (default: the system roots).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
     /// Enrol this machine as peel ID: makes its nkey and curve key locally (seeds 0600 in
     /// --dir; reused when present), proves the key to the master, waits for an admin to
     /// accept it (with --wait), then writes <dir>/<ID>.creds itself. The seed never leaves.
@@ -248,6 +262,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Peel {
+            command: PeelCommand::Run { server, creds, ca },
+        } => {
+            let options = zester::peel::agent::AgentOptions { server, creds, ca };
+            runtime()?.block_on(zester::peel::agent::run(options))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Peel { command } => {
             let PeelCommand::Enrol {
                 server,
@@ -256,7 +277,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pin,
                 dir,
                 wait,
-            } = command;
+            } = command
+            else {
+                unreachable!("peel run is handled above")
+            };
             if let Some(pin) = pin {
                 let pem = std::fs::read_to_string(&ca)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;

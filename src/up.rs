@@ -302,6 +302,7 @@ impl Appliance {
             trusted: config.keys.trusted.clone(),
             max_pending: config.keys.max_pending as usize,
             peel_expiry: config.peel_expiry().map_err(config_error)?,
+            audit: audit.clone(),
         });
         tasks.push(
             enrol

@@ -96,11 +96,59 @@ async fn enrol_accept_and_connect_with_creds_the_peel_wrote_itself() {
     })
     .await;
 
+    // `zester peel run` with those creds answers the master's test.ping, and stops on SIGTERM.
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_zester"))
+        .args(["peel", "run", "--server", &t.url(), "--creds"])
+        .arg(&creds)
+        .arg("--ca")
+        .arg(t.home.ca_cert())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let master = t
+        .connect(&t.home.service_creds("master"), "_INBOX._master")
+        .await
+        .unwrap();
+    let mut answer = None;
+    for _ in 0..60 {
+        if let Ok(Ok(reply)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            master.nats.request("zester.cmd.web-01", "test.ping".into()),
+        )
+        .await
+        {
+            answer = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answer = answer.expect("the enrolled peel's agent answers test.ping");
+    assert_eq!(&answer.payload[..], b"true");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "peel run did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "peel run exited with {status}");
+
     // Squatting: another key asking for the same id is refused.
     let thief_dir = tempfile::tempdir().unwrap();
     let out = enrol(&t, "web-01", thief_dir.path());
     assert!(!out.status.success());
     assert!(text(&out).contains("already bound"), "{}", text(&out));
+    t.wait_audit("squatting", |r| {
+        r["code"] == "enrol_id_taken" && r["peel_id"] == "web-01"
+    })
+    .await;
     // Malformed and reserved ids are refused before anything is sent.
     for bad in ["a.b", "_master", "*"] {
         let out = enrol(&t, bad, thief_dir.path());

@@ -181,3 +181,45 @@ fn key_commands_say_when_nothing_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accept_and_reject_exactly_one_wins() {
+    let t = appliance::start("").await;
+    for round in 0..3 {
+        let id = format!("race-{round}");
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zester"))
+            .args(["peel", "enrol", "--server", &t.url(), "--id", &id, "--ca"])
+            .arg(t.home.ca_cert())
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let spawn = |verb: &str| {
+            Command::new(env!("CARGO_BIN_EXE_zester"))
+                .arg("--home")
+                .arg(t.home.root())
+                .args(["key", verb, &id])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (accept, reject) = (spawn("accept"), spawn("reject"));
+        let accepted = accept.wait_with_output().unwrap().status.success();
+        let rejected = reject.wait_with_output().unwrap().status.success();
+        assert!(
+            accepted != rejected,
+            "round {round}: accepted {accepted}, rejected {rejected}"
+        );
+        let shown = json(&zester(&t, &["key", "show", &id, "--json"]));
+        let expected = if accepted { "accepted" } else { "rejected" };
+        assert_eq!(shown["record"]["state"], expected);
+    }
+    t.stop().await;
+}

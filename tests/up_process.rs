@@ -100,6 +100,32 @@ impl Up {
         up
     }
 
+    /// Starts `zester up` again on the home of a stopped (or killed) one.
+    fn restart(mut old: Up) -> Up {
+        if let Some(mut child) = old.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(old.home().join("nats/runtime.json"));
+        let log = std::fs::File::create(old.dir.path().join("zester.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(old.home())
+            .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn zester up");
+        old.child = Some(child);
+        old.wait_for(
+            Duration::from_secs(20),
+            "runtime.json after restart",
+            || old.home().join("nats/runtime.json").exists(),
+        );
+        old
+    }
+
     fn home(&self) -> std::path::PathBuf {
         self.dir.path().join("home")
     }
@@ -279,6 +305,33 @@ async fn a_killed_child_is_restarted_and_sigterm_stops_everything() {
         Some(1),
         "status after stop should say not running"
     );
+}
+
+#[test]
+fn key_records_survive_sigkill_of_zester() {
+    let mut up = Up::start();
+    let issue = up.zester(&["creds", "issue", "web-01"]);
+    assert!(issue.status.success());
+    let accepted = |up: &Up| {
+        let out = up.zester(&["key", "list", "--state", "accepted", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|list| list.as_array().map_or(0, Vec::len))
+            .unwrap_or(0)
+    };
+    up.wait_for(Duration::from_secs(10), "key import", || accepted(&up) == 1);
+    up.signal(libc::SIGKILL);
+    let _ = up.child.take().unwrap().wait();
+    let nats = up.nats_pid();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(nats) {
+        assert!(Instant::now() < deadline, "the child outlived zester");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Start again on the same home: the record is still there, in JetStream.
+    let again = Up::restart(up);
+    again.wait_for(Duration::from_secs(10), "records after restart", || {
+        accepted(&again) == 1
+    });
 }
 
 #[test]
