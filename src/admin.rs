@@ -92,6 +92,10 @@ pub struct ChangeRequest {
     pub reason: String,
     /// Act only if the key still has this fingerprint.
     pub fingerprint: Option<String>,
+    /// Act only if the key is still in this state (what the admin saw), so that two admins
+    /// deciding on the same pending key at once cannot both win.
+    #[serde(default)]
+    pub from: Option<KeyState>,
 }
 
 /// What a change did.
@@ -123,6 +127,16 @@ pub enum AdminError {
         expected: String,
         /// The fingerprint found.
         found: String,
+    },
+    /// The key is no longer in the state the admin acted on.
+    #[error("peel {id} is {found} now, not {expected}: someone changed it meanwhile (see `zester key show {id}`)")]
+    StateChanged {
+        /// The id.
+        id: String,
+        /// The state acted on.
+        expected: KeyState,
+        /// The state found.
+        found: KeyState,
     },
     /// An accepted key cannot be deleted.
     #[error("peel {id} is accepted: revoke it first (`zester key revoke {id}`), then delete it")]
@@ -265,6 +279,15 @@ impl AdminService {
                 fingerprint: request.fingerprint.clone(),
             })
             .await?;
+        if let Some(expected) = request.from {
+            if record.state != expected {
+                return Err(AdminError::StateChanged {
+                    id: request.id,
+                    expected,
+                    found: record.state,
+                });
+            }
+        }
         let now = now_unix();
         let changed = record.transition(request.to, &request.by, &request.reason, now)?;
         let new_revision = self.keys.update(&record.id, revision, &changed).await?;

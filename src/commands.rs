@@ -347,6 +347,8 @@ pub struct KeyAction {
     pub yes: bool,
     /// Why (kept in the key's history).
     pub reason: String,
+    /// Act only if the key is still in this state.
+    pub from: Option<KeyState>,
     /// Act only if the key still has this fingerprint.
     pub fingerprint: Option<String>,
 }
@@ -449,7 +451,9 @@ pub async fn key_act(
         let list = crate::up::admin_request(
             &client,
             crate::admin::KEY_LIST,
-            &crate::admin::ListRequest { state: only_state },
+            &crate::admin::ListRequest {
+                state: only_state.or(action.from),
+            },
         )
         .await?;
         let summaries: Vec<crate::admin::KeySummary> =
@@ -487,6 +491,7 @@ pub async fn key_act(
                         by: by.clone(),
                         reason: action.reason.clone(),
                         fingerprint: action.fingerprint.clone(),
+                        from: action.from,
                     },
                 )
                 .await

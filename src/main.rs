@@ -123,11 +123,14 @@ enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Accept pending (or rejected) keys: the peel may connect.
+    /// Accept pending keys: the peel may connect (and fetch its creds).
     Accept {
         /// Accept every pending key.
         #[arg(long, conflicts_with = "target")]
         all_pending: bool,
+        /// Accept keys that were rejected earlier (instead of pending ones).
+        #[arg(long, conflicts_with = "all_pending")]
+        reconsider: bool,
         /// A peel id or glob (not with --all-pending).
         target: Option<String>,
         /// Act on every key a glob matches without asking.
@@ -362,10 +365,11 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
 
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
     use zester::keys::KeyState;
-    let act = |to: Option<KeyState>, args: KeyActionArgs| {
+    let act = |to: Option<KeyState>, from: Option<KeyState>, args: KeyActionArgs| {
         (
             commands::KeyAction {
                 to,
+                from,
                 target: args.target,
                 yes: args.yes,
                 reason: args.reason,
@@ -385,6 +389,7 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
         KeyCommand::Show { id, json } => return Ok((commands::key_show(home, &id).await?, json)),
         KeyCommand::Accept {
             all_pending,
+            reconsider,
             target,
             yes,
             reason,
@@ -397,8 +402,14 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
                 (false, None) => anyhow::bail!("name a peel id or glob, or pass --all-pending"),
             };
             let only = all_pending.then_some(KeyState::Pending);
+            let from = if reconsider {
+                KeyState::Rejected
+            } else {
+                KeyState::Pending
+            };
             let (action, json) = act(
                 Some(KeyState::Accepted),
+                Some(from),
                 KeyActionArgs {
                     target,
                     yes: yes || all_pending,
@@ -410,15 +421,15 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
             (action, only, json)
         }
         KeyCommand::Reject(args) => {
-            let (a, j) = act(Some(KeyState::Rejected), args);
+            let (a, j) = act(Some(KeyState::Rejected), Some(KeyState::Pending), args);
             (a, None, j)
         }
         KeyCommand::Revoke(args) => {
-            let (a, j) = act(Some(KeyState::Revoked), args);
+            let (a, j) = act(Some(KeyState::Revoked), Some(KeyState::Accepted), args);
             (a, None, j)
         }
         KeyCommand::Delete(args) => {
-            let (a, j) = act(None, args);
+            let (a, j) = act(None, None, args);
             (a, None, j)
         }
     };
