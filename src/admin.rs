@@ -301,7 +301,7 @@ impl AdminService {
             cut_off_ms: None,
         };
         if request.to == KeyState::Revoked {
-            reply.kicked = self.kick(&record).await;
+            reply.kicked = self.kick(record.id.as_str(), None).await;
             reply.cut_off_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             self.revoke_in_account(&record.nkey, now).await?;
             tracing::warn!(peel = %record.id, kicked = reply.kicked, ms = ?reply.cut_off_ms, "key revoked");
@@ -311,20 +311,26 @@ impl AdminService {
         Ok(reply)
     }
 
-    /// Kicks every live session of the peel; returns how many the servers acknowledged.
-    async fn kick(&self, record: &KeyRecord) -> usize {
-        let sessions = self.callout.sessions.of(record.id.as_str());
-        let kicks = sessions.iter().map(|session| {
-            let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
-            let body = json!({ "cid": session.client_id }).to_string();
-            let sys = self.sys.clone();
-            async move {
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(2), sys.request(subject, body.into()))
-                        .await;
-                matches!(answer, Ok(Ok(_)))
-            }
-        });
+    /// Kicks the live sessions of peel `id` (only those of `nkey` when given); returns how
+    /// many the servers acknowledged.
+    pub async fn kick(&self, id: &str, nkey: Option<&str>) -> usize {
+        let sessions = self.callout.sessions.of(id);
+        let kicks = sessions
+            .iter()
+            .filter(|session| nkey.is_none_or(|k| session.nkey == k))
+            .map(|session| {
+                let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
+                let body = json!({ "cid": session.client_id }).to_string();
+                let sys = self.sys.clone();
+                async move {
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sys.request(subject, body.into()),
+                    )
+                    .await;
+                    matches!(answer, Ok(Ok(_)))
+                }
+            });
         futures_util::future::join_all(kicks)
             .await
             .into_iter()
@@ -334,7 +340,7 @@ impl AdminService {
 
     /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
     /// keeps it in the home and in the callout's trust.
-    async fn revoke_in_account(&self, nkey: &str, now: i64) -> Result<(), AdminError> {
+    pub async fn revoke_in_account(&self, nkey: &str, now: i64) -> Result<(), AdminError> {
         let _guard = self.account_lock.lock().await;
         let trust = self.callout.trust();
         let mut claims = trust.account.claims().clone();

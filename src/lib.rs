@@ -18,4 +18,5 @@ pub mod keys;
 pub mod peel;
 pub mod permissions;
 pub mod pki;
+pub mod rotate;
 pub mod up;

@@ -156,6 +156,21 @@ enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum PeelCommand {
+    /// Rotate this peel's key without downtime: a new nkey, proven with the old and the new
+    /// key, swapped in the master's record; the new creds replace FILE atomically, and the old
+    /// key is revoked once the new one has connected. A running `zester peel run` on the same
+    /// file picks the new creds up at its next reconnect.
+    Rotate {
+        /// The master's client URL.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The peel's creds file.
+        #[arg(long, value_name = "FILE")]
+        creds: PathBuf,
+        /// The master's CA certificate.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+    },
     /// Run the peel agent: connects with its creds (re-read from the file at every reconnect,
     /// so rotated creds are picked up), publishes its facts, answers commands (test.ping),
     /// reconnects forever. SIGINT/SIGTERM: drain and exit 0.
@@ -272,6 +287,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(zester::peel::agent::run(options))?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Peel {
+            command: PeelCommand::Rotate { server, creds, ca },
+        } => {
+            let options = zester::rotate::RotateOptions { server, creds, ca };
+            let fingerprint = runtime()?.block_on(zester::rotate::rotate(&options))?;
+            println!(
+                "key rotated: new key {fingerprint}; creds replaced in {}; the old key is revoked",
+                options.creds.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Peel { command } => {
             let PeelCommand::Enrol {
                 server,
@@ -282,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wait,
             } = command
             else {
-                unreachable!("peel run is handled above")
+                unreachable!("peel run and rotate are handled above")
             };
             if let Some(pin) = pin {
                 let pem = std::fs::read_to_string(&ca)

@@ -30,6 +30,7 @@ use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+use crate::rotate::RotateService;
 
 /// Subject of the admin status request.
 pub const STATUS_SUBJECT: &str = "zester.admin.status";
@@ -320,9 +321,22 @@ impl Appliance {
         });
         tasks.push(
             admin
+                .clone()
                 .serve(master.clone())
                 .await
                 .map_err(nats_error("subscribing to the admin subjects"))?,
+        );
+        let rotate = Arc::new(RotateService {
+            authority: authority.clone(),
+            keys: keys.clone(),
+            admin,
+            peel_expiry: config.peel_expiry().map_err(config_error)?,
+        });
+        tasks.push(
+            rotate
+                .serve(master.clone())
+                .await
+                .map_err(nats_error("subscribing to the rotation subjects"))?,
         );
         tasks.push(tokio::spawn(import_journal_periodically(
             home.clone(),

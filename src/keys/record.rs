@@ -323,16 +323,42 @@ impl KeyRecord {
         }
         let mut next = self.clone();
         next.state = to;
-        next.updated_at = now;
-        next.history.push(StateChange {
+        Ok(next.changed(by, reason.to_string(), now))
+    }
+
+    /// Stamps a change into the record and its history (capped at [`HISTORY_CAP`]).
+    fn changed(mut self, by: &str, reason: String, now: i64) -> KeyRecord {
+        self.updated_at = now;
+        self.history.push(StateChange {
             at: now,
             by: by.to_string(),
-            state: to,
-            reason: reason.to_string(),
+            state: self.state,
+            reason,
         });
-        let excess = next.history.len().saturating_sub(HISTORY_CAP);
-        next.history.drain(..excess);
-        Ok(next)
+        let excess = self.history.len().saturating_sub(HISTORY_CAP);
+        self.history.drain(..excess);
+        self
+    }
+
+    /// The record with its key replaced by `new_nkey` (rotation): only an accepted key rotates,
+    /// the state stays accepted, and the history says from which fingerprint to which.
+    pub fn rotate(&self, new_nkey: &str, by: &str, now: i64) -> Result<KeyRecord, KeyError> {
+        if self.state != KeyState::Accepted {
+            return Err(KeyError::InvalidTransition {
+                id: self.id.clone(),
+                from: self.state,
+                to: KeyState::Accepted,
+            });
+        }
+        let mut next = self.clone();
+        next.nkey = new_nkey.to_string();
+        next.validate()?;
+        let reason = format!(
+            "key rotated from {} to {}",
+            self.fingerprint(),
+            next.fingerprint()
+        );
+        Ok(next.changed(by, reason, now))
     }
 
     /// The most recent change (who/why of the current state), if the history has any.
