@@ -21,6 +21,7 @@ use crate::callout::service::CalloutState;
 use crate::home::{self, now_unix, Home};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{KeyRecord, KeyState, KeyStore, StateChange};
+use crate::permissions::Role;
 
 /// Prefix of every key admin subject.
 pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
@@ -32,6 +33,8 @@ pub const KEY_SHOW: &str = "zester.admin.key.show";
 pub const KEY_CHANGE: &str = "zester.admin.key.change";
 /// Delete a key record.
 pub const KEY_DELETE: &str = "zester.admin.key.delete";
+/// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
+pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
 
 /// `list`: keys in a state (all when `None`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -180,7 +183,9 @@ impl AdminService {
         self: Arc<Self>,
         client: async_nats::Client,
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
-        let mut requests = client.subscribe(KEY_SUBJECTS).await?;
+        let keys = client.subscribe(KEY_SUBJECTS).await?;
+        let creds = client.subscribe(CREDS_ROTATE).await?;
+        let mut requests = futures_util::stream::select(keys, creds);
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
@@ -242,6 +247,11 @@ impl AdminService {
                 }
                 self.keys.delete(&record.id, revision).await?;
                 Ok(json!({ "deleted": record.id.as_str() }))
+            }
+            CREDS_ROTATE => {
+                let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;
+                self.rotate_service_creds(request["role"].as_str().unwrap_or_default())
+                    .await
             }
             other => Err(AdminError::BadRequest(format!(
                 "unknown admin subject {other}"
@@ -314,28 +324,55 @@ impl AdminService {
     /// Kicks the live sessions of peel `id` (only those of `nkey` when given); returns how
     /// many the servers acknowledged.
     pub async fn kick(&self, id: &str, nkey: Option<&str>) -> usize {
-        let sessions = self.callout.sessions.of(id);
-        let kicks = sessions
-            .iter()
-            .filter(|session| nkey.is_none_or(|k| session.nkey == k))
-            .map(|session| {
-                let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
-                let body = json!({ "cid": session.client_id }).to_string();
-                let sys = self.sys.clone();
-                async move {
-                    let answer = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sys.request(subject, body.into()),
-                    )
-                    .await;
-                    matches!(answer, Ok(Ok(_)))
-                }
-            });
-        futures_util::future::join_all(kicks)
-            .await
-            .into_iter()
-            .filter(|kicked| *kicked)
-            .count()
+        kick_sessions(&self.callout, &self.sys, id, nkey).await
+    }
+
+    /// Replaces the master's or the admin's creds: a new key, the file rewritten atomically,
+    /// the callout told, and the old key's sessions kicked a moment later (zester's own master
+    /// connection re-reads the file and comes back with the new key).
+    async fn rotate_service_creds(&self, role_name: &str) -> Result<Value, AdminError> {
+        let role = match role_name {
+            "master" => Role::Master,
+            "admin" => Role::Admin,
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "cannot rotate {other:?}: use master or admin"
+                )))
+            }
+        };
+        let path = self.home.service_creds(role_name);
+        let old = home::read_creds(&path).map_err(|e| AdminError::Account(e.to_string()))?;
+        let old_key = old.key().public_key();
+        let creds = self
+            .authority
+            .issue_creds(nkeys::KeyPair::new_user(), role_name, &role, now_unix(), 0)
+            .map_err(|e| AdminError::Account(e.to_string()))?;
+        let new_key = creds.key().public_key();
+        home::write_creds(&path, &creds).map_err(|e| AdminError::Account(e.to_string()))?;
+        let trust = self.callout.trust();
+        let mut services = trust.services.clone();
+        services.remove(&old_key);
+        services.insert(new_key.clone(), role);
+        self.callout.set_trust(Trust {
+            services,
+            ..(*trust).clone()
+        });
+        let (callout, sys, name) = (
+            self.callout.clone(),
+            self.sys.clone(),
+            role_name.to_string(),
+        );
+        tokio::spawn(async move {
+            // Let the answer reach the asking admin before its own session may go.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let kicked = kick_sessions(&callout, &sys, &name, Some(&old_key)).await;
+            tracing::info!(target: "audit", role = %name, kicked, "service creds rotated; old key cut off");
+        });
+        Ok(json!({
+            "role": role_name,
+            "file": path,
+            "fingerprint": crate::keys::fingerprint(&new_key),
+        }))
     }
 
     /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
@@ -377,6 +414,36 @@ impl AdminService {
         });
         Ok(())
     }
+}
+
+/// Kicks the live sessions remembered under `id` (only those of `nkey` when given) through the
+/// system account; returns how many the servers acknowledged.
+async fn kick_sessions(
+    callout: &CalloutState,
+    sys: &async_nats::Client,
+    id: &str,
+    nkey: Option<&str>,
+) -> usize {
+    let sessions = callout.sessions.of(id);
+    let kicks = sessions
+        .iter()
+        .filter(|session| nkey.is_none_or(|k| session.nkey == k))
+        .map(|session| {
+            let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
+            let body = json!({ "cid": session.client_id }).to_string();
+            let sys = sys.clone();
+            async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), sys.request(subject, body.into()))
+                        .await;
+                matches!(answer, Ok(Ok(_)))
+            }
+        });
+    futures_util::future::join_all(kicks)
+        .await
+        .into_iter()
+        .filter(|kicked| *kicked)
+        .count()
 }
 
 /// `*` (any run) and `?` (one character) glob matching on peel ids.

@@ -44,6 +44,9 @@ pub enum CommandError {
         /// The file.
         path: PathBuf,
     },
+    /// The running appliance refused or failed.
+    #[error("the running appliance: {0}")]
+    Appliance(String),
     /// The key could not be registered for the appliance.
     #[error("creds were written, but the key could not be registered: {0}")]
     Register(String),
@@ -533,5 +536,46 @@ pub async fn key_act(
         human,
         json: json!(results),
         exit_code: i32::from(failed > 0),
+    })
+}
+
+/// `zester creds rotate master|admin`: through the running appliance when there is one (so the
+/// callout learns the new key at once), else directly in the home.
+pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, CommandError> {
+    let rotated = match crate::up::admin_connect(home).await {
+        Ok(client) => crate::up::admin_request(
+            &client,
+            crate::admin::CREDS_ROTATE,
+            &json!({ "role": role }),
+        )
+        .await
+        .map_err(|e| CommandError::Appliance(e.to_string()))?,
+        Err(crate::up::StatusError::NotRunning { .. }) => {
+            let authority = home.load_authority()?;
+            let role_value = match role {
+                "master" => crate::permissions::Role::Master,
+                _ => crate::permissions::Role::Admin,
+            };
+            let creds = authority
+                .issue_creds(nkeys::KeyPair::new_user(), role, &role_value, now, 0)
+                .map_err(CommandError::Issue)?;
+            let path = home.service_creds(role);
+            home::write_creds(&path, &creds)?;
+            json!({
+                "role": role,
+                "file": path,
+                "fingerprint": crate::keys::fingerprint(&creds.key().public_key()),
+            })
+        }
+        Err(e) => return Err(CommandError::Appliance(e.to_string())),
+    };
+    Ok(Output {
+        human: format!(
+            "{role} creds rotated: new key {} in {}\n",
+            rotated["fingerprint"].as_str().unwrap_or("?"),
+            rotated["file"].as_str().unwrap_or("?")
+        ),
+        json: rotated,
+        exit_code: 0,
     })
 }

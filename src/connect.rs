@@ -54,12 +54,13 @@ pub async fn connect(
     endpoint: &Endpoint,
     spec: &ClientSpec<'_>,
 ) -> Result<async_nats::Client, ConnectError> {
-    let mut options = async_nats::ConnectOptions::with_credentials_file(spec.creds)
-        .await
-        .map_err(|source| ConnectError::Creds {
-            path: spec.creds.to_path_buf(),
-            source,
-        })?
+    // Read once now so a broken file is reported at once, then again at every (re)connect so
+    // that rotated creds (`zester creds rotate`) are picked up without a restart.
+    crate::home::read_creds(spec.creds).map_err(|e| ConnectError::Creds {
+        path: spec.creds.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut options = creds_file_auth(spec.creds.to_path_buf())
         .add_root_certificates(endpoint.ca.clone())
         .require_tls(true)
         .name(spec.name)
@@ -79,6 +80,24 @@ pub async fn connect(
             url: endpoint.url.clone(),
             source,
         })
+}
+
+/// Connect options that sign in with the creds in `path`, read again at every connect.
+pub fn creds_file_auth(path: PathBuf) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_auth_callback(move |nonce: Vec<u8>| {
+        let path = path.clone();
+        async move {
+            let creds = crate::home::read_creds(&path).map_err(async_nats::AuthError::new)?;
+            let signature = creds
+                .key()
+                .sign(&nonce)
+                .map_err(|e| async_nats::AuthError::new(e.to_string()))?;
+            let mut auth = async_nats::Auth::new();
+            auth.jwt = Some(creds.jwt().token().to_string());
+            auth.signature = Some(signature);
+            Ok(auth)
+        }
+    })
 }
 
 /// Delay before connect attempt `attempt` (async-nats asks before the very first one too):

@@ -212,6 +212,17 @@ enum PeelCommand {
 
 #[derive(Debug, Subcommand)]
 enum CredsCommand {
+    /// Replace the master's or the admin's creds with a new key. With the appliance running it
+    /// does it (the old key is cut off, zester's own master connection follows by itself);
+    /// otherwise the file is replaced and the next `zester up` uses it.
+    Rotate {
+        /// master or admin.
+        #[arg(value_parser = ["master", "admin"])]
+        role: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue creds for a peel: a fresh user nkey and a JWT signed by the ZESTER signing key with
     /// the peel's permissions (its own subjects only).
     ///
@@ -369,6 +380,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             } => (
                 commands::creds_issue(&home, &id, out.as_deref(), expiry.as_deref(), force, now)?,
+                json,
+            ),
+            CredsCommand::Rotate { role, json } => (
+                runtime()?.block_on(commands::creds_rotate(&home, &role, now))?,
                 json,
             ),
             CredsCommand::Inspect { file, json } => {

@@ -223,3 +223,56 @@ async fn concurrent_accept_and_reject_exactly_one_wins() {
     }
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_creds_rotate_while_running() {
+    let t = appliance::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let old_admin = dir.path().join("old-admin.creds");
+    let old_master = dir.path().join("old-master.creds");
+    std::fs::copy(t.home.service_creds("admin"), &old_admin).unwrap();
+    std::fs::copy(t.home.service_creds("master"), &old_master).unwrap();
+
+    let out = zester(&t, &["creds", "rotate", "admin", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        zester(&t, &["status"]).status.success(),
+        "the new admin creds work"
+    );
+    let options = async_nats::ConnectOptions::with_credentials_file(&old_admin)
+        .await
+        .unwrap();
+    t.assert_refused(options, "the old admin key").await;
+
+    // Rotating the master's creds cuts zester's own master connection; it comes back with the
+    // new creds by itself, and the admin API it serves answers again.
+    let out = zester(&t, &["creds", "rotate", "master"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if zester(&t, &["key", "list"]).status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the master did not come back");
+    }
+    let admitted = t
+        .wait_audit("new master key", |r| {
+            r["role"] == "master" && r["decision"] == "allow" && r["nkey"] != t.audit()[0]["nkey"]
+        })
+        .await;
+    assert_eq!(admitted["connection_name"], "zester-master");
+    let options = async_nats::ConnectOptions::with_credentials_file(&old_master)
+        .await
+        .unwrap();
+    t.assert_refused(options, "the old master key").await;
+    t.stop().await;
+}
