@@ -365,7 +365,10 @@ pub struct EnrolOptions {
     /// The id wanted.
     pub id: String,
     /// CA certificate to verify the server with.
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
+    /// SPKI pin of the master's CA (`sha256:…`): with a CA file, checked against it; alone,
+    /// the CA is taken from the server's chain only if it has this pin.
+    pub pin: Option<String>,
     /// Where the seeds and the creds go (0700).
     pub dir: PathBuf,
     /// Keep asking until accepted.
@@ -415,6 +418,9 @@ pub enum PeelEnrolError {
     /// A bad id.
     #[error(transparent)]
     PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// How to trust the master is missing or wrong.
+    #[error("{0}")]
+    Trust(String),
     /// The JWT handed out does not fit the key.
     #[error("the master handed out creds that do not fit this key: {0}")]
     BadCreds(String),
@@ -443,6 +449,25 @@ fn load_or_create_seed(
     let seed = make();
     home::write_atomic(path, format!("{seed}\n").as_bytes(), home::SECRET_MODE)?;
     Ok(seed)
+}
+
+/// Refuses a CA file whose pin is not `pin`.
+pub fn check_ca_pin(ca: &Path, pin: &str) -> Result<(), PeelEnrolError> {
+    let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
+        action: "read",
+        path: ca.to_path_buf(),
+        source,
+    })?;
+    let found = crate::pki::spki_pin_from_cert_pem(&pem)
+        .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?;
+    if found.eq_ignore_ascii_case(pin.trim()) {
+        Ok(())
+    } else {
+        Err(PeelEnrolError::Trust(format!(
+            "{} has pin {found}, not {pin}: do not trust this CA file",
+            ca.display()
+        )))
+    }
 }
 
 /// The peel side: make (or reuse) the keys in `options.dir`, enrol, and with `wait` poll until
@@ -490,8 +515,25 @@ pub async fn enrol(
             reason: format!("{reason}{hint}"),
         }
     };
-    let client = async_nats::ConnectOptions::with_nkey(seed.clone())
-        .add_root_certificates(options.ca.clone())
+    let trust = async_nats::ConnectOptions::with_nkey(seed.clone());
+    let trust = match (&options.ca, &options.pin) {
+        (Some(ca), pin) => {
+            if let Some(pin) = pin {
+                check_ca_pin(ca, pin)?;
+            }
+            trust.add_root_certificates(ca.clone())
+        }
+        (None, Some(pin)) => trust.tls_client_config(
+            crate::tls::pinned_client_config(pin)
+                .map_err(|e| PeelEnrolError::Trust(e.to_string()))?,
+        ),
+        (None, None) => {
+            return Err(PeelEnrolError::Trust(
+                "give the master's CA file (--ca) or its pin (--pin sha256:…)".into(),
+            ))
+        }
+    };
+    let client = trust
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
         .custom_inbox_prefix(format!("_INBOX.{nkey}"))

@@ -312,6 +312,20 @@ impl Home {
     pub fn server_cert(&self) -> PathBuf {
         self.pki_dir().join("server.pem")
     }
+    /// The server certificate followed by the CA certificate: what nats-server presents, so
+    /// that a peel knowing only the CA's pin can find the CA in the chain.
+    pub fn server_chain(&self) -> PathBuf {
+        self.pki_dir().join("server-chain.pem")
+    }
+    /// Writes [`Home::server_chain`] from the certificates (homes made before it existed).
+    pub fn write_server_chain(&self) -> Result<(), HomeError> {
+        let chain = format!(
+            "{}{}",
+            read_text(&self.server_cert())?,
+            read_text(&self.ca_cert())?
+        );
+        write_atomic(&self.server_chain(), chain.as_bytes(), PUBLIC_MODE)
+    }
     /// The server key.
     pub fn server_key(&self) -> PathBuf {
         self.pki_dir().join("server.key")
@@ -392,6 +406,11 @@ impl Home {
             ("ca.key", &pki.ca_key_pem, SECRET_MODE),
             ("server.pem", &pki.server_cert_pem, PUBLIC_MODE),
             ("server.key", &pki.server_key_pem, SECRET_MODE),
+            (
+                "server-chain.pem",
+                &format!("{}{}", pki.server_cert_pem, pki.ca_cert_pem),
+                PUBLIC_MODE,
+            ),
         ] {
             write_atomic(&pki_stage.join(name), contents.as_bytes(), mode)?;
         }

@@ -19,4 +19,5 @@ pub mod peel;
 pub mod permissions;
 pub mod pki;
 pub mod rotate;
+pub mod tls;
 pub mod up;

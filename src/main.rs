@@ -196,9 +196,10 @@ enum PeelCommand {
         #[arg(long)]
         id: String,
         /// The master's CA certificate (its pki/ca.pem).
-        #[arg(long, value_name = "FILE")]
-        ca: PathBuf,
-        /// Check the CA file against this pin (printed by `zester init`) before trusting it.
+        #[arg(long, value_name = "FILE", required_unless_present = "pin")]
+        ca: Option<PathBuf>,
+        /// The master CA's pin, printed by `zester init`: alone, the CA is taken from the
+        /// server's certificate chain only if it has this pin; with --ca, the file is checked.
         #[arg(long, value_name = "sha256:HEX")]
         pin: Option<String>,
         /// Where the seeds and the creds are kept.
@@ -321,21 +322,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             else {
                 unreachable!("peel run and rotate are handled above")
             };
-            if let Some(pin) = pin {
-                let pem = std::fs::read_to_string(&ca)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
-                let found = zester::pki::spki_pin_from_cert_pem(&pem)?;
-                if !found.eq_ignore_ascii_case(&pin) {
-                    anyhow::bail!(
-                        "{} has pin {found}, not {pin}: do not trust this CA file",
-                        ca.display()
-                    );
-                }
-            }
             let options = zester::enrol::EnrolOptions {
                 server,
                 id: id.clone(),
                 ca,
+                pin,
                 dir,
                 wait,
             };

@@ -381,8 +381,12 @@ pub fn spki_pin_from_key_pem(key_pem: &str) -> Result<String, PkiError> {
 /// module. Malformed input gives [`PkiError::MalformedCertificate`], never a panic. Peels that
 /// only have ca.pem use this to check a pin.
 pub fn spki_pin_from_cert_pem(cert_pem: &str) -> Result<String, PkiError> {
-    let der = cert_der_from_pem(cert_pem)?;
-    Ok(spki_pin(Cert::parse(&der)?.spki))
+    spki_pin_from_cert_der(&cert_der_from_pem(cert_pem)?)
+}
+
+/// The same pin from a DER certificate (as TLS presents it).
+pub fn spki_pin_from_cert_der(der: &[u8]) -> Result<String, PkiError> {
+    Ok(spki_pin(Cert::parse(der)?.spki))
 }
 
 /// What zester reads back from an existing certificate to decide whether to re-issue it.

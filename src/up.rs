@@ -171,6 +171,9 @@ impl Appliance {
         for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
             home::create_private_dir(&dir)?;
         }
+        if !home.server_chain().exists() {
+            home.write_server_chain()?;
+        }
         let sentinel = authority.issue_sentinel(started_at)?;
         let zester_key = authority.zester.public_key();
         let render = |listen: &str, monitor: &str| -> Result<(), UpError> {

@@ -249,3 +249,50 @@ async fn auto_trusted_accepts_matching_ids_only() {
     assert_eq!(keys(&t, "pending").len(), 1);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_alone_is_enough_and_a_wrong_pin_is_refused() {
+    let t = appliance::start("[keys]\naccept = \"auto-all\"\n").await;
+    let pem = std::fs::read_to_string(t.home.ca_cert()).unwrap();
+    let pin = zester::pki::spki_pin_from_cert_pem(&pem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |pin: &str, ca: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zester"));
+        command
+            .args([
+                "peel",
+                "enrol",
+                "--server",
+                &t.url(),
+                "--id",
+                "pinned",
+                "--pin",
+                pin,
+            ])
+            .arg("--dir")
+            .arg(dir.path());
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        command.output().unwrap()
+    };
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = run(&wrong, None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not the master you pinned"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&wrong, Some(&t.home.ca_cert()));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("do not trust this CA file"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&pin, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("pinned.creds").exists());
+    t.stop().await;
+}

@@ -228,7 +228,7 @@ pub fn render_for_home(
             (&zester, authority.zester_jwt.token()),
         ],
         default_sentinel: sentinel,
-        tls_cert_file: &home.server_cert(),
+        tls_cert_file: &home.server_chain(),
         tls_key_file: &home.server_key(),
         tls_ca_file: &home.ca_cert(),
         jetstream_dir: &home.jetstream_dir(),
