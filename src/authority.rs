@@ -454,6 +454,48 @@ impl Authority {
         sign(claims, &self.operator_signer, "ZESTER account JWT")
     }
 
+    /// Starts a rotation of the ZESTER signing key: a new key signs from now on and is listed
+    /// first in the account JWT; the previous ones stay listed, so JWTs they signed (peels')
+    /// keep working until [`Authority::retire_previous_signing_keys`]. The service users are
+    /// re-issued with the new key.
+    pub fn rotate_signing_key(
+        self,
+        now: i64,
+        callout_user: KeyPair,
+    ) -> Result<(Authority, ServiceUsers), AuthorityError> {
+        let signer = KeyPair::new_account();
+        let mut claims = self.zester_jwt.claims().clone();
+        claims
+            .nats
+            .signing_keys
+            .insert(0, SigningKey::Key(signer.public_key()));
+        claims.iat = now.max(claims.iat + 1);
+        let zester_jwt = self.sign_account(claims)?;
+        let authority = Authority {
+            zester_signer: signer,
+            zester_jwt,
+            ..self
+        };
+        let users = ServiceUsers {
+            callout: authority.issue_creds(callout_user, "callout", &Role::Callout, now, 0)?,
+            master: authority.issue_creds(KeyPair::new_user(), "master", &Role::Master, now, 0)?,
+            admin: authority.issue_creds(KeyPair::new_user(), "admin", &Role::Admin, now, 0)?,
+            sys: authority.issue_sys_creds(now)?,
+        };
+        Ok((authority, users))
+    }
+
+    /// Finishes a rotation: only the current signing key stays in the account JWT, and JWTs the
+    /// previous keys signed stop working.
+    pub fn retire_previous_signing_keys(self, now: i64) -> Result<Authority, AuthorityError> {
+        let current = self.zester_signer.public_key();
+        let mut claims = self.zester_jwt.claims().clone();
+        claims.nats.signing_keys.retain(|k| k.key() == current);
+        claims.iat = now.max(claims.iat + 1);
+        let zester_jwt = self.sign_account(claims)?;
+        Ok(Authority { zester_jwt, ..self })
+    }
+
     /// Signs arbitrary account claims with the operator signing key.
     pub fn sign_account(&self, claims: Claims<AccountNats>) -> Result<AccountJwt, AuthorityError> {
         sign(claims, &self.operator_signer, "account JWT")
@@ -631,6 +673,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn signing_key_rotation_keeps_old_jwts_until_retired() {
+        let (authority, users) = Authority::generate(NOW).unwrap();
+        let peel = authority
+            .issue_peel(&PeelId::parse("web-01").unwrap(), NOW, 3600)
+            .unwrap();
+        let callout = KeyPair::from_seed(&users.callout.key().seed().unwrap()).unwrap();
+        let old_signer = authority.zester_signer.public_key();
+        let (rotated, users) = authority.rotate_signing_key(NOW + 1, callout).unwrap();
+        assert_ne!(rotated.zester_signer.public_key(), old_signer);
+        assert_eq!(
+            users.master.jwt().issuer(),
+            rotated.zester_signer.public_key()
+        );
+        let ok = |a: &Authority| {
+            chain::verify_user(&a.operator_jwt, &a.zester_jwt, peel.jwt(), NOW + 2).is_ok()
+        };
+        assert!(ok(&rotated), "old peel JWTs still work during the rotation");
+        let stored = Authority::assemble(&rotated.to_stored()).unwrap();
+        assert_eq!(
+            stored.zester_signer.public_key(),
+            rotated.zester_signer.public_key()
+        );
+        let retired = rotated.retire_previous_signing_keys(NOW + 3).unwrap();
+        assert!(!ok(&retired), "retired keys no longer sign");
+        assert_eq!(retired.zester_jwt.claims().nats.signing_keys.len(), 1);
     }
 
     #[test]

@@ -579,3 +579,34 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
         exit_code: 0,
     })
 }
+
+/// `zester creds rotate signing-key [--finish]` (with the appliance stopped: every running
+/// component signs with the key it loaded at start).
+pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
+    if let Ok(text) = std::fs::read_to_string(home.runtime_file()) {
+        let pid = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["pid"].as_u64());
+        if pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            return Err(CommandError::Appliance(
+                "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
+            ));
+        }
+    }
+    let signer = home.rotate_signing_key(finish, now)?;
+    let human = if finish {
+        format!("previous signing keys retired; {signer} is the only ZESTER signing key\n")
+    } else {
+        format!(
+            "new ZESTER signing key {signer}: it signs from now on, service creds re-issued.\n\
+             Peels keep working with their current creds. When every peel has fresh creds\n\
+             (`zester peel enrol --id ID --dir DIR` again on the peel, or `zester creds issue`),\n\
+             run `zester creds rotate signing-key --finish` to remove the old key.\n"
+        )
+    };
+    Ok(Output {
+        human,
+        json: json!({ "signing_key": signer, "finished": finish }),
+        exit_code: 0,
+    })
+}

@@ -452,6 +452,61 @@ impl Home {
     }
 }
 
+impl Home {
+    /// Rotates the ZESTER account signing key (see [`Authority::rotate_signing_key`]), or with
+    /// `finish` retires the previous ones. Files are written in an order that keeps the home
+    /// consistent if the process dies between two of them: the account JWT (listing old and
+    /// new keys) first, then the new seed, then the re-issued service creds. Returns the public
+    /// key now signing.
+    pub fn rotate_signing_key(&self, finish: bool, now: i64) -> Result<String, HomeError> {
+        let authority = self.load_authority()?;
+        let damaged = |source| HomeError::Authority {
+            dir: self.auth_dir(),
+            source: Box::new(source),
+        };
+        let dir = self.auth_dir();
+        let write_account = |authority: &Authority| {
+            write_atomic(
+                &dir.join("zester.jwt"),
+                format!("{}\n", authority.zester_jwt.token()).as_bytes(),
+                PUBLIC_MODE,
+            )
+        };
+        if finish {
+            let authority = authority
+                .retire_previous_signing_keys(now)
+                .map_err(damaged)?;
+            write_account(&authority)?;
+            return Ok(authority.zester_signer.public_key());
+        }
+        let callout = read_creds(&self.service_creds("callout"))?;
+        let callout_key = nkeys::KeyPair::from_seed(&callout.key().seed().unwrap_or_default())
+            .map_err(|_| HomeError::Creds {
+                path: self.service_creds("callout"),
+                source: crate::identity::creds::CredsError::Seed(
+                    crate::identity::keys::KeyError::InvalidSeed,
+                ),
+            })?;
+        let (authority, users) = authority
+            .rotate_signing_key(now, callout_key)
+            .map_err(damaged)?;
+        write_account(&authority)?;
+        write_atomic(
+            &dir.join("zester-signing.nk"),
+            format!("{}\n", authority.to_stored().zester_signing_seed).as_bytes(),
+            SECRET_MODE,
+        )?;
+        for (name, creds) in [
+            ("callout", &users.callout),
+            ("master", &users.master),
+            ("admin", &users.admin),
+        ] {
+            write_creds(&self.service_creds(name), creds)?;
+        }
+        Ok(authority.zester_signer.public_key())
+    }
+}
+
 type StoredField = fn(&mut StoredAuthority) -> &mut String;
 
 /// File name, the stored field it holds, and whether it is secret.

@@ -216,10 +216,18 @@ enum CredsCommand {
     /// Replace the master's or the admin's creds with a new key. With the appliance running it
     /// does it (the old key is cut off, zester's own master connection follows by itself);
     /// otherwise the file is replaced and the next `zester up` uses it.
+    ///
+    /// `signing-key` rotates the ZESTER account signing key (with zester stopped): a new key
+    /// signs from now on, the old one stays valid so peels keep working; once every peel has
+    /// fresh creds (`zester peel enrol` again with its --dir, or `zester creds issue`),
+    /// `--finish` removes the old key.
     Rotate {
-        /// master or admin.
-        #[arg(value_parser = ["master", "admin"])]
+        /// master, admin or signing-key.
+        #[arg(value_parser = ["master", "admin", "signing-key"])]
         role: String,
+        /// With signing-key: retire the previous signing keys.
+        #[arg(long)]
+        finish: bool,
         /// Print a JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -373,7 +381,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::creds_issue(&home, &id, out.as_deref(), expiry.as_deref(), force, now)?,
                 json,
             ),
-            CredsCommand::Rotate { role, json } => (
+            CredsCommand::Rotate { role, finish, json } if role == "signing-key" => {
+                (commands::signing_key_rotate(&home, finish, now)?, json)
+            }
+            CredsCommand::Rotate { role, json, .. } => (
                 runtime()?.block_on(commands::creds_rotate(&home, &role, now))?,
                 json,
             ),

@@ -28,6 +28,11 @@ pub async fn start(zester_toml: &str) -> TestAppliance {
     let home = Home::at(dir.path().join("home"));
     home.init(false, "localhost", now_unix()).expect("init");
     std::fs::write(home.config_file(), zester_toml).expect("write zester.toml");
+    start_on(home, dir).await
+}
+
+/// Starts an appliance again on a home a stopped one left (see [`TestAppliance::stop_keeping_home`]).
+pub async fn start_on(home: Home, dir: tempfile::TempDir) -> TestAppliance {
     let appliance = Appliance::start(
         home.clone(),
         UpOptions {
@@ -187,6 +192,12 @@ impl TestAppliance {
     /// Stops the appliance (child first, callout last).
     pub async fn stop(self) {
         self.appliance.stop().await;
+    }
+
+    /// Stops the appliance but keeps its home, to start again with [`start_on`].
+    pub async fn stop_keeping_home(self) -> (Home, tempfile::TempDir) {
+        self.appliance.stop().await;
+        (self.home, self._dir)
     }
 }
 
