@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 use common::appliance::{self, TestAppliance};
 use serde_json::Value;
 
-fn zester(t: &TestAppliance, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(t.home.root())
-        .args(args)
-        .output()
-        .expect("run zester")
-}
-
 fn enrol_command(t: &TestAppliance, id: &str, dir: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_zester"));
     command
@@ -46,7 +37,7 @@ fn text(out: &Output) -> String {
 }
 
 fn keys(t: &TestAppliance, state: &str) -> Vec<Value> {
-    let out = zester(t, &["key", "list", "--state", state, "--json"]);
+    let out = t.zester(&["key", "list", "--state", state, "--json"]);
     serde_json::from_slice::<Value>(&out.stdout)
         .unwrap_or_else(|_| panic!("{}", text(&out)))
         .as_array()
@@ -67,10 +58,7 @@ async fn enrol_accept_and_connect_with_creds_the_peel_wrote_itself() {
     let fingerprint = pending[0]["fingerprint"].as_str().unwrap().to_string();
     assert!(!peel_dir.path().join("web-01.creds").exists());
 
-    let out = zester(
-        &t,
-        &["key", "accept", "web-01", "--fingerprint", &fingerprint],
-    );
+    let out = t.zester(&["key", "accept", "web-01", "--fingerprint", &fingerprint]);
     assert!(out.status.success(), "{}", text(&out));
     let out = enrol(&t, "web-01", peel_dir.path());
     assert!(out.status.success(), "{}", text(&out));
@@ -97,34 +85,15 @@ async fn enrol_accept_and_connect_with_creds_the_peel_wrote_itself() {
     .await;
 
     // `zester peel run` with those creds answers the master's test.ping, and stops on SIGTERM.
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "run", "--server", &t.url(), "--creds"])
-        .arg(&creds)
-        .arg("--ca")
-        .arg(t.home.ca_cert())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = t.peel_run(&creds);
     let master = t
         .connect(&t.home.service_creds("master"), "_INBOX._master")
         .await
         .unwrap();
-    let mut answer = None;
-    for _ in 0..60 {
-        if let Ok(Ok(reply)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            master.nats.request("zester.cmd.web-01", "test.ping".into()),
-        )
-        .await
-        {
-            answer = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let answer = answer.expect("the enrolled peel's agent answers test.ping");
-    assert_eq!(&answer.payload[..], b"true");
+    assert!(
+        appliance::ping(&master.nats, "web-01", Duration::from_secs(15)).await,
+        "the enrolled peel's agent answers test.ping"
+    );
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -185,7 +154,8 @@ async fn wait_then_accept_and_the_reject_path() {
         assert!(Instant::now() < deadline, "no pending key appeared");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(zester(&t, &["key", "accept", "--all-pending"])
+    assert!(t
+        .zester(&["key", "accept", "--all-pending"])
         .status
         .success());
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -201,7 +171,7 @@ async fn wait_then_accept_and_the_reject_path() {
 
     let other = tempfile::tempdir().unwrap();
     assert!(enrol(&t, "db-02", other.path()).status.success());
-    assert!(zester(&t, &["key", "reject", "db-02"]).status.success());
+    assert!(t.zester(&["key", "reject", "db-02"]).status.success());
     // A rejected key stays out: it cannot even open an enrolling session again.
     let out = enrol(&t, "db-02", other.path());
     assert!(!out.status.success(), "{}", text(&out));

@@ -6,17 +6,8 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::appliance::{self, TestAppliance};
+use common::appliance;
 use serde_json::Value;
-
-fn zester(t: &TestAppliance, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(t.home.root())
-        .args(args)
-        .output()
-        .expect("run zester")
-}
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -34,9 +25,9 @@ async fn revoking_a_key_cuts_the_live_peel_off_and_keeps_it_out() {
     let creds = t.peel("web-01").await;
     t.peel("web-02").await;
 
-    let list = json(&zester(&t, &["key", "list", "--json"]));
+    let list = json(&t.zester(&["key", "list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
-    let shown = json(&zester(&t, &["key", "show", "web-01", "--json"]));
+    let shown = json(&t.zester(&["key", "show", "web-01", "--json"]));
     assert_eq!(shown["record"]["state"], "accepted");
     let fingerprint = shown["fingerprint"].as_str().unwrap().to_string();
 
@@ -45,23 +36,20 @@ async fn revoking_a_key_cuts_the_live_peel_off_and_keeps_it_out() {
         .await
         .expect("peel connects");
     common::sync_peel(&peel.nats, "web-01").await;
-    let shown = json(&zester(&t, &["key", "show", "web-01", "--json"]));
+    let shown = json(&t.zester(&["key", "show", "web-01", "--json"]));
     assert_eq!(shown["sessions"].as_array().unwrap().len(), 1, "{shown}");
 
     let started = Instant::now();
-    let out = zester(
-        &t,
-        &[
-            "key",
-            "revoke",
-            "web-01",
-            "--reason",
-            "laptop stolen",
-            "--fingerprint",
-            &fingerprint,
-            "--json",
-        ],
-    );
+    let out = t.zester(&[
+        "key",
+        "revoke",
+        "web-01",
+        "--reason",
+        "laptop stolen",
+        "--fingerprint",
+        &fingerprint,
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -91,7 +79,7 @@ async fn revoking_a_key_cuts_the_live_peel_off_and_keeps_it_out() {
     t.assert_refused(options, "the revoked peel").await;
     t.wait_audit("revoked peel refused", |r| r["code"] == "revoked")
         .await;
-    let history = json(&zester(&t, &["key", "show", "web-01", "--json"]));
+    let history = json(&t.zester(&["key", "show", "web-01", "--json"]));
     let last = history["record"]["history"]
         .as_array()
         .unwrap()
@@ -110,48 +98,39 @@ async fn guards_globs_and_delete() {
         t.peel(id).await;
     }
     // A stale fingerprint changes nothing.
-    let out = zester(
-        &t,
-        &["key", "revoke", "web-01", "--fingerprint", "SHA256:0000"],
-    );
+    let out = t.zester(&["key", "revoke", "web-01", "--fingerprint", "SHA256:0000"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("re-created"),
         "{out:?}"
     );
     // A glob over several keys is not acted on without confirmation (no terminal here).
-    let out = zester(&t, &["key", "revoke", "db-*"]);
+    let out = t.zester(&["key", "revoke", "db-*"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--yes"),
         "{out:?}"
     );
-    let list = json(&zester(
-        &t,
-        &["key", "list", "--state", "accepted", "--json"],
-    ));
+    let list = json(&t.zester(&["key", "list", "--state", "accepted", "--json"]));
     assert_eq!(
         list.as_array().unwrap().len(),
         3,
         "nothing may have changed: {list}"
     );
     // With --yes it is.
-    let out = zester(&t, &["key", "revoke", "db-*", "--yes", "--json"]);
+    let out = t.zester(&["key", "revoke", "db-*", "--yes", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let revoked = json(&zester(
-        &t,
-        &["key", "list", "--state", "revoked", "--json"],
-    ));
+    let revoked = json(&t.zester(&["key", "list", "--state", "revoked", "--json"]));
     assert_eq!(revoked.as_array().unwrap().len(), 2, "{revoked}");
     // Accepted keys are not deleted; revoked ones are, and the id is free again.
-    let out = zester(&t, &["key", "delete", "web-01"]);
+    let out = t.zester(&["key", "delete", "web-01"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("revoke it first"),
         "{out:?}"
     );
-    assert!(zester(&t, &["key", "delete", "db-01"]).status.success());
-    let all = json(&zester(&t, &["key", "list", "--json"]));
+    assert!(t.zester(&["key", "delete", "db-01"]).status.success());
+    let all = json(&t.zester(&["key", "list", "--json"]));
     let ids: Vec<&str> = all
         .as_array()
         .unwrap()
@@ -160,7 +139,7 @@ async fn guards_globs_and_delete() {
         .collect();
     assert_eq!(ids, vec!["db-02", "web-01"]);
     // A revoked key cannot be accepted again.
-    let out = zester(&t, &["key", "accept", "db-02"]);
+    let out = t.zester(&["key", "accept", "db-02"]);
     assert_eq!(out.status.code(), Some(1));
     t.stop().await;
 }
@@ -217,7 +196,7 @@ async fn concurrent_accept_and_reject_exactly_one_wins() {
             accepted != rejected,
             "round {round}: accepted {accepted}, rejected {rejected}"
         );
-        let shown = json(&zester(&t, &["key", "show", &id, "--json"]));
+        let shown = json(&t.zester(&["key", "show", &id, "--json"]));
         let expected = if accepted { "accepted" } else { "rejected" };
         assert_eq!(shown["record"]["state"], expected);
     }
@@ -233,14 +212,14 @@ async fn service_creds_rotate_while_running() {
     std::fs::copy(t.home.service_creds("admin"), &old_admin).unwrap();
     std::fs::copy(t.home.service_creds("master"), &old_master).unwrap();
 
-    let out = zester(&t, &["creds", "rotate", "admin", "--json"]);
+    let out = t.zester(&["creds", "rotate", "admin", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        zester(&t, &["status"]).status.success(),
+        t.zester(&["status"]).status.success(),
         "the new admin creds work"
     );
     let options = async_nats::ConnectOptions::with_credentials_file(&old_admin)
@@ -250,7 +229,7 @@ async fn service_creds_rotate_while_running() {
 
     // Rotating the master's creds cuts zester's own master connection; it comes back with the
     // new creds by itself, and the admin API it serves answers again.
-    let out = zester(&t, &["creds", "rotate", "master"]);
+    let out = t.zester(&["creds", "rotate", "master"]);
     assert!(
         out.status.success(),
         "{}",
@@ -259,7 +238,7 @@ async fn service_creds_rotate_while_running() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        if zester(&t, &["key", "list"]).status.success() {
+        if t.zester(&["key", "list"]).status.success() {
             break;
         }
         assert!(Instant::now() < deadline, "the master did not come back");

@@ -3,27 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::appliance;
 use serde_json::Value;
-
-async fn ping(master: &async_nats::Client, id: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Ok(reply)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            master.request(format!("zester.cmd.{id}"), "test.ping".into()),
-        )
-        .await
-        {
-            return &reply.payload[..] == b"true";
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_peel_keeps_serving_through_its_rotation() {
@@ -33,21 +17,13 @@ async fn a_running_peel_keeps_serving_through_its_rotation() {
     std::fs::copy(&creds, &old_copy).unwrap();
     let old_key = zester::home::read_creds(&creds).unwrap().key().public_key();
 
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "run", "--server", &t.url(), "--creds"])
-        .arg(&creds)
-        .arg("--ca")
-        .arg(t.home.ca_cert())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = t.peel_run(&creds);
     let master = t
         .connect(&t.home.service_creds("master"), "_INBOX._master")
         .await
         .unwrap();
     assert!(
-        ping(&master.nats, "web-01", Duration::from_secs(15)).await,
+        appliance::ping(&master.nats, "web-01", Duration::from_secs(15)).await,
         "agent never answered"
     );
 
@@ -69,7 +45,7 @@ async fn a_running_peel_keeps_serving_through_its_rotation() {
 
     // The agent was kicked off the old key and came back with the new creds by itself.
     assert!(
-        ping(&master.nats, "web-01", Duration::from_secs(20)).await,
+        appliance::ping(&master.nats, "web-01", Duration::from_secs(20)).await,
         "the agent stopped serving after the rotation"
     );
     let admitted_new = t

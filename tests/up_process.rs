@@ -79,24 +79,11 @@ struct Up {
 
 impl Up {
     fn start() -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("zester.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
-            .arg("--home")
-            .arg(dir.path().join("home"))
-            .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn zester up");
-        let up = Up {
-            child: Some(child),
-            dir,
+        let mut up = Up {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
         };
-        up.wait_for(Duration::from_secs(20), "runtime.json", || {
-            up.home().join("nats/runtime.json").exists()
-        });
+        up.launch();
         up
     }
 
@@ -107,23 +94,26 @@ impl Up {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(old.home().join("nats/runtime.json"));
-        let log = std::fs::File::create(old.dir.path().join("zester.log")).unwrap();
+        old.launch();
+        old
+    }
+
+    /// Spawns `zester up` on this home and waits until it is ready.
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("zester.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_zester"))
             .arg("--home")
-            .arg(old.home())
+            .arg(self.home())
             .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn zester up");
-        old.child = Some(child);
-        old.wait_for(
-            Duration::from_secs(20),
-            "runtime.json after restart",
-            || old.home().join("nats/runtime.json").exists(),
-        );
-        old
+        self.child = Some(child);
+        self.wait_for(Duration::from_secs(20), "runtime.json", || {
+            self.home().join("nats/runtime.json").exists()
+        });
     }
 
     fn home(&self) -> std::path::PathBuf {

@@ -189,6 +189,29 @@ impl TestAppliance {
         }
     }
 
+    /// Runs the `zester` binary on this appliance's home.
+    pub fn zester(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(self.home.root())
+            .args(args)
+            .output()
+            .expect("run zester")
+    }
+
+    /// Starts `zester peel run` with `creds` against this appliance (kill it when done).
+    pub fn peel_run(&self, creds: &Path) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+            .args(["peel", "run", "--server", &self.url(), "--creds"])
+            .arg(creds)
+            .arg("--ca")
+            .arg(self.home.ca_cert())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn zester peel run")
+    }
+
     /// Stops the appliance (child first, callout last).
     pub async fn stop(self) {
         self.appliance.stop().await;
@@ -230,4 +253,22 @@ impl Client {
     pub fn events(&self) -> Vec<String> {
         self.events.lock().unwrap().clone()
     }
+}
+
+/// Sends `test.ping` to peel `id` until an answer comes (or `within` passes); true when the
+/// answer is `true`. Requests fail with "no responders" until the agent has subscribed.
+pub async fn ping(master: &async_nats::Client, id: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Ok(reply)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            master.request(format!("zester.cmd.{id}"), "test.ping".into()),
+        )
+        .await
+        {
+            return &reply.payload[..] == b"true";
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
