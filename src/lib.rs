@@ -19,5 +19,6 @@ pub mod peel;
 pub mod permissions;
 pub mod pki;
 pub mod rotate;
+pub mod secrets;
 pub mod tls;
 pub mod up;

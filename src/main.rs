@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Secrets for one peel: ENC[<peel xkey>,<base64>] envelopes sealed from the master's
+    /// curve key to the peel's (nkeys xkey format). Envelopes and plaintext go through
+    /// stdin/stdout only.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// The peel side: enrol with a master.
     Peel {
         #[command(subcommand)]
@@ -266,6 +273,54 @@ enum CredsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// On the master: seal a secret for one peel (plaintext from --value or stdin, byte for
+    /// byte; the envelope on stdout). Uses the home's master curve key.
+    Encrypt {
+        /// The peel id: its curve key is read from its key record (needs the running appliance).
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "xkey",
+            conflicts_with = "xkey"
+        )]
+        peel: Option<String>,
+        /// The peel's curve public key (X…, as `zester key show` prints); no appliance needed.
+        #[arg(long, value_name = "X…")]
+        xkey: Option<String>,
+        /// The plaintext (default: read stdin). Beware: visible in the process list and shell
+        /// history.
+        #[arg(long, value_name = "TEXT")]
+        value: Option<String>,
+    },
+    /// On the peel: open an envelope (stdin) with the peel's curve seed; plaintext on stdout.
+    Decrypt {
+        /// The peel's curve seed file (<dir>/<id>.xk written by `zester peel enrol`).
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "creds",
+            conflicts_with = "creds"
+        )]
+        seed: Option<PathBuf>,
+        /// The peel's creds: the seed is <same dir>/<id>.xk, the id being the JWT's name.
+        #[arg(long, value_name = "FILE")]
+        creds: Option<PathBuf>,
+        /// The master's curve public key ("master xkey", printed by `zester init`). Required:
+        /// a peel has no other source for it, and it proves who sealed the secret.
+        #[arg(long = "from", value_name = "X…")]
+        from: String,
+    },
+    /// On the master, after a peel rotated its curve key: open an envelope (stdin) sealed by
+    /// this home's master key and seal it again to the new key (stdout).
+    Rewrap {
+        /// The peel's new curve public key.
+        #[arg(long, value_name = "X…")]
+        xkey: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -357,6 +412,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ExitCode::from(1)
                 }
             });
+        }
+        Command::Secret { command } => {
+            secret_command(&home, command)?;
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Key { command } => {
             let (output, json) = runtime()?.block_on(key_command(&home, command))?;
@@ -478,6 +537,53 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
     };
     let output = commands::key_act(home, &action, only, confirm).await?;
     Ok((output, json))
+}
+
+/// `zester secret …`: reads stdin, writes stdout; errors never carry plaintext.
+fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use zester::secrets;
+    let mut input = Vec::new();
+    let read_stdin = |input: &mut Vec<u8>| std::io::stdin().read_to_end(input).map(|_| ());
+    let out = match command {
+        SecretCommand::Encrypt { peel, xkey, value } => {
+            let recipient = match (xkey, peel) {
+                (Some(xkey), _) => xkey,
+                (None, Some(id)) => runtime()?.block_on(secrets::peel_xkey(home, &id))?,
+                (None, None) => anyhow::bail!("give --peel ID or --xkey X…"),
+            };
+            let master = home.load_authority()?.master_xkey;
+            let plaintext = match value {
+                Some(value) => value.into_bytes(),
+                None => {
+                    read_stdin(&mut input)?;
+                    input
+                }
+            };
+            format!("{}\n", secrets::seal(&plaintext, &master, &recipient)?).into_bytes()
+        }
+        SecretCommand::Decrypt { seed, creds, from } => {
+            let seed = match (seed, creds) {
+                (Some(seed), _) => seed,
+                (None, Some(creds)) => secrets::seed_path_for_creds(&creds)?,
+                (None, None) => anyhow::bail!("give --seed FILE or --creds FILE"),
+            };
+            let key = secrets::read_seed_file(&seed)?;
+            read_stdin(&mut input)?;
+            let text = String::from_utf8(input).map_err(|_| secrets::SecretError::NotEnvelope)?;
+            secrets::open(&text, &key, &from)?
+        }
+        SecretCommand::Rewrap { xkey } => {
+            let master = home.load_authority()?.master_xkey;
+            read_stdin(&mut input)?;
+            let text = String::from_utf8(input).map_err(|_| secrets::SecretError::NotEnvelope)?;
+            format!("{}\n", secrets::rewrap(&text, &master, &xkey)?).into_bytes()
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn parse_state(text: &str) -> anyhow::Result<zester::keys::KeyState> {
