@@ -11,6 +11,7 @@ pub mod callout;
 pub mod commands;
 pub mod config;
 pub mod connect;
+pub mod context;
 pub mod enrol;
 pub mod home;
 pub mod identity;

@@ -90,6 +90,30 @@ enum Command {
         #[command(subcommand)]
         command: CredsCommand,
     },
+    /// Hand this node's admin or master user to other NATS tools.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    /// Write a nats CLI context ($XDG_CONFIG_HOME/nats/context/NAME.json, 0600) that connects
+    /// as the admin or master user: the URL of the running appliance (else server.listen),
+    /// the creds and CA by absolute path (never copied), and the inbox prefix zester's
+    /// permissions allow. Then: nats --context NAME rtt
+    Export {
+        /// The context name.
+        #[arg(long, default_value = zester::context::DEFAULT_NAME)]
+        name: String,
+        /// admin or master.
+        #[arg(long, default_value = "admin", value_parser = ["admin", "master"])]
+        role: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options shared by the key state changes.
@@ -451,6 +475,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (commands::creds_inspect(&home, &file, now)?, json)
             }
         },
+        Command::Context {
+            command: ContextCommand::Export { name, role, json },
+        } => {
+            let dir = zester::context::context_dir(
+                std::env::var_os("XDG_CONFIG_HOME"),
+                std::env::var_os("HOME"),
+            )?;
+            (
+                zester::context::export(&home, &name, role.parse()?, &dir)?,
+                json,
+            )
+        }
     };
     print(&output, json)?;
     Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
