@@ -1,6 +1,7 @@
 //! zester from the rest of the NATS ecosystem: a real nats.js client (@nats-io/transport-node)
-//! through the callout, as a peel and as the master talking to a `zester peel run` agent, and
-//! `zester context export` writing a context the nats CLI can load.
+//! through the callout, as a peel and as the master talking to a `zester peel run` agent (the
+//! latter with nats.py too), and `zester context export` writing a context the nats CLI can
+//! load.
 
 mod common;
 
@@ -106,12 +107,42 @@ async fn nats_js_master_commands_a_peel_agent() {
     })
     .await
     .unwrap();
+
+    // The same request from nats.py with the master creds (the agent is up by now). The
+    // master may publish anywhere, so the script's own/foreign publishes are just traffic.
+    let (url, ca, master) = (t.url(), t.home.ca_cert(), t.home.service_creds("master"));
+    let py = tokio::task::spawn_blocking(move || {
+        Command::new(common::python())
+            .arg(common::repo_root().join("tests/interop/nats_py_peel.py"))
+            .args(["--url", &url])
+            .arg("--creds")
+            .arg(&master)
+            .arg("--ca")
+            .arg(&ca)
+            .args(["--own", "zester.event.master.py"])
+            .args(["--foreign", "zester.event.master.py2"])
+            .args(["--inbox-prefix", "_INBOX._master"])
+            .args(["--name", "zester-master-py"])
+            .args(["--request", "zester.cmd.peel-b"])
+            .output()
+            .expect("run nats_py_peel.py")
+    })
+    .await
+    .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
     assert_eq!(report["connected"], true, "{report}");
     assert_eq!(report["request_reply"], "true", "{report}");
     assert_eq!(report["error"], Value::Null, "{report}");
-
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let py: Value = serde_json::from_slice(&py.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nats_py_peel.py printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&py.stderr)
+        )
+    });
+    assert_eq!(py["connected"], true, "{py}");
+    assert_eq!(py["request_reply"], "true", "{py}");
+    assert_eq!(py["error"], Value::Null, "{py}");
     t.stop().await;
 }
 

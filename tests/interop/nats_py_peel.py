@@ -4,7 +4,7 @@
 Usage:
   python tests/interop/nats_py_peel.py --url URL --creds FILE [--ca FILE]
       --own SUBJECT [--own-sub SUBJECT] --foreign SUBJECT [--foreign-sub SUBJECT]
-      [--name NAME] [--inbox-prefix PREFIX]
+      [--name NAME] [--inbox-prefix PREFIX] [--request SUBJECT]
 
 Steps:
   1. connect with user_credentials=FILE (allow_reconnect=False, max_reconnect_attempts=0,
@@ -19,7 +19,10 @@ Steps:
   3. publish on --foreign (right after the own publish) and wait up to 2 s for the
      server's async "Permissions Violation for Publish to <foreign>" (via error_cb);
   4. with --foreign-sub: subscribe there and wait up to 2 s for
-     "Permissions Violation for Subscription to <foreign-sub>".
+     "Permissions Violation for Subscription to <foreign-sub>";
+  5. with --request: send a request with payload "test.ping" there (3 s timeout) and
+     report the reply text as "request_reply" (null when none came; the reason goes to
+     "error"). The key is only present with --request.
 
 Ordering note: nats.py's flush() writes PING straight to the socket while PUB/SUB wait
 in its pending buffer, so a flush PONG is no barrier for -ERRs. The server handles the
@@ -291,6 +294,16 @@ async def run(args: argparse.Namespace) -> dict:
                     await fsub.unsubscribe()
                 except Exception:
                     pass
+
+        # ---- request/reply
+        if args.request:
+            result["request_reply"] = None
+            try:
+                reply = await nc.request(args.request, b"test.ping", timeout=3)
+                result["request_reply"] = reply.data.decode()
+            except Exception as e:  # noqa: BLE001
+                if result["error"] is None:
+                    result["error"] = f"request {args.request}: {_describe(e)}"
     except Exception as e:  # noqa: BLE001
         if result["error"] is None:
             result["error"] = _describe(e)
@@ -325,6 +338,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--foreign-sub", help="subject the user must NOT be allowed to subscribe to")
     p.add_argument("--name", default="zester-interop-nats-py", help="client connection name")
     p.add_argument("--inbox-prefix", help="custom inbox prefix (e.g. _INBOX.<id>)")
+    p.add_argument("--request", help="send a test.ping request there and report the reply")
     return p.parse_args(argv)
 
 
