@@ -5,7 +5,9 @@
 //! Run with `cargo bench --bench identity` (optimised build).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{measure, report, SAMPLES};
 
 use zester::authority::Authority;
 use zester::identity::chain;
@@ -15,35 +17,6 @@ use zester::identity::jwt::{self, AccountJwt, OperatorJwt};
 use zester::identity::peel_id::PeelId;
 
 const NOW: i64 = 1_800_000_000;
-const SAMPLES: usize = 30;
-const SAMPLE_TARGET: Duration = Duration::from_millis(20);
-
-/// Times `op`, returning (median, best) microseconds per call.
-fn measure(mut op: impl FnMut()) -> (f64, f64) {
-    let warm_until = Instant::now() + Duration::from_millis(300);
-    let mut calls = 0u64;
-    while Instant::now() < warm_until {
-        op();
-        calls += 1;
-    }
-    let per_sample = ((calls as f64 / 0.3) * SAMPLE_TARGET.as_secs_f64()).max(1.0) as u64;
-    let mut samples: Vec<f64> = (0..SAMPLES)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..per_sample {
-                op();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / per_sample as f64
-        })
-        .collect();
-    samples.sort_by(|a, b| a.total_cmp(b));
-    (samples[SAMPLES / 2], samples[0])
-}
-
-fn report(name: &str, (median, best): (f64, f64)) {
-    println!("{name:<44} {median:>9.2} µs/op   (best {best:.2})");
-}
-
 fn main() {
     let (authority, _) = Authority::generate(NOW).expect("generate authority");
     let id = PeelId::parse("web-01").expect("valid id");
