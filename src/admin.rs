@@ -33,6 +33,10 @@ pub const KEY_SHOW: &str = "zester.admin.key.show";
 pub const KEY_CHANGE: &str = "zester.admin.key.change";
 /// Delete a key record.
 pub const KEY_DELETE: &str = "zester.admin.key.delete";
+/// Replace a peel's settings document (`{"id", "document"}`).
+pub const SETTINGS_SET: &str = "zester.admin.settings.set";
+/// Read a peel's settings document (`{"id"}`).
+pub const SETTINGS_GET: &str = "zester.admin.settings.get";
 /// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
 pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
 
@@ -175,6 +179,8 @@ pub struct AdminService {
     pub sys: async_nats::Client,
     /// Serialises account JWT updates.
     pub account_lock: tokio::sync::Mutex<()>,
+    /// Per-peel settings.
+    pub settings: Arc<crate::settings::SettingsStore>,
 }
 
 impl AdminService {
@@ -185,7 +191,9 @@ impl AdminService {
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
         let keys = client.subscribe(KEY_SUBJECTS).await?;
         let creds = client.subscribe(CREDS_ROTATE).await?;
-        let mut requests = futures_util::stream::select(keys, creds);
+        let settings = client.subscribe("zester.admin.settings.*").await?;
+        let mut requests =
+            futures_util::stream::select(futures_util::stream::select(keys, creds), settings);
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
@@ -247,6 +255,26 @@ impl AdminService {
                 }
                 self.keys.delete(&record.id, revision).await?;
                 Ok(json!({ "deleted": record.id.as_str() }))
+            }
+            SETTINGS_SET | SETTINGS_GET => {
+                let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;
+                let id = PeelId::parse(request["id"].as_str().unwrap_or_default())
+                    .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                let settings_error =
+                    |e: crate::settings::SettingsError| AdminError::BadRequest(e.to_string());
+                if subject == SETTINGS_SET {
+                    let revision = self
+                        .settings
+                        .set(&id, &request["document"])
+                        .await
+                        .map_err(settings_error)?;
+                    tracing::info!(target: "audit", peel = %id, revision, "settings replaced");
+                    Ok(json!({ "id": id.as_str(), "revision": revision }))
+                } else {
+                    Ok(
+                        json!({ "id": id.as_str(), "document": self.settings.get(&id).await.map_err(settings_error)? }),
+                    )
+                }
             }
             CREDS_ROTATE => {
                 let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;

@@ -21,5 +21,6 @@ pub mod permissions;
 pub mod pki;
 pub mod rotate;
 pub mod secrets;
+pub mod settings;
 pub mod tls;
 pub mod up;

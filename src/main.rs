@@ -85,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         command: PeelCommand,
     },
+    /// Per-peel settings (pillar): a JSON document per peel, written by the master, readable
+    /// only by that peel. Secret values go in as `zester secret encrypt` envelopes.
+    Settings {
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
     /// Issue and inspect NATS .creds files.
     Creds {
         #[command(subcommand)]
@@ -183,6 +189,22 @@ enum KeyCommand {
     Revoke(KeyActionArgs),
     /// Delete key records that are not accepted (revoke first), freeing the id.
     Delete(KeyActionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsCommand {
+    /// Replace peel ID's settings with the JSON object in FILE ('-' for stdin).
+    Set {
+        /// The peel id.
+        id: String,
+        /// A JSON object; '-' reads stdin.
+        file: PathBuf,
+    },
+    /// Show peel ID's settings as stored (secret values stay sealed).
+    Show {
+        /// The peel id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +461,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Secret { command } => {
             secret_command(&home, command)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Settings { command } => {
+            let (subject, body) = match command {
+                SettingsCommand::Set { id, file } => {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                    };
+                    let document: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
+                    (
+                        zester::admin::SETTINGS_SET,
+                        serde_json::json!({ "id": id, "document": document }),
+                    )
+                }
+                SettingsCommand::Show { id } => {
+                    (zester::admin::SETTINGS_GET, serde_json::json!({ "id": id }))
+                }
+            };
+            let answer = runtime()?.block_on(async {
+                let client = zester::up::admin_connect(&home).await?;
+                zester::up::admin_request(&client, subject, &body).await
+            })?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(ExitCode::SUCCESS);
         }
         Command::Key { command } => {

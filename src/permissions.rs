@@ -79,6 +79,8 @@ pub fn permissions_for(role: &Role) -> Permissions {
                 format!("zester.fact.{id}"),
                 format!("zester.job.*.ack.{id}"),
                 format!("zester.job.*.return.{id}"),
+                // Read its own settings document, and nothing else of JetStream.
+                crate::settings::direct_get_subject(id),
             ]),
             subscribe: allow(&[
                 format!("zester.cmd.{id}"),

@@ -321,6 +321,14 @@ impl Appliance {
             callout: state.clone(),
             sys: sys.clone(),
             account_lock: tokio::sync::Mutex::new(()),
+            settings: Arc::new(
+                crate::settings::SettingsStore::open(master.clone())
+                    .await
+                    .map_err(|e| UpError::Nats {
+                        what: "opening the settings bucket",
+                        reason: e.to_string(),
+                    })?,
+            ),
         });
         tasks.push(
             admin

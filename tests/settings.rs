@@ -1,0 +1,97 @@
+//! Per-peel settings: the master writes a document (with a sealed secret) through the admin
+//! API; the peel reads its own with the one request it may make and opens the secret in
+//! memory; another peel cannot read it, and no peel can write settings.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::appliance;
+use nkeys::XKey;
+use zester::identity::peel_id::PeelId;
+use zester::settings;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
+    let t = appliance::start("").await;
+    let a_creds = t.peel("peel-a").await;
+    let b_creds = t.peel("peel-b").await;
+    let authority = t.home.load_authority().unwrap();
+    let master_xkey = authority.master_xkey.public_key();
+    let peel_a_x = XKey::new();
+    let sealed =
+        zester::secrets::seal(b"s3cret", &authority.master_xkey, &peel_a_x.public_key()).unwrap();
+    let document = serde_json::json!({ "region": "eu", "db": { "password": sealed } });
+
+    let mut set = std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+        .arg("--home")
+        .arg(t.home.root())
+        .args(["settings", "set", "peel-a", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(document.to_string().as_bytes())
+        .unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = t.zester(&["settings", "show", "peel-a"]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("ENC["),
+        "stored sealed"
+    );
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains("s3cret"));
+
+    let a = t.connect(&a_creds, "_INBOX.peel-a").await.unwrap();
+    let id_a = PeelId::parse("peel-a").unwrap();
+    let fetched = settings::fetch(&a.nats, &id_a)
+        .await
+        .unwrap()
+        .expect("peel-a has settings");
+    assert_eq!(fetched, document);
+    let opened = settings::open_secrets(&fetched, &peel_a_x, &master_xkey).unwrap();
+    assert_eq!(opened["db"]["password"], "s3cret");
+    let id_b = PeelId::parse("peel-b").unwrap();
+    assert_eq!(
+        settings::fetch(&a.nats, &id_a).await.unwrap(),
+        Some(document.clone())
+    );
+
+    // peel-b may not read peel-a's document, and has none of its own.
+    let b = t.connect(&b_creds, "_INBOX.peel-b").await.unwrap();
+    let stolen = settings::fetch(&b.nats, &id_a).await;
+    assert!(
+        !matches!(stolen, Ok(Some(_))),
+        "peel-b read peel-a's settings"
+    );
+    assert!(
+        b.wait_error("permissions violation for publish to \"$js.api.direct.get.kv_zester-settings.$kv.zester-settings.peel-a\"")
+            .await,
+        "{:?}",
+        b.errors.lock().unwrap()
+    );
+    assert_eq!(settings::fetch(&b.nats, &id_b).await.unwrap(), None);
+
+    // No peel writes settings.
+    b.nats
+        .publish("$KV.zester-settings.peel-b", "{}".into())
+        .await
+        .unwrap();
+    b.nats.flush().await.unwrap();
+    assert!(
+        b.wait_error("permissions violation for publish to \"$kv.zester-settings.peel-b\"")
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    t.stop().await;
+}
