@@ -237,6 +237,13 @@ enum PeelCommand {
         /// The master's CA certificate (default: the system roots).
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
+        /// The peel's curve seed (`<dir>/<id>.xk` from `zester peel enrol`): with --from, the
+        /// agent fetches its settings after every connect and opens their secrets in memory.
+        #[arg(long, value_name = "FILE", requires = "from")]
+        xkey: Option<PathBuf>,
+        /// The master's curve public key ("master xkey" printed by `zester init`).
+        #[arg(long, value_name = "X…", requires = "xkey")]
+        from: Option<String>,
     },
     /// Enrol this machine as peel ID: makes its nkey and curve key locally (seeds 0600 in
     /// --dir; reused when present), proves the key to the master, waits for an admin to
@@ -402,10 +409,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Peel {
-            command: PeelCommand::Run { server, creds, ca },
+            command:
+                PeelCommand::Run {
+                    server,
+                    creds,
+                    ca,
+                    xkey,
+                    from,
+                },
         } => {
             let options = zester::peel::agent::AgentOptions { server, creds, ca };
-            runtime()?.block_on(zester::peel::agent::run(options))?;
+            let settings =
+                xkey.zip(from).map(
+                    |(xkey_seed, master_xkey)| zester::peel::agent::SettingsKey {
+                        xkey_seed,
+                        master_xkey,
+                    },
+                );
+            runtime()?.block_on(zester::peel::agent::run_with_settings(options, settings))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Peel {

@@ -92,6 +92,49 @@ async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
         b.wait_error("permissions violation for publish to \"$kv.zester-settings.peel-b\"")
             .await
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // `zester peel run` with its curve seed loads and opens its settings by itself; the master
+    // sees the names, never the values.
+    let seed_file = a_creds.with_file_name("peel-a.xk");
+    std::fs::write(&seed_file, peel_a_x.seed().unwrap()).unwrap();
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+        .args(["peel", "run", "--server", &t.url(), "--creds"])
+        .arg(&a_creds)
+        .arg("--ca")
+        .arg(t.home.ca_cert())
+        .arg("--xkey")
+        .arg(&seed_file)
+        .args(["--from", &master_xkey])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let master = t
+        .connect(&t.home.service_creds("master"), "_INBOX._master")
+        .await
+        .unwrap();
+    let mut keys = serde_json::Value::Null;
+    for _ in 0..60 {
+        if let Ok(Ok(reply)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            master
+                .nats
+                .request("zester.cmd.peel-a", "settings.keys".into()),
+        )
+        .await
+        {
+            keys = serde_json::from_slice(&reply.payload).unwrap();
+            if keys["keys"].as_array().is_some_and(|k| !k.is_empty()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(keys["keys"], serde_json::json!(["db", "region"]), "{keys}");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("settings loaded"), "{log}");
+    assert!(!log.contains("s3cret"), "a secret reached the log");
     t.stop().await;
 }

@@ -62,6 +62,31 @@ pub struct AgentOptions {
     pub ca: Option<PathBuf>,
 }
 
+/// What the agent needs to open the secrets in its settings: its own curve key and the
+/// master's curve public key (printed by `zester init` as "master xkey").
+#[derive(Debug, Clone)]
+pub struct SettingsKey {
+    /// The peel's curve seed file (`<dir>/<id>.xk`, written by `zester peel enrol`).
+    pub xkey_seed: PathBuf,
+    /// The master's curve public key (`X…`).
+    pub master_xkey: String,
+}
+
+/// The agent's settings, opened in memory only (never written or logged).
+#[derive(Debug, Default)]
+pub struct PeelState {
+    settings: std::sync::RwLock<Option<Value>>,
+}
+
+impl PeelState {
+    fn settings(&self) -> Option<Value> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Why the agent could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -232,6 +257,31 @@ impl Agent {
     /// emits `zester.event.<id>.start` and publishes the facts; from then on the agent
     /// reconnects forever and re-publishes its facts after every reconnect.
     pub async fn start(options: AgentOptions) -> Result<Agent, AgentError> {
+        Agent::start_with_settings(options, None).await
+    }
+
+    /// [`Agent::start`], and with `settings_key` the agent also fetches its settings after
+    /// every connect and opens their secrets in memory.
+    pub async fn start_with_settings(
+        options: AgentOptions,
+        settings_key: Option<SettingsKey>,
+    ) -> Result<Agent, AgentError> {
+        let secret_key = match &settings_key {
+            Some(key) => {
+                let text =
+                    std::fs::read_to_string(&key.xkey_seed).map_err(|e| AgentError::Nats {
+                        what: format!("reading the curve seed {}", key.xkey_seed.display()),
+                        reason: e.to_string(),
+                    })?;
+                let xkey = nkeys::XKey::from_seed(text.trim()).map_err(|_| AgentError::Nats {
+                    what: format!("reading the curve seed {}", key.xkey_seed.display()),
+                    reason: "not a curve seed".into(),
+                })?;
+                Some((xkey, key.master_xkey.clone()))
+            }
+            None => None,
+        };
+        let state = Arc::new(PeelState::default());
         let (creds, id) = load_creds(&options.creds)?;
         let exp = creds.jwt().claims().exp;
         if exp != 0 && exp <= now_unix() {
@@ -302,8 +352,14 @@ impl Agent {
             id.clone(),
             connected_rx,
             facts_stopped,
+            secret_key.map(|key| (key, state.clone())),
         ));
-        let commands = tokio::spawn(serve_commands(client.clone(), id.clone(), subscriber));
+        let commands = tokio::spawn(serve_commands(
+            client.clone(),
+            id.clone(),
+            subscriber,
+            state,
+        ));
         Ok(Agent {
             id,
             client,
@@ -362,6 +418,14 @@ impl Agent {
 
 /// Runs an agent until SIGINT or SIGTERM, then stops it (draining the connection).
 pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
+    run_with_settings(options, None).await
+}
+
+/// [`run`], fetching and opening the settings with `settings_key`.
+pub async fn run_with_settings(
+    options: AgentOptions,
+    settings_key: Option<SettingsKey>,
+) -> Result<(), AgentError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before connecting so that a signal during start is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
@@ -372,7 +436,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
         signal: "SIGTERM",
         source,
     })?;
-    let agent = Agent::start(options).await?;
+    let agent = Agent::start_with_settings(options, settings_key).await?;
     tokio::select! {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
@@ -460,6 +524,7 @@ async fn publish_facts(
     id: PeelId,
     mut connected: mpsc::Receiver<()>,
     mut stop: oneshot::Receiver<()>,
+    settings: Option<((nkeys::XKey, String), Arc<PeelState>)>,
 ) {
     let subject = format!("zester.fact.{id}");
     loop {
@@ -479,17 +544,36 @@ async fn publish_facts(
             Ok(()) => tracing::debug!(peel = %id, "facts published"),
             Err(e) => tracing::warn!(peel = %id, "cannot publish facts: {e}"),
         }
+        if let Some(((xkey, master), state)) = &settings {
+            let opened = crate::settings::fetch(&client, &id).await.and_then(|doc| {
+                doc.map(|doc| crate::settings::open_secrets(&doc, xkey, master))
+                    .transpose()
+            });
+            match opened {
+                Ok(doc) => {
+                    tracing::info!(peel = %id, present = doc.is_some(), "settings loaded");
+                    *state.settings.write().unwrap_or_else(|p| p.into_inner()) = doc;
+                }
+                // The error names the place in the document, never a value.
+                Err(e) => tracing::warn!(peel = %id, "cannot load settings: {e}"),
+            }
+        }
     }
 }
 
 /// Answers the master's commands until the subscription ends (on drain).
-async fn serve_commands(client: Client, id: PeelId, mut commands: Subscriber) {
+async fn serve_commands(
+    client: Client,
+    id: PeelId,
+    mut commands: Subscriber,
+    state: Arc<PeelState>,
+) {
     while let Some(message) = commands.next().await {
         let Some(reply) = message.reply else {
             tracing::warn!(peel = %id, subject = %message.subject, "command without a reply subject ignored");
             continue;
         };
-        let answer = answer(&message.payload);
+        let answer = answer(&message.payload, &state);
         if let Err(e) = client.publish(reply, answer.to_string().into()).await {
             tracing::warn!(peel = %id, "cannot answer a command: {e}");
         }
@@ -498,14 +582,26 @@ async fn serve_commands(client: Client, id: PeelId, mut commands: Subscriber) {
 
 /// A command handler: the request in (`Value::Null` when the master sent only the name), the
 /// JSON answer out.
-type Handler = fn(&Value) -> Value;
+type Handler = fn(&Value, &PeelState) -> Value;
 
 /// The commands a peel knows, by name. A new command is one function and one line here.
-const COMMANDS: &[(&str, Handler)] = &[("test.ping", test_ping)];
+const COMMANDS: &[(&str, Handler)] = &[("test.ping", test_ping), ("settings.keys", settings_keys)];
 
 /// `test.ping`: the master checks the peel is alive and answering.
-fn test_ping(_request: &Value) -> Value {
+fn test_ping(_request: &Value, _state: &PeelState) -> Value {
     Value::Bool(true)
+}
+
+/// `settings.keys`: which settings the peel holds (names only, never values), and how many
+/// secrets it opened.
+fn settings_keys(_request: &Value, state: &PeelState) -> Value {
+    match state.settings() {
+        Some(Value::Object(map)) => {
+            let keys: Vec<&String> = map.keys().collect();
+            json!({ "keys": keys })
+        }
+        _ => json!({ "keys": [] }),
+    }
 }
 
 /// A command as the master sent it.
@@ -542,13 +638,13 @@ fn parse_command(payload: &[u8]) -> Result<CommandRequest, String> {
 }
 
 /// The answer to a command payload: the handler's answer, or `{"error": …}`.
-fn answer(payload: &[u8]) -> Value {
+fn answer(payload: &[u8], state: &PeelState) -> Value {
     let request = match parse_command(payload) {
         Ok(request) => request,
         Err(message) => return json!({ "error": message }),
     };
     match COMMANDS.iter().find(|(name, _)| *name == request.fun) {
-        Some((_, handler)) => handler(&request.body),
+        Some((_, handler)) => handler(&request.body, state),
         None => {
             let name: String = request.fun.chars().take(MAX_ECHOED_NAME).collect();
             json!({ "error": format!("unknown command {name}") })
@@ -565,19 +661,28 @@ mod tests {
 
     #[test]
     fn ping_is_answered_in_both_forms() {
-        assert_eq!(answer(b"test.ping"), Value::Bool(true));
-        assert_eq!(answer(b"  test.ping\n"), Value::Bool(true));
-        assert_eq!(answer(br#"{"fun":"test.ping"}"#), Value::Bool(true));
+        assert_eq!(
+            answer(b"test.ping", &PeelState::default()),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            answer(b"  test.ping\n", &PeelState::default()),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            answer(br#"{"fun":"test.ping"}"#, &PeelState::default()),
+            Value::Bool(true)
+        );
     }
 
     #[test]
     fn unknown_and_malformed_commands_get_an_error() {
         assert_eq!(
-            answer(b"test.pong"),
+            answer(b"test.pong", &PeelState::default()),
             json!({"error": "unknown command test.pong"})
         );
         assert_eq!(
-            answer(br#"{"fun":"nope"}"#),
+            answer(br#"{"fun":"nope"}"#, &PeelState::default()),
             json!({"error": "unknown command nope"})
         );
         for payload in [
@@ -588,11 +693,11 @@ mod tests {
             br#"{"fun":1}"#,
             b"{}",
         ] {
-            let got = answer(payload);
+            let got = answer(payload, &PeelState::default());
             assert!(got["error"].is_string(), "{payload:?} gave {got}");
         }
         let long = "x".repeat(1000);
-        let got = answer(long.as_bytes());
+        let got = answer(long.as_bytes(), &PeelState::default());
         assert_eq!(
             got["error"].as_str().unwrap().len(),
             "unknown command ".len() + MAX_ECHOED_NAME
