@@ -583,15 +583,10 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// `zester creds rotate signing-key [--finish]` (with the appliance stopped: every running
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
-    if let Ok(text) = std::fs::read_to_string(home.runtime_file()) {
-        let pid = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["pid"].as_u64());
-        if pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
-            return Err(CommandError::Appliance(
-                "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
-            ));
-        }
+    if crate::up::RuntimeInfo::live(home).is_some() {
+        return Err(CommandError::Appliance(
+            "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
+        ));
     }
     let signer = home.rotate_signing_key(finish, now)?;
     let human = if finish {

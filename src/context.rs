@@ -163,11 +163,7 @@ pub fn context_json(name: &str, role: Role, url: &str, creds: &Path, ca: &Path) 
 
 /// The URL of a live `zester up` on `home`, if its runtime file names a living process.
 fn running_url(home: &Home) -> Option<String> {
-    let text = std::fs::read_to_string(home.runtime_file()).ok()?;
-    let runtime: RuntimeInfo = serde_json::from_str(&text).ok()?;
-    Path::new(&format!("/proc/{}", runtime.pid))
-        .exists()
-        .then_some(runtime.url)
+    RuntimeInfo::live(home).map(|runtime| runtime.url)
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf, ContextError> {

@@ -122,11 +122,18 @@ enum ContextCommand {
     },
 }
 
-/// Options shared by the key state changes.
+/// A key state change: a target and the shared options.
 #[derive(Debug, clap::Args)]
 struct KeyActionArgs {
     /// A peel id, or a glob over ids (`*`, `?`), e.g. 'web-*'.
     target: String,
+    #[command(flatten)]
+    options: KeyActionOptions,
+}
+
+/// Options shared by every key state change.
+#[derive(Debug, clap::Args)]
+struct KeyActionOptions {
     /// Act on every key a glob matches without asking.
     #[arg(long)]
     yes: bool,
@@ -170,18 +177,8 @@ enum KeyCommand {
         reconsider: bool,
         /// A peel id or glob (not with --all-pending).
         target: Option<String>,
-        /// Act on every key a glob matches without asking.
-        #[arg(long)]
-        yes: bool,
-        /// Why (kept in the key's history).
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        reason: String,
-        /// Act only if the key still has this fingerprint.
-        #[arg(long, value_name = "FP")]
-        fingerprint: Option<String>,
-        /// Print a JSON document instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        options: KeyActionOptions,
     },
     /// Reject pending keys.
     Reject(KeyActionArgs),
@@ -574,16 +571,17 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
     use zester::keys::KeyState;
     let act = |to: Option<KeyState>, from: Option<KeyState>, args: KeyActionArgs| {
+        let KeyActionArgs { target, options } = args;
         (
             commands::KeyAction {
                 to,
                 from,
-                target: args.target,
-                yes: args.yes,
-                reason: args.reason,
-                fingerprint: args.fingerprint,
+                target,
+                yes: options.yes,
+                reason: options.reason,
+                fingerprint: options.fingerprint,
             },
-            args.json,
+            options.json,
         )
     };
     let (action, only, json) = match command {
@@ -599,10 +597,7 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
             all_pending,
             reconsider,
             target,
-            yes,
-            reason,
-            fingerprint,
-            json,
+            mut options,
         } => {
             let target = match (all_pending, target) {
                 (true, _) => "*".to_string(),
@@ -615,16 +610,11 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
             } else {
                 KeyState::Pending
             };
+            options.yes |= all_pending;
             let (action, json) = act(
                 Some(KeyState::Accepted),
                 Some(from),
-                KeyActionArgs {
-                    target,
-                    yes: yes || all_pending,
-                    reason,
-                    fingerprint,
-                    json,
-                },
+                KeyActionArgs { target, options },
             );
             (action, only, json)
         }

@@ -679,16 +679,29 @@ async fn serve_status(
     }))
 }
 
+impl RuntimeInfo {
+    /// What `<home>/nats/runtime.json` says, if it is there and readable.
+    pub fn read(home: &Home) -> Result<RuntimeInfo, String> {
+        let path = home.runtime_file();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| format!("no {} (start it with `zester up`)", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is unreadable: {e}", path.display()))
+    }
+
+    /// True while the process that wrote it still runs.
+    pub fn is_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    /// The runtime info of a `zester up` that is running now on `home`.
+    pub fn live(home: &Home) -> Option<RuntimeInfo> {
+        RuntimeInfo::read(home).ok().filter(RuntimeInfo::is_alive)
+    }
+}
+
 /// Connects to the running appliance with the admin creds (for `zester status`, `zester key`).
 pub async fn admin_connect(home: &Home) -> Result<async_nats::Client, StatusError> {
-    let path = home.runtime_file();
-    let text = std::fs::read_to_string(&path).map_err(|_| StatusError::NotRunning {
-        reason: format!("no {} (start it with `zester up`)", path.display()),
-    })?;
-    let runtime: RuntimeInfo =
-        serde_json::from_str(&text).map_err(|e| StatusError::NotRunning {
-            reason: format!("{} is unreadable: {e}", path.display()),
-        })?;
+    let runtime = RuntimeInfo::read(home).map_err(|reason| StatusError::NotRunning { reason })?;
     let endpoint = Endpoint {
         url: runtime.url.clone(),
         ca: home.ca_cert(),
@@ -705,14 +718,18 @@ pub async fn admin_connect(home: &Home) -> Result<async_nats::Client, StatusErro
     )
     .await
     .map_err(|e| {
-        if Path::new(&format!("/proc/{}", runtime.pid)).exists() {
+        if runtime.is_alive() {
             StatusError::Unreachable {
                 pid: runtime.pid,
                 reason: e.to_string(),
             }
         } else {
             StatusError::NotRunning {
-                reason: format!("{e}; pid {} from {} is gone", runtime.pid, path.display()),
+                reason: format!(
+                    "{e}; pid {} from {} is gone",
+                    runtime.pid,
+                    home.runtime_file().display()
+                ),
             }
         }
     })

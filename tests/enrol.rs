@@ -86,10 +86,7 @@ async fn enrol_accept_and_connect_with_creds_the_peel_wrote_itself() {
 
     // `zester peel run` with those creds answers the master's test.ping, and stops on SIGTERM.
     let mut agent = t.peel_run(&creds);
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .unwrap();
+    let master = t.master().await;
     assert!(
         appliance::ping(&master.nats, "web-01", Duration::from_secs(15)).await,
         "the enrolled peel's agent answers test.ping"

@@ -65,10 +65,7 @@ async fn command(master: &async_nats::Client, id: &str, payload: &'static str) -
 async fn the_agent_announces_itself_answers_commands_and_stops() {
     let t = appliance::start("").await;
     let creds = t.peel("web-01").await;
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .expect("the master connects");
+    let master = t.master().await;
     let mut everything = master.nats.subscribe("zester.>").await.unwrap();
     master.nats.flush().await.unwrap();
     common::sync(&master.nats, "_INBOX._master.sync").await;
@@ -168,10 +165,7 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
     // The first creds run out in a few seconds: the server then drops the connection, and the
     // agent can only get back in with the renewed creds written to the same file meanwhile.
     let path = t.peel_with_ttl("web-01", 4).await;
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .expect("the master connects");
+    let master = t.master().await;
     let mut facts = master.nats.subscribe("zester.fact.web-01").await.unwrap();
     master.nats.flush().await.unwrap();
     common::sync(&master.nats, "_INBOX._master.sync").await;
@@ -228,10 +222,7 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
 async fn run_stops_cleanly_on_sigterm() {
     let t = appliance::start("").await;
     let creds = t.peel("web-02").await;
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .expect("the master connects");
+    let master = t.master().await;
     let mut events = master
         .nats
         .subscribe("zester.event.web-02.>")

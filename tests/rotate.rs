@@ -18,10 +18,7 @@ async fn a_running_peel_keeps_serving_through_its_rotation() {
     let old_key = zester::home::read_creds(&creds).unwrap().key().public_key();
 
     let mut agent = t.peel_run(&creds);
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .unwrap();
+    let master = t.master().await;
     assert!(
         appliance::ping(&master.nats, "web-01", Duration::from_secs(15)).await,
         "agent never answered"

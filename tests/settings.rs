@@ -108,10 +108,7 @@ async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .unwrap();
+    let master = t.master().await;
     let mut keys = serde_json::Value::Null;
     for _ in 0..60 {
         if let Ok(Ok(reply)) = tokio::time::timeout(

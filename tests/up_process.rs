@@ -47,10 +47,7 @@ async fn an_expired_session_reconnects_through_the_callout_keeping_its_subscript
     );
 
     // The subscription survived: a command from the master still arrives.
-    let master = t
-        .connect(&t.home.service_creds("master"), "_INBOX._master")
-        .await
-        .unwrap();
+    let master = t.master().await;
     let message = common::publish_until_received(
         &master.nats,
         "zester.cmd.peel-a",

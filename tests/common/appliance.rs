@@ -189,6 +189,13 @@ impl TestAppliance {
         }
     }
 
+    /// Connects as the master (through the callout, with the master's inbox prefix).
+    pub async fn master(&self) -> Client {
+        self.connect(&self.home.service_creds("master"), "_INBOX._master")
+            .await
+            .expect("the master connects through the callout")
+    }
+
     /// Runs the `zester` binary on this appliance's home.
     pub fn zester(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
