@@ -375,6 +375,12 @@ impl Agent {
         &self.id
     }
 
+    /// The agent's connection, for callers that publish on the peel's behalf (the load runner
+    /// sends its traffic through it). It has the peel's permissions and no more.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Stops publishing facts, drains the connection (pending answers and publishes are sent,
     /// the command subscription is closed) and waits for the tasks. Gives up after 10 s, e.g.
     /// when the server is unreachable, with [`AgentError::StopTimeout`].
