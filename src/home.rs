@@ -135,18 +135,20 @@ pub fn write_atomic_with(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Errors name `path`, the file the user asked for: the temp file is gone by the time they
+    // read the message (a full disk reads "could not write …/web-01.creds: No space left").
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&temp)
-            .map_err(io_error("create", &temp))?;
+            .map_err(io_error("create", path))?;
         // The umask may have narrowed the mode; widen it back to exactly `mode`.
         file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_error("set permissions on", &temp))?;
-        file.write_all(contents).map_err(io_error("write", &temp))?;
-        file.sync_all().map_err(io_error("sync", &temp))?;
+            .map_err(io_error("set permissions on", path))?;
+        file.write_all(contents).map_err(io_error("write", path))?;
+        file.sync_all().map_err(io_error("sync", path))?;
         before_rename(&temp).map_err(io_error("write", path))?;
         fs::rename(&temp, path).map_err(io_error("replace", path))?;
         File::open(dir)
@@ -606,6 +608,26 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "temp file was cleaned up");
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_asked_for_not_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/x.creds");
+        let err = write_atomic(&path, b"new", SECRET_MODE).unwrap_err();
+        let HomeError::Io {
+            path: named,
+            source,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(named, &path, "{err}");
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        assert!(err
+            .to_string()
+            .starts_with(&format!("could not create {}: ", path.display())));
     }
 
     #[test]
