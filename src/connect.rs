@@ -3,7 +3,9 @@
 //! master and system connections, and by CLI clients such as `zester status`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +51,69 @@ pub struct ClientSpec<'a> {
     pub long_lived: bool,
 }
 
+/// Whether one of the appliance's own connections is up, for connections that must not
+/// reconnect before it: the master signs in through the callout, so a master that reaches a
+/// restarted nats-server before the callout connection has resubscribed gets no answer and is
+/// held for the server's whole auth timeout (3 s) and then refused.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Milliseconds since [`epoch`] at which the connection came up, plus one; 0 while down.
+    up_since: Arc<AtomicU64>,
+}
+
+/// How long a connection must have been up before the ones waiting for it go ahead (it sends
+/// its subscriptions right after the connect; the server has them well within this).
+const PRESENCE_SETTLE: Duration = Duration::from_millis(25);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Presence {
+    fn mark(&self, up: bool) {
+        let value = if up {
+            epoch().elapsed().as_millis() as u64 + 1
+        } else {
+            0
+        };
+        self.up_since.store(value, Ordering::Relaxed);
+    }
+
+    /// True once the connection has been up for [`PRESENCE_SETTLE`].
+    pub fn is_settled(&self) -> bool {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => false,
+            since => {
+                let up_for = (epoch().elapsed().as_millis() as u64 + 1).saturating_sub(since);
+                up_for >= PRESENCE_SETTLE.as_millis() as u64
+            }
+        }
+    }
+}
+
+/// How a long-lived connection relates to the appliance's other connections.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionOrder {
+    /// Kept current with this connection's state.
+    pub announce: Option<Presence>,
+    /// Reconnect only once this one is up (see [`Presence`]).
+    pub after: Option<Presence>,
+}
+
 /// Connects over TLS with creds.
 pub async fn connect(
     endpoint: &Endpoint,
     spec: &ClientSpec<'_>,
+) -> Result<async_nats::Client, ConnectError> {
+    connect_ordered(endpoint, spec, ConnectionOrder::default()).await
+}
+
+/// [`connect`], announcing this connection's state and/or reconnecting only after another's.
+pub async fn connect_ordered(
+    endpoint: &Endpoint,
+    spec: &ClientSpec<'_>,
+    order: ConnectionOrder,
 ) -> Result<async_nats::Client, ConnectError> {
     // Read once now so a broken file is reported at once, then again at every (re)connect so
     // that rotated creds (`zester creds rotate`) are picked up without a restart.
@@ -67,9 +128,23 @@ pub async fn connect(
         .custom_inbox_prefix(spec.inbox_prefix)
         .connection_timeout(Duration::from_secs(5));
     if spec.long_lived {
+        let after = order.after;
         options = options
             .max_reconnects(None)
-            .reconnect_delay_callback(reconnect_delay);
+            .reconnect_delay_callback(move |attempt| reconnect_delay(attempt, after.as_ref()));
+        if let Some(presence) = order.announce {
+            presence.mark(true);
+            options = options.event_callback(move |event| {
+                let presence = presence.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => presence.mark(true),
+                        async_nats::Event::Disconnected => presence.mark(false),
+                        _ => {}
+                    }
+                }
+            });
+        }
     } else {
         options = options.max_reconnects(Some(1));
     }
@@ -101,13 +176,23 @@ pub fn creds_file_auth(path: PathBuf) -> async_nats::ConnectOptions {
 }
 
 /// Delay before connect attempt `attempt` (async-nats asks before the very first one too):
-/// none for the first, then 100 ms doubling to 1 s, so a restarted child is found quickly.
-fn reconnect_delay(attempt: usize) -> Duration {
+/// none for the first, then 50 ms: the server is on this host, so a refused attempt costs
+/// nothing and the appliance's connections are back moments after a restarted child listens.
+/// A connection that waits for another (`after`) retries every second until that one is up.
+fn reconnect_delay(attempt: usize, after: Option<&Presence>) -> Duration {
     if attempt <= 1 {
         return Duration::ZERO;
     }
-    Duration::from_millis((50u64 << attempt.min(5)).min(1000))
+    match after {
+        Some(presence) if !presence.is_settled() => WAIT_FOR_PRESENCE,
+        _ => RETRY,
+    }
 }
+
+/// The pause between reconnect attempts of the appliance's own connections.
+const RETRY: Duration = Duration::from_millis(50);
+/// The pause of a connection whose prerequisite connection is down.
+const WAIT_FOR_PRESENCE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -115,9 +200,23 @@ mod tests {
 
     #[test]
     fn the_first_attempt_is_not_delayed() {
-        assert_eq!(reconnect_delay(0), Duration::ZERO);
-        assert_eq!(reconnect_delay(1), Duration::ZERO);
-        assert_eq!(reconnect_delay(2), Duration::from_millis(200));
-        assert_eq!(reconnect_delay(50), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(0, None), Duration::ZERO);
+        assert_eq!(reconnect_delay(1, None), Duration::ZERO);
+        assert_eq!(reconnect_delay(2, None), RETRY);
+        assert_eq!(reconnect_delay(50, None), RETRY);
+    }
+
+    #[test]
+    fn a_connection_waits_until_the_one_it_follows_has_settled() {
+        let callout = Presence::default();
+        assert!(!callout.is_settled());
+        assert_eq!(reconnect_delay(1, Some(&callout)), Duration::ZERO);
+        assert_eq!(reconnect_delay(2, Some(&callout)), WAIT_FOR_PRESENCE);
+        callout.mark(true);
+        std::thread::sleep(PRESENCE_SETTLE + Duration::from_millis(5));
+        assert!(callout.is_settled());
+        assert_eq!(reconnect_delay(2, Some(&callout)), RETRY);
+        callout.mark(false);
+        assert_eq!(reconnect_delay(3, Some(&callout)), WAIT_FOR_PRESENCE);
     }
 }

@@ -24,7 +24,7 @@ use crate::broker::supervisor::{Supervisor, SupervisorSettings};
 use crate::callout::audit::{self, AuditRecord, AuditSink};
 use crate::callout::decide::{self, KeyLookup, Trust};
 use crate::callout::service::{self, CalloutState};
-use crate::connect::{self, ClientSpec, Endpoint};
+use crate::connect::{self, ClientSpec, ConnectionOrder, Endpoint, Presence};
 use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::peel_id::PeelId;
@@ -237,12 +237,19 @@ impl Appliance {
         ));
 
         let callout_creds = home.service_creds("callout");
+        // The master signs in through the callout: after a restart of the child it reconnects
+        // only once the callout connection is back.
+        let callout_presence = Presence::default();
         let callout = connect_own(
             &endpoint,
             &callout_creds,
             "zester-callout",
             ADMIN_INBOX_PREFIX,
             "callout connection",
+            ConnectionOrder {
+                announce: Some(callout_presence.clone()),
+                after: None,
+            },
         )
         .await?;
         let mut tasks = vec![service::serve(callout.clone(), state.clone())
@@ -256,6 +263,7 @@ impl Appliance {
             "zester-sys",
             "_INBOX._sys",
             "system connection",
+            ConnectionOrder::default(),
         )
         .await?;
         tasks.push(
@@ -275,6 +283,10 @@ impl Appliance {
             "zester-master",
             MASTER_INBOX_PREFIX,
             "master connection (through the callout)",
+            ConnectionOrder {
+                announce: None,
+                after: Some(callout_presence),
+            },
         )
         .await?;
         let keys = Arc::new(KeyStore::open(master.clone()).await?);
@@ -473,8 +485,9 @@ async fn connect_own(
     name: &str,
     inbox_prefix: &str,
     what: &'static str,
+    order: ConnectionOrder,
 ) -> Result<async_nats::Client, UpError> {
-    let client = connect::connect(
+    let client = connect::connect_ordered(
         endpoint,
         &ClientSpec {
             creds,
@@ -482,6 +495,7 @@ async fn connect_own(
             inbox_prefix,
             long_lived: true,
         },
+        order,
     )
     .await
     .map_err(|source| UpError::Connect { what, source })?;
@@ -540,7 +554,8 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
         return None;
     }
     let presented = client["jwt"].as_str().unwrap_or_default();
-    let refusal = decide::diagnose(presented, &state.trust(), now);
+    let held = held_for(client["start"].as_str(), client["stop"].as_str());
+    let refusal = decide::diagnose(presented, &state.trust(), now, held);
     let mut record = AuditRecord::at(now, "server", "refuse");
     record.code = refusal.code().to_string();
     record.reason = format!(
@@ -554,6 +569,23 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
         .unwrap_or_else(|| client["user"].as_str().unwrap_or_default().to_string());
     record.server_id = server_id.to_string();
     Some(record)
+}
+
+/// How long the server held a client: from the `start` to the `stop` of its auth-error event
+/// (RFC 3339 with fractions, UTC). Only the time of day is compared, across midnight too.
+fn held_for(start: Option<&str>, stop: Option<&str>) -> Option<Duration> {
+    fn seconds_of_day(stamp: &str) -> Option<f64> {
+        let time = stamp.split('T').nth(1)?.trim_end_matches('Z');
+        let mut parts = time.splitn(3, ':');
+        let hours: f64 = parts.next()?.parse().ok()?;
+        let minutes: f64 = parts.next()?.parse().ok()?;
+        // Seconds with an optional fraction; an offset other than Z is not expected here.
+        let seconds: f64 = parts.next()?.parse().ok()?;
+        Some(hours * 3600.0 + minutes * 60.0 + seconds)
+    }
+    let held = seconds_of_day(stop?)? - seconds_of_day(start?)?;
+    let held = if held < 0.0 { held + 86_400.0 } else { held };
+    Duration::try_from_secs_f64(held).ok()
 }
 
 /// The `sub` a JWT claims, read without verification (for naming who was refused).
@@ -794,4 +826,24 @@ pub enum StatusError {
     /// An answer that is not JSON.
     #[error("zester answered with an unreadable status: {0}")]
     Malformed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn how_long_the_server_held_a_client() {
+        let held = |a, b| held_for(Some(a), Some(b)).map(|d| d.as_millis());
+        assert_eq!(
+            held("2026-11-23T19:40:01.25Z", "2026-11-23T19:40:04.25Z"),
+            Some(3000)
+        );
+        assert_eq!(
+            held("2026-11-23T23:59:59.5Z", "2026-11-24T00:00:00.5Z"),
+            Some(1000)
+        );
+        assert_eq!(held("garbage", "2026-11-24T00:00:00Z"), None);
+        assert_eq!(held_for(None, Some("2026-11-24T00:00:00Z")), None);
+    }
 }

@@ -109,6 +109,11 @@ pub enum Refusal {
     /// The request itself is malformed or not from a server.
     #[error("authorization request: {0}")]
     BadRequest(String),
+    /// nats-server held a valid client for its whole auth timeout without an answer from the
+    /// callout: the callout connection was not subscribed yet (just after a restart of the
+    /// child) or too busy. The client retries; nothing is wrong with its creds.
+    #[error("nats-server got no answer from the callout in time (it was reconnecting or overloaded); the creds are fine and the client retries")]
+    NoCalloutAnswer,
 }
 
 impl Refusal {
@@ -135,6 +140,7 @@ impl Refusal {
             Refusal::UnknownKey { .. } => "key_unknown",
             Refusal::KeyNotAccepted { .. } => "key_not_accepted",
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::NoCalloutAnswer => "callout_no_answer",
         }
     }
 }
@@ -226,11 +232,22 @@ fn admit_user_jwt(
     })
 }
 
-/// Explains a refusal nats-server made before asking the callout, from the JWT the client
-/// presented (the server's auth-error event carries it, but only says "Authentication
-/// Failure"). The server checks signature, expiry, the chain and the nonce signature itself, so
-/// a JWT that passes every check here must have failed the nonce signature.
-pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64) -> Refusal {
+/// How long nats-server held a client before refusing it, from which on the refusal is taken
+/// for a callout that never answered (the server waits its auth timeout, 3 s with TLS).
+pub const NO_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_millis(2_500);
+
+/// Explains a refusal the callout did not make, from the JWT the client presented (the
+/// server's auth-error event carries it, but only says "Authentication Failure") and how long
+/// the server held the client (`held`). The server checks signature, expiry, the chain and the
+/// nonce signature itself before asking the callout, so a JWT that passes every check here
+/// failed the nonce signature — unless the server held the client for its auth timeout, which
+/// means it was waiting for a callout answer that never came.
+pub fn diagnose(
+    jwt_text: &str,
+    trust: &Trust,
+    now: i64,
+    held: Option<std::time::Duration>,
+) -> Refusal {
     if jwt_text.is_empty() || jwt_text == trust.sentinel {
         return Refusal::NoCredentials;
     }
@@ -240,6 +257,9 @@ pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64) -> Refusal {
     };
     if let Err(e) = chain::verify_user(&trust.operator, &trust.account, &user, now) {
         return Refusal::Chain(e);
+    }
+    if held.is_some_and(|held| held >= NO_ANSWER_AFTER) {
+        return Refusal::NoCalloutAnswer;
     }
     Refusal::NonceSignatureMismatch {
         nkey: user.subject().to_string(),
@@ -369,6 +389,32 @@ mod tests {
             Decision::Refuse { refusal, .. } => refusal,
             Decision::Allow(a) => panic!("allowed: {a:?}"),
         }
+    }
+
+    #[test]
+    fn a_server_refusal_after_the_auth_timeout_is_a_missing_callout_answer() {
+        let mut w = world();
+        let (_, token) = peel(&mut w, "web-01", KeyState::Accepted);
+        let quick = Some(std::time::Duration::from_millis(3));
+        let held = Some(std::time::Duration::from_millis(3_001));
+        assert_eq!(
+            diagnose(&token, &w.trust, NOW, quick).code(),
+            "nonce_signature_mismatch"
+        );
+        assert_eq!(
+            diagnose(&token, &w.trust, NOW, None).code(),
+            "nonce_signature_mismatch"
+        );
+        assert_eq!(
+            diagnose(&token, &w.trust, NOW, held).code(),
+            "callout_no_answer"
+        );
+        // A JWT that is itself bad keeps its own reason however long the server waited.
+        assert_eq!(
+            diagnose(&token, &w.trust, NOW + 7200, held).code(),
+            "jwt_expired"
+        );
+        assert_eq!(diagnose("", &w.trust, NOW, held).code(), "no_credentials");
     }
 
     #[test]
