@@ -26,6 +26,7 @@ use crate::authority::{Authority, AuthorityError, ServiceUsers, StoredAuthority}
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 use crate::identity::creds::{Creds, CredsError};
 use crate::pki::{self, PkiError, ServerNames};
+use crate::permissions::Role;
 
 /// Mode of secret files.
 pub const SECRET_MODE: u32 = 0o600;
@@ -475,6 +476,9 @@ impl Home {
             )
         };
         if finish {
+            // A rotation killed before it rewrote the service creds left them signed by a key
+            // about to be retired: sign them again (same keys) with the current one first.
+            self.reissue_creds_signed_by_old_keys(&authority, now)?;
             let authority = authority
                 .retire_previous_signing_keys(now)
                 .map_err(damaged)?;
@@ -506,6 +510,47 @@ impl Home {
             write_creds(&self.service_creds(name), creds)?;
         }
         Ok(authority.zester_signer.public_key())
+    }
+}
+
+impl Home {
+    /// Re-issues, with the same key, every service creds (callout, master, admin) that the
+    /// current ZESTER signing key did not sign; returns their names.
+    fn reissue_creds_signed_by_old_keys(
+        &self,
+        authority: &Authority,
+        now: i64,
+    ) -> Result<Vec<&'static str>, HomeError> {
+        let current = authority.zester_signer.public_key();
+        let mut reissued = Vec::new();
+        for (name, role) in [
+            ("callout", Role::Callout),
+            ("master", Role::Master),
+            ("admin", Role::Admin),
+        ] {
+            let path = self.service_creds(name);
+            let creds = read_creds(&path)?;
+            if creds.jwt().claims().iss == current {
+                continue;
+            }
+            let seed = creds.key().seed().unwrap_or_default();
+            let key = nkeys::KeyPair::from_seed(&seed).map_err(|_| HomeError::Creds {
+                path: path.clone(),
+                source: crate::identity::creds::CredsError::Seed(
+                    crate::identity::keys::KeyError::InvalidSeed,
+                ),
+            })?;
+            let fresh = authority
+                .issue_creds(key, name, &role, now, 0)
+                .map_err(|source| HomeError::Authority {
+                    dir: self.auth_dir(),
+                    source: Box::new(source),
+                })?;
+            write_creds(&path, &fresh)?;
+            tracing::warn!(creds = %path.display(), "re-signed with the current signing key (the last rotation did not finish)");
+            reissued.push(name);
+        }
+        Ok(reissued)
     }
 }
 

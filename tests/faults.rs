@@ -716,10 +716,10 @@ fn a_full_disk_under_creds_issue_fails_cleanly_and_keeps_the_old_file() {
 
 /// `creds rotate signing-key` writes the account JWT, then the new seed, then the service creds.
 /// Killed before the creds (simulated here by putting the old ones back), the home still
-/// works, since the old signing key stays listed. But `--finish` then retires the key that
-/// signed the service creds, and `zester up` can no longer connect its callout.
+/// works, since the old signing key stays listed. `--finish` must then re-sign the service
+/// creds with the current key before it retires the old one, or `zester up` could no longer
+/// connect its callout.
 #[test]
-#[ignore = "bug: --finish after an interrupted signing-key rotation leaves service creds signed by a retired key"]
 fn finish_after_an_interrupted_signing_key_rotation_keeps_up_working() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
