@@ -135,16 +135,12 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A temp name of our own: pid and a random part, so neither a concurrent writer nor the
+    // leftover of a killed process with the same pid is ever opened or removed by mistake.
+    let (temp, mut file) = create_temp(dir, &name, mode).map_err(io_error("create", path))?;
     // Errors name `path`, the file the user asked for: the temp file is gone by the time they
     // read the message (a full disk reads "could not write …/web-01.creds: No space left").
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)
-            .map_err(io_error("create", path))?;
         // The umask may have narrowed the mode; widen it back to exactly `mode`.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_error("set permissions on", path))?;
@@ -160,6 +156,30 @@ pub fn write_atomic_with(
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Creates `<dir>/.<name>.<pid>.<random>.tmp` with `mode`, trying other random parts if a name
+/// is taken.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let temp = dir.join(format!(
+            ".{name}.{}.{:08x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temp file name")))
 }
 
 fn read_text(path: &Path) -> Result<String, HomeError> {

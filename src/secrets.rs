@@ -105,6 +105,10 @@ impl Envelope {
 
 /// Parses `ENC[<xkey>,<base64>]` (surrounding whitespace ignored). Checks the form, the
 /// recipient key and the base64; the payload itself is checked when opened.
+///
+/// The base64 must be canonical: `data_encoding` also decodes concatenated padded blocks
+/// (`eHk=eHk=`), which Go's `base64.StdEncoding` refuses; accepting them would give one payload
+/// many texts.
 pub fn parse(text: &str) -> Result<Envelope, SecretError> {
     let inner = text
         .trim()
@@ -120,6 +124,9 @@ pub fn parse(text: &str) -> Result<Envelope, SecretError> {
     let payload = BASE64
         .decode(body.as_bytes())
         .map_err(|_| SecretError::BadBase64)?;
+    if BASE64.encode(&payload) != body {
+        return Err(SecretError::BadBase64);
+    }
     Ok(Envelope {
         recipient: recipient.to_string(),
         payload,

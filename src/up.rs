@@ -780,8 +780,13 @@ pub async fn admin_request(
     )
     .await
     .map_err(|_| StatusError::NoAnswer)?
-    .map_err(|e| StatusError::NotRunning {
-        reason: e.to_string(),
+    .map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => StatusError::NotServing {
+            subject: subject.to_string(),
+        },
+        _ => StatusError::NotRunning {
+            reason: e.to_string(),
+        },
     })?;
     let mut answer: Value = serde_json::from_slice(&reply.payload)
         .map_err(|e| StatusError::Malformed(e.to_string()))?;
@@ -820,6 +825,13 @@ pub enum StatusError {
     /// Connected, but no answer.
     #[error("zester is running but did not answer within 10 s")]
     NoAnswer,
+    /// Connected, but nothing listens on the subject: zester's master connection, which serves
+    /// the admin API, is reconnecting (after a restart of nats-server or a creds rotation).
+    #[error("zester is running but nothing serves {subject} right now (its master connection is reconnecting, e.g. after a restart of nats-server or `zester creds rotate master`): try again in a moment")]
+    NotServing {
+        /// The request subject.
+        subject: String,
+    },
     /// The appliance answered with an error.
     #[error("{0}")]
     Refused(String),

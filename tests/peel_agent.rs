@@ -201,13 +201,19 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
         connected_at >= earliest.as_str(),
         "reconnected at {connected_at}, before {earliest}"
     );
-    let admissions = t
-        .audit()
-        .iter()
-        .filter(|r| r["decision"] == "allow" && r["peel_id"] == "web-01")
-        .count();
+    // The audit writer appends a moment after the decision: wait for the second admission.
+    let admissions = || {
+        t.audit()
+            .iter()
+            .filter(|r| r["decision"] == "allow" && r["peel_id"] == "web-01")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admissions() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        admissions >= 2,
+        admissions() >= 2,
         "the reconnect did not go through the callout"
     );
     assert_eq!(

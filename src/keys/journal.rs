@@ -115,7 +115,7 @@ pub fn pending_entries(home: &Home) -> Result<Vec<PathBuf>, JournalError> {
         let item = item.map_err(io_error("list", &dir))?;
         let name = item.file_name();
         let name = name.to_string_lossy();
-        // Skips `rejected/` and the temp files of writes in progress (`.name.pid.tmp`).
+        // Skips `rejected/` and the temp files of writes in progress (`.name.pid.random.tmp`).
         let is_file = item.file_type().map(|t| t.is_file()).unwrap_or(false);
         if is_file && !name.starts_with('.') && name.ends_with(".json") {
             entries.push(item.path());
