@@ -1,7 +1,8 @@
 //! Fuzzing on stable Rust with a fixed budget: every parser that reads untrusted input —
 //! creds, JWTs, authorization requests (sealed and plain), enrolment and rotation requests,
-//! peel ids, the configuration — gets random and mutated inputs, and must answer with an error,
-//! never a panic; a mutated JWT is never accepted. Deterministic seeds, so a failure repeats.
+//! peel ids, the configuration, secret envelopes — gets random and mutated inputs, and must
+//! answer with an error, never a panic; a mutated JWT is never accepted. Deterministic seeds, so
+//! a failure repeats. Longer runs: `scripts/fuzz` (cargo fuzz targets in fuzz/).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -187,5 +188,46 @@ fn peel_ids_and_config_survive_garbage() {
         }
         let _ = Config::parse(&garbage);
         let _ = Config::parse(&String::from_utf8_lossy(&mutate(&mut rng, config)));
+    }
+}
+
+#[test]
+fn secret_envelopes_have_one_text() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let master = XKey::new();
+    let peel = XKey::new();
+    let sealed = zester::secrets::seal(b"db password", &master, &peel.public_key()).unwrap();
+    let payload = zester::secrets::parse(&sealed).unwrap().payload;
+    // Found by the envelope_open cargo fuzz target: data_encoding decodes concatenated padded
+    // blocks, so the same payload had other texts (`…ylw=068=` for `…ylzTrw==`).
+    let body = format!(
+        "{}{}",
+        data_encoding::BASE64.encode(&payload[..1]),
+        data_encoding::BASE64.encode(&payload[1..])
+    );
+    assert_eq!(
+        data_encoding::BASE64.decode(body.as_bytes()).unwrap(),
+        payload
+    );
+    let split = format!("ENC[{},{body}]", peel.public_key());
+    assert_eq!(
+        zester::secrets::parse(&split),
+        Err(zester::secrets::SecretError::BadBase64)
+    );
+    assert!(zester::secrets::open(&split, &peel, &master.public_key()).is_err());
+    for _ in 0..ROUNDS {
+        let garbage = String::from_utf8_lossy(&random_bytes(&mut rng)).into_owned();
+        let _ = zester::secrets::open(&garbage, &peel, &master.public_key());
+        let mutated = String::from_utf8_lossy(&mutate(&mut rng, sealed.as_bytes())).into_owned();
+        if let Ok(envelope) = zester::secrets::parse(&mutated) {
+            assert_eq!(
+                envelope.to_text(),
+                mutated.trim(),
+                "two texts for one envelope"
+            );
+        }
+        if zester::secrets::open(&mutated, &peel, &master.public_key()).is_ok() {
+            assert_eq!(mutated.trim(), sealed, "a mutated envelope opened");
+        }
     }
 }
