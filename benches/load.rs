@@ -59,7 +59,7 @@ const CREDS_TTL: i64 = 24 * 3600;
 /// Agents starting at once in the connect phase.
 const DEFAULT_CONNECT_CONCURRENCY: usize = 64;
 /// How long `zester up` may take to be ready with every key imported.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the fleet may take to come back after the restart before the runner gives up.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often the restart phase looks at the clients.
@@ -208,7 +208,10 @@ impl ZesterUp {
             .arg("--home")
             .arg(home.root())
             .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
-            .env("ZESTER_LOG", "warn")
+            .env(
+                "ZESTER_LOG",
+                std::env::var("ZESTER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -342,7 +345,10 @@ async fn run(args: &Args) -> Result<Value> {
     )
     .await
     .context("connecting the admin client")?;
-    wait_for_keys(&admin, args.peels, &mut zester).await?;
+    let log = scratch.path().join("zester.log");
+    if let Err(e) = wait_for_keys(&admin, args.peels, &mut zester).await {
+        return Err(e.context(format!("zester's log ends with:\n{}", log_tail(&log))));
+    }
     let ready_secs = ready_started.elapsed().as_secs_f64();
     eprintln!(
         "zester up (pid {}) ready with {} keys after {ready_secs:.1} s; RSS {:.1} MB",
@@ -560,12 +566,13 @@ async fn run(args: &Args) -> Result<Value> {
     }))
 }
 
-/// Issues the fleet's creds (files in `<home>/peels/`) and journals their keys as accepted.
+/// Issues the fleet's creds (files in `<home>/peels/`) and journals their keys as accepted, on
+/// a few threads (each file is synced to disk, which is what takes the time).
 fn issue_peels(home: &Home, count: usize) -> Result<Vec<PeelSpec>> {
+    const THREADS: usize = 8;
     let authority = home.load_authority()?;
     let now = now_unix();
-    let mut peels = Vec::with_capacity(count);
-    for i in 0..count {
+    let issue = |i: usize| -> Result<PeelSpec> {
         let id = PeelId::parse(&peel_id(i))?;
         let creds = authority.issue_peel(&id, now, CREDS_TTL)?;
         let path = home.peel_creds(id.as_str());
@@ -578,12 +585,48 @@ fn issue_peels(home: &Home, count: usize) -> Result<Vec<PeelSpec>> {
             now,
         )?;
         journal::record(home, &record)?;
-        peels.push(PeelSpec { id, creds: path });
-        if (i + 1) % 2000 == 0 {
-            eprintln!("  issued {} creds", i + 1);
+        Ok(PeelSpec { id, creds: path })
+    };
+    let done = AtomicU64::new(0);
+    let chunks: Vec<Vec<usize>> = (0..THREADS)
+        .map(|t| (t..count).step_by(THREADS).collect())
+        .collect();
+    let mut issued: Vec<(usize, PeelSpec)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                let (issue, done) = (&issue, &done);
+                scope.spawn(move || -> Result<Vec<(usize, PeelSpec)>> {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for &i in chunk {
+                        out.push((i, issue(i)?));
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n % 2000 == 0 {
+                            eprintln!("  issued {n} creds");
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for worker in workers {
+            let part = worker
+                .join()
+                .map_err(|_| anyhow!("an issuing thread panicked"))??;
+            all.extend(part);
         }
-    }
-    Ok(peels)
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    issued.sort_by_key(|(i, _)| *i);
+    Ok(issued.into_iter().map(|(_, spec)| spec).collect())
+}
+
+/// The last lines of zester's log, for errors.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Waits for `zester up` to write its runtime file.

@@ -92,8 +92,13 @@ pub fn permissions_for(role: &Role) -> Permissions {
         },
         Role::Master => {
             let all = strings(&["zester.>", "$JS.API.>", "$KV.>", "_INBOX.>"]);
+            // The key store's watch is an ordered consumer with flow control: once enough
+            // records are in flight (thousands of keys at start) the server waits for an empty
+            // reply on `$JS.FC.<stream>.…` before it sends more, so without this the watch stalls.
+            let mut publish = all.clone();
+            publish.push("$JS.FC.>".to_string());
             Permissions {
-                publish: allow(&all),
+                publish: allow(&publish),
                 subscribe: allow(&all),
                 resp: None,
             }
@@ -132,6 +137,15 @@ pub fn permissions_for(role: &Role) -> Permissions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_master_may_answer_jetstream_flow_control() {
+        let master = permissions_for(&Role::Master);
+        assert!(master.publish.allow.contains(&"$JS.FC.>".to_string()));
+        assert!(!master.subscribe.allow.contains(&"$JS.FC.>".to_string()));
+        let peel = peel("web-01");
+        assert!(!peel.publish.allow.iter().any(|s| s.starts_with("$JS.FC")));
+    }
 
     fn peel(id: &str) -> Permissions {
         permissions_for(&Role::Peel(PeelId::parse(id).unwrap()))
