@@ -83,7 +83,7 @@ zester load runner: real peel agents against a real `zester up`, then a nats-ser
 
 usage: scripts/load [--peels N] [--rate MSG_PER_SEC] [--duration SECS] [--no-restart]
                     [--connect-concurrency N] [--json FILE]
-       scripts/load --storm      (10,000 peels, 1 msg/s each, 30 s steady, then the restart)
+       scripts/load --storm      (10,000 peels, 1 msg/s each, 20 s steady, then the restart)
 
   --peels N                peels (agents) in the fleet              [default 1000]
   --rate M                 messages per second per peel, 0 for none [default 50]
@@ -140,7 +140,7 @@ impl Args {
                 "--storm" => {
                     args.peels = 10_000;
                     args.rate = 1;
-                    args.duration = Duration::from_secs(30);
+                    args.duration = Duration::from_secs(20);
                 }
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -327,7 +327,10 @@ async fn run(args: &Args) -> Result<Value> {
         issue_started.elapsed().as_secs_f64()
     );
 
-    let mut zester = ZesterUp::spawn(&home, &scratch.path().join("zester.log"))?;
+    // Outside the temp dir, so that it outlives a failed run.
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load-zester.log");
+    eprintln!("zester's log: {}", log.display());
+    let mut zester = ZesterUp::spawn(&home, &log)?;
     let ready_started = Instant::now();
     let runtime = wait_for_runtime(&home, &mut zester).await?;
     let endpoint = Endpoint {
@@ -345,7 +348,6 @@ async fn run(args: &Args) -> Result<Value> {
     )
     .await
     .context("connecting the admin client")?;
-    let log = scratch.path().join("zester.log");
     if let Err(e) = wait_for_keys(&admin, args.peels, &mut zester).await {
         return Err(e.context(format!("zester's log ends with:\n{}", log_tail(&log))));
     }
@@ -817,6 +819,8 @@ async fn restart_child(
         .map(|a| a.client().statistics().connects.load(Ordering::Relaxed))
         .collect();
     let audit_mark = audit_len(audit);
+    let cpu_before = (cpu_secs(zester.pid()), cpu_secs(std::process::id()));
+    let shed_before = status["decisions"]["shed"].as_u64().unwrap_or(0);
     eprintln!(
         "kill -9 nats-server (pid {child_pid}) with {} peels connected",
         live.len()
@@ -883,17 +887,29 @@ async fn restart_child(
         }
         tokio::time::sleep(RESTART_POLL).await;
     }
-    tokio::time::sleep(SETTLE).await;
-    let storm_audit = read_audit(audit, audit_mark)?;
+    let storm_secs = killed.elapsed().as_secs_f64();
     let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
         .await
         .map_err(|e| anyhow!("status after the restart: {e}"))?;
+    // CPU seconds from the kill to every peel heard: the new nats-server's whole life, zester's
+    // and this process's (the agents' TLS handshakes and sign-ins) since the kill.
+    let new_child = status["nats_server"]["pid"].as_u64().unwrap_or(0) as u32;
+    let cpu = json!({
+        "nats_server": cpu_secs(new_child),
+        "zester": cpu_secs(zester.pid()) - cpu_before.0,
+        "runner": cpu_secs(std::process::id()) - cpu_before.1,
+        "wall": storm_secs,
+    });
+    tokio::time::sleep(SETTLE).await;
+    let storm_audit = read_audit(audit, audit_mark)?;
     Ok(json!({
         "peels": live.len(),
         "reauthenticated": back_count,
         "all_reauthenticated_secs": reauth_secs,
         "all_heard_secs": heard_all.map(|d| d.as_secs_f64()),
         "nats_server_restarts": status["nats_server"]["restarts"],
+        "shed": status["decisions"]["shed"].as_u64().unwrap_or(0) - shed_before,
+        "cpu_secs": cpu,
         "new_nats_server_pid": status["nats_server"]["pid"],
         "callout": storm_audit.to_json(),
     }))
@@ -957,6 +973,26 @@ fn quantile(values: &[u64], q: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// utime + stime of `pid` in seconds (0 when unreadable).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
+        return 0.0;
+    };
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks / per_sec.max(1) as f64
 }
 
 /// (VmRSS, VmHWM) of `pid` in MB; zeros where there is no `/proc`.
@@ -1024,11 +1060,20 @@ fn print_report(args: &Args, r: &Value) {
             secs(&rs["all_heard_secs"])
         );
         println!(
-            "| callout decision, restart storm | p50 {} µs, p99 {} µs, max {} µs ({} allowed) |",
+            "| callout decision, restart storm | p50 {} µs, p99 {} µs, max {} µs ({} allowed, {} shed) |",
             rs["callout"]["p50_us"],
             rs["callout"]["p99_us"],
             rs["callout"]["max_us"],
-            rs["callout"]["allowed"]
+            rs["callout"]["allowed"],
+            rs["shed"]
+        );
+        let cpu = &rs["cpu_secs"];
+        println!(
+            "| restart CPU seconds | nats-server {:.1}, zester {:.1}, agents {:.1} over {:.1} s |",
+            f(&cpu["nats_server"]),
+            f(&cpu["zester"]),
+            f(&cpu["runner"]),
+            f(&cpu["wall"])
         );
     }
     println!(

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use crate::authority::{Authority, AuthorityError, ServiceUsers, StoredAuthority};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 use crate::identity::creds::{Creds, CredsError};
-use crate::pki::{self, PkiError, ServerNames};
 use crate::permissions::Role;
+use crate::pki::{self, PkiError, ServerNames};
 
 /// Mode of secret files.
 pub const SECRET_MODE: u32 = 0o600;

@@ -1101,6 +1101,7 @@ where
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
+        let mut limiter = LogLimiter::new(std::time::Instant::now());
         loop {
             buf.clear();
             match reader.read_until(b'\n', &mut buf).await {
@@ -1117,13 +1118,69 @@ where
                 continue;
             }
             let (level, message) = parse_log_line(line);
-            emit(level, pid, message);
+            match limiter.admit(std::time::Instant::now()) {
+                Admit::Show => emit(level, pid, message),
+                Admit::ShowAfterSuppressed(count) => {
+                    tracing::warn!(target: LOG_TARGET, pid, suppressed = count, "{count} nats-server log lines were not shown (more than {LOG_LINES_PER_SEC} a second, e.g. a client flooding it with permission violations)");
+                    emit(level, pid, message);
+                }
+                Admit::Hide => {}
+            }
             tail.push(match level {
                 Some(level) => format!("{} {message}", tag_of(level)),
                 None => line.to_string(),
             });
         }
     })
+}
+
+/// Child log lines shown per second at most (a burst of [`LOG_BURST`] first). nats-server logs
+/// every permission violation at error level, so one misbehaving client could otherwise flood
+/// zester's log and take the CPU the callout needs.
+const LOG_LINES_PER_SEC: f64 = 100.0;
+/// Lines that may be shown at once before the rate applies.
+const LOG_BURST: f64 = 500.0;
+
+/// What to do with one log line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Show,
+    /// Show it, after saying how many lines were hidden since the last one shown.
+    ShowAfterSuppressed(u64),
+    Hide,
+}
+
+/// A token bucket over log lines.
+#[derive(Debug)]
+struct LogLimiter {
+    tokens: f64,
+    last: std::time::Instant,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(now: std::time::Instant) -> LogLimiter {
+        LogLimiter {
+            tokens: LOG_BURST,
+            last: now,
+            suppressed: 0,
+        }
+    }
+
+    fn admit(&mut self, now: std::time::Instant) -> Admit {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * LOG_LINES_PER_SEC;
+        self.tokens = (self.tokens + refill).min(LOG_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return Admit::Hide;
+        }
+        self.tokens -= 1.0;
+        match std::mem::take(&mut self.suppressed) {
+            0 => Admit::Show,
+            count => Admit::ShowAfterSuppressed(count),
+        }
+    }
 }
 
 fn tag_of(level: NatsLevel) -> &'static str {
@@ -1151,6 +1208,21 @@ fn emit(level: Option<NatsLevel>, pid: u32, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_flood_is_cut_down_and_counted() {
+        let start = std::time::Instant::now();
+        let mut limiter = LogLimiter::new(start);
+        let shown = (0..2_000)
+            .filter(|_| limiter.admit(start) != Admit::Hide)
+            .count();
+        assert_eq!(shown, LOG_BURST as usize);
+        // A second later there is room for about a second's worth, and the first line shown
+        // reports what was hidden.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(limiter.admit(later), Admit::ShowAfterSuppressed(1_500));
+        assert_eq!(limiter.admit(later), Admit::Show);
+    }
 
     #[test]
     fn log_lines_are_split_by_their_level_tag() {

@@ -22,6 +22,11 @@ use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
 /// The queue group every zester callout joins (several nodes share the load, DESIGN §9).
 pub const QUEUE_GROUP: &str = "zester-callout";
 
+/// How long a request may wait in zester's queue before it is dropped unanswered: nats-server
+/// holds a client for its auth timeout (3 s with TLS) counted from before it sent the request,
+/// so an answer this late would mostly arrive after the server has refused the client anyway.
+pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(2_000);
+
 /// Key lookups shared with the key store's cache, swappable once the store is open.
 pub type SharedKeys = Arc<dyn KeyLookup + Send + Sync>;
 
@@ -265,8 +270,18 @@ pub async fn serve(
         while let Some(message) = requests.next().await {
             let client = client.clone();
             let state = state.clone();
+            let received = Instant::now();
             tokio::spawn(async move {
-                let started = Instant::now();
+                // Under a reconnect storm requests queue up here. One that waited this long is
+                // one nats-server is about to give up on (it waits 3 s): deciding it would
+                // only take the time of requests that can still be answered.
+                if received.elapsed() > SHED_AFTER {
+                    state.stats.record_shed();
+                    return;
+                }
+                // Latency counts from receipt, so time spent queued behind other requests
+                // shows in the audit log and the status percentiles.
+                let started = received;
                 let Some(reply_to) = message.reply.clone() else {
                     return;
                 };

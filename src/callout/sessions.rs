@@ -135,6 +135,7 @@ impl EnrolLimiter {
 pub struct CalloutStats {
     allowed: AtomicU64,
     refused: AtomicU64,
+    shed: AtomicU64,
     latencies: Mutex<VecDeque<u32>>,
 }
 
@@ -145,6 +146,9 @@ pub struct StatsSnapshot {
     pub allowed: u64,
     /// Clients refused.
     pub refused: u64,
+    /// Requests dropped unanswered because they waited too long in zester's queue (the server
+    /// had given up on them; see `callout::service`).
+    pub shed: u64,
     /// Median decision time, µs (over the recent window).
     pub p50_micros: u32,
     /// 99th percentile decision time, µs.
@@ -156,6 +160,11 @@ pub struct StatsSnapshot {
 }
 
 impl CalloutStats {
+    /// Counts one request dropped unanswered (see [`CalloutStats::shed`]).
+    pub fn record_shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one decision that took `micros`.
     pub fn record(&self, allowed: bool, micros: u32) {
         let counter = if allowed {
@@ -199,6 +208,7 @@ impl CalloutStats {
         StatsSnapshot {
             allowed: self.allowed.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
             p50_micros: at(0.50),
             p99_micros: at(0.99),
             max_micros: sorted.last().copied().unwrap_or(0),
