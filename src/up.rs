@@ -32,6 +32,9 @@ use crate::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
 use crate::rotate::RotateService;
 
+/// Callout connections (each serves the queue group; see [`Appliance::start`]).
+pub const CALLOUT_CONNECTIONS: usize = 4;
+
 /// Subject of the admin status request.
 pub const STATUS_SUBJECT: &str = "zester.admin.status";
 /// How often the offline journal is imported while running.
@@ -120,7 +123,7 @@ pub struct Appliance {
     home: Home,
     supervisor: Supervisor,
     state: Arc<CalloutState>,
-    callout: async_nats::Client,
+    callout: Vec<async_nats::Client>,
     sys: async_nats::Client,
     master: async_nats::Client,
     keys: Arc<KeyStore>,
@@ -240,21 +243,31 @@ impl Appliance {
         // The master signs in through the callout: after a restart of the child it reconnects
         // only once the callout connection is back.
         let callout_presence = Presence::default();
-        let callout = connect_own(
-            &endpoint,
-            &callout_creds,
-            "zester-callout",
-            ADMIN_INBOX_PREFIX,
-            "callout connection",
-            ConnectionOrder {
-                announce: Some(callout_presence.clone()),
-                after: None,
-            },
-        )
-        .await?;
-        let mut tasks = vec![service::serve(callout.clone(), state.clone())
-            .await
-            .map_err(nats_error("subscribing to $SYS.REQ.USER.AUTH"))?];
+        // Several connections in the callout's queue group: nats-server handles the answers
+        // arriving on one connection one after another, so under a reconnect storm a single
+        // connection's answers queue up past the server's auth timeout.
+        let mut callout = Vec::with_capacity(CALLOUT_CONNECTIONS);
+        let mut tasks = Vec::new();
+        for n in 0..CALLOUT_CONNECTIONS {
+            let client = connect_own(
+                &endpoint,
+                &callout_creds,
+                &format!("zester-callout-{n}"),
+                ADMIN_INBOX_PREFIX,
+                "callout connection",
+                ConnectionOrder {
+                    announce: (n == 0).then(|| callout_presence.clone()),
+                    after: None,
+                },
+            )
+            .await?;
+            tasks.push(
+                service::serve(client.clone(), state.clone())
+                    .await
+                    .map_err(nats_error("subscribing to $SYS.REQ.USER.AUTH"))?,
+            );
+            callout.push(client);
+        }
 
         let sys_creds = home.service_creds("sys");
         let sys = connect_own(

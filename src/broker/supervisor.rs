@@ -1156,6 +1156,8 @@ struct LogLimiter {
     tokens: f64,
     last: std::time::Instant,
     suppressed: u64,
+    /// When hidden lines were last reported (at most once a second).
+    reported: std::time::Instant,
 }
 
 impl LogLimiter {
@@ -1164,6 +1166,7 @@ impl LogLimiter {
             tokens: LOG_BURST,
             last: now,
             suppressed: 0,
+            reported: now,
         }
     }
 
@@ -1176,10 +1179,13 @@ impl LogLimiter {
             return Admit::Hide;
         }
         self.tokens -= 1.0;
-        match std::mem::take(&mut self.suppressed) {
-            0 => Admit::Show,
-            count => Admit::ShowAfterSuppressed(count),
+        if self.suppressed == 0
+            || now.saturating_duration_since(self.reported) < Duration::from_secs(1)
+        {
+            return Admit::Show;
         }
+        self.reported = now;
+        Admit::ShowAfterSuppressed(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -1222,6 +1228,17 @@ mod tests {
         let later = start + Duration::from_secs(1);
         assert_eq!(limiter.admit(later), Admit::ShowAfterSuppressed(1_500));
         assert_eq!(limiter.admit(later), Admit::Show);
+        // Hidden lines are reported at most once a second, however the flood goes on.
+        let mut notes = 0;
+        for ms in 0..3_000u64 {
+            let at = later + Duration::from_millis(ms);
+            for _ in 0..5 {
+                if let Admit::ShowAfterSuppressed(_) = limiter.admit(at) {
+                    notes += 1;
+                }
+            }
+        }
+        assert!(notes <= 3, "{notes} notes in 3 s");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The connection follows DESIGN §4 and §6: TLS always (the server checked against our CA when
 //! one is given), the connection name `zester-peel-<id>`, the inbox prefix `_INBOX.<id>` (the only
 //! inboxes a peel may subscribe to), and reconnects forever, 2 s plus up to 1 s of random jitter
-//! apart so that a fleet does not stampede a restarted server. The peel id is the `name` of the
+//! apart (backing off to 8 s plus jitter while attempts keep failing) so that a fleet does not
+//! stampede a restarted server. The peel id is the `name` of the
 //! creds' user JWT, never something the agent makes up.
 //!
 //! Credentials are not held in memory: every (re)connect reads the creds file again
@@ -41,10 +42,13 @@ use crate::identity::time::rfc3339;
 
 /// How long the first connect may take before `start` gives up (later reconnects never do).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The pause before every reconnect attempt, before jitter.
+/// The pause before the first reconnect attempt after a disconnect, before jitter; it doubles
+/// with every failed attempt in a row up to [`RECONNECT_DELAY_MAX`].
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
-/// The most random jitter added to [`RECONNECT_DELAY`], in milliseconds.
-const RECONNECT_JITTER_MS: u64 = 1000;
+/// The longest pause between attempts, before jitter.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(8);
+/// The most random jitter added to a pause, in thousandths of the pause (up to half of it).
+const RECONNECT_JITTER_MAX: u64 = 500;
 /// How long [`Agent::stop`] waits for the connection to drain.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest command name echoed back in an error answer.
@@ -482,9 +486,10 @@ fn connect_options(
         .custom_inbox_prefix(format!("_INBOX.{id}"))
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None)
-        .reconnect_delay_callback(move |_attempt| {
+        .reconnect_delay_callback(move |attempt| {
             let first = !attempted.swap(true, Ordering::Relaxed);
-            reconnect_delay(first, rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MS))
+            let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
+            reconnect_delay(first, attempt, jitter)
         })
         .event_callback(move |event| {
             let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
@@ -496,13 +501,21 @@ fn connect_options(
     client_options
 }
 
-/// The delay before a connect attempt: none before the first ever, then 2 s plus `jitter_ms`
-/// (capped at 1 s).
-fn reconnect_delay(first_attempt: bool, jitter_ms: u64) -> Duration {
-    if first_attempt {
+/// The delay before connect attempt `attempt` (async-nats counts the attempts since the last
+/// successful connect, from 1): none before the first ever; then 2 s, doubling with each
+/// failure in a row up to 8 s, plus `jitter` thousandths of that (capped at half of it). A
+/// fleet that lost its server thus comes back spread out, and when the server is too busy to
+/// let everyone in at once the retries thin out instead of piling up (each one costs the server
+/// a TLS handshake and a callout request).
+fn reconnect_delay(first_ever: bool, attempt: usize, jitter: u64) -> Duration {
+    if first_ever {
         return Duration::ZERO;
     }
-    RECONNECT_DELAY + Duration::from_millis(jitter_ms.min(RECONNECT_JITTER_MS))
+    let doublings = u32::try_from(attempt.saturating_sub(1).min(8)).unwrap_or(8);
+    let pause = RECONNECT_DELAY
+        .saturating_mul(1 << doublings)
+        .min(RECONNECT_DELAY_MAX);
+    pause + pause.mul_f64(jitter.min(RECONNECT_JITTER_MAX) as f64 / 1000.0)
 }
 
 /// Forwards what other tasks wait for and logs the rest.
@@ -719,11 +732,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_very_first_attempt_is_not_delayed() {
-        assert_eq!(reconnect_delay(true, 700), Duration::ZERO);
-        assert_eq!(reconnect_delay(false, 0), Duration::from_secs(2));
-        assert_eq!(reconnect_delay(false, 700), Duration::from_millis(2700));
-        assert_eq!(reconnect_delay(false, 5000), Duration::from_secs(3));
+    fn only_the_very_first_attempt_is_not_delayed_and_failures_back_off() {
+        assert_eq!(reconnect_delay(true, 1, 300), Duration::ZERO);
+        assert_eq!(reconnect_delay(false, 1, 0), Duration::from_secs(2));
+        assert_eq!(reconnect_delay(false, 1, 350), Duration::from_millis(2700));
+        assert_eq!(reconnect_delay(false, 1, 5000), Duration::from_secs(3));
+        assert_eq!(reconnect_delay(false, 2, 0), Duration::from_secs(4));
+        assert_eq!(reconnect_delay(false, 3, 500), Duration::from_secs(12));
+        assert_eq!(reconnect_delay(false, 50, 0), Duration::from_secs(8));
+        // async-nats may ask with 0 before its first attempt: treated like the first.
+        assert_eq!(reconnect_delay(false, 0, 0), Duration::from_secs(2));
     }
 
     fn issue(authority: &Authority, key: KeyPair, name: &str) -> Creds {
