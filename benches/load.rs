@@ -82,13 +82,14 @@ const USAGE: &str = "\
 zester load runner: real peel agents against a real `zester up`, then a nats-server restart.
 
 usage: scripts/load [--peels N] [--rate MSG_PER_SEC] [--duration SECS] [--no-restart]
-                    [--connect-concurrency N] [--json FILE]
+                    [--no-hostile] [--connect-concurrency N] [--json FILE]
        scripts/load --storm      (10,000 peels, 1 msg/s each, 20 s steady, then the restart)
 
   --peels N                peels (agents) in the fleet              [default 1000]
   --rate M                 messages per second per peel, 0 for none [default 50]
   --duration SECS          length of the steady phase               [default 60]
   --no-restart             skip the kill -9 of nats-server at the end
+  --no-hostile             no forged publishes or hostile subscriptions
   --connect-concurrency N  agents starting at once                  [default 64]
   --json FILE              also write the results as JSON to FILE
 
@@ -101,6 +102,7 @@ struct Args {
     duration: Duration,
     restart: bool,
     connect_concurrency: usize,
+    hostile: bool,
     json: Option<PathBuf>,
 }
 
@@ -112,6 +114,7 @@ impl Args {
             duration: Duration::from_secs(60),
             restart: true,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
+            hostile: true,
             json: None,
         };
         while let Some(flag) = raw.next() {
@@ -133,6 +136,7 @@ impl Args {
                     args.duration = Duration::from_secs(positive(&flag, &value(&flag)?)? as u64)
                 }
                 "--no-restart" => args.restart = false,
+                "--no-hostile" => args.hostile = false,
                 "--connect-concurrency" => {
                     args.connect_concurrency = positive(&flag, &value(&flag)?)?
                 }
@@ -438,17 +442,19 @@ async fn run(args: &Args) -> Result<Value> {
         let Some(agent) = agent else { continue };
         let client = agent.client().clone();
         let neighbour_id = peel_id(neighbour(i, peels.len()));
-        tasks.push(tokio::spawn(watch_hostile(
-            client.clone(),
-            peels[i].id.to_string(),
-            neighbour_id.clone(),
-            counters.clone(),
-        )));
+        if args.hostile {
+            tasks.push(tokio::spawn(watch_hostile(
+                client.clone(),
+                peels[i].id.to_string(),
+                neighbour_id.clone(),
+                counters.clone(),
+            )));
+        }
         if args.rate > 0 {
             tasks.push(tokio::spawn(publish_load(
                 client,
                 peels[i].id.to_string(),
-                neighbour_id,
+                args.hostile.then_some(neighbour_id),
                 args.rate,
                 counters.clone(),
             )));
@@ -710,11 +716,12 @@ async fn listen(
     }
 }
 
-/// Publishes `rate` msg/s as peel `id`, and once a second one as its neighbour (denied).
+/// Publishes `rate` msg/s as peel `id`, and (given a neighbour) once a second one as its
+/// neighbour, which the server must deny.
 async fn publish_load(
     client: async_nats::Client,
     id: String,
-    neighbour_id: String,
+    neighbour_id: Option<String>,
     rate: u32,
     counters: Arc<Counters>,
 ) {
@@ -724,7 +731,7 @@ async fn publish_load(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let own = format!("zester.event.{id}.load");
-    let forged = format!("zester.event.{neighbour_id}.load");
+    let forged = neighbour_id.map(|n| format!("zester.event.{n}.load"));
     let mut seq = 0u64;
     while !counters.stop.load(Ordering::Relaxed) {
         tick.tick().await;
@@ -741,7 +748,7 @@ async fn publish_load(
                 counters.publish_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if seq % u64::from(rate) == 0 {
+        if let Some(forged) = forged.as_ref().filter(|_| seq % u64::from(rate) == 0) {
             let _ = client.publish(forged.clone(), payload.into()).await;
         }
     }
