@@ -37,6 +37,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -208,7 +209,18 @@ struct ZesterUp {
 impl ZesterUp {
     fn spawn(home: &Home, log: &Path) -> Result<ZesterUp> {
         let log_file = std::fs::File::create(log).context("creating the zester log")?;
-        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zester"));
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM zester when
+        // this process dies (also by a signal), so a killed run leaves nothing behind.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--home")
             .arg(home.root())
             .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
