@@ -68,6 +68,10 @@ use zester::keys::{journal, KeyRecord};
 use zester::permissions::{ADMIN_INBOX_PREFIX, AUTH_CALLOUT_SUBJECT};
 use zester::up::{Appliance, UpOptions};
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_seconds;
+
 /// Sequential connects per target and round unless `ZESTER_BENCH_N` says otherwise.
 const DEFAULT_N: usize = 300;
 /// Concurrent clients unless `ZESTER_BENCH_CONCURRENCY` says otherwise.
@@ -215,12 +219,12 @@ impl Cpu {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|name| name.trim() == ZESTER_THREADS)
             })
-            .map(|task| stat_seconds(&task.path().join("stat")))
+            .map(|task| cpu_seconds(&task.path().join("stat")))
             .sum();
         Cpu {
-            server: stat_seconds(Path::new(&format!("/proc/{server_pid}/stat"))),
+            server: cpu_seconds(Path::new(&format!("/proc/{server_pid}/stat"))),
             zester,
-            process: stat_seconds(Path::new("/proc/self/stat")),
+            process: cpu_seconds(Path::new("/proc/self/stat")),
         }
     }
 
@@ -242,27 +246,6 @@ impl Cpu {
     fn clients(&self) -> f64 {
         (self.process - self.zester).max(0.0)
     }
-}
-
-/// utime + stime of a `/proc/.../stat` file, in seconds (0 when unreadable).
-fn stat_seconds(path: &Path) -> f64 {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // The command name is in parentheses and may hold spaces; fields count from after it,
-    // where field 3 (state) comes first, so utime (14) and stime (15) are at 11 and 12.
-    let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
-        return 0.0;
-    };
-    let fields: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    fields.iter().sum::<f64>() / (ticks.max(1) as f64)
 }
 
 /// What one measured phase (or the sum of several) saw.

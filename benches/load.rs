@@ -55,6 +55,10 @@ use zester::peel::agent::{Agent, AgentOptions};
 use zester::permissions::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
 use zester::up::{admin_request, RuntimeInfo, STATUS_SUBJECT};
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_seconds;
+
 /// Creds lifetime: longer than any run.
 const CREDS_TTL: i64 = 24 * 3600;
 /// Agents starting at once in the connect phase.
@@ -996,22 +1000,7 @@ fn quantile(values: &[u64], q: f64) -> u64 {
 
 /// utime + stime of `pid` in seconds (0 when unreadable).
 fn cpu_secs(pid: u32) -> f64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    let Some(rest) = text.rfind(')').map(|at| &text[at + 1..]) else {
-        return 0.0;
-    };
-    let ticks: f64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf only reads a system constant.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks / per_sec.max(1) as f64
+    cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// (VmRSS, VmHWM) of `pid` in MB; zeros where there is no `/proc`.

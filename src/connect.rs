@@ -59,6 +59,8 @@ pub struct ClientSpec<'a> {
 pub struct Presence {
     /// Milliseconds since [`epoch`] at which the connection came up, plus one; 0 while down.
     up_since: Arc<AtomicU64>,
+    /// Milliseconds since [`epoch`] at which it last went down, plus one; 0 if it never did.
+    down_at: Arc<AtomicU64>,
 }
 
 /// How long a connection must have been up before the ones waiting for it go ahead (it sends
@@ -71,24 +73,45 @@ fn epoch() -> Instant {
 }
 
 impl Presence {
-    fn mark(&self, up: bool) {
-        let value = if up {
-            epoch().elapsed().as_millis() as u64 + 1
+    /// Records the connection going up or down.
+    pub fn mark(&self, up: bool) {
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        if up {
+            self.up_since.store(now, Ordering::Relaxed);
         } else {
-            0
-        };
-        self.up_since.store(value, Ordering::Relaxed);
+            self.up_since.store(0, Ordering::Relaxed);
+            self.down_at.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// True while the connection is down, and for `window` after it went down.
+    pub fn down_within(&self, window: Duration) -> bool {
+        if self.up_since.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        match self.down_at.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let now = epoch().elapsed().as_millis() as u64 + 1;
+                now.saturating_sub(at) <= window.as_millis() as u64
+            }
+        }
+    }
+
+    /// How long the connection has been up; `None` while it is down.
+    pub fn up_for(&self) -> Option<Duration> {
+        match self.up_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = epoch().elapsed().as_millis() as u64 + 1;
+                Some(Duration::from_millis(now.saturating_sub(since)))
+            }
+        }
     }
 
     /// True once the connection has been up for [`PRESENCE_SETTLE`].
     pub fn is_settled(&self) -> bool {
-        match self.up_since.load(Ordering::Relaxed) {
-            0 => false,
-            since => {
-                let up_for = (epoch().elapsed().as_millis() as u64 + 1).saturating_sub(since);
-                up_for >= PRESENCE_SETTLE.as_millis() as u64
-            }
-        }
+        self.up_for().is_some_and(|up| up >= PRESENCE_SETTLE)
     }
 }
 
@@ -216,7 +239,11 @@ mod tests {
         std::thread::sleep(PRESENCE_SETTLE + Duration::from_millis(5));
         assert!(callout.is_settled());
         assert_eq!(reconnect_delay(2, Some(&callout)), RETRY);
+        assert!(!callout.down_within(Duration::from_secs(10)));
         callout.mark(false);
         assert_eq!(reconnect_delay(3, Some(&callout)), WAIT_FOR_PRESENCE);
+        assert!(callout.down_within(Duration::ZERO));
+        callout.mark(true);
+        assert!(callout.down_within(Duration::from_secs(10)));
     }
 }

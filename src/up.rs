@@ -24,7 +24,7 @@ use crate::broker::supervisor::{Supervisor, SupervisorSettings};
 use crate::callout::audit::{self, AuditRecord, AuditSink};
 use crate::callout::decide::{self, KeyLookup, Trust};
 use crate::callout::service::{self, CalloutState};
-use crate::connect::{self, ClientSpec, ConnectionOrder, Endpoint, Presence};
+use crate::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
 use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::peel_id::PeelId;
@@ -242,7 +242,7 @@ impl Appliance {
         let callout_creds = home.service_creds("callout");
         // The master signs in through the callout: after a restart of the child it reconnects
         // only once the callout connection is back.
-        let callout_presence = Presence::default();
+        let callout_presence = state.connection.clone();
         // Several connections in the callout's queue group: nats-server handles the answers
         // arriving on one connection one after another, so under a reconnect storm a single
         // connection's answers queue up past the server's auth timeout.
@@ -567,8 +567,12 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
         return None;
     }
     let presented = client["jwt"].as_str().unwrap_or_default();
+    // A refusal after the server's auth timeout, at a time the callout may have missed
+    // requests, is a missing answer; otherwise the server refused the client itself.
     let held = held_for(client["start"].as_str(), client["stop"].as_str());
-    let refusal = decide::diagnose(presented, &state.trust(), now, held);
+    let unanswered = held.is_some_and(|held| held >= decide::NO_ANSWER_AFTER)
+        && state.may_have_missed_requests();
+    let refusal = decide::diagnose(presented, &state.trust(), now, unanswered);
     let mut record = AuditRecord::at(now, "server", "refuse");
     record.code = refusal.code().to_string();
     record.reason = format!(

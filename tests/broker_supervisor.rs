@@ -7,6 +7,7 @@
 //! misbehaves use a small shell script in place of nats-server.
 
 mod common;
+use common::wait_until;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -102,17 +103,6 @@ fn sigkill(pid: u32) {
     // SAFETY: plain syscall; an error only means it is already gone.
     unsafe {
         libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGKILL);
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

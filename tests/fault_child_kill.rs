@@ -19,6 +19,7 @@
 //! --no-capture` shows them).
 
 mod common;
+use common::wait_until;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,17 +207,6 @@ async fn observer(t: &TestAppliance) -> appliance::Client {
     t.connect_with(options, "_INBOX._master")
         .await
         .expect("the master connects through the callout")
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn sigkill(pid: u32) {

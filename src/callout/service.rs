@@ -16,6 +16,7 @@ use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
+use crate::connect::Presence;
 use crate::home::now_unix;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
 
@@ -26,6 +27,10 @@ pub const QUEUE_GROUP: &str = "zester-callout";
 /// holds a client for its auth timeout (3 s with TLS) counted from before it sent the request,
 /// so an answer this late would mostly arrive after the server has refused the client anyway.
 pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(2_000);
+
+/// How far back a reconnect or a shed request counts for [`CalloutState::may_have_missed_requests`]:
+/// the server's auth timeout (3 s) plus the time its auth-error event takes to arrive.
+pub const MISSED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Key lookups shared with the key store's cache, swappable once the store is open.
 pub type SharedKeys = Arc<dyn KeyLookup + Send + Sync>;
@@ -43,6 +48,8 @@ pub struct CalloutState {
     pub sessions: SessionTable,
     /// Connections decided on recently (to skip the server's duplicate auth-error events).
     pub recent: RecentDecisions,
+    /// Whether the (first) callout connection is up, and since when.
+    pub connection: Presence,
     channels: RwLock<std::collections::HashMap<String, Arc<Channel>>>,
     enrol_limiter: EnrolLimiter,
     enrol_per_minute: std::sync::atomic::AtomicU32,
@@ -94,10 +101,18 @@ impl CalloutState {
             stats: CalloutStats::default(),
             sessions: SessionTable::default(),
             recent: RecentDecisions::default(),
+            connection: Presence::default(),
             channels: RwLock::new(std::collections::HashMap::new()),
             enrol_limiter: EnrolLimiter::default(),
             enrol_per_minute: std::sync::atomic::AtomicU32::new(10),
         }
+    }
+
+    /// True when the callout may have left a request unanswered lately: its connection is down
+    /// or was down within [`MISSED_WINDOW`] (nats-server restarted), or it shed requests in
+    /// that time (overload).
+    pub fn may_have_missed_requests(&self) -> bool {
+        self.connection.down_within(MISSED_WINDOW) || self.stats.shed_within(MISSED_WINDOW)
     }
 
     /// How many enrolment connections one address may make per minute.

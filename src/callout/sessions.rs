@@ -136,6 +136,9 @@ pub struct CalloutStats {
     allowed: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
+    /// When a request was last shed: milliseconds since `created`, plus one (0: never).
+    last_shed_ms: AtomicU64,
+    created: std::sync::OnceLock<std::time::Instant>,
     latencies: Mutex<VecDeque<u32>>,
 }
 
@@ -163,6 +166,23 @@ impl CalloutStats {
     /// Counts one request dropped unanswered (see [`CalloutStats::shed`]).
     pub fn record_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
+        let ms = self.epoch().elapsed().as_millis() as u64 + 1;
+        self.last_shed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// True if a request was shed within `window`.
+    pub fn shed_within(&self, window: std::time::Duration) -> bool {
+        match self.last_shed_ms.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let now = self.epoch().elapsed().as_millis() as u64 + 1;
+                now.saturating_sub(at) <= window.as_millis() as u64
+            }
+        }
+    }
+
+    fn epoch(&self) -> std::time::Instant {
+        *self.created.get_or_init(std::time::Instant::now)
     }
 
     /// Counts one decision that took `micros`.

@@ -324,3 +324,15 @@ pub async fn sync(client: &async_nats::Client, subject: &str) {
 pub async fn sync_peel(client: &async_nats::Client, id: &str) {
     sync(client, &format!("zester.event.{id}.sync-probe")).await;
 }
+
+/// Polls `done` every 20 ms until it holds; fails the test after `timeout`, naming `what`.
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
