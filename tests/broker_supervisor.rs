@@ -82,21 +82,7 @@ fn render_config(home: &Home, listen: &str, monitor: &str, now: i64) -> PathBuf 
 
 /// True once `pid` no longer runs: no such process, or a zombie nobody has reaped yet.
 fn gone(pid: u32) -> bool {
-    let raw = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: signal 0 only checks for existence.
-    if unsafe { libc::kill(raw, 0) } != 0 {
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, after) = stat.rsplit_once(')')?;
-            after
-                .split_whitespace()
-                .next()
-                .map(|s| s == "Z" || s == "X")
-        })
-        .unwrap_or(true)
+    !common::process_alive(pid)
 }
 
 fn sigkill(pid: u32) {

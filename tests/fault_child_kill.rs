@@ -19,7 +19,7 @@
 //! --no-capture` shows them).
 
 mod common;
-use common::wait_until;
+use common::{process_alive as alive, wait_until};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,19 +219,6 @@ fn sigkill(pid: u32) {
         "kill -9 {pid}: {}",
         std::io::Error::last_os_error()
     );
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, after) = stat.rsplit_once(')')?;
-            after
-                .split_whitespace()
-                .next()
-                .map(|s| s != "Z" && s != "X")
-        })
-        .unwrap_or(false)
 }
 
 /// `zester key list --json`, run as the CLI would.

@@ -336,3 +336,17 @@ pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// True while process `pid` runs (a zombie or a dead process does not), from `/proc`.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after) = stat.rsplit_once(')')?;
+            after
+                .split_whitespace()
+                .next()
+                .map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
