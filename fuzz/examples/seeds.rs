@@ -1,4 +1,4 @@
-//! Writes the seed corpora, `corpus/<target>/seed-*`, from the fixtures in src/lib.rs.
+//! Writes the seed corpora, `testdata/fuzz-corpus/<target>/seed-*`, from the fixtures in src/lib.rs.
 //!
 //! The seeds are committed; run this (`scripts/fuzz seeds`) only after changing the fixtures or
 //! a format, so that the files and what the targets rebuild at start-up stay the same bytes.
@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/fuzz-corpus");
     let seeds = zester_fuzz::seeds();
     for seed in &seeds {
         let dir = corpus.join(seed.target);

@@ -3,7 +3,7 @@
 //!
 //! Everything here is deterministic — Ed25519 signatures, JWT ids and the sealing nonces are
 //! functions of constants — so what a target builds at start-up is byte for byte what
-//! `examples/seeds.rs` wrote to `corpus/<target>/seed-*`. That lets the targets check the
+//! `examples/seeds.rs` wrote to `testdata/fuzz-corpus/<target>/seed-*`. That lets the targets check the
 //! property that matters, not only "no panic": libFuzzer mutates these seeds without end, and
 //! the fuzzer can neither sign nor seal, so the only inputs that may ever verify or open are the
 //! seeds themselves. Anything else that is accepted is a forgery, and the target aborts on it.
@@ -240,7 +240,7 @@ pub fn world() -> &'static World {
 
 /// One seed file: the target's corpus it belongs to, its file name, its bytes.
 pub struct Seed {
-    /// Fuzz target name (`corpus/<target>/`).
+    /// Fuzz target name (`testdata/fuzz-corpus/<target>/`).
     pub target: &'static str,
     /// File name, always `seed-…` (only those are committed; see fuzz/.gitignore).
     pub name: &'static str,
