@@ -505,14 +505,8 @@ impl Home {
             write_account(&authority)?;
             return Ok(authority.zester_signer.public_key());
         }
-        let callout = read_creds(&self.service_creds("callout"))?;
-        let callout_key = nkeys::KeyPair::from_seed(&callout.key().seed().unwrap_or_default())
-            .map_err(|_| HomeError::Creds {
-                path: self.service_creds("callout"),
-                source: crate::identity::creds::CredsError::Seed(
-                    crate::identity::keys::KeyError::InvalidSeed,
-                ),
-            })?;
+        let callout_path = self.service_creds("callout");
+        let callout_key = owned_key(&callout_path, &read_creds(&callout_path)?)?;
         let (authority, users) = authority
             .rotate_signing_key(now, callout_key)
             .map_err(damaged)?;
@@ -553,13 +547,7 @@ impl Home {
             if creds.jwt().claims().iss == current {
                 continue;
             }
-            let seed = creds.key().seed().unwrap_or_default();
-            let key = nkeys::KeyPair::from_seed(&seed).map_err(|_| HomeError::Creds {
-                path: path.clone(),
-                source: crate::identity::creds::CredsError::Seed(
-                    crate::identity::keys::KeyError::InvalidSeed,
-                ),
-            })?;
+            let key = owned_key(&path, &creds)?;
             let fresh = authority
                 .issue_creds(key, name, &role, now, 0)
                 .map_err(|source| HomeError::Authority {
@@ -572,6 +560,17 @@ impl Home {
         }
         Ok(reissued)
     }
+}
+
+/// A key pair of its own made from the seed in `creds` (read from `path`), to issue new creds
+/// for the same key.
+fn owned_key(path: &Path, creds: &Creds) -> Result<nkeys::KeyPair, HomeError> {
+    nkeys::KeyPair::from_seed(&creds.key().seed().unwrap_or_default()).map_err(|_| {
+        HomeError::Creds {
+            path: path.to_path_buf(),
+            source: CredsError::Seed(crate::identity::keys::KeyError::InvalidSeed),
+        }
+    })
 }
 
 type StoredField = fn(&mut StoredAuthority) -> &mut String;

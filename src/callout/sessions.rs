@@ -136,9 +136,8 @@ pub struct CalloutStats {
     allowed: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
-    /// When a request was last shed: milliseconds since `created`, plus one (0: never).
-    last_shed_ms: AtomicU64,
-    created: std::sync::OnceLock<std::time::Instant>,
+    /// When a request was last shed (only written under overload, so a lock is cheap enough).
+    last_shed: Mutex<Option<std::time::Instant>>,
     latencies: Mutex<VecDeque<u32>>,
 }
 
@@ -166,23 +165,15 @@ impl CalloutStats {
     /// Counts one request dropped unanswered (see [`CalloutStats::shed`]).
     pub fn record_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
-        let ms = self.epoch().elapsed().as_millis() as u64 + 1;
-        self.last_shed_ms.store(ms, Ordering::Relaxed);
+        *self.last_shed.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     }
 
     /// True if a request was shed within `window`.
     pub fn shed_within(&self, window: std::time::Duration) -> bool {
-        match self.last_shed_ms.load(Ordering::Relaxed) {
-            0 => false,
-            at => {
-                let now = self.epoch().elapsed().as_millis() as u64 + 1;
-                now.saturating_sub(at) <= window.as_millis() as u64
-            }
-        }
-    }
-
-    fn epoch(&self) -> std::time::Instant {
-        *self.created.get_or_init(std::time::Instant::now)
+        self.last_shed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() <= window)
     }
 
     /// Counts one decision that took `micros`.
