@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use zester::commands::{self, Output};
 use zester::home::{now_unix, Home};
-use zester::up::{Appliance, UpOptions};
+use zester::up::{Appliance, StopSignals, UpOptions};
 
 /// zester: the security core of a NATS fleet on one node.
 ///
@@ -400,8 +400,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hostname: hostname(),
             };
             runtime()?.block_on(async {
+                let signals = StopSignals::install()?;
                 let appliance = Appliance::start(home, options).await?;
-                appliance.run_until_signal().await
+                appliance.run_until_signal(signals).await
             })?;
             return Ok(ExitCode::SUCCESS);
         }

@@ -32,6 +32,31 @@ use crate::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
 use crate::rotate::RotateService;
 
+/// SIGINT and SIGTERM, caught from before [`Appliance::start`] on: a signal that arrives while
+/// the appliance starts (or just after it said it is ready) stops it cleanly once it is up,
+/// instead of killing the process half-way.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn install() -> Result<StopSignals, UpError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind, what| {
+            signal(kind).map_err(|e| UpError::Nats {
+                what,
+                reason: e.to_string(),
+            })
+        };
+        Ok(StopSignals {
+            interrupt: handler(SignalKind::interrupt(), "installing the SIGINT handler")?,
+            terminate: handler(SignalKind::terminate(), "installing the SIGTERM handler")?,
+        })
+    }
+}
+
 /// Callout connections (each serves the queue group; see [`Appliance::start`]).
 pub const CALLOUT_CONNECTIONS: usize = 4;
 
@@ -428,21 +453,13 @@ impl Appliance {
         &self.supervisor
     }
 
-    /// Runs until SIGINT/SIGTERM or until the child cannot be kept up, then stops.
-    pub async fn run_until_signal(self) -> Result<(), UpError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| UpError::Nats {
-            what: "installing the SIGINT handler",
-            reason: e.to_string(),
-        })?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(|e| UpError::Nats {
-            what: "installing the SIGTERM handler",
-            reason: e.to_string(),
-        })?;
+    /// Runs until SIGINT/SIGTERM (caught by `signals`) or until the child cannot be kept up, then
+    /// stops.
+    pub async fn run_until_signal(self, mut signals: StopSignals) -> Result<(), UpError> {
         let gave_up = self.supervisor.gave_up();
         tokio::select! {
-            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = signals.interrupt.recv() => tracing::info!("SIGINT: stopping"),
+            _ = signals.terminate.recv() => tracing::info!("SIGTERM: stopping"),
             error = gave_up => {
                 self.stop().await;
                 return Err(UpError::Broker(error));
