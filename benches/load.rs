@@ -97,6 +97,9 @@ usage: scripts/load [--peels N] [--rate MSG_PER_SEC] [--duration SECS] [--no-res
   --no-hostile             no forged publishes or hostile subscriptions
   --connect-concurrency N  agents starting at once                  [default 64]
   --json FILE              also write the results as JSON to FILE
+  --native                 baseline: the same fleet size, TLS and reconnect pacing, but every
+                           client signs in with the system account's creds, which nats-server
+                           checks itself (no callout); no traffic; then the restart
 
 Issue 7's figures: `--peels 1000 --rate 50 --duration 600` and `--storm`.";
 
@@ -108,6 +111,7 @@ struct Args {
     restart: bool,
     connect_concurrency: usize,
     hostile: bool,
+    native: bool,
     json: Option<PathBuf>,
 }
 
@@ -120,6 +124,7 @@ impl Args {
             restart: true,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
             hostile: true,
+            native: false,
             json: None,
         };
         while let Some(flag) = raw.next() {
@@ -142,6 +147,7 @@ impl Args {
                 }
                 "--no-restart" => args.restart = false,
                 "--no-hostile" => args.hostile = false,
+                "--native" => args.native = true,
                 "--connect-concurrency" => {
                     args.connect_concurrency = positive(&flag, &value(&flag)?)?
                 }
@@ -177,6 +183,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = std::env::var_os("ZESTER_LOAD_TRACE") {
+        if let Ok(file) = std::fs::File::create(path) {
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -379,6 +394,9 @@ async fn run(args: &Args) -> Result<Value> {
         rss_mb(zester.pid()).0
     );
 
+    if args.native {
+        return native_baseline(args, &home, &endpoint, &admin, &mut zester).await;
+    }
     let audit = home.audit_log();
     let counters = Arc::new(Counters::new(peels.len()));
     let index_of: Arc<HashMap<String, usize>> = Arc::new(
@@ -820,6 +838,183 @@ fn total_connects(agents: &[Option<Agent>]) -> u64 {
         .sum()
 }
 
+/// The baseline for the storm: `--peels` plain async-nats clients with the same TLS and the
+/// peel agent's reconnect pacing, signing in with the system account's service creds. That
+/// account has no callout, so nats-server checks the JWT chain and the nonce itself: what is
+/// left is the cost of the callout. No traffic; the restart is timed the same way.
+async fn native_baseline(
+    args: &Args,
+    home: &Home,
+    endpoint: &Endpoint,
+    admin: &async_nats::Client,
+    zester: &mut ZesterUp,
+) -> Result<Value> {
+    let creds = home.service_creds("sys");
+    let started = Instant::now();
+    let mut connecting = futures_util::stream::iter((0..args.peels).map(|i| {
+        let (creds, ca, url) = (creds.clone(), home.ca_cert(), endpoint.url.clone());
+        async move {
+            let options = async_nats::ConnectOptions::with_credentials_file(&creds)
+                .await
+                .with_context(|| format!("reading {}", creds.display()))?;
+            let pacing = Arc::new(zester::peel::agent::ReconnectPacing::default());
+            zester::peel::agent::with_fleet_reconnects(options, pacing.clone())
+                .event_callback(move |event| {
+                    pacing.on_event(&event);
+                    async {}
+                })
+                .require_tls(true)
+                .add_root_certificates(ca)
+                .name(format!("zester-load-native-{i}"))
+                .connect(url.as_str())
+                .await
+                .with_context(|| format!("native client {i}"))
+        }
+    }))
+    .buffer_unordered(args.connect_concurrency);
+    let mut clients = Vec::with_capacity(args.peels);
+    while let Some(client) = connecting.next().await {
+        clients.push(client?);
+        if clients.len() % 1000 == 0 {
+            eprintln!(
+                "  {} native clients connected ({:.1} s)",
+                clients.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    drop(connecting);
+    let connect_secs = started.elapsed().as_secs_f64();
+
+    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
+        .await
+        .map_err(|e| anyhow!("status before the restart: {e}"))?;
+    let child_pid = status["nats_server"]["pid"]
+        .as_u64()
+        .and_then(|p| libc::pid_t::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("the status names no nats-server pid: {status}"))?;
+    let connects_before: Vec<u64> = clients.iter().map(connects).collect();
+    let probes: Vec<String> = (0..clients.len())
+        .map(|i| format!("zester.load.native.{i}.probe"))
+        .collect();
+    let cpu_before = (cpu_secs(zester.pid()), cpu_secs(std::process::id()));
+    eprintln!(
+        "kill -9 nats-server (pid {child_pid}) with {} native clients connected",
+        clients.len()
+    );
+    let killed = Instant::now();
+    // SAFETY: signals the nats-server child zester supervises (its pid from zester's status).
+    if unsafe { libc::kill(child_pid, libc::SIGKILL) } != 0 {
+        bail!("kill -9 {child_pid}: {}", std::io::Error::last_os_error());
+    }
+    let (back, all_back) = wait_for_reauth(&clients, &probes, &connects_before, killed, || {
+        zester.exited()
+    })
+    .await?;
+    let wall = killed.elapsed().as_secs_f64();
+    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
+        .await
+        .map_err(|e| anyhow!("status after the restart: {e}"))?;
+    let new_child = status["nats_server"]["pid"].as_u64().unwrap_or(0) as u32;
+    let report = json!({
+        "mode": "native",
+        "peels": clients.len(),
+        "connect_secs": connect_secs,
+        "reauthenticated": back,
+        "all_reauthenticated_secs": all_back.map(|d| d.as_secs_f64()),
+        "cpu_secs": {
+            "nats_server": cpu_secs(new_child),
+            "zester": cpu_secs(zester.pid()) - cpu_before.0,
+            "runner": cpu_secs(std::process::id()) - cpu_before.1,
+            "wall": wall,
+        },
+    });
+    drop(clients);
+    Ok(report)
+}
+
+fn connects(client: &async_nats::Client) -> u64 {
+    client.statistics().connects.load(Ordering::Relaxed)
+}
+
+/// Waits until every client has been let in again since `killed`: it made a new connection and
+/// a request over it came back (from nats-server itself: "no responders" on a subject the client
+/// may publish to but nobody serves). The round trip matters: async-nats calls a connection up
+/// as soon as the server sends anything after CONNECT, nats-server sends its first PING 2 s
+/// after CONNECT even while the callout is still deciding, and `flush` only empties the client's
+/// own write buffer. Returns how many came back and, if all
+/// did within [`RESTART_TIMEOUT`], when.
+async fn wait_for_reauth(
+    clients: &[async_nats::Client],
+    probe_subjects: &[String],
+    connects_before: &[u64],
+    killed: Instant,
+    mut zester_exited: impl FnMut() -> Option<std::process::ExitStatus>,
+) -> Result<(usize, Option<Duration>)> {
+    // 0: not seen up yet, 1: a PING is out, 2: back.
+    let state: Arc<Vec<std::sync::atomic::AtomicU8>> =
+        Arc::new((0..clients.len()).map(|_| Default::default()).collect());
+    let mut next_progress = Duration::from_secs(1);
+    while killed.elapsed() < RESTART_TIMEOUT {
+        if let Some(status) = zester_exited() {
+            bail!("zester up exited during the restart ({status}); see its log");
+        }
+        let mut back = 0usize;
+        let mut up = 0usize;
+        for (i, client) in clients.iter().enumerate() {
+            match state[i].load(Ordering::Relaxed) {
+                2 => back += 1,
+                1 => {}
+                _ => {
+                    if connects(client) > connects_before[i]
+                        && client.connection_state() == async_nats::connection::State::Connected
+                    {
+                        state[i].store(1, Ordering::Relaxed);
+                        let (client, state) = (client.clone(), state.clone());
+                        let subject = probe_subjects[i].clone();
+                        tokio::spawn(async move {
+                            let answered = tokio::time::timeout(
+                                Duration::from_secs(30),
+                                client.request(subject, Default::default()),
+                            )
+                            .await;
+                            let through = match answered {
+                                Ok(Ok(_)) => true,
+                                Ok(Err(e)) => {
+                                    e.kind() == async_nats::client::RequestErrorKind::NoResponders
+                                }
+                                Err(_) => false,
+                            };
+                            state[i].store(if through { 2 } else { 0 }, Ordering::Relaxed);
+                        });
+                    }
+                }
+            }
+            if client.connection_state() == async_nats::connection::State::Connected {
+                up += 1;
+            }
+        }
+        if back == clients.len() {
+            return Ok((back, Some(killed.elapsed())));
+        }
+        if killed.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(1);
+            eprintln!(
+                "  {:>3} s  {back}/{} re-authenticated ({up} say they are connected)",
+                killed.elapsed().as_secs(),
+                clients.len(),
+            );
+        }
+        tokio::time::sleep(RESTART_POLL).await;
+    }
+    let back = state
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) == 2)
+        .count();
+    Ok((back, None))
+}
+
 /// Kills nats-server with SIGKILL and measures how long the fleet takes to come back.
 async fn restart_child(
     admin: &async_nats::Client,
@@ -837,10 +1032,7 @@ async fn restart_child(
         .filter(|p| *p > 0)
         .ok_or_else(|| anyhow!("the status names no nats-server pid: {status}"))?;
     let live: Vec<&Agent> = agents.iter().flatten().collect();
-    let connects_before: Vec<u64> = live
-        .iter()
-        .map(|a| a.client().statistics().connects.load(Ordering::Relaxed))
-        .collect();
+    let connects_before: Vec<u64> = live.iter().map(|a| connects(a.client())).collect();
     let audit_mark = audit_len(audit);
     let cpu_before = (cpu_secs(zester.pid()), cpu_secs(std::process::id()));
     let shed_before = status["decisions"]["shed"].as_u64().unwrap_or(0);
@@ -855,37 +1047,19 @@ async fn restart_child(
         bail!("kill -9 {child_pid}: {}", std::io::Error::last_os_error());
     }
 
-    let mut back = vec![false; live.len()];
-    let mut back_count = 0usize;
-    let mut all_back = None;
-    let mut next_progress = Duration::from_secs(1);
-    while killed.elapsed() < RESTART_TIMEOUT {
-        if let Some(status) = zester.exited() {
-            bail!("zester up exited during the restart ({status}); see its log");
-        }
-        for (i, agent) in live.iter().enumerate() {
-            if !back[i]
-                && agent.client().statistics().connects.load(Ordering::Relaxed) > connects_before[i]
-                && agent.client().connection_state() == async_nats::connection::State::Connected
-            {
-                back[i] = true;
-                back_count += 1;
-            }
-        }
-        if back_count == live.len() {
-            all_back = Some(killed.elapsed());
-            break;
-        }
-        if killed.elapsed() >= next_progress {
-            next_progress += Duration::from_secs(1);
-            eprintln!(
-                "  {:>3} s  {back_count}/{} peels re-authenticated",
-                killed.elapsed().as_secs(),
-                live.len()
-            );
-        }
-        tokio::time::sleep(RESTART_POLL).await;
-    }
+    let clients: Vec<async_nats::Client> = live.iter().map(|a| a.client().clone()).collect();
+    // Peels may publish on their own event subjects; nobody serves this one.
+    let probes: Vec<String> = agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.is_some())
+        .map(|(i, _)| format!("zester.event.{}.probe", peel_id(i)))
+        .collect();
+    let (back_count, all_back) =
+        wait_for_reauth(&clients, &probes, &connects_before, killed, || {
+            zester.exited()
+        })
+        .await?;
     let reauth_secs = all_back.map(|d| d.as_secs_f64());
     eprintln!(
         "all {} peels re-authenticated: {}",
@@ -897,6 +1071,7 @@ async fn restart_child(
 
     // End to end: a message from every peel over its new connection reached the master.
     let mut heard_all = None;
+    let mut next_progress = killed.elapsed().max(Duration::from_secs(1));
     while killed.elapsed() < RESTART_TIMEOUT {
         let heard = agents
             .iter()
@@ -907,6 +1082,15 @@ async fn restart_child(
         if heard == live.len() {
             heard_all = Some(killed.elapsed());
             break;
+        }
+        if killed.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(1);
+            eprintln!(
+                "  {:>3} s  {heard}/{} peels heard by the master, {} connected now",
+                killed.elapsed().as_secs(),
+                live.len(),
+                connected_count(agents)
+            );
         }
         tokio::time::sleep(RESTART_POLL).await;
     }
@@ -1018,6 +1202,39 @@ fn rss_mb(pid: u32) -> (f64, f64) {
 
 fn print_report(args: &Args, r: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    if r["mode"] == "native" {
+        let cpu = &r["cpu_secs"];
+        println!();
+        println!(
+            "## native-auth baseline: {} clients (system account creds, no callout)",
+            r["peels"]
+        );
+        println!();
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!(
+            "| clients connected | {} in {:.1} s |",
+            r["peels"],
+            f(&r["connect_secs"])
+        );
+        match r["all_reauthenticated_secs"].as_f64() {
+            Some(s) => {
+                println!("| restart: all clients re-authenticated | {s:.2} s after kill -9 |")
+            }
+            None => println!(
+                "| restart: all clients re-authenticated | not reached ({} of {}) |",
+                r["reauthenticated"], r["peels"]
+            ),
+        }
+        println!(
+            "| restart CPU seconds | nats-server {:.1}, zester {:.1}, clients {:.1} over {:.1} s |",
+            f(&cpu["nats_server"]),
+            f(&cpu["zester"]),
+            f(&cpu["runner"]),
+            f(&cpu["wall"])
+        );
+        return;
+    }
     println!();
     println!(
         "## zester load: {} peels × {} msg/s, {:.0} s steady",

@@ -54,7 +54,7 @@ pub struct ClientSpec<'a> {
 /// Whether one of the appliance's own connections is up, for connections that must not
 /// reconnect before it: the master signs in through the callout, so a master that reaches a
 /// restarted nats-server before the callout connection has resubscribed gets no answer and is
-/// held for the server's whole auth timeout (3 s) and then refused.
+/// held for the server's whole auth timeout and then refused.
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
     /// Milliseconds since [`epoch`] at which the connection came up, plus one; 0 while down.

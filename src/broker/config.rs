@@ -238,6 +238,19 @@ pub fn render_for_home(
     })
 }
 
+/// Seconds a client has for its TLS handshake (nats-server's default is 2). Under a reconnect
+/// storm of thousands of peels on a small machine, handshakes queue for CPU: a handshake given
+/// up on is work thrown away that the client repeats.
+pub const TLS_TIMEOUT_SECS: u32 = 5;
+
+/// Seconds from accepting a client to letting it in, the callout's answer included
+/// (nats-server's default with TLS is the TLS timeout + 1). nats-server handles callout answers
+/// under its server-wide lock, queued behind every other connection in progress: under a storm
+/// answers zester gave in milliseconds arrive after a 3 s limit, the client is refused and tries
+/// again, and that load keeps the queue long. Measured with 10,000 peels (issue 7): back in
+/// 66 s with 10 s, 119 s with the defaults. A peel's own connect timeout must be longer.
+pub const AUTH_TIMEOUT_SECS: u32 = 10;
+
 /// Longest control line nats-server accepts (CONNECT carries the JWT and the signature).
 pub const MAX_CONTROL_LINE: usize = 32 * 1024;
 
@@ -308,8 +321,10 @@ pub fn render(input: &ServerConfigInput) -> Result<String, ConfigRenderError> {
     line(format!("  key_file: {}", quote_path(input.tls_key_file)));
     line(format!("  ca_file: {}", quote_path(input.tls_ca_file)));
     line("  min_version: \"1.3\"".into());
-    line("  timeout: 2".into());
+    line(format!("  timeout: {TLS_TIMEOUT_SECS}"));
     line("}".into());
+    line("# How long a client may take from accepting to being let in, callout included.".into());
+    line(format!("authorization {{ timeout: {AUTH_TIMEOUT_SECS} }}"));
     line(String::new());
     line("jetstream {".into());
     line(format!("  store_dir: {}", quote_path(input.jetstream_dir)));
@@ -470,7 +485,8 @@ mod tests {
             "key_file: \"/var/lib/zester/pki/server.key\"",
             "ca_file: \"/var/lib/zester/pki/ca.pem\"",
             "min_version: \"1.3\"",
-            "timeout: 2",
+            "timeout: 5",
+            "authorization { timeout: 10 }",
             "store_dir: \"/var/lib/zester/nats/jetstream\"",
         ] {
             assert!(

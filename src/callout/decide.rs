@@ -233,8 +233,11 @@ fn admit_user_jwt(
 }
 
 /// How long nats-server must have held a client before its refusal can be a callout that never
-/// answered (the server waits its auth timeout, 3 s with TLS).
-pub const NO_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_millis(2_500);
+/// answered (the server waits its auth timeout, [`AUTH_TIMEOUT_SECS`]).
+///
+/// [`AUTH_TIMEOUT_SECS`]: crate::broker::config::AUTH_TIMEOUT_SECS
+pub const NO_ANSWER_AFTER: std::time::Duration =
+    std::time::Duration::from_millis(crate::broker::config::AUTH_TIMEOUT_SECS as u64 * 1000 - 500);
 
 /// Explains a refusal the callout did not make, from the JWT the client presented (the
 /// server's auth-error event carries it, but only says "Authentication Failure"). The server

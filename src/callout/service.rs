@@ -16,6 +16,7 @@ use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
+use crate::broker::config::AUTH_TIMEOUT_SECS;
 use crate::connect::Presence;
 use crate::home::now_unix;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
@@ -24,13 +25,16 @@ use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
 pub const QUEUE_GROUP: &str = "zester-callout";
 
 /// How long a request may wait in zester's queue before it is dropped unanswered: nats-server
-/// holds a client for its auth timeout (3 s with TLS) counted from before it sent the request,
-/// so an answer this late would mostly arrive after the server has refused the client anyway.
-pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(2_000);
+/// holds a client for its auth timeout ([`AUTH_TIMEOUT_SECS`]) counted from accepting it, TLS
+/// handshake and its own queues included, so an answer later than this would mostly arrive
+/// after the server has refused the client anyway.
+pub const SHED_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(AUTH_TIMEOUT_SECS as u64 - 2);
 
 /// How far back a reconnect or a shed request counts for [`CalloutState::may_have_missed_requests`]:
-/// the server's auth timeout (3 s) plus the time its auth-error event takes to arrive.
-pub const MISSED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// the server's auth timeout plus the time its auth-error event takes to arrive.
+pub const MISSED_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(AUTH_TIMEOUT_SECS as u64 + 5);
 
 /// Key lookups shared with the key store's cache, swappable once the store is open.
 pub type SharedKeys = Arc<dyn KeyLookup + Send + Sync>;
@@ -288,7 +292,7 @@ pub async fn serve(
             let received = Instant::now();
             tokio::spawn(async move {
                 // Under a reconnect storm requests queue up here. One that waited this long is
-                // one nats-server is about to give up on (it waits 3 s): deciding it would
+                // one nats-server is about to give up on: deciding it would
                 // only take the time of requests that can still be answered.
                 if received.elapsed() > SHED_AFTER {
                     state.stats.record_shed();

@@ -4,7 +4,7 @@
 //! The connection follows DESIGN §4 and §6: TLS always (the server checked against our CA when
 //! one is given), the connection name `zester-peel-<id>`, the inbox prefix `_INBOX.<id>` (the only
 //! inboxes a peel may subscribe to), and reconnects forever, 2 s plus up to 1 s of random jitter
-//! apart (backing off to 8 s plus jitter while attempts keep failing) so that a fleet does not
+//! apart (backing off to 30 s plus jitter while attempts keep failing) so that a fleet does not
 //! stampede a restarted server. The peel id is the `name` of the
 //! creds' user JWT, never something the agent makes up.
 //!
@@ -40,13 +40,16 @@ use crate::identity::creds::Creds;
 use crate::identity::peel_id::{PeelId, PeelIdError};
 use crate::identity::time::rfc3339;
 
-/// How long the first connect may take before `start` gives up (later reconnects never do).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connect attempt may take, from TCP to the server's answer to CONNECT (the first
+/// `start` gives up after it; reconnects try again). Longer than the server's auth timeout, so
+/// that a peel waiting for a busy callout hears the server's verdict rather than giving up first.
+const CONNECT_TIMEOUT: Duration =
+    Duration::from_secs(crate::broker::config::AUTH_TIMEOUT_SECS as u64 + 5);
 /// The pause before the first reconnect attempt after a disconnect, before jitter; it doubles
 /// with every failed attempt in a row up to [`RECONNECT_DELAY_MAX`].
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// The longest pause between attempts, before jitter.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(8);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(30);
 /// The most random jitter added to a pause, in thousandths of the pause (up to half of it).
 const RECONNECT_JITTER_MAX: u64 = 500;
 /// How long [`Agent::stop`] waits for the connection to drain.
@@ -476,22 +479,15 @@ fn connect_options(
             Ok(auth)
         }
     });
-    // async-nats asks for a delay before the very first attempt too: only that one is skipped.
-    let attempted = AtomicBool::new(false);
     let events_id = id.clone();
     let closed = Arc::new(closed);
-    let mut client_options = auth
+    let pacing = Arc::new(ReconnectPacing::default());
+    let mut client_options = with_fleet_reconnects(auth, pacing.clone())
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
         .custom_inbox_prefix(format!("_INBOX.{id}"))
-        .connection_timeout(CONNECT_TIMEOUT)
-        .max_reconnects(None)
-        .reconnect_delay_callback(move |attempt| {
-            let first = !attempted.swap(true, Ordering::Relaxed);
-            let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
-            reconnect_delay(first, attempt, jitter)
-        })
         .event_callback(move |event| {
+            pacing.on_event(&event);
             let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
             async move { on_event(event, &id, &connected, &closed) }
         });
@@ -501,9 +497,67 @@ fn connect_options(
     client_options
 }
 
-/// The delay before connect attempt `attempt` (async-nats counts the attempts since the last
-/// successful connect, from 1): none before the first ever; then 2 s, doubling with each
-/// failure in a row up to 8 s, plus `jitter` thousandths of that (capped at half of it). A
+/// How long a connection must have lasted for its loss not to count as one more failure in a
+/// row (longer than any auth timeout of the server's).
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Failed connects in a row, as the peel counts them, for the backoff. async-nats counts
+/// attempts only until a connection is "up", and it calls one up as soon as the server says
+/// anything after CONNECT: nats-server pings a client 2 s after its CONNECT even while the
+/// callout is still deciding. Under a storm its count would start over at every attempt and
+/// the backoff would never grow, so a connection only resets the count once it has lasted
+/// [`STABLE_AFTER`].
+#[derive(Debug, Default)]
+pub struct ReconnectPacing {
+    attempted: AtomicBool,
+    streak: std::sync::atomic::AtomicU32,
+    up_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ReconnectPacing {
+    /// The pause before the next connect attempt (none before the very first).
+    fn next_delay(&self) -> Duration {
+        let first = !self.attempted.swap(true, Ordering::Relaxed);
+        let streak = self
+            .streak
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
+        reconnect_delay(first, streak as usize, jitter)
+    }
+
+    /// Follows the client's connection events.
+    pub fn on_event(&self, event: &Event) {
+        let mut up_since = self.up_since.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::Connected => *up_since = Some(std::time::Instant::now()),
+            // Taking the time also forgets it: the next loss counts from the next connect.
+            Event::Disconnected | Event::Closed
+                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE_AFTER) =>
+            {
+                self.streak.store(0, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The connect timeout and reconnect behaviour of every peel: reconnects forever, paced by
+/// `pacing` (whose [`ReconnectPacing::on_event`] the caller's event callback must feed).
+/// Public so that the load runner's native-auth baseline reconnects the same way.
+pub fn with_fleet_reconnects(
+    options: ConnectOptions,
+    pacing: Arc<ReconnectPacing>,
+) -> ConnectOptions {
+    options
+        .connection_timeout(CONNECT_TIMEOUT)
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |_attempt| pacing.next_delay())
+}
+
+/// The delay before connect attempt `attempt` (counted by [`ReconnectPacing`] from 1 since the
+/// last connection that lasted): none before the first ever; then 2 s, doubling with each
+/// failure in a row up to 30 s, plus `jitter` thousandths of that (capped at half of it). A
 /// fleet that lost its server thus comes back spread out, and when the server is too busy to
 /// let everyone in at once the retries thin out instead of piling up (each one costs the server
 /// a TLS handshake and a callout request).
@@ -732,6 +786,36 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_drop_soon_count_as_failures_and_lasting_ones_reset_the_backoff() {
+        let pacing = ReconnectPacing::default();
+        assert_eq!(
+            pacing.next_delay(),
+            Duration::ZERO,
+            "the very first attempt"
+        );
+        // Up for a moment (the server's early PING), then refused: the backoff keeps growing.
+        for streak in 2..=4u32 {
+            pacing.on_event(&Event::Connected);
+            pacing.on_event(&Event::Disconnected);
+            let floor = RECONNECT_DELAY * (1 << (streak - 1));
+            let delay = pacing.next_delay();
+            assert!(
+                delay >= floor && delay <= floor.mul_f64(1.5),
+                "{delay:?} after {streak} failures"
+            );
+        }
+        // A connection that lasted starts the count over.
+        pacing.on_event(&Event::Connected);
+        *pacing.up_since.lock().unwrap() = Some(std::time::Instant::now() - STABLE_AFTER);
+        pacing.on_event(&Event::Disconnected);
+        let delay = pacing.next_delay();
+        assert!(
+            delay >= RECONNECT_DELAY && delay <= RECONNECT_DELAY.mul_f64(1.5),
+            "{delay:?}"
+        );
+    }
+
+    #[test]
     fn only_the_very_first_attempt_is_not_delayed_and_failures_back_off() {
         assert_eq!(reconnect_delay(true, 1, 300), Duration::ZERO);
         assert_eq!(reconnect_delay(false, 1, 0), Duration::from_secs(2));
@@ -739,7 +823,7 @@ mod tests {
         assert_eq!(reconnect_delay(false, 1, 5000), Duration::from_secs(3));
         assert_eq!(reconnect_delay(false, 2, 0), Duration::from_secs(4));
         assert_eq!(reconnect_delay(false, 3, 500), Duration::from_secs(12));
-        assert_eq!(reconnect_delay(false, 50, 0), Duration::from_secs(8));
+        assert_eq!(reconnect_delay(false, 50, 0), Duration::from_secs(30));
         // async-nats may ask with 0 before its first attempt: treated like the first.
         assert_eq!(reconnect_delay(false, 0, 0), Duration::from_secs(2));
     }
