@@ -886,14 +886,7 @@ async fn native_baseline(
     drop(connecting);
     let connect_secs = started.elapsed().as_secs_f64();
 
-    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
-        .await
-        .map_err(|e| anyhow!("status before the restart: {e}"))?;
-    let child_pid = status["nats_server"]["pid"]
-        .as_u64()
-        .and_then(|p| libc::pid_t::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| anyhow!("the status names no nats-server pid: {status}"))?;
+    let (_, child_pid) = child_before_restart(admin).await?;
     let connects_before: Vec<u64> = clients.iter().map(connects).collect();
     let probes: Vec<String> = (0..clients.len())
         .map(|i| format!("zester.load.native.{i}.probe"))
@@ -904,10 +897,7 @@ async fn native_baseline(
         clients.len()
     );
     let killed = Instant::now();
-    // SAFETY: signals the nats-server child zester supervises (its pid from zester's status).
-    if unsafe { libc::kill(child_pid, libc::SIGKILL) } != 0 {
-        bail!("kill -9 {child_pid}: {}", std::io::Error::last_os_error());
-    }
+    kill_child(child_pid)?;
     let (back, all_back) = wait_for_reauth(&clients, &probes, &connects_before, killed, || {
         zester.exited()
     })
@@ -932,6 +922,28 @@ async fn native_baseline(
     });
     drop(clients);
     Ok(report)
+}
+
+/// zester's status before the restart and the pid of its nats-server child.
+async fn child_before_restart(admin: &async_nats::Client) -> Result<(Value, libc::pid_t)> {
+    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
+        .await
+        .map_err(|e| anyhow!("status before the restart: {e}"))?;
+    let child_pid = status["nats_server"]["pid"]
+        .as_u64()
+        .and_then(|p| libc::pid_t::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("the status names no nats-server pid: {status}"))?;
+    Ok((status, child_pid))
+}
+
+/// `kill -9` of the nats-server child.
+fn kill_child(child_pid: libc::pid_t) -> Result<()> {
+    // SAFETY: signals the nats-server child zester supervises (its pid from zester's status).
+    if unsafe { libc::kill(child_pid, libc::SIGKILL) } != 0 {
+        bail!("kill -9 {child_pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn connects(client: &async_nats::Client) -> u64 {
@@ -1023,14 +1035,7 @@ async fn restart_child(
     audit: &Path,
     zester: &mut ZesterUp,
 ) -> Result<Value> {
-    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
-        .await
-        .map_err(|e| anyhow!("status before the restart: {e}"))?;
-    let child_pid = status["nats_server"]["pid"]
-        .as_u64()
-        .and_then(|p| libc::pid_t::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| anyhow!("the status names no nats-server pid: {status}"))?;
+    let (status, child_pid) = child_before_restart(admin).await?;
     let live: Vec<&Agent> = agents.iter().flatten().collect();
     let connects_before: Vec<u64> = live.iter().map(|a| connects(a.client())).collect();
     let audit_mark = audit_len(audit);
@@ -1042,10 +1047,7 @@ async fn restart_child(
     );
     let killed_ms = counters.now_ms();
     let killed = Instant::now();
-    // SAFETY: signals the nats-server child zester supervises (its pid from zester's status).
-    if unsafe { libc::kill(child_pid, libc::SIGKILL) } != 0 {
-        bail!("kill -9 {child_pid}: {}", std::io::Error::last_os_error());
-    }
+    kill_child(child_pid)?;
 
     let clients: Vec<async_nats::Client> = live.iter().map(|a| a.client().clone()).collect();
     // Peels may publish on their own event subjects; nobody serves this one.
