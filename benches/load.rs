@@ -964,7 +964,10 @@ async fn wait_for_reauth(
     killed: Instant,
     mut zester_exited: impl FnMut() -> Option<std::process::ExitStatus>,
 ) -> Result<(usize, Option<Duration>)> {
-    // 0: not seen up yet, 1: a PING is out, 2: back.
+    // Per client: not seen up yet, a probe request is out, or back.
+    const WAITING: u8 = 0;
+    const PROBING: u8 = 1;
+    const BACK: u8 = 2;
     let state: Arc<Vec<std::sync::atomic::AtomicU8>> =
         Arc::new((0..clients.len()).map(|_| Default::default()).collect());
     let mut next_progress = Duration::from_secs(1);
@@ -975,14 +978,15 @@ async fn wait_for_reauth(
         let mut back = 0usize;
         let mut up = 0usize;
         for (i, client) in clients.iter().enumerate() {
+            let says_connected =
+                client.connection_state() == async_nats::connection::State::Connected;
+            up += usize::from(says_connected);
             match state[i].load(Ordering::Relaxed) {
-                2 => back += 1,
-                1 => {}
+                BACK => back += 1,
+                PROBING => {}
                 _ => {
-                    if connects(client) > connects_before[i]
-                        && client.connection_state() == async_nats::connection::State::Connected
-                    {
-                        state[i].store(1, Ordering::Relaxed);
+                    if says_connected && connects(client) > connects_before[i] {
+                        state[i].store(PROBING, Ordering::Relaxed);
                         let (client, state) = (client.clone(), state.clone());
                         let subject = probe_subjects[i].clone();
                         tokio::spawn(async move {
@@ -998,13 +1002,10 @@ async fn wait_for_reauth(
                                 }
                                 Err(_) => false,
                             };
-                            state[i].store(if through { 2 } else { 0 }, Ordering::Relaxed);
+                            state[i].store(if through { BACK } else { WAITING }, Ordering::Relaxed);
                         });
                     }
                 }
-            }
-            if client.connection_state() == async_nats::connection::State::Connected {
-                up += 1;
             }
         }
         if back == clients.len() {
@@ -1022,7 +1023,7 @@ async fn wait_for_reauth(
     }
     let back = state
         .iter()
-        .filter(|s| s.load(Ordering::Relaxed) == 2)
+        .filter(|s| s.load(Ordering::Relaxed) == BACK)
         .count();
     Ok((back, None))
 }
