@@ -22,7 +22,8 @@
 //!    agents reconnect on their own; the runner reports when every peel has re-authenticated
 //!    (its client counted a new connect, which async-nats does only after the server's PONG, so
 //!    after the callout let it in) and when the master has received a message from every peel
-//!    sent over its new connection (end to end through the new server).
+//!    sent over its new connection (its facts, published at every connect, or a load message:
+//!    end to end through the new server).
 //!
 //! Auth failures are the agents that could not start plus every refusal in zester's audit log;
 //! callout latencies come from the audit log's per-decision `micros`, per phase.
@@ -421,7 +422,15 @@ async fn run(args: &Args) -> Result<Value> {
         .subscribe("zester.event.*.load")
         .await
         .context("master: subscribing to the load subjects")?;
-    let listen_task = tokio::spawn(listen(listener, counters.clone(), index_of.clone()));
+    let facts = master
+        .subscribe("zester.fact.*")
+        .await
+        .context("master: subscribing to the facts")?;
+    let listen_task = tokio::spawn(listen(
+        futures_util::stream::select(listener, facts),
+        counters.clone(),
+        index_of.clone(),
+    ));
     sync_round_trip(&master).await?;
 
     // Connect phase.
@@ -724,17 +733,31 @@ async fn sync_round_trip(client: &async_nats::Client) -> Result<()> {
     Ok(())
 }
 
-/// The master's side: counts load messages and checks the sender named in the payload is the
-/// peel the subject belongs to.
+/// The master's side: counts load messages and hears the facts every peel publishes after each
+/// connect, and checks that the sender named in the payload (first word of a load message, `id`
+/// of the facts) is the peel the subject belongs to.
 async fn listen(
-    mut subscriber: async_nats::Subscriber,
+    mut messages: impl futures_util::Stream<Item = async_nats::Message> + Unpin,
     counters: Arc<Counters>,
     index_of: Arc<HashMap<String, usize>>,
 ) {
-    while let Some(message) = subscriber.next().await {
-        let subject_peel = message.subject.split('.').nth(2).unwrap_or_default();
+    while let Some(message) = messages.next().await {
+        let fact = message.subject.starts_with("zester.fact.");
+        let subject_peel = message
+            .subject
+            .split('.')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
         let payload = String::from_utf8_lossy(&message.payload);
-        let sender = payload.split(' ').next().unwrap_or_default();
+        let sender = if fact {
+            serde_json::from_slice::<Value>(&message.payload)
+                .ok()
+                .and_then(|facts| facts["id"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        } else {
+            payload.split(' ').next().unwrap_or_default().to_string()
+        };
         if sender != subject_peel {
             counters.unauthorised(format!(
                 "master got {:?} on {}",
@@ -743,8 +766,10 @@ async fn listen(
             ));
             continue;
         }
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(&i) = index_of.get(subject_peel) {
+        if !fact {
+            counters.received.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(&i) = index_of.get(subject_peel.as_str()) {
             counters.last_heard_ms[i].store(counters.now_ms(), Ordering::Relaxed);
         }
     }

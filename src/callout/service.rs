@@ -221,7 +221,7 @@ impl CalloutState {
                         self.sessions.insert(
                             &name,
                             Session {
-                                server_id: request.server.id.clone(),
+                                server_id: request.server.id.as_str().into(),
                                 client_id: request.client_info.id,
                                 nkey: admission.nkey.clone(),
                                 since: now,

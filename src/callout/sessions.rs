@@ -5,9 +5,9 @@
 //! disconnect. Counters and a window of recent decision latencies feed `zester status` and the
 //! benchmark. Locks are held for a few instructions and never across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -19,8 +19,8 @@ const LATENCY_WINDOW: usize = 65_536;
 /// One admitted connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Session {
-    /// The server it is on.
-    pub server_id: String,
+    /// The server it is on (shared by every session on that server).
+    pub server_id: Arc<str>,
     /// Its client id there.
     pub client_id: u64,
     /// The identity key it proved.
@@ -29,44 +29,113 @@ pub struct Session {
     pub since: i64,
 }
 
-/// Sessions by identity (peel id, or the role name of a service user).
+/// Sessions by identity (peel id, or the role name of a service user), with an index by
+/// connection so that forgetting one is a lookup, not a scan: under a reconnect storm the
+/// server reports thousands of disconnects while every admission waits for this lock. Server
+/// ids and identities are stored once and shared, which keeps the index small (10,000 peels
+/// have 20,000 sessions just after a restart of the child: the old server's are only forgotten
+/// as new ones push them out).
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    inner: Mutex<HashMap<String, VecDeque<Session>>>,
+    inner: Mutex<Sessions>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    by_identity: HashMap<Arc<str>, VecDeque<Session>>,
+    by_connection: HashMap<(Arc<str>, u64), Arc<str>>,
+    servers: HashSet<Arc<str>>,
+}
+
+/// Past this many known server ids, the ones no session is on any more are dropped.
+const MAX_SERVERS: usize = 64;
+
+impl Sessions {
+    /// The shared copy of a server id.
+    fn server(&mut self, server_id: &str) -> Arc<str> {
+        if let Some(known) = self.servers.get(server_id) {
+            return known.clone();
+        }
+        if self.servers.len() >= MAX_SERVERS {
+            // Referenced only by this set: no session is on that server.
+            self.servers.retain(|id| Arc::strong_count(id) > 1);
+        }
+        let id: Arc<str> = Arc::from(server_id);
+        self.servers.insert(id.clone());
+        id
+    }
+
+    /// Drops `connection` from the sessions of `identity` (and the identity once it has none).
+    fn forget(&mut self, identity: &str, connection: &(Arc<str>, u64)) {
+        if let Some(list) = self.by_identity.get_mut(identity) {
+            list.retain(|s| !(s.client_id == connection.1 && s.server_id == connection.0));
+            if list.is_empty() {
+                self.by_identity.remove(identity);
+            }
+        }
+    }
 }
 
 impl SessionTable {
     /// Remembers an admission.
-    pub fn insert(&self, identity: &str, session: Session) {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(identity.to_string()).or_default();
-        if list.len() >= MAX_PER_IDENTITY {
-            list.pop_front();
-        }
+    pub fn insert(&self, identity: &str, mut session: Session) {
+        let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        session.server_id = sessions.server(&session.server_id);
+        let connection = (session.server_id.clone(), session.client_id);
+        let identity: Arc<str> = match sessions.by_identity.get_key_value(identity) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(identity),
+        };
+        let list = sessions.by_identity.entry(identity.clone()).or_default();
+        let evicted = if list.len() >= MAX_PER_IDENTITY {
+            list.pop_front()
+        } else {
+            None
+        };
         list.push_back(session);
+        if let Some(oldest) = evicted {
+            sessions
+                .by_connection
+                .remove(&(oldest.server_id, oldest.client_id));
+        }
+        // The same connection admitted again under another identity (a peel that enrolled,
+        // then was let in as itself) belongs to the newer one only.
+        if let Some(previous) = sessions
+            .by_connection
+            .insert(connection.clone(), identity.clone())
+        {
+            if previous != identity {
+                sessions.forget(&previous, &connection);
+            }
+        }
     }
 
     /// Forgets a connection that closed.
     pub fn remove(&self, server_id: &str, client_id: u64) {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, list| {
-            list.retain(|s| !(s.client_id == client_id && s.server_id == server_id));
-            !list.is_empty()
-        });
+        let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(server) = sessions.servers.get(server_id).cloned() else {
+            return;
+        };
+        let connection = (server, client_id);
+        if let Some(identity) = sessions.by_connection.remove(&connection) {
+            sessions.forget(&identity, &connection);
+        }
     }
 
     /// The live sessions of `identity`.
     pub fn of(&self, identity: &str) -> Vec<Session> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(identity)
+        let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .by_identity
+            .get(identity)
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// How many sessions are remembered.
     pub fn len(&self) -> usize {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().map(VecDeque::len).sum()
+        let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.by_identity.values().map(VecDeque::len).sum()
     }
 
     /// True when none are.
@@ -76,32 +145,52 @@ impl SessionTable {
 }
 
 /// The connections the callout decided on recently, so that the server's own auth-error
-/// event for the same connection is not audited twice.
+/// event for the same connection is not audited twice. Remembered as a 64-bit hash of (server
+/// id, client id) in a set for the lookups (one per auth-error event, thousands in a storm) and
+/// a queue for the order of forgetting; a collision would only skip auditing one event.
 #[derive(Debug, Default)]
 pub struct RecentDecisions {
-    inner: Mutex<VecDeque<(String, u64)>>,
+    inner: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    order: VecDeque<u64>,
+    members: HashSet<u64>,
 }
 
 /// How many recent decisions are remembered.
 const RECENT_DECISIONS: usize = 4096;
 
+/// The key a connection is remembered by.
+fn connection_key(server_id: &str, client_id: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (server_id, client_id).hash(&mut hasher);
+    hasher.finish()
+}
+
 impl RecentDecisions {
     /// Remembers a decision about client `client_id` on `server_id`.
     pub fn remember(&self, server_id: &str, client_id: u64) {
+        let key = connection_key(server_id, client_id);
         let mut recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() >= RECENT_DECISIONS {
-            recent.pop_front();
+        if !recent.members.insert(key) {
+            return;
         }
-        recent.push_back((server_id.to_string(), client_id));
+        if recent.order.len() >= RECENT_DECISIONS {
+            if let Some(oldest) = recent.order.pop_front() {
+                recent.members.remove(&oldest);
+            }
+        }
+        recent.order.push_back(key);
     }
 
     /// True when the callout decided on that connection recently.
     pub fn contains(&self, server_id: &str, client_id: u64) -> bool {
+        let key = connection_key(server_id, client_id);
         let recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        recent
-            .iter()
-            .rev()
-            .any(|(s, c)| *c == client_id && s == server_id)
+        recent.members.contains(&key)
     }
 }
 
@@ -260,6 +349,58 @@ mod tests {
             table.insert("busy", session("N1", 100 + i));
         }
         assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
+        // The forgotten oldest ones are gone from the index too: removing them is a no-op.
+        table.remove("N1", 100);
+        assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
+        table.remove("N1", 199);
+        assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY - 1);
+    }
+
+    #[test]
+    fn server_ids_are_shared_and_forgotten_once_unused() {
+        let table = SessionTable::default();
+        table.insert("web-01", session("N1", 1));
+        table.insert("web-02", session("N1", 2));
+        let (a, b) = (table.of("web-01"), table.of("web-02"));
+        assert!(Arc::ptr_eq(&a[0].server_id, &b[0].server_id), "one copy per server");
+        drop((a, b));
+        // Servers come and go (restarts of the child): ids nobody is on any more are dropped.
+        for server in 0..3 * MAX_SERVERS as u64 {
+            let id = format!("S{server}");
+            table.insert("web-03", session(&id, server));
+            table.remove(&id, server);
+        }
+        let known = table.inner.lock().unwrap().servers.len();
+        assert!(known <= MAX_SERVERS, "{known} server ids kept");
+        assert_eq!(table.len(), 2);
+        table.remove("N1", 1);
+        assert_eq!(table.of("web-02").len(), 1);
+    }
+
+    #[test]
+    fn a_connection_admitted_again_belongs_to_its_newest_identity() {
+        let table = SessionTable::default();
+        table.insert("_enrolling", session("N1", 9));
+        table.insert("web-01", session("N1", 9));
+        assert!(table.of("_enrolling").is_empty());
+        table.remove("N1", 9);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn recent_decisions_are_remembered_up_to_a_bound() {
+        let recent = RecentDecisions::default();
+        recent.remember("N1", 1);
+        recent.remember("N1", 1);
+        assert!(recent.contains("N1", 1));
+        assert!(!recent.contains("N2", 1));
+        for id in 2..=RECENT_DECISIONS as u64 {
+            recent.remember("N1", id);
+        }
+        assert!(recent.contains("N1", 1), "still within the bound");
+        recent.remember("N1", 0);
+        assert!(!recent.contains("N1", 1), "the oldest is forgotten");
+        assert!(recent.contains("N1", 0));
     }
 
     #[test]
