@@ -362,7 +362,10 @@ mod tests {
         table.insert("web-01", session("N1", 1));
         table.insert("web-02", session("N1", 2));
         let (a, b) = (table.of("web-01"), table.of("web-02"));
-        assert!(Arc::ptr_eq(&a[0].server_id, &b[0].server_id), "one copy per server");
+        assert!(
+            Arc::ptr_eq(&a[0].server_id, &b[0].server_id),
+            "one copy per server"
+        );
         drop((a, b));
         // Servers come and go (restarts of the child): ids nobody is on any more are dropped.
         for server in 0..3 * MAX_SERVERS as u64 {
