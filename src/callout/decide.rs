@@ -92,6 +92,15 @@ pub enum Refusal {
         /// The key it was checked against.
         nkey: String,
     },
+    /// nats-server refused a client whose JWT checks out, without asking the callout. The server
+    /// checks the nonce signature itself before asking, so that is the likely cause; but a server
+    /// too busy to get to the client before its auth timeout (a reconnect storm) looks the same
+    /// from here, since neither event says more than "Authentication Failure".
+    #[error("nats-server refused {nkey} without asking the callout although its JWT is valid: most likely its nonce signature does not verify (the seed does not belong to this JWT), or the server was too busy to get to it before its auth timeout (many of these at once during a reconnect storm)")]
+    NonceSignatureSuspected {
+        /// The key of the JWT.
+        nkey: String,
+    },
     /// The key is unknown to the key store.
     #[error("key {nkey} is not known to this node")]
     UnknownKey {
@@ -136,7 +145,9 @@ impl Refusal {
             Refusal::Chain(ChainError::Time { .. }) => "jwt_expired",
             Refusal::Chain(_) => "foreign_issuer",
             Refusal::MissingSignature | Refusal::SignatureEncoding => "nonce_signature_missing",
-            Refusal::NonceSignatureMismatch { .. } => "nonce_signature_mismatch",
+            Refusal::NonceSignatureMismatch { .. } | Refusal::NonceSignatureSuspected { .. } => {
+                "nonce_signature_mismatch"
+            }
             Refusal::UnknownKey { .. } => "key_unknown",
             Refusal::KeyNotAccepted { .. } => "key_not_accepted",
             Refusal::BadRequest(_) => "bad_request",
@@ -242,8 +253,9 @@ pub const NO_ANSWER_AFTER: std::time::Duration =
 /// Explains a refusal the callout did not make, from the JWT the client presented (the
 /// server's auth-error event carries it, but only says "Authentication Failure"). The server
 /// checks signature, expiry, the chain and the nonce signature itself before asking the
-/// callout, so a JWT that passes every check here failed the nonce signature — unless the
-/// caller knows the callout left the request unanswered (`unanswered`: the server held the
+/// callout, so a JWT that passes every check here most likely failed the nonce signature (or
+/// the server was overloaded; see [`Refusal::NonceSignatureSuspected`]) — unless the caller
+/// knows the callout left the request unanswered (`unanswered`: the server held the
 /// client for its auth timeout while the callout was reconnecting or shedding load).
 pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64, unanswered: bool) -> Refusal {
     if jwt_text.is_empty() || jwt_text == trust.sentinel {
@@ -259,7 +271,7 @@ pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64, unanswered: bool) -> Re
     if unanswered {
         return Refusal::NoCalloutAnswer;
     }
-    Refusal::NonceSignatureMismatch {
+    Refusal::NonceSignatureSuspected {
         nkey: user.subject().to_string(),
     }
 }

@@ -94,9 +94,10 @@ impl SessionTable {
         };
         list.push_back(session);
         if let Some(oldest) = evicted {
-            sessions
-                .by_connection
-                .remove(&(oldest.server_id, oldest.client_id));
+            let key = (oldest.server_id, oldest.client_id);
+            if sessions.by_connection.get(&key) == Some(&identity) {
+                sessions.by_connection.remove(&key);
+            }
         }
         // The same connection admitted again under another identity (a peel that enrolled,
         // then was let in as itself) belongs to the newer one only.
