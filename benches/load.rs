@@ -23,7 +23,9 @@
 //!    (its client counted a new connect, which async-nats does only after the server's PONG, so
 //!    after the callout let it in) and when the master has received a message from every peel
 //!    sent over its new connection (its facts, published at every connect, or a load message:
-//!    end to end through the new server).
+//!    end to end through the new server). With `--rate 0` only the facts count, and a peel that
+//!    is back before the master has subscribed again is never heard: "not reached" then says
+//!    nothing about the peels.
 //!
 //! Auth failures are the agents that could not start plus every refusal in zester's audit log;
 //! callout latencies come from the audit log's per-decision `micros`, per phase.
