@@ -79,6 +79,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const COMMAND_EVERY: Duration = Duration::from_secs(5);
 /// Lets messages in flight arrive before counting.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long the admin API may stay unreachable after the fleet is back.
+const STATUS_AFTER_RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long zester may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -929,26 +931,49 @@ async fn native_baseline(
         zester.exited()
     })
     .await?;
-    let wall = killed.elapsed().as_secs_f64();
-    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
-        .await
-        .map_err(|e| anyhow!("status after the restart: {e}"))?;
-    let new_child = status["nats_server"]["pid"].as_u64().unwrap_or(0) as u32;
+    let (_, cpu) = child_after_restart(admin, zester, cpu_before, killed).await?;
     let report = json!({
         "mode": "native",
         "peels": clients.len(),
         "connect_secs": connect_secs,
         "reauthenticated": back,
         "all_reauthenticated_secs": all_back.map(|d| d.as_secs_f64()),
-        "cpu_secs": {
-            "nats_server": cpu_secs(new_child),
-            "zester": cpu_secs(zester.pid()) - cpu_before.0,
-            "runner": cpu_secs(std::process::id()) - cpu_before.1,
-            "wall": wall,
-        },
+        "cpu_secs": cpu,
     });
     drop(clients);
     Ok(report)
+}
+
+/// zester's status after the restart, and the CPU seconds since the kill at `killed`: the new
+/// nats-server's whole life, zester's and this process's (the clients' TLS handshakes and
+/// sign-ins) since `cpu_before` (zester's, this process's), over the wall time since the kill.
+async fn child_after_restart(
+    admin: &async_nats::Client,
+    zester: &ZesterUp,
+    cpu_before: (f64, f64),
+    killed: Instant,
+) -> Result<(Value, Value)> {
+    let wall = killed.elapsed().as_secs_f64();
+    // zester's master connection, which serves the admin API, signs in through the callout
+    // after the callout is back, so it may still be on its way when the clients are.
+    let asked = Instant::now();
+    let status = loop {
+        match admin_request(admin, STATUS_SUBJECT, &json!({})).await {
+            Ok(status) => break status,
+            Err(e) if asked.elapsed() > STATUS_AFTER_RESTART_TIMEOUT => {
+                bail!("status after the restart: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let new_child = status["nats_server"]["pid"].as_u64().unwrap_or(0) as u32;
+    let cpu = json!({
+        "nats_server": cpu_secs(new_child),
+        "zester": cpu_secs(zester.pid()) - cpu_before.0,
+        "runner": cpu_secs(std::process::id()) - cpu_before.1,
+        "wall": wall,
+    });
+    Ok((status, cpu))
 }
 
 /// zester's status before the restart and the pid of its nats-server child.
@@ -1124,19 +1149,7 @@ async fn restart_child(
         }
         tokio::time::sleep(RESTART_POLL).await;
     }
-    let storm_secs = killed.elapsed().as_secs_f64();
-    let status = admin_request(admin, STATUS_SUBJECT, &json!({}))
-        .await
-        .map_err(|e| anyhow!("status after the restart: {e}"))?;
-    // CPU seconds from the kill to every peel heard: the new nats-server's whole life, zester's
-    // and this process's (the agents' TLS handshakes and sign-ins) since the kill.
-    let new_child = status["nats_server"]["pid"].as_u64().unwrap_or(0) as u32;
-    let cpu = json!({
-        "nats_server": cpu_secs(new_child),
-        "zester": cpu_secs(zester.pid()) - cpu_before.0,
-        "runner": cpu_secs(std::process::id()) - cpu_before.1,
-        "wall": storm_secs,
-    });
+    let (status, cpu) = child_after_restart(admin, zester, cpu_before, killed).await?;
     tokio::time::sleep(SETTLE).await;
     let storm_audit = read_audit(audit, audit_mark)?;
     Ok(json!({

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
-use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, Session, SessionTable};
+use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
 use crate::authority::Authority;
 use crate::broker::config::AUTH_TIMEOUT_SECS;
 use crate::connect::Presence;
@@ -220,12 +220,10 @@ impl CalloutState {
                         audit.role = admission.role.name().to_string();
                         self.sessions.insert(
                             &name,
-                            Session {
-                                server_id: request.server.id.as_str().into(),
-                                client_id: request.client_info.id,
-                                nkey: admission.nkey.clone(),
-                                since: now,
-                            },
+                            &request.server.id,
+                            request.client_info.id,
+                            admission.nkey.clone(),
+                            now,
                         );
                         (Ok(session.token().to_string()), true)
                     }

@@ -77,10 +77,23 @@ impl Sessions {
 }
 
 impl SessionTable {
-    /// Remembers an admission.
-    pub fn insert(&self, identity: &str, mut session: Session) {
+    /// Remembers an admission of client `client_id` on `server_id` as `identity` (the server id
+    /// is taken as a `&str` so that the table's shared copy is the only one made).
+    pub fn insert(
+        &self,
+        identity: &str,
+        server_id: &str,
+        client_id: u64,
+        nkey: String,
+        since: i64,
+    ) {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        session.server_id = sessions.server(&session.server_id);
+        let session = Session {
+            server_id: sessions.server(server_id),
+            client_id,
+            nkey,
+            since,
+        };
         let connection = (session.server_id.clone(), session.client_id);
         let identity: Arc<str> = match sessions.by_identity.get_key_value(identity) {
             Some((shared, _)) => shared.clone(),
@@ -334,9 +347,9 @@ mod tests {
     #[test]
     fn sessions_come_and_go() {
         let table = SessionTable::default();
-        table.insert("web-01", session("N1", 5));
-        table.insert("web-01", session("N1", 6));
-        table.insert("web-02", session("N1", 7));
+        table.insert("web-01", "N1", 5, "U".into(), 0);
+        table.insert("web-01", "N1", 6, "U".into(), 0);
+        table.insert("web-02", "N1", 7, "U".into(), 0);
         assert_eq!(table.of("web-01").len(), 2);
         table.remove("N1", 5);
         assert_eq!(table.of("web-01"), vec![session("N1", 6)]);
@@ -347,7 +360,7 @@ mod tests {
             "a client id on another server is another connection"
         );
         for i in 0..100 {
-            table.insert("busy", session("N1", 100 + i));
+            table.insert("busy", "N1", 100 + i, "U".into(), 0);
         }
         assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
         // The forgotten oldest ones are gone from the index too: removing them is a no-op.
@@ -360,8 +373,8 @@ mod tests {
     #[test]
     fn server_ids_are_shared_and_forgotten_once_unused() {
         let table = SessionTable::default();
-        table.insert("web-01", session("N1", 1));
-        table.insert("web-02", session("N1", 2));
+        table.insert("web-01", "N1", 1, "U".into(), 0);
+        table.insert("web-02", "N1", 2, "U".into(), 0);
         let (a, b) = (table.of("web-01"), table.of("web-02"));
         assert!(
             Arc::ptr_eq(&a[0].server_id, &b[0].server_id),
@@ -371,7 +384,7 @@ mod tests {
         // Servers come and go (restarts of the child): ids nobody is on any more are dropped.
         for server in 0..3 * MAX_SERVERS as u64 {
             let id = format!("S{server}");
-            table.insert("web-03", session(&id, server));
+            table.insert("web-03", &id, server, "U".into(), 0);
             table.remove(&id, server);
         }
         let known = table.inner.lock().unwrap().servers.len();
@@ -384,8 +397,8 @@ mod tests {
     #[test]
     fn a_connection_admitted_again_belongs_to_its_newest_identity() {
         let table = SessionTable::default();
-        table.insert("_enrolling", session("N1", 9));
-        table.insert("web-01", session("N1", 9));
+        table.insert("_enrolling", "N1", 9, "U".into(), 0);
+        table.insert("web-01", "N1", 9, "U".into(), 0);
         assert!(table.of("_enrolling").is_empty());
         table.remove("N1", 9);
         assert!(table.is_empty());
