@@ -16,12 +16,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::authority::Authority;
+use crate::callout::audit::AuditSink;
 use crate::callout::decide::Trust;
 use crate::callout::service::CalloutState;
 use crate::home::{self, now_unix, Home};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{KeyRecord, KeyState, KeyStore, StateChange};
 use crate::permissions::Role;
+use crate::respond;
+use crate::wire::reply::Asker;
 
 /// Prefix of every key admin subject.
 pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
@@ -181,10 +184,13 @@ pub struct AdminService {
     pub account_lock: tokio::sync::Mutex<()>,
     /// Per-peel settings.
     pub settings: Arc<crate::settings::SettingsStore>,
+    /// Where refused requests are audited.
+    pub audit: AuditSink,
 }
 
 impl AdminService {
-    /// Serves `zester.admin.key.>` on `client` (the master's connection).
+    /// Serves `zester.admin.key.>`, settings and creds rotation on `client` (zester's service
+    /// connection); answers go only to the admin's inbox (`_INBOX._admin.`).
     pub async fn serve(
         self: Arc<Self>,
         client: async_nats::Client,
@@ -197,20 +203,16 @@ impl AdminService {
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
-                let Some(reply) = request.reply.clone() else {
+                let Some(reply) =
+                    respond::checked_reply(&request, Asker::Admin, "admin", &self.audit)
+                else {
                     continue;
                 };
                 let service = self.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let answer = match service.handle(&request.subject, &request.payload).await {
-                        Ok(value) => json!({ "ok": value }),
-                        Err(e) => json!({ "error": e.to_string() }),
-                    };
-                    let body = serde_json::to_vec(&answer).unwrap_or_default();
-                    if let Err(e) = client.publish(reply, body.into()).await {
-                        tracing::warn!("answering an admin request: {e}");
-                    }
+                    let outcome = service.handle(&request.subject, &request.payload).await;
+                    respond::answer(&client, reply, outcome, "an admin request").await;
                 });
             }
         }))
@@ -342,6 +344,9 @@ impl AdminService {
             reply.kicked = self.kick(record.id.as_str(), None).await;
             reply.cut_off_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             self.revoke_in_account(&record.nkey, now).await?;
+            // Sessions the table does not know (admitted by a decision that raced this
+            // change, or by another node): the servers' own connection lists.
+            reply.kicked += self.kick_unlisted(record.id.as_str(), &record.nkey).await;
             tracing::warn!(peel = %record.id, kicked = reply.kicked, ms = ?reply.cut_off_ms, "key revoked");
         } else {
             tracing::info!(peel = %record.id, state = %request.to, by = %request.by, "key state changed");
@@ -403,11 +408,72 @@ impl AdminService {
         }))
     }
 
+    /// Kicks every connection of the ZESTER account that presented an identity JWT for
+    /// `nkey` and that the session table does not list, as the servers report them
+    /// (`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, paged); returns how many were kicked.
+    pub async fn kick_unlisted(&self, id: &str, nkey: &str) -> usize {
+        let account = self.callout.trust().account.subject().to_string();
+        let listed: std::collections::HashSet<(String, u64)> = self
+            .callout
+            .sessions
+            .of(id)
+            .into_iter()
+            .map(|s| (s.server_id.to_string(), s.client_id))
+            .collect();
+        let mut found = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let body = json!({ "auth": true, "offset": offset, "limit": CONNZ_PAGE }).to_string();
+            let subject = format!("$SYS.REQ.ACCOUNT.{account}.CONNZ");
+            let Ok(Ok(answer)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.sys.request(subject, body.into()),
+            )
+            .await
+            else {
+                tracing::warn!("listing the account's connections for a revocation: no answer");
+                break;
+            };
+            let page: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+            let data = &page["data"];
+            let server = data["server_id"].as_str().unwrap_or_default().to_string();
+            let connections = data["connections"].as_array().cloned().unwrap_or_default();
+            for connection in &connections {
+                let presented = connection["jwt"].as_str().unwrap_or_default();
+                let cid = connection["cid"].as_u64().unwrap_or_default();
+                if crate::identity::jwt::unverified_subject(presented).as_deref() == Some(nkey)
+                    && !listed.contains(&(server.clone(), cid))
+                {
+                    found.push((server.clone(), cid));
+                }
+            }
+            let total = data["total"].as_u64().unwrap_or_default();
+            offset += connections.len() as u64;
+            if connections.is_empty() || offset >= total {
+                break;
+            }
+        }
+        let kicks = found
+            .into_iter()
+            .map(|(server, cid)| kick_one(&self.sys, server, cid));
+        let kicked = futures_util::future::join_all(kicks)
+            .await
+            .into_iter()
+            .filter(|kicked| *kicked)
+            .count();
+        if kicked > 0 {
+            tracing::warn!(target: "audit", kicked, "revocation: kicked connections the session table did not list");
+        }
+        kicked
+    }
+
     /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
-    /// keeps it in the home and in the callout's trust.
+    /// keeps it in the home and in the callout's trust. Only a peel's user key can be revoked
+    /// this way: never `*`, another kind of key, or a key of zester's own users.
     pub async fn revoke_in_account(&self, nkey: &str, now: i64) -> Result<(), AdminError> {
         let _guard = self.account_lock.lock().await;
         let trust = self.callout.trust();
+        check_revocable(nkey, &trust)?;
         let mut claims = trust.account.claims().clone();
         claims.nats.revocations.insert(nkey.to_string(), now);
         claims.iat = now.max(claims.iat + 1);
@@ -444,6 +510,47 @@ impl AdminService {
     }
 }
 
+/// How many connections one CONNZ page lists (each carries its JWT, ~1 KB).
+const CONNZ_PAGE: u64 = 256;
+
+/// Refuses to put anything but a peel's user key into the account's revocations: `*` would
+/// cut off every user of the account, zester's own included, and a service key zester itself.
+pub fn check_revocable(nkey: &str, trust: &Trust) -> Result<(), AdminError> {
+    let refuse = |why: &str| {
+        Err(AdminError::Account(format!(
+            "refusing to revoke {:?}: {why}",
+            crate::identity::keys::shorten(nkey)
+        )))
+    };
+    if crate::identity::keys::expect_role(nkey, &[crate::identity::keys::KeyRole::User]).is_err() {
+        return refuse("not a user key");
+    }
+    if trust.services.contains_key(nkey) {
+        return refuse("it is a key of one of zester's own users");
+    }
+    if trust
+        .account
+        .claims()
+        .nats
+        .authorization
+        .auth_users
+        .iter()
+        .any(|k| k == nkey)
+    {
+        return refuse("it is the callout's key");
+    }
+    Ok(())
+}
+
+/// Kicks client `cid` on `server` through the system account; true when the server answered.
+async fn kick_one(sys: &async_nats::Client, server: String, cid: u64) -> bool {
+    let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
+    let body = json!({ "cid": cid }).to_string();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(2), sys.request(subject, body.into())).await;
+    matches!(answer, Ok(Ok(_)))
+}
+
 /// Kicks the live sessions remembered under `id` (only those of `nkey` when given) through the
 /// system account; returns how many the servers acknowledged.
 async fn kick_sessions(
@@ -456,17 +563,7 @@ async fn kick_sessions(
     let kicks = sessions
         .iter()
         .filter(|session| nkey.is_none_or(|k| session.nkey == k))
-        .map(|session| {
-            let subject = format!("$SYS.REQ.SERVER.{}.KICK", session.server_id);
-            let body = json!({ "cid": session.client_id }).to_string();
-            let sys = sys.clone();
-            async move {
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(2), sys.request(subject, body.into()))
-                        .await;
-                matches!(answer, Ok(Ok(_)))
-            }
-        });
+        .map(|session| kick_one(sys, session.server_id.to_string(), session.client_id));
     futures_util::future::join_all(kicks)
         .await
         .into_iter()

@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 
 use crate::authority::Authority;
 use crate::callout::audit::{AuditRecord, AuditSink};
+use crate::callout::service::CalloutState;
+use crate::callout::sessions::EnrolLimiter;
 use crate::config::AcceptPolicy;
 use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
@@ -28,9 +30,12 @@ use crate::identity::keys::{self, KeyRole};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{KeyRecord, KeyState, KeyStore};
 use crate::permissions::Role;
+use crate::respond;
+use crate::wire::reply::Asker;
+use crate::wire::subjects;
 
 /// Subjects enrolment requests arrive on (`zester.enrol.<nkey>`).
-pub const ENROL_SUBJECTS: &str = "zester.enrol.*";
+pub const ENROL_SUBJECTS: &str = subjects::ENROL_REQUESTS;
 /// How far a request's time may be from the master's clock.
 pub const MAX_SKEW_SECS: i64 = 300;
 
@@ -103,6 +108,20 @@ pub enum EnrolError {
         pending: usize,
         /// The limit.
         max: usize,
+    },
+    /// The key already holds another id.
+    #[error("this key is already enrolled as peel {id}: one key enrols one id (make a new key for another id)")]
+    KeyInUse {
+        /// The id it holds.
+        id: String,
+    },
+    /// Too many requests.
+    #[error("too many enrolment requests from {what} (at most {max} a minute): slow down")]
+    RateLimited {
+        /// The key or address.
+        what: String,
+        /// The limit.
+        max: u32,
     },
     /// Fetch before enrolling.
     #[error("no enrolment for peel {id} with this key: enrol first")]
@@ -182,10 +201,45 @@ pub struct EnrolService {
     pub peel_expiry: i64,
     /// Where enrolment decisions are audited.
     pub audit: AuditSink,
+    /// Request rates per key and per address.
+    pub limits: EnrolLimits,
+    /// Serialises the creation of records (see [`EnrolService::handle`]).
+    pub creating: tokio::sync::Mutex<()>,
+}
+
+/// Most enrolment requests one key may make per minute (`peel enrol --wait` asks every 2 s).
+pub const REQUESTS_PER_KEY_MINUTE: u32 = 60;
+/// Most enrolment requests the enrolling keys of one address may make per minute.
+pub const REQUESTS_PER_ADDRESS_MINUTE: u32 = 600;
+
+/// The request-rate windows of enrolment, and where an enrolling key's address is known from.
+pub struct EnrolLimits {
+    per_key: EnrolLimiter,
+    per_address: EnrolLimiter,
+    callout: Option<Arc<CalloutState>>,
+}
+
+impl EnrolLimits {
+    /// Limits that learn addresses from the callout's sessions (`None`: per key only).
+    pub fn new(callout: Option<Arc<CalloutState>>) -> EnrolLimits {
+        EnrolLimits {
+            per_key: EnrolLimiter::default(),
+            per_address: EnrolLimiter::default(),
+            callout,
+        }
+    }
+
+    /// The address the enrolling connection of `nkey` came from, as the callout saw it.
+    fn address_of(&self, nkey: &str) -> Option<String> {
+        let sessions = self.callout.as_ref()?.sessions.of(nkey);
+        sessions
+            .iter()
+            .find_map(|s| s.ip.as_deref().map(str::to_string))
+    }
 }
 
 impl EnrolService {
-    /// Serves `zester.enrol.*` on `client` (the master's connection).
+    /// Serves `zester.enrol.*` on `client` (zester's service connection).
     pub async fn serve(
         self: Arc<Self>,
         client: async_nats::Client,
@@ -199,34 +253,54 @@ impl EnrolService {
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(message) = requests.next().await {
-                let Some(reply) = message.reply.clone() else {
+                let Some(nkey) = subjects::enrol_nkey(message.subject.as_str()) else {
+                    continue;
+                };
+                let nkey = nkey.to_string();
+                let Some(reply) =
+                    respond::checked_reply(&message, Asker::Enrolling(&nkey), "enrol", &self.audit)
+                else {
                     continue;
                 };
                 let service = self.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let nkey = message
-                        .subject
-                        .as_str()
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or_default();
                     let now = now_unix();
-                    let outcome = service.handle(&message.payload, nkey, now).await;
+                    let outcome = match service.over_rate(&nkey, now) {
+                        Some(refusal) => Err(refusal),
+                        None => service.handle(&message.payload, &nkey, now).await,
+                    };
                     service
                         .audit
-                        .record(enrol_audit(&outcome, &message.payload, nkey, now));
-                    let answer = match outcome {
-                        Ok(value) => json!({ "ok": value }),
-                        Err(e) => json!({ "error": e.to_string() }),
-                    };
-                    let body = serde_json::to_vec(&answer).unwrap_or_default();
-                    if let Err(e) = client.publish(reply, body.into()).await {
-                        tracing::warn!("answering an enrolment request: {e}");
-                    }
+                        .record(enrol_audit(&outcome, &message.payload, &nkey, now));
+                    respond::answer(&client, reply, outcome, "an enrolment request").await;
                 });
             }
         }))
+    }
+
+    /// A refusal when `nkey`, or the address its enrolling connection came from, asked more
+    /// than its share this minute.
+    fn over_rate(&self, nkey: &str, now: i64) -> Option<EnrolError> {
+        if !self
+            .limits
+            .per_key
+            .allow(nkey, now, REQUESTS_PER_KEY_MINUTE)
+        {
+            return Some(EnrolError::RateLimited {
+                what: "this key".into(),
+                max: REQUESTS_PER_KEY_MINUTE,
+            });
+        }
+        let address = self.limits.address_of(nkey)?;
+        (!self
+            .limits
+            .per_address
+            .allow(&address, now, REQUESTS_PER_ADDRESS_MINUTE))
+        .then(|| EnrolError::RateLimited {
+            what: format!("address {address}"),
+            max: REQUESTS_PER_ADDRESS_MINUTE,
+        })
     }
 
     /// Handles one request from `nkey` at `now`.
@@ -245,7 +319,25 @@ impl EnrolService {
                     }
                     return Ok(json!({ "state": record.state }));
                 }
-                let pending = self.keys.cache().counts().pending;
+                // One creation at a time, each visible in the cache before the next is
+                // checked: otherwise concurrent requests all pass the checks below.
+                let _one_at_a_time = self.creating.lock().await;
+                let cache = self.keys.cache();
+                if let Some(held) = cache.lookup_nkey(&request.nkey) {
+                    if held.id == id {
+                        return Ok(json!({ "state": held.state }));
+                    }
+                    return Err(EnrolError::KeyInUse {
+                        id: held.id.to_string(),
+                    });
+                }
+                if let Some(record) = cache.lookup_id(&id) {
+                    return Err(EnrolError::IdTaken {
+                        id: id.to_string(),
+                        state: record.state,
+                    });
+                }
+                let pending = cache.counts().pending;
                 if pending >= self.max_pending {
                     return Err(EnrolError::TooManyPending {
                         pending,
@@ -264,7 +356,15 @@ impl EnrolService {
                 if let Some(policy) = self.auto_accepts(&id) {
                     record = record.transition(KeyState::Accepted, policy, "accept policy", now)?;
                 }
-                self.keys.create(&record).await?;
+                let revision = self.keys.create(&record).await?;
+                if self
+                    .keys
+                    .wait_for_revision(revision, Duration::from_secs(2))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(peel = %id, "the key store's cache did not show a new enrolment within 2 s");
+                }
                 tracing::info!(target: "audit", peel = %id, state = %record.state, fingerprint = %record.fingerprint(), "key enrolled");
                 Ok(json!({ "state": record.state, "fingerprint": record.fingerprint() }))
             }
@@ -311,6 +411,8 @@ impl EnrolError {
             EnrolError::IdTaken { .. } => "enrol_id_taken",
             EnrolError::TooManyPending { .. } => "enrol_too_many_pending",
             EnrolError::NotEnrolled { .. } => "enrol_not_enrolled",
+            EnrolError::KeyInUse { .. } => "enrol_key_in_use",
+            EnrolError::RateLimited { .. } => "enrol_rate_limited",
             EnrolError::Store(_) | EnrolError::Authority(_) | EnrolError::Record(_) => "internal",
         }
     }
@@ -562,7 +664,7 @@ pub async fn enrol(
             let body = serde_json::to_vec(&signed).unwrap_or_default();
             let reply = tokio::time::timeout(
                 Duration::from_secs(10),
-                client.request(format!("zester.enrol.{}", request.nkey), body.into()),
+                client.request(subjects::enrol(&request.nkey), body.into()),
             )
             .await
             .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?

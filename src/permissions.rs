@@ -7,11 +7,8 @@
 
 use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::peel_id::PeelId;
-
-/// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
-pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";
-/// The inbox prefix admin tools use.
-pub const ADMIN_INBOX_PREFIX: &str = "_INBOX._admin";
+use crate::wire::subjects;
+pub use crate::wire::subjects::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
 /// Where nats-server sends auth-callout requests.
 pub const AUTH_CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 
@@ -31,6 +28,12 @@ pub enum Role {
     },
     /// The auth-callout service: reads requests, answers them, nothing else.
     Callout,
+    /// zester's own service connection (enrol, rotate, settings, admin, status): hears the
+    /// requests and may publish only into inboxes, so a steered answer cannot write anything.
+    Service,
+    /// zester's own key-store connection: the JetStream API of zester's buckets and nothing
+    /// else; it hears nothing a client can send.
+    Store,
 }
 
 impl Role {
@@ -42,16 +45,20 @@ impl Role {
             Role::Admin => "admin",
             Role::Enrolling { .. } => "enrolling",
             Role::Callout => "callout",
+            Role::Service => "service",
+            Role::Store => "store",
         }
     }
 
     /// The inbox prefix clients of this role must use.
     pub fn inbox_prefix(&self) -> String {
         match self {
-            Role::Peel(id) => format!("_INBOX.{id}"),
+            Role::Peel(id) => subjects::peel_inbox_prefix(id.as_str()),
             Role::Master => MASTER_INBOX_PREFIX.to_string(),
             Role::Admin | Role::Callout => ADMIN_INBOX_PREFIX.to_string(),
-            Role::Enrolling { nkey } => format!("_INBOX.{nkey}"),
+            Role::Enrolling { nkey } => subjects::enrolling_inbox_prefix(nkey),
+            Role::Service => subjects::SERVICE_INBOX_PREFIX.to_string(),
+            Role::Store => subjects::STORE_INBOX_PREFIX.to_string(),
         }
     }
 }
@@ -79,8 +86,9 @@ pub fn permissions_for(role: &Role) -> Permissions {
                 format!("zester.fact.{id}"),
                 format!("zester.job.*.ack.{id}"),
                 format!("zester.job.*.return.{id}"),
-                // Read its own settings document, and nothing else of JetStream.
-                crate::settings::direct_get_subject(id),
+                // Nothing of `$JS.` or `$KV.`: a JetStream request's answer goes wherever the
+                // requester says, sent from inside the account. Settings come from a service
+                // request on `zester.event.<id>.settings`, answered to this peel's inbox only.
             ]),
             subscribe: allow(&[
                 format!("zester.cmd.{id}"),
@@ -131,6 +139,46 @@ pub fn permissions_for(role: &Role) -> Permissions {
             subscribe: allow(&strings(&[AUTH_CALLOUT_SUBJECT])),
             resp: Some(ONE_REPLY),
         },
+        // Answers into inboxes, never into the master's or the store's (whose JetStream
+        // answers it could forge); nothing else.
+        Role::Service => Permissions {
+            publish: Permission {
+                allow: strings(&["_INBOX.>"]),
+                deny: vec![
+                    format!("{MASTER_INBOX_PREFIX}.>"),
+                    format!("{}.>", subjects::STORE_INBOX_PREFIX),
+                ],
+            },
+            subscribe: allow(&strings(&[
+                subjects::ENROL_REQUESTS,
+                subjects::ROTATE_REQUESTS,
+                subjects::ROTATED_NOTICES,
+                subjects::SETTINGS_REQUESTS,
+                subjects::ADMIN_REQUESTS,
+            ])),
+            resp: None,
+        },
+        Role::Store => {
+            let mut publish = vec!["$JS.API.INFO".to_string()];
+            for bucket in subjects::BUCKETS {
+                let stream = format!("KV_{bucket}");
+                publish.extend([
+                    // STREAM.INFO / CREATE, DIRECT.GET, CONSUMER.CREATE / DELETE of this stream
+                    format!("$JS.API.*.*.{stream}"),
+                    format!("$JS.API.*.*.{stream}.>"),
+                    // STREAM.MSG.GET
+                    format!("$JS.API.*.*.*.{stream}"),
+                    format!("$KV.{bucket}.>"),
+                    // the watch's flow control (see the master above)
+                    format!("$JS.FC.{stream}.>"),
+                ]);
+            }
+            Permissions {
+                publish: allow(&publish),
+                subscribe: allow(&[format!("{}.>", subjects::STORE_INBOX_PREFIX)]),
+                resp: None,
+            }
+        }
     }
 }
 
@@ -188,6 +236,44 @@ mod tests {
         });
         assert_eq!(p.publish.allow, vec!["zester.enrol.UABC"]);
         assert_eq!(p.subscribe.allow, vec!["_INBOX.UABC.>"]);
+    }
+
+    #[test]
+    fn no_peel_or_enrolling_key_reaches_jetstream() {
+        let enrolling = permissions_for(&Role::Enrolling {
+            nkey: "UABC".into(),
+        });
+        for p in [peel("web-01"), enrolling] {
+            for subject in p.publish.allow.iter().chain(&p.subscribe.allow) {
+                assert!(
+                    !subject.starts_with("$JS") && !subject.starts_with("$KV"),
+                    "{subject}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zesters_own_connections_get_least_privilege() {
+        let service = permissions_for(&Role::Service);
+        assert_eq!(service.publish.allow, vec!["_INBOX.>"]);
+        assert!(service
+            .publish
+            .deny
+            .contains(&"_INBOX._store.>".to_string()));
+        assert!(!service.subscribe.allow.iter().any(|s| s.starts_with('$')));
+        let store = permissions_for(&Role::Store);
+        for subject in &store.publish.allow {
+            assert!(
+                subject == "$JS.API.INFO"
+                    || subject.contains("KV_zester-keys")
+                    || subject.contains("KV_zester-settings")
+                    || subject.starts_with("$KV.zester-keys.")
+                    || subject.starts_with("$KV.zester-settings."),
+                "{subject}"
+            );
+        }
+        assert_eq!(store.subscribe.allow, vec!["_INBOX._store.>"]);
     }
 
     #[test]

@@ -21,17 +21,21 @@ use serde_json::{json, Value};
 
 use crate::admin::AdminService;
 use crate::authority::Authority;
+use crate::callout::audit::{AuditRecord, AuditSink};
 use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
 use crate::identity::keys::{self, KeyRole};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{KeyState, KeyStore};
 use crate::permissions::Role;
+use crate::respond;
+use crate::wire::reply::Asker;
+use crate::wire::subjects;
 
 /// Subjects the master hears rotation requests on.
-pub const ROTATE_SUBJECTS: &str = "zester.event.*.rotate";
+pub const ROTATE_SUBJECTS: &str = subjects::ROTATE_REQUESTS;
 /// Subjects the master hears "new key connected" notices on.
-pub const ROTATED_SUBJECTS: &str = "zester.event.*.rotated";
+pub const ROTATED_SUBJECTS: &str = subjects::ROTATED_NOTICES;
 /// How far a request's time may be from the master's clock.
 const MAX_SKEW_SECS: i64 = 300;
 
@@ -145,6 +149,10 @@ pub fn verify_rotation(
     if rotation.old_nkey == rotation.new_nkey {
         return Err(invalid("the new key is the old key"));
     }
+    // A notice carries no signature of the old key, but its old key is what gets revoked:
+    // it must be one user key (never `*`, an account or a wildcard).
+    keys::expect_role(&rotation.old_nkey, &[KeyRole::User])
+        .map_err(|_| invalid("the old key is not a user key"))?;
     check(&rotation.new_nkey, &signed.new_sig)?;
     if need_old {
         check(&rotation.old_nkey, &signed.old_sig)?;
@@ -162,10 +170,12 @@ pub struct RotateService {
     pub admin: Arc<AdminService>,
     /// Lifetime of the new JWT, seconds (0 = never).
     pub peel_expiry: i64,
+    /// Where refusals are audited.
+    pub audit: AuditSink,
 }
 
 impl RotateService {
-    /// Serves rotation requests and notices on `client` (the master's connection).
+    /// Serves rotation requests and notices on `client` (zester's service connection).
     pub async fn serve(
         self: Arc<Self>,
         client: async_nats::Client,
@@ -180,36 +190,39 @@ impl RotateService {
                     Some(m) = notices.next() => (m, true),
                     else => break,
                 };
-                let Some(reply) = message.reply.clone() else {
+                // zester.event.<id>.rotate(d): the server let only peel <id> publish here.
+                let Some(id) = subjects::event_peel(message.subject.as_str()) else {
+                    continue;
+                };
+                let id = id.to_string();
+                let Some(reply) =
+                    respond::checked_reply(&message, Asker::Peel(&id), "rotate", &self.audit)
+                else {
                     continue;
                 };
                 let service = self.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    // zester.event.<id>.rotate: the server let only peel <id> publish here.
-                    let id = message
-                        .subject
-                        .as_str()
-                        .split('.')
-                        .nth(2)
-                        .unwrap_or_default();
                     let now = now_unix();
                     let outcome = if notice {
-                        service.finish(&message.payload, id, now).await
+                        service.finish(&message.payload, &id, now).await
                     } else {
-                        service.rotate(&message.payload, id, now).await
+                        service.rotate(&message.payload, &id, now).await
                     };
-                    let answer = match outcome {
-                        Ok(value) => json!({ "ok": value }),
-                        Err(e) => {
-                            tracing::warn!(target: "audit", peel = id, reason = %e, "key rotation refused");
-                            json!({ "error": e.to_string() })
+                    if let Err(e) = &outcome {
+                        let mut record = AuditRecord::at(now, "rotate", "refuse");
+                        record.code = if notice {
+                            "rotated_refused"
+                        } else {
+                            "rotate_refused"
                         }
-                    };
-                    let body = serde_json::to_vec(&answer).unwrap_or_default();
-                    if let Err(e) = client.publish(reply, body.into()).await {
-                        tracing::warn!("answering a rotation request: {e}");
+                        .into();
+                        record.reason = e.to_string();
+                        record.peel_id = id.clone();
+                        record.role = "peel".into();
+                        service.audit.record(record);
                     }
+                    respond::answer(&client, reply, outcome, "a rotation request").await;
                 });
             }
         }))
@@ -256,22 +269,40 @@ impl RotateService {
         Ok(json!({ "jwt": jwt.token(), "fingerprint": rotated.fingerprint() }))
     }
 
+    /// Cuts off the key a rotation replaced, once the new key has connected: only the key
+    /// this record's last rotation replaced, named exactly.
     async fn finish(&self, payload: &[u8], id: &str, now: i64) -> Result<Value, RotateError> {
         let rotation = verify_rotation(payload, id, false, now)?;
         let peel = PeelId::parse(id).map_err(|e| RotateError::Invalid(e.to_string()))?;
-        match self.keys.get(&peel).await? {
-            Some((record, _)) if record.nkey == rotation.new_nkey => {}
-            _ => {
-                return Err(RotateError::NotCurrent {
-                    id: id.to_string(),
-                    reason: "the new key is not the record's key".into(),
-                })
-            }
+        let not_current = |reason: &str| RotateError::NotCurrent {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let (record, revision) = self
+            .keys
+            .get(&peel)
+            .await?
+            .ok_or_else(|| not_current("no record"))?;
+        if record.nkey != rotation.new_nkey {
+            return Err(not_current("the new key is not the record's key"));
+        }
+        if record.replaced_nkey.as_deref() != Some(rotation.old_nkey.as_str()) {
+            return Err(not_current(
+                "the notice names a key that this peel's last rotation did not replace",
+            ));
         }
         let kicked = self.admin.kick(id, Some(&rotation.old_nkey)).await;
         self.admin
             .revoke_in_account(&rotation.old_nkey, now)
             .await?;
+        // A replayed notice finds nothing left to finish.
+        if let Err(e) = self
+            .keys
+            .update(&peel, revision, &record.rotation_finished())
+            .await
+        {
+            tracing::warn!(peel = id, "could not mark the rotation finished: {e}");
+        }
         tracing::info!(target: "audit", peel = id, kicked, "old key revoked after rotation");
         Ok(json!({ "old_key_revoked": rotation.old_nkey, "kicked": kicked }))
     }
@@ -341,7 +372,7 @@ pub async fn rotate(options: &RotateOptions) -> Result<String, RotateError> {
     };
     let client = connect(options, &old, &id).await?;
     let signed = sign_rotation(&rotation, Some(old.key()), &new_key)?;
-    let answer = ask(&client, format!("zester.event.{id}.rotate"), &signed).await?;
+    let answer = ask(&client, subjects::rotate(&id), &signed).await?;
     let jwt =
         crate::identity::jwt::decode_ignoring_time(answer["jwt"].as_str().unwrap_or_default())
             .map_err(|e| RotateError::Master(format!("the master's JWT is invalid: {e}")))?;
@@ -359,7 +390,7 @@ pub async fn rotate(options: &RotateOptions) -> Result<String, RotateError> {
     };
     ask(
         &client,
-        format!("zester.event.{id}.rotated"),
+        subjects::rotated(&id),
         &sign_rotation(&notice, None, creds.key())?,
     )
     .await?;
@@ -425,5 +456,17 @@ mod tests {
             verify_rotation(&no_old, "web-01", false, NOW).is_ok(),
             "a notice needs the new key only"
         );
+        for old_nkey in ["*".to_string(), KeyPair::new_account().public_key()] {
+            let notice = Rotation {
+                old_nkey,
+                ..rotation.clone()
+            };
+            let signed = serde_json::to_vec(&sign_rotation(&notice, None, &new).unwrap()).unwrap();
+            assert!(
+                verify_rotation(&signed, "web-01", false, NOW).is_err(),
+                "a notice naming {} as the old key",
+                notice.old_nkey
+            );
+        }
     }
 }

@@ -1,30 +1,34 @@
 //! Per-peel settings (Salt's pillar): one JSON document per peel in the JetStream KV bucket
 //! `zester-settings`, written only by the master, readable only by that peel.
 //!
-//! Only the master's connection may touch `$KV.>` and `$JS.API.>`; a peel's permissions allow
-//! exactly one read: the direct get of its own key, `$JS.API.DIRECT.GET.KV_zester-settings.
-//! $KV.zester-settings.<id>` (DESIGN §4), so a peel can neither read another peel's document
-//! nor write its own. Values that are secret envelopes (`ENC[…]`, see `secrets`) travel sealed
-//! and are opened only on the peel, in memory ([`open_secrets`]).
+//! Only zester's store connection touches the bucket. A peel holds no `$JS.`/`$KV.` grant (a
+//! JetStream answer goes wherever the requester says, sent from inside the account): it asks on
+//! `zester.event.<id>.settings`, a subject only it may publish on, and zester's settings service
+//! answers with that peel's document, only to that peel's inbox ([`serve_peels`]). So a peel
+//! can neither read another peel's document nor write its own. Values that are secret
+//! envelopes (`ENC[…]`, see `secrets`) travel sealed and are opened only on the peel, in memory
+//! ([`open_secrets`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use async_nats::jetstream::{self, kv};
 use nkeys::XKey;
 use serde_json::Value;
 
+use crate::callout::audit::AuditSink;
 use crate::identity::peel_id::PeelId;
+use crate::respond;
 use crate::secrets;
+use crate::wire::reply::Asker;
+use crate::wire::subjects;
 
 /// The bucket.
-pub const BUCKET: &str = "zester-settings";
+pub const BUCKET: &str = crate::wire::subjects::SETTINGS_BUCKET;
 /// Largest settings document.
 const MAX_DOCUMENT: i32 = 256 * 1024;
-
-/// The one subject a peel may request to read its settings.
-pub fn direct_get_subject(id: &PeelId) -> String {
-    format!("$JS.API.DIRECT.GET.KV_{BUCKET}.$KV.{BUCKET}.{id}")
-}
 
 /// Why settings could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +68,7 @@ pub struct SettingsStore {
 }
 
 impl SettingsStore {
-    /// Opens (or creates) the bucket on the master's connection.
+    /// Opens (or creates) the bucket on zester's store connection.
     pub async fn open(client: async_nats::Client) -> Result<SettingsStore, SettingsError> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(BUCKET).await {
@@ -120,7 +124,36 @@ impl SettingsStore {
     }
 }
 
-/// The peel's side: reads its own settings document with the one request it may make.
+/// Answers peels' requests for their settings (`zester.event.<id>.settings`, on zester's
+/// service connection) with that peel's document or `null`, only to that peel's inbox.
+pub async fn serve_peels(
+    store: Arc<SettingsStore>,
+    client: async_nats::Client,
+    audit: AuditSink,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+    let mut requests = client.subscribe(subjects::SETTINGS_REQUESTS).await?;
+    client.flush().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            // The server let only peel <id> publish on zester.event.<id>.settings.
+            let Some(id) = subjects::event_peel(message.subject.as_str()) else {
+                continue;
+            };
+            let Some(reply) = respond::checked_reply(&message, Asker::Peel(id), "settings", &audit)
+            else {
+                continue;
+            };
+            let Ok(id) = PeelId::parse(id) else { continue };
+            let (store, client) = (store.clone(), client.clone());
+            tokio::spawn(async move {
+                let outcome = store.get(&id).await.map(|doc| doc.unwrap_or(Value::Null));
+                respond::answer(&client, reply, outcome, "a settings request").await;
+            });
+        }
+    }))
+}
+
+/// The peel's side: asks for its own settings document (`None` when it has none).
 pub async fn fetch(
     client: &async_nats::Client,
     id: &PeelId,
@@ -131,18 +164,20 @@ pub async fn fetch(
     };
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
-        client.request(direct_get_subject(id), "".into()),
+        client.request(subjects::settings(id), "".into()),
     )
     .await
     .map_err(|_| kv_error("no answer within 5 s".into()))?
     .map_err(|e| kv_error(e.to_string()))?;
-    // A missing key answers with a status header (404) and no body.
-    if reply.status.is_some_and(|s| s.as_u16() == 404) || reply.payload.is_empty() {
-        return Ok(None);
+    let mut answer: Value = serde_json::from_slice(&reply.payload)
+        .map_err(|e| kv_error(format!("the answer is not JSON: {e}")))?;
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        return Err(kv_error(error.to_string()));
     }
-    serde_json::from_slice(&reply.payload)
-        .map(Some)
-        .map_err(|e| kv_error(format!("not JSON: {e}")))
+    match answer.get_mut("ok").map(Value::take) {
+        Some(Value::Null) | None => Ok(None),
+        Some(document) => Ok(Some(document)),
+    }
 }
 
 /// Opens, in memory, every string in `document` that is a secret envelope for `peel` (sealed by
@@ -198,14 +233,5 @@ mod tests {
         let err = open_secrets(&doc, &other, &master.public_key()).unwrap_err();
         assert!(err.to_string().contains("/db/password"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn the_read_subject_names_one_peel() {
-        let id = PeelId::parse("web-01").unwrap();
-        assert_eq!(
-            direct_get_subject(&id),
-            "$JS.API.DIRECT.GET.KV_zester-settings.$KV.zester-settings.web-01"
-        );
     }
 }

@@ -29,8 +29,10 @@ use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::peel_id::PeelId;
 use crate::keys::{journal, KeyCache, KeyState, KeyStore};
-use crate::permissions::{Role, ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+use crate::permissions::{Role, ADMIN_INBOX_PREFIX};
 use crate::rotate::RotateService;
+use crate::wire::reply::Asker;
+use crate::wire::subjects::{SERVICE_INBOX_PREFIX, STORE_INBOX_PREFIX};
 
 /// SIGINT and SIGTERM, caught from before [`Appliance::start`] on: a signal that arrives while
 /// the appliance starts (or just after it said it is ready) stops it cleanly once it is up,
@@ -150,7 +152,8 @@ pub struct Appliance {
     state: Arc<CalloutState>,
     callout: Vec<async_nats::Client>,
     sys: async_nats::Client,
-    master: async_nats::Client,
+    service: async_nats::Client,
+    store: async_nats::Client,
     keys: Arc<KeyStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     audit_task: tokio::task::JoinHandle<()>,
@@ -178,7 +181,13 @@ impl Appliance {
             source,
         };
         let session_ttl = config.session_ttl().map_err(config_error)?;
-        let authority = Arc::new(home.load_authority()?);
+        let own_users = service_roles(&home)?;
+        let authority = Arc::new(repair_revocations(
+            &home,
+            home.load_authority()?,
+            &own_users,
+            started_at,
+        )?);
 
         let listen = options
             .listen
@@ -251,11 +260,18 @@ impl Appliance {
         tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
 
         let (audit, audit_task) = audit::start(&home.audit_log());
+        let mut services = own_users;
+        for (name, role) in [("service", Role::Service), ("store", Role::Store)] {
+            services.insert(
+                issue_own_creds(&home, &authority, name, &role, started_at)?,
+                role,
+            );
+        }
         let trust = Trust {
             operator: authority.operator_jwt.clone(),
             account: authority.zester_jwt.clone(),
             sentinel: sentinel.token().to_string(),
-            services: service_roles(&home)?,
+            services,
         };
         let state = Arc::new(CalloutState::new(
             authority.clone(),
@@ -314,23 +330,35 @@ impl Appliance {
             .await?,
         );
 
-        let master_creds = home.service_creds("master");
-        let master = connect_own(
+        // zester's own two connections through the callout, each with least privilege: the
+        // store connection alone speaks JetStream (its buckets only) and hears nothing a
+        // client can send; the service connection hears the requests and may only answer
+        // into inboxes (DESIGN §4).
+        let after_callout = || ConnectionOrder {
+            announce: None,
+            after: Some(callout_presence.clone()),
+        };
+        let store = connect_own(
             &endpoint,
-            &master_creds,
-            "zester-master",
-            MASTER_INBOX_PREFIX,
-            "master connection (through the callout)",
-            ConnectionOrder {
-                announce: None,
-                after: Some(callout_presence),
-            },
+            &home.service_creds("store"),
+            "zester-store",
+            STORE_INBOX_PREFIX,
+            "key store connection (through the callout)",
+            after_callout(),
         )
         .await?;
-        let keys = Arc::new(KeyStore::open(master.clone()).await?);
+        let service = connect_own(
+            &endpoint,
+            &home.service_creds("service"),
+            "zester-service",
+            SERVICE_INBOX_PREFIX,
+            "service connection (through the callout)",
+            after_callout(),
+        )
+        .await?;
+        let keys = Arc::new(KeyStore::open(store.clone()).await?);
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
-
         let runtime = RuntimeInfo {
             pid: std::process::id(),
             url: endpoint.url.clone(),
@@ -347,7 +375,7 @@ impl Appliance {
             supervisor: supervisor.info_handle(),
             nats_version: version.clone(),
         };
-        tasks.push(serve_status(master.clone(), status).await?);
+        tasks.push(serve_status(service.clone(), status, audit.clone()).await?);
         state.set_enrol_rate(config.keys.enrol_rate);
         let enrol = Arc::new(EnrolService {
             authority: authority.clone(),
@@ -357,12 +385,27 @@ impl Appliance {
             max_pending: config.keys.max_pending as usize,
             peel_expiry: config.peel_expiry().map_err(config_error)?,
             audit: audit.clone(),
+            limits: crate::enrol::EnrolLimits::new(Some(state.clone())),
+            creating: tokio::sync::Mutex::new(()),
         });
         tasks.push(
             enrol
-                .serve(master.clone())
+                .serve(service.clone())
                 .await
                 .map_err(nats_error("subscribing to the enrolment subjects"))?,
+        );
+        let settings = Arc::new(
+            crate::settings::SettingsStore::open(store.clone())
+                .await
+                .map_err(|e| UpError::Nats {
+                    what: "opening the settings bucket",
+                    reason: e.to_string(),
+                })?,
+        );
+        tasks.push(
+            crate::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
+                .await
+                .map_err(nats_error("subscribing to the settings requests"))?,
         );
         let admin = Arc::new(AdminService {
             home: home.clone(),
@@ -371,19 +414,13 @@ impl Appliance {
             callout: state.clone(),
             sys: sys.clone(),
             account_lock: tokio::sync::Mutex::new(()),
-            settings: Arc::new(
-                crate::settings::SettingsStore::open(master.clone())
-                    .await
-                    .map_err(|e| UpError::Nats {
-                        what: "opening the settings bucket",
-                        reason: e.to_string(),
-                    })?,
-            ),
+            settings,
+            audit: audit.clone(),
         });
         tasks.push(
             admin
                 .clone()
-                .serve(master.clone())
+                .serve(service.clone())
                 .await
                 .map_err(nats_error("subscribing to the admin subjects"))?,
         );
@@ -392,10 +429,11 @@ impl Appliance {
             keys: keys.clone(),
             admin,
             peel_expiry: config.peel_expiry().map_err(config_error)?,
+            audit: audit.clone(),
         });
         tasks.push(
             rotate
-                .serve(master.clone())
+                .serve(service.clone())
                 .await
                 .map_err(nats_error("subscribing to the rotation subjects"))?,
         );
@@ -413,7 +451,8 @@ impl Appliance {
             state,
             callout,
             sys,
-            master,
+            service,
+            store,
             keys,
             tasks,
             audit_task,
@@ -481,7 +520,8 @@ impl Appliance {
         if let Ok(keys) = Arc::try_unwrap(self.keys) {
             keys.close().await;
         }
-        drop(self.master);
+        drop(self.service);
+        drop(self.store);
         drop(self.sys);
         drop(self.callout);
         drop(self.state);
@@ -497,6 +537,65 @@ fn join_host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// Makes fresh creds for one of zester's own connections (`service`, `store`) at every start,
+/// kept in `auth/<name>.creds` (0600) for the connection to re-read at reconnects; only this
+/// run's keys are trusted. Returns the public key.
+fn issue_own_creds(
+    home: &Home,
+    authority: &crate::authority::Authority,
+    name: &str,
+    role: &Role,
+    now: i64,
+) -> Result<String, UpError> {
+    let creds = authority.issue_creds(nkeys::KeyPair::new_user(), name, role, now, 0)?;
+    home::write_creds(&home.service_creds(name), &creds)?;
+    Ok(creds.key().public_key())
+}
+
+/// A damaged home does not brick the appliance: an account JWT whose revocations name `*` or
+/// a key of zester's own users (master, admin, the callout) would refuse zester's own
+/// connections. Those entries are taken out, the account JWT is signed again (newer, so the
+/// resolver takes it over the damaged one) and kept in the home, with a warning naming them.
+/// Peels' revocations stay: the key store's truth is that those keys are revoked.
+fn repair_revocations(
+    home: &Home,
+    mut authority: crate::authority::Authority,
+    own_users: &std::collections::HashMap<String, Role>,
+    now: i64,
+) -> Result<crate::authority::Authority, UpError> {
+    let claims = authority.zester_jwt.claims();
+    let callout_keys = &claims.nats.authorization.auth_users;
+    let damaged: Vec<String> = claims
+        .nats
+        .revocations
+        .keys()
+        .filter(|key| {
+            key.as_str() == "*" || own_users.contains_key(*key) || callout_keys.contains(key)
+        })
+        .cloned()
+        .collect();
+    if damaged.is_empty() {
+        return Ok(authority);
+    }
+    let mut claims = claims.clone();
+    for key in &damaged {
+        claims.nats.revocations.remove(key);
+    }
+    claims.iat = now.max(claims.iat + 1);
+    let account = authority.sign_account(claims)?;
+    home::write_atomic(
+        &home.auth_dir().join("zester.jwt"),
+        format!("{}\n", account.token()).as_bytes(),
+        home::PUBLIC_MODE,
+    )?;
+    tracing::warn!(
+        removed = ?damaged,
+        "the ZESTER account JWT revoked zester's own users (or everyone, \"*\"): those revocations were removed and the account JWT re-signed in auth/zester.jwt"
+    );
+    authority.zester_jwt = account;
+    Ok(authority)
 }
 
 /// Master and admin are recognised by their keys in the home, never by what they claim.
@@ -532,8 +631,12 @@ async fn connect_own(
     Ok(client)
 }
 
-/// Audits refusals the server makes before the callout sees the client, and forgets sessions
-/// that closed.
+/// How often the system connection's server id is compared with the last one seen.
+const SERVER_CHECK: Duration = Duration::from_millis(250);
+
+/// Audits refusals the server makes before the callout sees the client, forgets sessions
+/// that closed, and those of a server that is gone (one node: the server the system
+/// connection is on is the only live one).
 async fn watch_server_events(
     sys: async_nats::Client,
     state: Arc<CalloutState>,
@@ -551,9 +654,21 @@ async fn watch_server_events(
     sys.flush()
         .await
         .map_err(|e| nats_error("subscribing to server events")(e.into()))?;
+    let mut server_check = tokio::time::interval(SERVER_CHECK);
+    let mut live_server = sys.server_info().server_id;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
+                _ = server_check.tick() => {
+                    // A restarted child is a new server: the old one's sessions are gone with
+                    // it and will never be reported closed.
+                    let now_on = sys.server_info().server_id;
+                    if now_on != live_server && !now_on.is_empty() {
+                        let dropped = state.sessions.retain_servers(&[now_on.as_str()]);
+                        tracing::info!(dropped, "nats-server restarted: forgot the old server's sessions");
+                        live_server = now_on;
+                    }
+                }
                 Some(message) = auth_errors.next() => {
                     if let Some(record) = server_refusal(&state, &message.payload, now_unix()) {
                         audit.record(record);
@@ -599,7 +714,7 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
     record.client_ip = client["host"].as_str().unwrap_or_default().to_string();
     record.client_id = client_id;
     record.connection_name = client["name"].as_str().unwrap_or_default().to_string();
-    record.nkey = jwt_subject(presented)
+    record.nkey = crate::identity::jwt::unverified_subject(presented)
         .unwrap_or_else(|| client["user"].as_str().unwrap_or_default().to_string());
     record.server_id = server_id.to_string();
     Some(record)
@@ -620,16 +735,6 @@ fn held_for(start: Option<&str>, stop: Option<&str>) -> Option<Duration> {
     let held = seconds_of_day(stop?)? - seconds_of_day(start?)?;
     let held = if held < 0.0 { held + 86_400.0 } else { held };
     Duration::try_from_secs_f64(held).ok()
-}
-
-/// The `sub` a JWT claims, read without verification (for naming who was refused).
-fn jwt_subject(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD
-        .decode(payload.as_bytes())
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims["sub"].as_str().map(str::to_string)
 }
 
 async fn import_journal(home: &Home, keys: &KeyStore) {
@@ -723,24 +828,27 @@ impl StatusSource {
 }
 
 async fn serve_status(
-    master: async_nats::Client,
+    service: async_nats::Client,
     source: StatusSource,
+    audit: AuditSink,
 ) -> Result<tokio::task::JoinHandle<()>, UpError> {
-    let mut requests = master
+    let mut requests = service
         .subscribe(STATUS_SUBJECT)
         .await
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
-    master
+    service
         .flush()
         .await
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
     Ok(tokio::spawn(async move {
         while let Some(request) = requests.next().await {
-            let Some(reply) = request.reply else { continue };
-            let body = serde_json::to_vec(&source.report().await).unwrap_or_default();
-            if let Err(e) = master.publish(reply, body.into()).await {
-                tracing::warn!("answering a status request: {e}");
-            }
+            let Some(reply) =
+                crate::respond::checked_reply(&request, Asker::Admin, "status", &audit)
+            else {
+                continue;
+            };
+            crate::respond::publish(&service, reply, &source.report().await, "a status request")
+                .await;
         }
     }))
 }

@@ -1197,6 +1197,15 @@ fn tag_of(level: NatsLevel) -> &'static str {
 }
 
 fn emit(level: Option<NatsLevel>, pid: u32, message: &str) {
+    // Lines quote what clients chose (connection names): control characters are shown
+    // escaped, so no client can forge the look of another log line.
+    let escaped;
+    let message = if message.chars().any(char::is_control) {
+        escaped = crate::callout::audit::escape_control(message);
+        escaped.as_str()
+    } else {
+        message
+    };
     match level {
         Some(NatsLevel::Trace) => tracing::trace!(target: LOG_TARGET, pid, "{message}"),
         Some(NatsLevel::Debug) => tracing::debug!(target: LOG_TARGET, pid, "{message}"),

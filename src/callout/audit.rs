@@ -66,6 +66,20 @@ impl AuditRecord {
     }
 }
 
+/// `text` with its control characters (newlines, carriage returns, escapes) written as Rust
+/// escapes (`\n`, `\u{1b}`), for log lines that quote client-chosen strings.
+pub fn escape_control(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The sending side, cloned into every handler.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
@@ -75,10 +89,12 @@ pub struct AuditSink {
 impl AuditSink {
     /// Queues a record without waiting; logs it as a tracing event too.
     pub fn record(&self, record: AuditRecord) {
+        // Names, ids and reasons quote what clients chose: Debug formatting escapes quotes,
+        // newlines and control characters, so a client cannot forge a line of the text log.
         if record.decision == "allow" {
-            tracing::info!(target: "audit", peel = %record.peel_id, role = %record.role, nkey = %record.nkey, ip = %record.client_ip, "allowed");
+            tracing::info!(target: "audit", peel = ?record.peel_id, role = %record.role, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "allowed");
         } else {
-            tracing::warn!(target: "audit", source = record.source, code = %record.code, reason = %record.reason, nkey = %record.nkey, ip = %record.client_ip, name = %record.connection_name, "refused");
+            tracing::warn!(target: "audit", source = record.source, code = %record.code, reason = ?record.reason, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "refused");
         }
         if self.sender.try_send(record).is_err() {
             tracing::error!(target: "audit", "audit queue full or closed: a record was not written to audit.log");
@@ -124,6 +140,15 @@ async fn write_loop(path: PathBuf, mut receiver: mpsc::Receiver<AuditRecord>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_control("web\n2026 INFO audit: allowed\r\u{1b}[2J"),
+            "web\\n2026 INFO audit: allowed\\r\\u{1b}[2J"
+        );
+        assert_eq!(escape_control("plain – text"), "plain – text");
+    }
 
     #[tokio::test]
     async fn records_are_appended_as_json_lines() {

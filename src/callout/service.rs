@@ -201,9 +201,17 @@ impl CalloutState {
         }
         let (verdict, allowed) = match &decision {
             Decision::Allow(admission) => {
-                let (name, peel) = match &admission.role {
-                    Role::Peel(id) => (id.to_string(), id.to_string()),
-                    other => (other.name().to_string(), String::new()),
+                // Sessions are filed under the peel id, the enrolling key itself (so that its
+                // requests can be limited per address), or the service's role name; peel ids
+                // can be none of the others.
+                let (name, peel, ip) = match &admission.role {
+                    Role::Peel(id) => (id.to_string(), id.to_string(), None),
+                    Role::Enrolling { nkey } => (
+                        nkey.clone(),
+                        String::new(),
+                        Some(request.client_info.host.as_str()),
+                    ),
+                    other => (other.name().to_string(), String::new(), None),
                 };
                 let exp = decide::session_expiry(admission.expires, self.session_ttl, now);
                 match self.authority.issue_session(
@@ -224,6 +232,7 @@ impl CalloutState {
                             request.client_info.id,
                             admission.nkey.clone(),
                             now,
+                            ip,
                         );
                         (Ok(session.token().to_string()), true)
                     }

@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-/// At most this many sessions are remembered per identity (older ones are forgotten).
-const MAX_PER_IDENTITY: usize = 64;
 /// How many recent latencies the percentiles are computed over.
 const LATENCY_WINDOW: usize = 65_536;
 
@@ -27,14 +25,21 @@ pub struct Session {
     pub nkey: String,
     /// When it was admitted (unix seconds).
     pub since: i64,
+    /// The client's address, kept for enrolling keys only (their requests are rate-limited per
+    /// address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Arc<str>>,
 }
 
-/// Sessions by identity (peel id, or the role name of a service user), with an index by
+/// Sessions by identity (peel id, the nkey of an enrolling key, or the role name of a service
+/// user; peel ids can be neither), with an index by
 /// connection so that forgetting one is a lookup, not a scan: under a reconnect storm the
 /// server reports thousands of disconnects while every admission waits for this lock. Server
-/// ids and identities are stored once and shared, which keeps the index small (10,000 peels
-/// have 20,000 sessions just after a restart of the child: the old server's are only forgotten
-/// as new ones push them out).
+/// ids and identities are stored once and shared, which keeps the index small.
+///
+/// Nothing is evicted silently: a session stays until its server reports it closed, or until
+/// its server is known to be gone ([`SessionTable::retain_servers`], after a restart of the
+/// child), so a revocation finds every session this node admitted.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     inner: Mutex<Sessions>,
@@ -86,6 +91,7 @@ impl SessionTable {
         client_id: u64,
         nkey: String,
         since: i64,
+        ip: Option<&str>,
     ) {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let session = Session {
@@ -93,6 +99,7 @@ impl SessionTable {
             client_id,
             nkey,
             since,
+            ip: ip.map(Arc::from),
         };
         let connection = (session.server_id.clone(), session.client_id);
         let identity: Arc<str> = match sessions.by_identity.get_key_value(identity) {
@@ -100,18 +107,9 @@ impl SessionTable {
             None => Arc::from(identity),
         };
         let list = sessions.by_identity.entry(identity.clone()).or_default();
-        let evicted = if list.len() >= MAX_PER_IDENTITY {
-            list.pop_front()
-        } else {
-            None
-        };
+        // The same connection admitted twice as the same identity is one session.
+        list.retain(|s| !(s.client_id == session.client_id && s.server_id == session.server_id));
         list.push_back(session);
-        if let Some(oldest) = evicted {
-            let key = (oldest.server_id, oldest.client_id);
-            if sessions.by_connection.get(&key) == Some(&identity) {
-                sessions.by_connection.remove(&key);
-            }
-        }
         // The same connection admitted again under another identity (a peel that enrolled,
         // then was let in as itself) belongs to the newer one only.
         if let Some(previous) = sessions
@@ -134,6 +132,22 @@ impl SessionTable {
         if let Some(identity) = sessions.by_connection.remove(&connection) {
             sessions.forget(&identity, &connection);
         }
+    }
+
+    /// Forgets every session on a server not in `live` (a restarted child has a new server
+    /// id, and the old one never reports its connections closed); returns how many went.
+    pub fn retain_servers(&self, live: &[&str]) -> usize {
+        let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = sessions.by_connection.len();
+        sessions
+            .by_connection
+            .retain(|(server, _), _| live.contains(&&**server));
+        sessions.by_identity.retain(|_, list| {
+            list.retain(|s| live.contains(&&*s.server_id));
+            !list.is_empty()
+        });
+        sessions.servers.retain(|server| live.contains(&&**server));
+        before - sessions.by_connection.len()
     }
 
     /// The live sessions of `identity`.
@@ -341,15 +355,16 @@ mod tests {
             client_id: id,
             nkey: "U".into(),
             since: 0,
+            ip: None,
         }
     }
 
     #[test]
     fn sessions_come_and_go() {
         let table = SessionTable::default();
-        table.insert("web-01", "N1", 5, "U".into(), 0);
-        table.insert("web-01", "N1", 6, "U".into(), 0);
-        table.insert("web-02", "N1", 7, "U".into(), 0);
+        table.insert("web-01", "N1", 5, "U".into(), 0, None);
+        table.insert("web-01", "N1", 6, "U".into(), 0, None);
+        table.insert("web-02", "N1", 7, "U".into(), 0, None);
         assert_eq!(table.of("web-01").len(), 2);
         table.remove("N1", 5);
         assert_eq!(table.of("web-01"), vec![session("N1", 6)]);
@@ -360,21 +375,39 @@ mod tests {
             "a client id on another server is another connection"
         );
         for i in 0..100 {
-            table.insert("busy", "N1", 100 + i, "U".into(), 0);
+            table.insert("busy", "N1", 100 + i, "U".into(), 0, None);
         }
-        assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
-        // The forgotten oldest ones are gone from the index too: removing them is a no-op.
+        assert_eq!(table.of("busy").len(), 100, "nothing is evicted silently");
         table.remove("N1", 100);
-        assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY);
         table.remove("N1", 199);
-        assert_eq!(table.of("busy").len(), MAX_PER_IDENTITY - 1);
+        assert_eq!(table.of("busy").len(), 98);
+        table.insert("busy", "N1", 101, "U".into(), 0, None);
+        assert_eq!(
+            table.of("busy").len(),
+            98,
+            "the same connection is one session"
+        );
+    }
+
+    #[test]
+    fn sessions_of_a_server_that_is_gone_are_forgotten() {
+        let table = SessionTable::default();
+        table.insert("web-01", "OLD", 1, "U".into(), 0, None);
+        table.insert("web-01", "NEW", 1, "U".into(), 0, None);
+        table.insert("web-02", "OLD", 2, "U".into(), 0, Some("10.0.0.9"));
+        assert_eq!(table.retain_servers(&["NEW"]), 2);
+        assert_eq!(table.of("web-01"), vec![session("NEW", 1)]);
+        assert!(table.of("web-02").is_empty());
+        assert_eq!(table.len(), 1);
+        table.remove("OLD", 1);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn server_ids_are_shared_and_forgotten_once_unused() {
         let table = SessionTable::default();
-        table.insert("web-01", "N1", 1, "U".into(), 0);
-        table.insert("web-02", "N1", 2, "U".into(), 0);
+        table.insert("web-01", "N1", 1, "U".into(), 0, None);
+        table.insert("web-02", "N1", 2, "U".into(), 0, None);
         let (a, b) = (table.of("web-01"), table.of("web-02"));
         assert!(
             Arc::ptr_eq(&a[0].server_id, &b[0].server_id),
@@ -384,7 +417,7 @@ mod tests {
         // Servers come and go (restarts of the child): ids nobody is on any more are dropped.
         for server in 0..3 * MAX_SERVERS as u64 {
             let id = format!("S{server}");
-            table.insert("web-03", &id, server, "U".into(), 0);
+            table.insert("web-03", &id, server, "U".into(), 0, None);
             table.remove(&id, server);
         }
         let known = table.inner.lock().unwrap().servers.len();
@@ -397,8 +430,8 @@ mod tests {
     #[test]
     fn a_connection_admitted_again_belongs_to_its_newest_identity() {
         let table = SessionTable::default();
-        table.insert("_enrolling", "N1", 9, "U".into(), 0);
-        table.insert("web-01", "N1", 9, "U".into(), 0);
+        table.insert("_enrolling", "N1", 9, "U".into(), 0, None);
+        table.insert("web-01", "N1", 9, "U".into(), 0, None);
         assert!(table.of("_enrolling").is_empty());
         table.remove("N1", 9);
         assert!(table.is_empty());

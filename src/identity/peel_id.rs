@@ -9,6 +9,10 @@ use std::fmt;
 /// The longest id allowed.
 pub const MAX_LEN: usize = 128;
 
+/// The names zester's own users go by (their sessions, audit lines and kicks are filed under
+/// them), so no peel may take one, in any case.
+pub const SERVICE_NAMES: [&str; 6] = ["master", "admin", "callout", "sys", "service", "store"];
+
 /// Why a text is not a peel id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeelIdError {
@@ -25,6 +29,18 @@ pub enum PeelIdError {
     #[error("peel id {id:?} starts with '_', which is reserved for the master and admins")]
     Reserved {
         /// The id.
+        id: String,
+    },
+    /// The name of one of zester's own users.
+    #[error("peel id {id:?} is the name of one of zester's own users ({}): pick another id", SERVICE_NAMES.join(", "))]
+    ServiceName {
+        /// The id.
+        id: String,
+    },
+    /// Looks like an nkey: its inbox (`_INBOX.<id>`) would be an enrolling key's.
+    #[error("peel id {id:?} has the shape of an nkey (56 characters starting with U), whose inbox belongs to enrolling keys: pick another id")]
+    LooksLikeKey {
+        /// The id (shortened).
         id: String,
     },
     /// Contains a character outside `A-Za-z0-9_-`, or starts with `-`.
@@ -67,6 +83,19 @@ impl PeelId {
         if text.len() > MAX_LEN {
             return Err(PeelIdError::TooLong { len: text.len() });
         }
+        if SERVICE_NAMES
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(text))
+        {
+            return Err(PeelIdError::ServiceName {
+                id: text.to_string(),
+            });
+        }
+        if text.len() == 56 && text.starts_with('U') {
+            return Err(PeelIdError::LooksLikeKey {
+                id: super::keys::shorten(text),
+            });
+        }
         Ok(PeelId(text.to_string()))
     }
 
@@ -107,6 +136,18 @@ mod tests {
             PeelId::parse("_master"),
             Err(PeelIdError::Reserved { .. })
         ));
+        for name in ["master", "Admin", "callout", "sys", "service", "STORE"] {
+            assert!(
+                matches!(PeelId::parse(name), Err(PeelIdError::ServiceName { .. })),
+                "{name}"
+            );
+        }
+        let nkey = format!("U{}", "A".repeat(55));
+        assert!(matches!(
+            PeelId::parse(&nkey),
+            Err(PeelIdError::LooksLikeKey { .. })
+        ));
+        assert!(PeelId::parse(&format!("u{}", "a".repeat(55))).is_ok());
         assert!(matches!(
             PeelId::parse(&"x".repeat(MAX_LEN + 1)),
             Err(PeelIdError::TooLong { .. })

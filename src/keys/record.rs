@@ -191,6 +191,10 @@ pub struct KeyRecord {
     pub xkey: Option<String>,
     /// Where the key stands.
     pub state: KeyState,
+    /// The key a rotation replaced, until the peel's "new key connected" notice cut it off:
+    /// that notice may name this key and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_nkey: Option<String>,
     /// Unix seconds the record was made.
     pub created_at: i64,
     /// Unix seconds of the last change.
@@ -212,6 +216,8 @@ struct RecordWire {
     #[serde(default)]
     xkey: Option<String>,
     state: KeyState,
+    #[serde(default)]
+    replaced_nkey: Option<String>,
     created_at: i64,
     updated_at: i64,
     #[serde(default)]
@@ -266,6 +272,7 @@ impl KeyRecord {
             nkey: nkey.to_string(),
             xkey: xkey.map(str::to_string),
             state,
+            replaced_nkey: None,
             created_at: now,
             updated_at: now,
             history: vec![StateChange {
@@ -281,6 +288,14 @@ impl KeyRecord {
 
     /// Checks the keys' encodings and roles (the id is valid by construction).
     pub fn validate(&self) -> Result<(), KeyError> {
+        if let Some(replaced) = &self.replaced_nkey {
+            nkeys_roles::expect_role(replaced, &[KeyRole::User]).map_err(|source| {
+                KeyError::InvalidNkey {
+                    id: self.id.clone(),
+                    source,
+                }
+            })?;
+        }
         nkeys_roles::expect_role(&self.nkey, &[KeyRole::User]).map_err(|source| {
             KeyError::InvalidNkey {
                 id: self.id.clone(),
@@ -352,6 +367,7 @@ impl KeyRecord {
         }
         let mut next = self.clone();
         next.nkey = new_nkey.to_string();
+        next.replaced_nkey = Some(self.nkey.clone());
         next.validate()?;
         let reason = format!(
             "key rotated from {} to {}",
@@ -359,6 +375,15 @@ impl KeyRecord {
             next.fingerprint()
         );
         Ok(next.changed(by, reason, now))
+    }
+
+    /// The record once the key a rotation replaced has been cut off (no history entry: the
+    /// rotation itself is the change).
+    pub fn rotation_finished(&self) -> KeyRecord {
+        KeyRecord {
+            replaced_nkey: None,
+            ..self.clone()
+        }
     }
 
     /// The most recent change (who/why of the current state), if the history has any.
@@ -411,6 +436,7 @@ impl KeyRecord {
             nkey: wire.nkey,
             xkey: wire.xkey,
             state: wire.state,
+            replaced_nkey: wire.replaced_nkey,
             created_at: wire.created_at,
             updated_at: wire.updated_at,
             history: wire.history,

@@ -27,7 +27,7 @@ use super::record::{KeyError, KeyRecord, KeyState};
 use crate::identity::peel_id::PeelId;
 
 /// The KV bucket holding the key records.
-pub const BUCKET: &str = "zester-keys";
+pub const BUCKET: &str = crate::wire::subjects::KEYS_BUCKET;
 /// Revisions kept per key (the record's own `history` carries the longer story).
 pub const BUCKET_HISTORY: i64 = 5;
 /// The largest record the bucket accepts; a full record with 50 history entries is far smaller.

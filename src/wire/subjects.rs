@@ -1,0 +1,95 @@
+//! Subject names zester's services listen on and the inbox prefixes of each kind of asker
+//! (DESIGN §4). One builder per subject, used by the side that asks, the side that answers and
+//! by `permissions`, so the three can never disagree.
+
+use crate::identity::peel_id::PeelId;
+
+/// Where enrolment requests arrive (`zester.enrol.<nkey>`).
+pub const ENROL_REQUESTS: &str = "zester.enrol.*";
+/// Where rotation requests arrive (`zester.event.<id>.rotate`).
+pub const ROTATE_REQUESTS: &str = "zester.event.*.rotate";
+/// Where "new key connected" notices arrive (`zester.event.<id>.rotated`).
+pub const ROTATED_NOTICES: &str = "zester.event.*.rotated";
+/// Where peels ask for their settings (`zester.event.<id>.settings`).
+pub const SETTINGS_REQUESTS: &str = "zester.event.*.settings";
+/// Every admin API subject.
+pub const ADMIN_REQUESTS: &str = "zester.admin.>";
+
+/// The key store's KV bucket.
+pub const KEYS_BUCKET: &str = "zester-keys";
+/// The per-peel settings KV bucket.
+pub const SETTINGS_BUCKET: &str = "zester-settings";
+/// Every bucket zester keeps: its store connection may use these and nothing else of JetStream.
+pub const BUCKETS: [&str; 2] = [KEYS_BUCKET, SETTINGS_BUCKET];
+
+/// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
+pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";
+/// The inbox prefix admin tools use.
+pub const ADMIN_INBOX_PREFIX: &str = "_INBOX._admin";
+/// The inbox prefix of zester's own key-store connection (JetStream answers arrive there).
+pub const STORE_INBOX_PREFIX: &str = "_INBOX._store";
+/// The inbox prefix of zester's own service connection (it asks nothing, so it never has one).
+pub const SERVICE_INBOX_PREFIX: &str = "_INBOX._service";
+
+/// `zester.enrol.<nkey>`: the one subject an enrolling key may publish on.
+pub fn enrol(nkey: &str) -> String {
+    format!("zester.enrol.{nkey}")
+}
+
+/// `zester.event.<id>.rotate`.
+pub fn rotate(id: &str) -> String {
+    format!("zester.event.{id}.rotate")
+}
+
+/// `zester.event.<id>.rotated`.
+pub fn rotated(id: &str) -> String {
+    format!("zester.event.{id}.rotated")
+}
+
+/// `zester.event.<id>.settings`: a peel asks for its own settings document here.
+pub fn settings(id: &PeelId) -> String {
+    format!("zester.event.{id}.settings")
+}
+
+/// The inbox prefix of peel `id`: `_INBOX.<id>`.
+pub fn peel_inbox_prefix(id: &str) -> String {
+    format!("_INBOX.{id}")
+}
+
+/// The inbox prefix of an enrolling key: `_INBOX.<nkey>`.
+pub fn enrolling_inbox_prefix(nkey: &str) -> String {
+    format!("_INBOX.{nkey}")
+}
+
+/// The peel id a `zester.event.<id>.…` subject names (the server let only that peel publish
+/// there), if the subject has that shape.
+pub fn event_peel(subject: &str) -> Option<&str> {
+    let mut tokens = subject.split('.');
+    match (tokens.next(), tokens.next(), tokens.next()) {
+        (Some("zester"), Some("event"), Some(id)) if !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
+/// The nkey a `zester.enrol.<nkey>` subject names.
+pub fn enrol_nkey(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("zester.enrol.")
+        .filter(|n| !n.is_empty() && !n.contains('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_name_whom_they_are_about() {
+        let id = PeelId::parse("web-01").unwrap();
+        assert_eq!(settings(&id), "zester.event.web-01.settings");
+        assert_eq!(event_peel(&rotate("web-01")), Some("web-01"));
+        assert_eq!(event_peel("zester.cmd.web-01"), None);
+        assert_eq!(enrol_nkey(&enrol("UABC")), Some("UABC"));
+        assert_eq!(enrol_nkey("zester.enrol.UABC.x"), None);
+        assert_eq!(enrol_nkey("zester.enrol."), None);
+    }
+}
