@@ -346,7 +346,7 @@ impl AdminService {
             self.revoke_in_account(&record.nkey, now).await?;
             // Sessions the table does not know (admitted by a decision that raced this
             // change, or by another node): the servers' own connection lists.
-            reply.kicked += self.kick_unlisted(record.id.as_str(), &record.nkey).await;
+            reply.kicked += self.kick_unlisted(record.id.as_str()).await;
             tracing::warn!(peel = %record.id, kicked = reply.kicked, ms = ?reply.cut_off_ms, "key revoked");
         } else {
             tracing::info!(peel = %record.id, state = %request.to, by = %request.by, "key state changed");
@@ -408,10 +408,11 @@ impl AdminService {
         }))
     }
 
-    /// Kicks every connection of the ZESTER account that presented an identity JWT for
-    /// `nkey` and that the session table does not list, as the servers report them
-    /// (`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, paged); returns how many were kicked.
-    pub async fn kick_unlisted(&self, id: &str, nkey: &str) -> usize {
+    /// Kicks every connection of peel `id` in the ZESTER account that the session table does
+    /// not list, as the servers report them (`$SYS.REQ.ACCOUNT.<acc>.CONNZ` filtered by user:
+    /// a callout session's user is the name in the JWT the callout issued, the peel id);
+    /// returns how many were kicked.
+    pub async fn kick_unlisted(&self, id: &str) -> usize {
         let account = self.callout.trust().account.subject().to_string();
         let listed: std::collections::HashSet<(String, u64)> = self
             .callout
@@ -423,14 +424,10 @@ impl AdminService {
         let mut found = Vec::new();
         let mut offset = 0u64;
         loop {
-            let body = json!({ "auth": true, "offset": offset, "limit": CONNZ_PAGE }).to_string();
+            let body = json!({ "auth": true, "user": id, "offset": offset, "limit": CONNZ_PAGE });
             let subject = format!("$SYS.REQ.ACCOUNT.{account}.CONNZ");
-            let Ok(Ok(answer)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.sys.request(subject, body.into()),
-            )
-            .await
-            else {
+            let asked = self.sys.request(subject, body.to_string().into());
+            let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
                 tracing::warn!("listing the account's connections for a revocation: no answer");
                 break;
             };
@@ -439,11 +436,8 @@ impl AdminService {
             let server = data["server_id"].as_str().unwrap_or_default().to_string();
             let connections = data["connections"].as_array().cloned().unwrap_or_default();
             for connection in &connections {
-                let presented = connection["jwt"].as_str().unwrap_or_default();
                 let cid = connection["cid"].as_u64().unwrap_or_default();
-                if crate::identity::jwt::unverified_subject(presented).as_deref() == Some(nkey)
-                    && !listed.contains(&(server.clone(), cid))
-                {
+                if connection["authorized_user"] == id && !listed.contains(&(server.clone(), cid)) {
                     found.push((server.clone(), cid));
                 }
             }
@@ -510,7 +504,7 @@ impl AdminService {
     }
 }
 
-/// How many connections one CONNZ page lists (each carries its JWT, ~1 KB).
+/// How many connections one CONNZ page lists.
 const CONNZ_PAGE: u64 = 256;
 
 /// Refuses to put anything but a peel's user key into the account's revocations: `*` would

@@ -1,6 +1,6 @@
 //! How zester's own processes connect to the appliance: creds, TLS with our CA, a name, and the
 //! inbox prefix the role's permissions allow (DESIGN §4). Used by `zester up` for its callout,
-//! master and system connections, and by CLI clients such as `zester status`.
+//! system, service and store connections, and by CLI clients such as `zester status`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,13 +144,64 @@ pub async fn connect_ordered(
         path: spec.creds.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let mut options = creds_file_auth(spec.creds.to_path_buf())
+    let auth = creds_file_auth(spec.creds.to_path_buf());
+    connect_with_auth(
+        endpoint,
+        auth,
+        spec.name,
+        spec.inbox_prefix,
+        spec.long_lived,
+        order,
+    )
+    .await
+}
+
+/// A long-lived connection of the appliance signing in with `creds` held in memory only (zester's
+/// own per-run users, whose keys never touch the disk).
+pub async fn connect_in_memory(
+    endpoint: &Endpoint,
+    creds: Arc<crate::identity::creds::Creds>,
+    name: &str,
+    inbox_prefix: &str,
+    order: ConnectionOrder,
+) -> Result<async_nats::Client, ConnectError> {
+    let auth = async_nats::ConnectOptions::with_auth_callback(move |nonce: Vec<u8>| {
+        let creds = creds.clone();
+        async move { sign_in(&creds, &nonce) }
+    });
+    connect_with_auth(endpoint, auth, name, inbox_prefix, true, order).await
+}
+
+/// The CONNECT fields that prove `creds`: its JWT and its key's signature over the nonce.
+fn sign_in(
+    creds: &crate::identity::creds::Creds,
+    nonce: &[u8],
+) -> Result<async_nats::Auth, async_nats::AuthError> {
+    let signature = creds
+        .key()
+        .sign(nonce)
+        .map_err(|e| async_nats::AuthError::new(e.to_string()))?;
+    let mut auth = async_nats::Auth::new();
+    auth.jwt = Some(creds.jwt().token().to_string());
+    auth.signature = Some(signature);
+    Ok(auth)
+}
+
+async fn connect_with_auth(
+    endpoint: &Endpoint,
+    auth: async_nats::ConnectOptions,
+    name: &str,
+    inbox_prefix: &str,
+    long_lived: bool,
+    order: ConnectionOrder,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut options = auth
         .add_root_certificates(endpoint.ca.clone())
         .require_tls(true)
-        .name(spec.name)
-        .custom_inbox_prefix(spec.inbox_prefix)
+        .name(name)
+        .custom_inbox_prefix(inbox_prefix)
         .connection_timeout(Duration::from_secs(5));
-    if spec.long_lived {
+    if long_lived {
         let after = order.after;
         options = options
             .max_reconnects(None)
@@ -186,14 +237,7 @@ pub fn creds_file_auth(path: PathBuf) -> async_nats::ConnectOptions {
         let path = path.clone();
         async move {
             let creds = crate::home::read_creds(&path).map_err(async_nats::AuthError::new)?;
-            let signature = creds
-                .key()
-                .sign(&nonce)
-                .map_err(|e| async_nats::AuthError::new(e.to_string()))?;
-            let mut auth = async_nats::Auth::new();
-            auth.jwt = Some(creds.jwt().token().to_string());
-            auth.signature = Some(signature);
-            Ok(auth)
+            sign_in(&creds, &nonce)
         }
     })
 }

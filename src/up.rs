@@ -27,6 +27,7 @@ use crate::callout::service::{self, CalloutState};
 use crate::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
 use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
+use crate::identity::creds::Creds;
 use crate::identity::peel_id::PeelId;
 use crate::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX};
@@ -261,12 +262,16 @@ impl Appliance {
 
         let (audit, audit_task) = audit::start(&home.audit_log());
         let mut services = own_users;
-        for (name, role) in [("service", Role::Service), ("store", Role::Store)] {
-            services.insert(
-                issue_own_creds(&home, &authority, name, &role, started_at)?,
-                role,
-            );
-        }
+        // zester's own service and store users: fresh keys at every start, held in memory
+        // only, so only this run's are trusted.
+        let mut own_creds = |name: &str, role: Role| -> Result<Arc<Creds>, UpError> {
+            let key = nkeys::KeyPair::new_user();
+            let creds = authority.issue_creds(key, name, &role, started_at, 0)?;
+            services.insert(creds.key().public_key(), role);
+            Ok(Arc::new(creds))
+        };
+        let service_creds = own_creds("service", Role::Service)?;
+        let store_creds = own_creds("store", Role::Store)?;
         let trust = Trust {
             operator: authority.operator_jwt.clone(),
             account: authority.zester_jwt.clone(),
@@ -338,24 +343,30 @@ impl Appliance {
             announce: None,
             after: Some(callout_presence.clone()),
         };
-        let store = connect_own(
+        let store = connect::connect_in_memory(
             &endpoint,
-            &home.service_creds("store"),
+            store_creds,
             "zester-store",
             STORE_INBOX_PREFIX,
-            "key store connection (through the callout)",
             after_callout(),
         )
-        .await?;
-        let service = connect_own(
+        .await
+        .map_err(|source| UpError::Connect {
+            what: "key store connection (through the callout)",
+            source,
+        })?;
+        let service = connect::connect_in_memory(
             &endpoint,
-            &home.service_creds("service"),
+            service_creds,
             "zester-service",
             SERVICE_INBOX_PREFIX,
-            "service connection (through the callout)",
             after_callout(),
         )
-        .await?;
+        .await
+        .map_err(|source| UpError::Connect {
+            what: "service connection (through the callout)",
+            source,
+        })?;
         let keys = Arc::new(KeyStore::open(store.clone()).await?);
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
@@ -537,21 +548,6 @@ fn join_host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// Makes fresh creds for one of zester's own connections (`service`, `store`) at every start,
-/// kept in `auth/<name>.creds` (0600) for the connection to re-read at reconnects; only this
-/// run's keys are trusted. Returns the public key.
-fn issue_own_creds(
-    home: &Home,
-    authority: &crate::authority::Authority,
-    name: &str,
-    role: &Role,
-    now: i64,
-) -> Result<String, UpError> {
-    let creds = authority.issue_creds(nkeys::KeyPair::new_user(), name, role, now, 0)?;
-    home::write_creds(&home.service_creds(name), &creds)?;
-    Ok(creds.key().public_key())
 }
 
 /// A damaged home does not brick the appliance: an account JWT whose revocations name `*` or

@@ -12,8 +12,8 @@
 //! heard from again through it within [`BACK_WITHIN`] and answer a command; the key records
 //! must be exactly as before (read from the bucket, the cache and `zester key list`); nothing
 //! unauthorised may have been delivered and the audit log may hold no refusal — except of
-//! zester's own master connection, which races the callout connection back to the new child
-//! and is sometimes refused once (see [`refusals`]); the master that watches the test
+//! zester's own service and store connections, which race the callout connection back to the new child
+//! and are sometimes refused once (see [`refusals`]); the master that watches the test
 //! reconnects on the agents' schedule so that it does not. Timing is only bounded loosely (CI
 //! machines are noisy); the observed recovery times are printed (`cargo nextest run
 //! --no-capture` shows them).
@@ -37,6 +37,7 @@ use zester::broker::supervisor::ChildEvent;
 use zester::identity::peel_id::PeelId;
 use zester::keys::KeyRecord;
 use zester::peel::{Agent, AgentOptions};
+use zester::permissions::Role;
 
 /// How many peels run.
 const PEELS: usize = 200;
@@ -267,24 +268,28 @@ fn cached_records(t: &TestAppliance) -> BTreeMap<String, KeyRecord> {
         .collect()
 }
 
-/// The audit log's refusals, split into those of zester's own master connection that reached
-/// the new child before zester's callout connection was back, and all others. The master waits
-/// for the callout connection before it reconnects, which leaves only a window of a few tens of
-/// milliseconds; if it is hit, nats-server holds the master for its auth timeout and refuses
-/// it, and the audit log must say so (`callout_no_answer`), not blame the master's key.
+/// The audit log's refusals, split into those of zester's own service and store connections
+/// that reached the new child before zester's callout connection was back, and all others.
+/// They wait for the callout connection before they reconnect, which leaves only a window of a
+/// few tens of milliseconds; if it is hit, nats-server holds them for its auth timeout and
+/// refuses them, and the audit log must say so (`callout_no_answer`), not blame their keys.
 fn refusals<'a>(t: &TestAppliance, audit: &'a [Value]) -> (Vec<&'a Value>, Vec<&'a Value>) {
-    let own_master = zester::home::read_creds(&t.home.service_creds("master"))
-        .expect("master creds")
-        .key()
-        .public_key();
+    let trust = t.appliance.callout().trust();
+    let own_key = |r: &Value| {
+        r["nkey"]
+            .as_str()
+            .and_then(|k| trust.services.get(k))
+            .is_some_and(|role| matches!(role, Role::Service | Role::Store))
+    };
     audit
         .iter()
         .filter(|r| r["decision"] != "allow")
         .partition(|r| {
             r["source"] == "server"
                 && r["code"] == "callout_no_answer"
-                && r["connection_name"] == "zester-master"
-                && r["nkey"] == own_master.as_str()
+                && (r["connection_name"] == "zester-service"
+                    || r["connection_name"] == "zester-store")
+                && own_key(r)
         })
 }
 

@@ -1,6 +1,7 @@
 //! Per-peel settings: the master writes a document (with a sealed secret) through the admin
-//! API; the peel reads its own with the one request it may make and opens the secret in
-//! memory; another peel cannot read it, and no peel can write settings.
+//! API; the peel reads its own with a request on `zester.event.<id>.settings` (answered to its
+//! inbox only) and opens the secret in memory; another peel cannot read it, and no peel can
+//! write settings.
 
 mod common;
 
@@ -75,7 +76,7 @@ async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
         "peel-b read peel-a's settings"
     );
     assert!(
-        b.wait_error("permissions violation for publish to \"$js.api.direct.get.kv_zester-settings.$kv.zester-settings.peel-a\"")
+        b.wait_error("permissions violation for publish to \"zester.event.peel-a.settings\"")
             .await,
         "{:?}",
         b.errors.lock().unwrap()
