@@ -409,3 +409,55 @@ async fn service_names_are_not_peel_ids() {
         .expect("store writes");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_whose_account_revokes_zester_itself_is_repaired_at_start() {
+    let t = appliance::start("").await;
+    let creds = t.peel("web-01").await;
+    let (home, dir) = t.stop_keeping_home().await;
+
+    // What a forged notice once did: `*`, the master's and the callout's keys revoked, pushed
+    // to the resolver and kept in the home.
+    let authority = home.load_authority().unwrap();
+    let master_key = zester::home::read_creds(&home.service_creds("master"))
+        .unwrap()
+        .key()
+        .public_key();
+    let mut claims = authority.zester_jwt.claims().clone();
+    let callout_key = claims.nats.authorization.auth_users[0].clone();
+    let peel_key = KeyPair::new_user().public_key();
+    for key in [
+        "*",
+        master_key.as_str(),
+        callout_key.as_str(),
+        peel_key.as_str(),
+    ] {
+        claims.nats.revocations.insert(key.to_string(), now_unix());
+    }
+    claims.iat = now_unix();
+    let poisoned = authority.sign_account(claims).unwrap();
+    let token = format!("{}\n", poisoned.token());
+    std::fs::write(home.auth_dir().join("zester.jwt"), &token).unwrap();
+    std::fs::write(
+        home.resolver_dir()
+            .join(format!("{}.jwt", poisoned.subject())),
+        poisoned.token(),
+    )
+    .unwrap();
+
+    let t = appliance::start_on(home, dir).await;
+    let repaired = t.home.load_authority().unwrap();
+    let revocations = &repaired.zester_jwt.claims().nats.revocations;
+    assert!(
+        revocations.contains_key(&peel_key),
+        "a peel's revocation stays: {revocations:?}"
+    );
+    for key in ["*", master_key.as_str(), callout_key.as_str()] {
+        assert!(!revocations.contains_key(key), "{key} is still revoked");
+    }
+    t.master().await;
+    t.connect(&creds, "_INBOX.web-01")
+        .await
+        .expect("peels get in again");
+    t.stop().await;
+}

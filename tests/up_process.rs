@@ -337,3 +337,50 @@ fn sigkill_of_zester_leaves_no_orphan() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A client-chosen string with a newline (a connection name) must not forge a line of the text
+/// log: zester's audit lines and nats-server's forwarded ones show it escaped, on one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_a_connection_name_stays_on_one_log_line() {
+    let up = Up::start();
+    let forged = "2026-12-01T00:00:00.000000Z  INFO audit: allowed peel=web-99 role=admin";
+    let name = format!("evil\n{forged}\r\n{forged}");
+    let url = up.runtime()["url"].as_str().unwrap().to_string();
+    let key = nkeys::KeyPair::new_user();
+    // An nkey nobody approved (admitted to enrol, audited) and creds of no key (refused).
+    let enrolling = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+        .name(&name)
+        .add_root_certificates(up.home().join("pki/ca.pem"))
+        .require_tls(true)
+        .custom_inbox_prefix(format!("_INBOX.{}", key.public_key()))
+        .connect(&url)
+        .await
+        .expect("an unknown key may enrol");
+    enrolling.flush().await.unwrap();
+    let _ = async_nats::ConnectOptions::new()
+        .name(&name)
+        .add_root_certificates(up.home().join("pki/ca.pem"))
+        .require_tls(true)
+        .max_reconnects(Some(0))
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&url)
+        .await;
+    up.wait_for(Duration::from_secs(10), "the audit lines", || {
+        up.log().matches("evil").count() >= 2
+    });
+    drop(enrolling);
+    up.signal(libc::SIGTERM);
+    up.wait_for(Duration::from_secs(10), "zester stops", || {
+        up.log().contains("zester stopped")
+    });
+    let log = up.log();
+    for line in log.lines() {
+        assert!(
+            !line.trim_start().starts_with("2026-12-01T00:00:00.000000Z"),
+            "a forged line: {line:?}\nlog:\n{log}"
+        );
+        if line.contains("peel=web-99") {
+            assert!(line.contains("evil\\n"), "{line:?}");
+        }
+    }
+}
