@@ -39,6 +39,7 @@ pub fn checked_reply(
                     record.role = "enrolling".into();
                 }
                 Asker::Admin => record.role = "admin".into(),
+                Asker::Master => record.role = "master".into(),
             }
             audit.record(record);
             None

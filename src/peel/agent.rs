@@ -646,6 +646,13 @@ async fn serve_commands(
             tracing::warn!(peel = %id, subject = %message.subject, "command without a reply subject ignored");
             continue;
         };
+        // The answer goes out with this peel's right to reply, to wherever the sender said:
+        // only into the admin's or the master's inbox, so no command can use the peel to
+        // write somewhere its sender may not.
+        if let Err(refused) = crate::wire::reply::check_command_reply(&reply) {
+            tracing::warn!(peel = %id, "command not answered: {refused}");
+            continue;
+        }
         let answer = answer(&message.payload, &state);
         if let Err(e) = client.publish(reply, answer.to_string().into()).await {
             tracing::warn!(peel = %id, "cannot answer a command: {e}");

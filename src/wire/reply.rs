@@ -19,8 +19,10 @@ pub enum Asker<'a> {
     Peel(&'a str),
     /// The enrolling key `<nkey>` (a request on `zester.enrol.<nkey>`).
     Enrolling(&'a str),
-    /// An admin tool (a request on `zester.admin.…`).
+    /// An admin tool (a request on `zester.admin.…`, or a command to a peel).
     Admin,
+    /// The master (a command to a peel).
+    Master,
 }
 
 impl Asker<'_> {
@@ -30,6 +32,7 @@ impl Asker<'_> {
             Asker::Peel(id) => super::subjects::peel_inbox_prefix(id),
             Asker::Enrolling(nkey) => super::subjects::enrolling_inbox_prefix(nkey),
             Asker::Admin => super::subjects::ADMIN_INBOX_PREFIX.to_string(),
+            Asker::Master => super::subjects::MASTER_INBOX_PREFIX.to_string(),
         }
     }
 }
@@ -40,6 +43,7 @@ impl fmt::Display for Asker<'_> {
             Asker::Peel(id) => write!(f, "peel {id}"),
             Asker::Enrolling(nkey) => write!(f, "enrolling key {nkey}"),
             Asker::Admin => f.write_str("admin"),
+            Asker::Master => f.write_str("master"),
         }
     }
 }
@@ -83,6 +87,12 @@ pub fn check(asker: Asker<'_>, reply: &str) -> Result<(), ReplyRefused> {
     }
 }
 
+/// A peel's answer to a command (`zester.cmd.<id>`, which the admin and the master may send):
+/// it goes out with the peel's right to reply, so only into the admin's or the master's inbox.
+pub fn check_command_reply(reply: &str) -> Result<(), ReplyRefused> {
+    check(Asker::Admin, reply).or_else(|_| check(Asker::Master, reply))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +131,19 @@ mod tests {
         assert!(check(Asker::Admin, "_INBOX._admin.q.2").is_ok());
         assert!(check(Asker::Admin, "_INBOX._master.q").is_err());
         assert!(check(Asker::Admin, "_INBOX.web-01.q").is_err());
+    }
+
+    #[test]
+    fn a_peel_answers_commands_only_into_the_commanders_inboxes() {
+        assert!(check_command_reply("_INBOX._admin.a.1").is_ok());
+        assert!(check_command_reply("_INBOX._master.b").is_ok());
+        for hostile in [
+            "$KV.zester-keys.web-01",
+            "_INBOX.web-02.x",
+            "zester.cmd.web-02",
+        ] {
+            assert!(check_command_reply(hostile).is_err(), "{hostile}");
+        }
     }
 
     #[test]
