@@ -236,7 +236,9 @@ impl AdminService {
             KEY_SHOW => {
                 let request: KeyRequest = serde_json::from_slice(payload).map_err(parse_error)?;
                 let (record, revision) = self.read(&request).await?;
-                let sessions = self.callout.sessions.of(record.id.as_str());
+                let mut sessions = self.callout.sessions.of(record.id.as_str());
+                // An enrolling key's sessions are filed under the key itself.
+                sessions.extend(self.callout.sessions.of(&record.nkey));
                 Ok(json!({
                     "record": record,
                     "fingerprint": record.fingerprint(),

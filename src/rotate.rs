@@ -258,6 +258,15 @@ impl RotateService {
             .keys
             .wait_for_revision(new_revision, Duration::from_secs(2))
             .await;
+        // An earlier rotation whose notice never came: the key it replaced is cut off now,
+        // since this record will remember only the key replaced last.
+        if let Some(previous) = &record.replaced_nkey {
+            let kicked = self.admin.kick(id, Some(previous)).await;
+            if let Err(e) = self.admin.revoke_in_account(previous, now).await {
+                tracing::warn!(peel = id, "revoking the key of an unfinished rotation: {e}");
+            }
+            tracing::info!(target: "audit", peel = id, kicked, "key of an unfinished earlier rotation revoked");
+        }
         let jwt = self.authority.issue_user(
             &rotation.new_nkey,
             id,
