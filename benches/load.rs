@@ -444,6 +444,7 @@ async fn run(args: &Args) -> Result<Value> {
         server: endpoint.url.clone(),
         creds: peel.creds.clone(),
         ca: Some(home.ca_cert()),
+        pin: None,
     };
     let mut starts = futures_util::stream::iter(peels.iter().enumerate().map(|(i, peel)| {
         let options = options(peel);

@@ -36,6 +36,8 @@ pub const KEY_SHOW: &str = "zester.admin.key.show";
 pub const KEY_CHANGE: &str = "zester.admin.key.change";
 /// Delete a key record.
 pub const KEY_DELETE: &str = "zester.admin.key.delete";
+/// Register an accepted key made by `zester creds issue` (the record as JSON).
+pub const KEY_REGISTER: &str = "zester.admin.key.register";
 /// Replace a peel's settings document (`{"id", "document"}`).
 pub const SETTINGS_SET: &str = "zester.admin.settings.set";
 /// Read a peel's settings document (`{"id"}`).
@@ -250,6 +252,25 @@ impl AdminService {
                 let request: ChangeRequest =
                     serde_json::from_slice(payload).map_err(parse_error)?;
                 Ok(json!(self.change(request).await?))
+            }
+            KEY_REGISTER => {
+                let record = KeyRecord::from_json(payload, "the registration request")
+                    .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                if record.state != KeyState::Accepted {
+                    return Err(AdminError::BadRequest(format!(
+                        "only accepted keys are registered, not {}",
+                        record.state
+                    )));
+                }
+                let outcome = self.keys.create_or_same(&record).await?;
+                let revision = outcome.revision();
+                // Admitted once the answer is out: the callout decides from the cache.
+                let _ = self
+                    .keys
+                    .wait_for_revision(revision, Duration::from_secs(5))
+                    .await;
+                tracing::info!(target: "audit", peel = %record.id, fingerprint = %record.fingerprint(), "key registered by creds issue");
+                Ok(json!({ "id": record.id.as_str(), "revision": revision }))
             }
             KEY_DELETE => {
                 let request: KeyRequest = serde_json::from_slice(payload).map_err(parse_error)?;

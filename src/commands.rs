@@ -111,8 +111,11 @@ pub fn init(home: &Home, force: bool, hostname: &str, now: i64) -> Result<Output
     })
 }
 
-/// `zester creds issue`.
-pub fn creds_issue(
+/// `zester creds issue`: fresh creds for peel `id`, registered as an accepted key — through the
+/// running appliance when there is one (admitted when this returns), else in the offline
+/// journal that `zester up` imports before it says ready — and the peel's public profile beside
+/// them (`<id>.json`: servers, CA pin, master curve key).
+pub async fn creds_issue(
     home: &Home,
     id: &str,
     out: Option<&Path>,
@@ -122,15 +125,13 @@ pub fn creds_issue(
 ) -> Result<Output, CommandError> {
     let id = PeelId::parse(id)?;
     let authority = home.load_authority()?;
+    let config = home.load_config()?;
     let ttl = match expiry {
         Some(text) => parse_duration(text).map_err(CommandError::Expiry)?,
-        None => home
-            .load_config()?
-            .peel_expiry()
-            .map_err(|source| HomeError::Config {
-                path: home.config_file(),
-                source,
-            })?,
+        None => config.peel_expiry().map_err(|source| HomeError::Config {
+            path: home.config_file(),
+            source,
+        })?,
     };
     let path = out
         .map(Path::to_path_buf)
@@ -141,8 +142,9 @@ pub fn creds_issue(
     let creds = authority
         .issue_peel(&id, now, ttl)
         .map_err(CommandError::Issue)?;
-    home::write_creds(&path, &creds)?;
-    let record = KeyRecord::new_accepted(
+    // A curve key too, so that secrets can be sealed to this peel (`secret encrypt --peel`).
+    let curve = nkeys::XKey::new();
+    let mut record = KeyRecord::new_accepted(
         id.clone(),
         &creds.key().public_key(),
         "zester creds issue",
@@ -150,20 +152,77 @@ pub fn creds_issue(
         now,
     )
     .map_err(|e| CommandError::Register(e.to_string()))?;
-    journal::record(home, &record).map_err(|e| CommandError::Register(e.to_string()))?;
+    record.xkey = Some(curve.public_key());
+    let curve_path = path.with_file_name(format!("{id}.xk"));
+    let write_files = || -> Result<(), HomeError> {
+        home::write_creds(&path, &creds)?;
+        let seed = curve.seed().unwrap_or_default();
+        home::write_atomic(&curve_path, format!("{seed}\n").as_bytes(), home::SECRET_MODE)
+    };
+    let running = crate::up::RuntimeInfo::live(home);
+    let registered = match &running {
+        Some(_) => {
+            let client = crate::up::admin_connect(home)
+                .await
+                .map_err(|e| CommandError::Appliance(e.to_string()))?;
+            crate::up::admin_request(&client, crate::admin::KEY_REGISTER, &record)
+                .await
+                .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
+            write_files().map_err(|e| {
+                CommandError::Appliance(format!(
+                    "the key is registered, but {e}; revoke and delete it (`zester key revoke {id}`, `zester key delete {id}`) and issue again"
+                ))
+            })?;
+            "appliance"
+        }
+        None => {
+            write_files()?;
+            journal::record(home, &record).map_err(|e| CommandError::Register(e.to_string()))?;
+            "journal"
+        }
+    };
+    let profile_path = crate::peel::PeelProfile::beside(&path, id.as_str());
+    let profile = crate::peel::PeelProfile {
+        id: id.to_string(),
+        servers: vec![crate::context::client_url(
+            running.as_ref().map(|r| r.url.as_str()),
+            &config.server.listen,
+        )
+        .map_err(|e| CommandError::Appliance(e.to_string()))?],
+        ca_pin: home.ca_pin()?,
+        master_xkey: authority.master_xkey.public_key(),
+    };
+    profile
+        .write(&profile_path)
+        .map_err(|e| CommandError::Register(e.to_string()))?;
     let claims = creds.jwt().claims();
     let expires = expiry_text(claims.exp, now);
+    let registered_text = if registered == "appliance" {
+        "registered with the running appliance: admitted now".to_string()
+    } else {
+        format!(
+            "journalled in {}: `zester up` imports it before it says ready",
+            home.keys_journal_dir().display()
+        )
+    };
     Ok(Output {
         human: format!(
-            "Issued creds for peel {id}\n  file     {}\n  user     {}\n  expires  {expires}\n",
+            "Issued creds for peel {id}\n  file     {}\n  curve    {} (seed of {})\n  profile  {}\n  user     {}\n  expires  {expires}\n  key      {registered_text}\n",
             path.display(),
+            curve_path.display(),
+            curve.public_key(),
+            profile_path.display(),
             claims.sub,
         ),
         json: json!({
             "id": id.as_str(),
             "file": path,
+            "profile": profile_path,
+            "xkey": curve.public_key(),
+            "xkey_seed_file": curve_path,
             "user_key": claims.sub,
             "expires_at": (claims.exp > 0).then_some(claims.exp),
+            "registered": registered,
         }),
         exit_code: 0,
     })

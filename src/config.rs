@@ -4,6 +4,8 @@
 //! `zester init`); its values and the `Default` impls here are kept equal by a test. Parsing is
 //! pure (text in, config or error out) so the file's path is added by `home`.
 
+use std::fmt;
+
 use serde::Deserialize;
 
 use crate::identity::time::{parse_duration, DurationError};
@@ -33,6 +35,20 @@ pub enum ConfigError {
         /// The value.
         value: String,
     },
+    /// A size key (`jetstream.max_memory`, `jetstream.max_file`) that does not parse.
+    #[error(
+        "{key} = {value}: {source}; write a whole number of bytes or a number and a unit \
+         (B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB, all powers of 1024), \
+         e.g. \"256MiB\", \"8GiB\" or 268435456"
+    )]
+    Size {
+        /// The key.
+        key: &'static str,
+        /// The value as written.
+        value: SizeSetting,
+        /// The problem.
+        source: SizeError,
+    },
     /// An unknown accept policy.
     #[error("keys.accept = {value:?}: use \"manual\", \"auto-trusted\" or \"auto-all\"")]
     AcceptPolicy {
@@ -51,6 +67,8 @@ pub struct Config {
     pub peels: PeelsConfig,
     /// `[keys]`.
     pub keys: KeysConfig,
+    /// `[jetstream]`.
+    pub jetstream: JetStreamConfig,
 }
 
 /// `[server]`: where nats-server listens and which binary runs.
@@ -133,6 +151,206 @@ impl Default for KeysConfig {
     }
 }
 
+/// `[jetstream]`: the most memory and disk nats-server's JetStream may use.
+///
+/// Without them nats-server sizes JetStream from the host (75% of its memory and most of its
+/// free disk, up to 1 TB: 17 GB and 59 GB were seen on a 24 GB machine), so the broker could
+/// claim the appliance. zester's own buckets (key records, peel settings) are file-backed and
+/// small, a few MB for ten thousand peels, and peels get no JetStream access at all, so the
+/// defaults are ceilings with ample room rather than reservations: 256 MiB of memory for
+/// memory-backed streams, which zester itself does not use, and 8 GiB of disk, which fits the
+/// small disks appliances run on. nats-server allocates neither up front.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// `max_memory_store`: memory for memory-backed streams.
+    pub max_memory: SizeSetting,
+    /// `max_file_store`: disk for file-backed streams (under `<home>/nats/jetstream`).
+    pub max_file: SizeSetting,
+}
+
+/// The default of `jetstream.max_memory`.
+pub const DEFAULT_JETSTREAM_MAX_MEMORY: &str = "256MiB";
+/// The default of `jetstream.max_file`.
+pub const DEFAULT_JETSTREAM_MAX_FILE: &str = "8GiB";
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            max_memory: SizeSetting::Text(DEFAULT_JETSTREAM_MAX_MEMORY.to_string()),
+            max_file: SizeSetting::Text(DEFAULT_JETSTREAM_MAX_FILE.to_string()),
+        }
+    }
+}
+
+/// A size as written in `zester.toml`: a TOML integer (bytes) or a string with a unit.
+/// Turned into bytes by [`parse_size`] (through [`Config::jetstream_limits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeSetting {
+    /// An integer: a number of bytes.
+    Bytes(i64),
+    /// A string such as `"256MiB"`.
+    Text(String),
+}
+
+impl fmt::Display for SizeSetting {
+    /// As it would be written in TOML, so errors quote the value the way the file has it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SizeSetting::Bytes(n) => write!(f, "{n}"),
+            SizeSetting::Text(text) => write!(f, "{text:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SizeSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a whole number of bytes or a string such as \"256MiB\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeSetting, E> {
+                Ok(SizeSetting::Bytes(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeSetting, E> {
+                i64::try_from(v)
+                    .map(SizeSetting::Bytes)
+                    .map_err(|_| E::custom(SizeError::TooLarge))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeSetting, E> {
+                Ok(SizeSetting::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Why a size does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Nothing but spaces.
+    #[error("the size is empty")]
+    Empty,
+    /// The text does not start with digits.
+    #[error("a size starts with a whole number")]
+    NotANumber,
+    /// A decimal point.
+    #[error("sizes are whole numbers (write 1536MiB, not 1.5GiB)")]
+    Fraction,
+    /// A unit that is not one of the listed ones.
+    #[error("unknown unit {unit:?}")]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+    },
+    /// Below zero.
+    #[error("a size cannot be negative")]
+    Negative,
+    /// Zero: nats-server would take it literally and store nothing.
+    #[error("0 leaves JetStream no room at all (zester's own buckets live there)")]
+    Zero,
+    /// More than nats-server's 64-bit signed sizes hold.
+    #[error("more than nats-server can hold (at most 8EiB - 1 bytes)")]
+    TooLarge,
+}
+
+/// Parses a size into bytes: digits, optional spaces, then an optional unit.
+///
+/// Every unit is binary: `K`, `KB` and `KiB` all mean 1024 bytes, and so on for `M`, `G` and
+/// `T` (case-insensitive; `B` or no unit means bytes). That is what the people writing memory
+/// and disk limits mostly mean, and what nats-server itself means by `"1GB"`, so the same text
+/// gives the same number in `zester.toml` and in a hand-written nats-server config; a decimal
+/// number is written exactly as bytes. Fractions are refused rather than rounded, and so is 0:
+/// nats-server would take it literally and store nothing, which breaks zester's key store.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(SizeError::Empty);
+    }
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    if number.is_empty() {
+        return Err(if unit.starts_with('-') {
+            SizeError::Negative
+        } else {
+            SizeError::NotANumber
+        });
+    }
+    let unit = unit.trim_start();
+    if unit.starts_with(['.', ',']) {
+        return Err(SizeError::Fraction);
+    }
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(SizeError::UnknownUnit {
+                unit: unit.to_string(),
+            })
+        }
+    };
+    // Digits only, so the one way to fail is overflow.
+    let number: u64 = number.parse().map_err(|_| SizeError::TooLarge)?;
+    let bytes = number
+        .checked_mul(1u64 << shift)
+        .filter(|&b| i64::try_from(b).is_ok())
+        .ok_or(SizeError::TooLarge)?;
+    if bytes == 0 {
+        return Err(SizeError::Zero);
+    }
+    Ok(bytes)
+}
+
+/// Bytes of a [`SizeSetting`], by the rules of [`parse_size`].
+fn size_bytes(setting: &SizeSetting) -> Result<u64, SizeError> {
+    match setting {
+        SizeSetting::Bytes(n) if *n < 0 => Err(SizeError::Negative),
+        SizeSetting::Bytes(0) => Err(SizeError::Zero),
+        // Positive, so it fits.
+        SizeSetting::Bytes(n) => Ok(n.unsigned_abs()),
+        SizeSetting::Text(text) => parse_size(text),
+    }
+}
+
+/// JetStream's limits in bytes, each more than 0 and at most `i64::MAX` (nats-server's type):
+/// made only from a [`JetStreamConfig`] or as the defaults, so a renderer can print them as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JetStreamLimits {
+    max_memory: u64,
+    max_file: u64,
+}
+
+impl JetStreamLimits {
+    /// Bytes of memory-backed storage (`max_memory_store`).
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory
+    }
+
+    /// Bytes of file-backed storage (`max_file_store`).
+    pub fn max_file(&self) -> u64 {
+        self.max_file
+    }
+}
+
+impl Default for JetStreamLimits {
+    /// [`DEFAULT_JETSTREAM_MAX_MEMORY`] and [`DEFAULT_JETSTREAM_MAX_FILE`] in bytes.
+    fn default() -> Self {
+        JetStreamLimits {
+            max_memory: 256 << 20,
+            max_file: 8 << 30,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates a configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -141,6 +359,7 @@ impl Config {
         config.peel_expiry()?;
         config.session_ttl()?;
         config.accept_policy()?;
+        config.jetstream_limits()?;
         for (key, value) in [
             ("server.listen", &config.server.listen),
             ("server.monitor", &config.server.monitor),
@@ -163,6 +382,21 @@ impl Config {
         parse_duration(&self.peels.session_ttl).map_err(|source| ConfigError::Duration {
             key: "peels.session_ttl",
             source,
+        })
+    }
+
+    /// JetStream's memory and disk limits in bytes.
+    pub fn jetstream_limits(&self) -> Result<JetStreamLimits, ConfigError> {
+        let bytes = |key: &'static str, value: &SizeSetting| {
+            size_bytes(value).map_err(|source| ConfigError::Size {
+                key,
+                value: value.clone(),
+                source,
+            })
+        };
+        Ok(JetStreamLimits {
+            max_memory: bytes("jetstream.max_memory", &self.jetstream.max_memory)?,
+            max_file: bytes("jetstream.max_file", &self.jetstream.max_file)?,
         })
     }
 
@@ -219,5 +453,143 @@ mod tests {
         assert!(err.to_string().contains("listen_on"), "{err}");
         assert!(Config::parse("[server\n").is_err());
         assert!(Config::parse("[server]\nlisten = \"[::1]:4222\"\n").is_ok());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        const KIB: u64 = 1024;
+        for (text, bytes) in [
+            ("1", 1),
+            ("512B", 512),
+            ("512 b", 512),
+            ("4K", 4 * KIB),
+            ("4KB", 4 * KIB),
+            ("4KiB", 4 * KIB),
+            ("4kib", 4 * KIB),
+            ("64M", 64 * KIB * KIB),
+            ("64MB", 64 * KIB * KIB),
+            ("64MiB", 64 * KIB * KIB),
+            ("256MiB", 256 << 20),
+            ("  1 GiB ", 1 << 30),
+            ("1G", 1 << 30),
+            ("1gb", 1 << 30),
+            ("8GiB", 8 << 30),
+            ("2T", 2 << 40),
+            ("2TB", 2 << 40),
+            ("2TiB", 2 << 40),
+            ("8388607TiB", 8_388_607 << 40),
+            ("9223372036854775807", i64::MAX as u64),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        for (text, err) in [
+            ("", SizeError::Empty),
+            ("   ", SizeError::Empty),
+            ("MiB", SizeError::NotANumber),
+            ("+5M", SizeError::NotANumber),
+            ("-5M", SizeError::Negative),
+            ("1.5GiB", SizeError::Fraction),
+            ("1,5G", SizeError::Fraction),
+            ("0", SizeError::Zero),
+            ("0GiB", SizeError::Zero),
+            ("8388608TiB", SizeError::TooLarge),
+            ("9223372036854775808", SizeError::TooLarge),
+            ("99999999999999999999999", SizeError::TooLarge),
+        ] {
+            assert_eq!(parse_size(text), Err(err), "{text:?}");
+        }
+        for unit in ["PiB", "Mb s", "MiBs", "mega", "KiB2"] {
+            assert_eq!(
+                parse_size(&format!("5{unit}")),
+                Err(SizeError::UnknownUnit {
+                    unit: unit.to_string()
+                })
+            );
+        }
+        assert_eq!(
+            parse_size("5 1"),
+            Err(SizeError::UnknownUnit { unit: "1".into() })
+        );
+    }
+
+    #[test]
+    fn jetstream_section_gives_bytes() {
+        let limits = Config::default().jetstream_limits().unwrap();
+        assert_eq!(limits, JetStreamLimits::default());
+        assert_eq!(limits.max_memory(), 256 * 1024 * 1024);
+        assert_eq!(limits.max_file(), 8 * 1024 * 1024 * 1024);
+        assert_eq!(
+            parse_size(DEFAULT_JETSTREAM_MAX_MEMORY),
+            Ok(limits.max_memory())
+        );
+        assert_eq!(
+            parse_size(DEFAULT_JETSTREAM_MAX_FILE),
+            Ok(limits.max_file())
+        );
+
+        let config =
+            Config::parse("[jetstream]\nmax_memory = \"64MiB\"\nmax_file = 1073741824\n").unwrap();
+        let limits = config.jetstream_limits().unwrap();
+        assert_eq!(limits.max_memory(), 64 << 20);
+        assert_eq!(limits.max_file(), 1 << 30);
+        // A key left out keeps its default.
+        let config = Config::parse("[jetstream]\nmax_file = \"2GB\"\n").unwrap();
+        let limits = config.jetstream_limits().unwrap();
+        assert_eq!(limits.max_memory(), 256 << 20);
+        assert_eq!(limits.max_file(), 2 << 30);
+    }
+
+    #[test]
+    fn bad_jetstream_values_name_the_key_and_an_example() {
+        let err = Config::parse("[jetstream]\nmax_memory = \"lots\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Size {
+                key: "jetstream.max_memory",
+                value: SizeSetting::Text("lots".into()),
+                source: SizeError::NotANumber,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "jetstream.max_memory = \"lots\": a size starts with a whole number; write a whole \
+             number of bytes or a number and a unit (B, K/KB/KiB, M/MB/MiB, G/GB/GiB, \
+             T/TB/TiB, all powers of 1024), e.g. \"256MiB\", \"8GiB\" or 268435456"
+        );
+        let err = Config::parse("[jetstream]\nmax_file = \"8 PB\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("jetstream.max_file = \"8 PB\": unknown unit \"PB\""),
+            "{text}"
+        );
+        let err = Config::parse("[jetstream]\nmax_file = -1\n").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Size {
+                key: "jetstream.max_file",
+                source: SizeError::Negative,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().starts_with("jetstream.max_file = -1: "),
+            "{err}"
+        );
+        let err = Config::parse("[jetstream]\nmax_memory = 0\n").unwrap_err();
+        assert!(err.to_string().contains("no room at all"), "{err}");
+        // A value of the wrong type is refused by the parser, which shows the line.
+        let err = Config::parse("[jetstream]\nmax_memory = 1.5\n").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Syntax(_)));
+        assert!(
+            text.contains("max_memory = 1.5") && text.contains("\"256MiB\""),
+            "{text}"
+        );
+        let err = Config::parse("[jetstream]\nmax_disk = \"1GiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_disk"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ pub enum ConnectError {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `nats://host:port` (TLS is required regardless of the scheme).
+    /// `tls://host:port` (TLS is required regardless of the scheme).
     pub url: String,
     /// The CA certificate the server's certificate must chain to.
     pub ca: PathBuf,

@@ -130,7 +130,7 @@ pub fn context_dir(
     Ok(base.join("nats").join("context"))
 }
 
-/// The client URL: the running appliance's when there is one, else `nats://` + `listen`
+/// The client URL: the running appliance's when there is one, else `tls://` + `listen`
 /// with a wildcard host replaced by loopback (a client cannot dial 0.0.0.0).
 pub fn client_url(running: Option<&str>, listen: &str) -> Result<String, ContextError> {
     if let Some(url) = running {
@@ -146,7 +146,7 @@ pub fn client_url(running: Option<&str>, listen: &str) -> Result<String, Context
         "[::]" | "::" => "[::1]",
         other => other,
     };
-    Ok(format!("nats://{host}:{port}"))
+    Ok(format!("tls://{host}:{port}"))
 }
 
 /// The context document, with jsm.go `natscontext` field names. Fields zester does not use
@@ -261,12 +261,12 @@ mod tests {
         );
         assert_eq!(
             client_url(None, "0.0.0.0:4222").unwrap(),
-            "nats://127.0.0.1:4222"
+            "tls://127.0.0.1:4222"
         );
-        assert_eq!(client_url(None, "[::]:4222").unwrap(), "nats://[::1]:4222");
+        assert_eq!(client_url(None, "[::]:4222").unwrap(), "tls://[::1]:4222");
         assert_eq!(
             client_url(None, "nats.example:4333").unwrap(),
-            "nats://nats.example:4333"
+            "tls://nats.example:4333"
         );
         assert!(matches!(
             client_url(None, "nohost"),
@@ -283,11 +283,11 @@ mod tests {
         let doc = context_json(
             "t1",
             Role::Master,
-            "nats://127.0.0.1:4222",
+            "tls://127.0.0.1:4222",
             Path::new("/h/auth/master.creds"),
             Path::new("/h/pki/ca.pem"),
         );
-        assert_eq!(doc["url"], "nats://127.0.0.1:4222");
+        assert_eq!(doc["url"], "tls://127.0.0.1:4222");
         assert_eq!(doc["creds"], "/h/auth/master.creds");
         assert_eq!(doc["ca"], "/h/pki/ca.pem");
         assert_eq!(doc["inbox_prefix"], "_INBOX._master");
@@ -314,7 +314,7 @@ mod tests {
         let dmeta = std::fs::metadata(&dir).unwrap();
         assert_eq!(dmeta.permissions().mode() & 0o777, 0o700);
         let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(doc["url"], "nats://127.0.0.1:4222");
+        assert_eq!(doc["url"], "tls://127.0.0.1:4222");
         assert_eq!(
             Path::new(doc["creds"].as_str().unwrap()),
             std::path::absolute(home.service_creds("admin")).unwrap()

@@ -380,7 +380,13 @@ impl EnrolService {
                         now,
                         self.peel_expiry,
                     )?;
-                    Ok(json!({ "state": record.state, "jwt": jwt.token() }))
+                    // The master's curve key goes into the peel's profile: the sender of
+                    // every secret sealed for it.
+                    Ok(json!({
+                        "state": record.state,
+                        "jwt": jwt.token(),
+                        "master_xkey": self.authority.master_xkey.public_key(),
+                    }))
                 }
                 _ => Err(EnrolError::NotEnrolled { id: id.to_string() }),
             },
@@ -617,6 +623,19 @@ pub async fn enrol(
             reason: format!("{reason}{hint}"),
         }
     };
+    let ca_pin = match (&options.pin, &options.ca) {
+        (Some(pin), _) => pin.trim().to_string(),
+        (None, Some(ca)) => {
+            let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
+                action: "read",
+                path: ca.clone(),
+                source,
+            })?;
+            crate::pki::spki_pin_from_cert_pem(&pem)
+                .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?
+        }
+        (None, None) => String::new(),
+    };
     let trust = async_nats::ConnectOptions::with_nkey(seed.clone());
     let trust = match (&options.ca, &options.pin) {
         (Some(ca), pin) => {
@@ -635,15 +654,40 @@ pub async fn enrol(
             ))
         }
     };
-    let client = trust
+    let trust = trust
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
         .custom_inbox_prefix(format!("_INBOX.{nkey}"))
         .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(3))
-        .connect(options.server.as_str())
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
+        .max_reconnects(Some(3));
+    // With --wait a master that is down (or not up yet) is waited for, like an admin's decision.
+    let mut pause = Duration::from_secs(2);
+    let mut said: Option<std::time::Instant> = None;
+    let client = loop {
+        match trust.clone().connect(options.server.as_str()).await {
+            Ok(client) => break client,
+            Err(e)
+                if options.wait
+                    && !matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+            {
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    progress(&format!(
+                        "cannot reach {} yet ({e}); retrying (said at most once a minute)",
+                        options.server
+                    ));
+                    said = Some(std::time::Instant::now());
+                }
+                let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(connect_error(e.to_string())),
+        }
+    };
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -691,6 +735,17 @@ pub async fn enrol(
                     Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
                 let path = options.dir.join(format!("{id}.creds"));
                 home::write_creds(&path, &creds)?;
+                if let Some(master_xkey) = fetched["master_xkey"].as_str() {
+                    let profile = crate::peel::PeelProfile {
+                        id: id.to_string(),
+                        servers: vec![options.server.clone()],
+                        ca_pin: ca_pin.clone(),
+                        master_xkey: master_xkey.to_string(),
+                    };
+                    profile
+                        .write(&crate::peel::PeelProfile::path_in(&options.dir, id.as_str()))
+                        .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
+                }
                 return Ok(EnrolOutcome::Enrolled { creds: path });
             }
             Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),

@@ -331,6 +331,16 @@ impl Home {
     pub fn ca_cert(&self) -> PathBuf {
         self.pki_dir().join("ca.pem")
     }
+    /// The SPKI pin of this home's CA (`sha256:<hex>`), as `init` printed it.
+    pub fn ca_pin(&self) -> Result<String, HomeError> {
+        let path = self.ca_cert();
+        let pem = fs::read_to_string(&path).map_err(|source| HomeError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(crate::pki::spki_pin_from_cert_pem(&pem)?)
+    }
     /// The server certificate.
     pub fn server_cert(&self) -> PathBuf {
         self.pki_dir().join("server.pem")

@@ -11,9 +11,10 @@ use zester::up::{Appliance, StopSignals, UpOptions};
 
 /// zester: the security core of a NATS fleet on one node.
 ///
-/// It keeps the operator, accounts and keys of the fleet, issues peel credentials, and (with
-/// `zester up`, to come) runs nats-server with an auth callout giving every peel
-/// least-privilege permissions.
+/// It keeps the operator, accounts and keys of the fleet, issues peel credentials, and with
+/// `zester up` runs nats-server with an auth callout giving every peel least-privilege
+/// permissions. Start with `zester up`, then `zester creds issue <peel-id>` and
+/// `zester peel run --creds <home>/peels/<peel-id>.creds` on the peel.
 #[derive(Debug, Parser)]
 #[command(name = "zester", version, propagate_version = true)]
 struct Cli {
@@ -223,30 +224,51 @@ enum PeelCommand {
     },
     /// Run the peel agent: connects with its creds (re-read from the file at every reconnect,
     /// so rotated creds are picked up), publishes its facts, answers commands (test.ping),
-    /// reconnects forever. SIGINT/SIGTERM: drain and exit 0.
+    /// reconnects forever. A server that is down, or a key not accepted yet, is waited for
+    /// (retried with backoff, the reason logged at most once a minute). SIGINT/SIGTERM: drain
+    /// and exit 0.
+    ///
+    /// What is not given comes from the peel's profile beside the creds (<id>.json, written
+    /// by `zester peel enrol` and `zester creds issue`): the server, the CA pin, the master's
+    /// curve key. `zester peel run --dir DIR` runs the peel enrolled into DIR with nothing else.
     Run {
-        /// The master's client URL, e.g. nats://master.example:4222.
+        /// The master's client URL, e.g. tls://master.example:4222. Default: the profile's.
         #[arg(long, value_name = "URL")]
-        server: String,
+        server: Option<String>,
         /// The peel's creds (written by `zester peel enrol` or `zester creds issue`).
-        #[arg(long, value_name = "FILE")]
-        creds: PathBuf,
-        /// The master's CA certificate (default: the system roots).
+        #[arg(long, value_name = "FILE", required_unless_present = "dir")]
+        creds: Option<PathBuf>,
+        /// The directory `zester peel enrol --dir` wrote (creds, curve seed, profile); its
+        /// curve seed, if there, turns on settings.
+        #[arg(long, value_name = "DIR", conflicts_with = "creds")]
+        dir: Option<PathBuf>,
+        /// With --dir holding several peels: which one.
+        #[arg(long, value_name = "ID", requires = "dir")]
+        id: Option<String>,
+        /// The master's CA certificate. Default: the profile's CA pin (else the system roots).
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
-        /// The peel's curve seed (`<dir>/<id>.xk` from `zester peel enrol`): with --from, the
-        /// agent fetches its settings after every connect and opens their secrets in memory.
-        #[arg(long, value_name = "FILE", requires = "from")]
+        /// Trust only a CA with this pin in the server's chain (as `peel enrol --pin`).
+        #[arg(long, value_name = "sha256:HEX", conflicts_with = "ca")]
+        pin: Option<String>,
+        /// The peel's curve seed (`<dir>/<id>.xk` from `zester peel enrol`): the agent fetches
+        /// its settings after every connect and opens their secrets in memory.
+        #[arg(long, value_name = "FILE")]
         xkey: Option<PathBuf>,
-        /// The master's curve public key ("master xkey" printed by `zester init`).
-        #[arg(long, value_name = "X…", requires = "xkey")]
+        /// The master's curve public key (default: the profile's; "master xkey" printed by
+        /// `zester init`).
+        #[arg(long, value_name = "X…")]
         from: Option<String>,
+        /// Give up with exit 1 when no connection was made within this long (e.g. 30s, 5m).
+        /// Default: wait until it works.
+        #[arg(long, value_name = "DURATION")]
+        connect_timeout: Option<String>,
     },
     /// Enrol this machine as peel ID: makes its nkey and curve key locally (seeds 0600 in
     /// --dir; reused when present), proves the key to the master, waits for an admin to
     /// accept it (with --wait), then writes <dir>/<ID>.creds itself. The seed never leaves.
     Enrol {
-        /// The master's client URL, e.g. nats://master.example:4222.
+        /// The master's client URL, e.g. tls://master.example:4222.
         #[arg(long, value_name = "URL")]
         server: String,
         /// The peel id to enrol as.
@@ -357,10 +379,11 @@ enum SecretCommand {
         /// The peel's creds: the seed is <same dir>/<id>.xk, the id being the JWT's name.
         #[arg(long, value_name = "FILE")]
         creds: Option<PathBuf>,
-        /// The master's curve public key ("master xkey", printed by `zester init`). Required:
-        /// a peel has no other source for it, and it proves who sealed the secret.
+        /// The master's curve public key ("master xkey", printed by `zester init`): it proves
+        /// who sealed the secret. Default: the peel's profile (<id>.json beside the seed or
+        /// the creds, written by `zester peel enrol` and `zester creds issue`).
         #[arg(long = "from", value_name = "X…")]
-        from: String,
+        from: Option<String>,
     },
     /// On the master, after a peel rotated its curve key: open an envelope (stdin) sealed by
     /// this home's master key and seal it again to the new key (stdout).
@@ -411,21 +434,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PeelCommand::Run {
                     server,
                     creds,
+                    dir,
+                    id,
                     ca,
+                    pin,
                     xkey,
                     from,
+                    connect_timeout,
                 },
         } => {
-            let options = zester::peel::agent::AgentOptions { server, creds, ca };
-            let settings =
-                xkey.zip(from).map(
-                    |(xkey_seed, master_xkey)| zester::peel::agent::SettingsKey {
-                        xkey_seed,
-                        master_xkey,
-                    },
-                );
-            runtime()?.block_on(zester::peel::agent::run_with_settings(options, settings))?;
-            return Ok(ExitCode::SUCCESS);
+            let inputs = zester::peel::profile::RunInputs {
+                server,
+                creds,
+                ca,
+                pin,
+                xkey,
+                from,
+                dir,
+                id,
+            };
+            let (options, settings) = zester::peel::profile::resolve_run(inputs)?;
+            let timeout = connect_timeout
+                .map(|text| {
+                    zester::identity::time::parse_duration(&text)
+                        .map(|secs| std::time::Duration::from_secs(secs.max(0) as u64))
+                        .map_err(|e| anyhow::anyhow!("--connect-timeout: {e}"))
+                })
+                .transpose()?;
+            let ran =
+                runtime()?.block_on(zester::peel::agent::run_waiting(options, settings, timeout));
+            return match ran {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e @ zester::peel::AgentError::GaveUp { .. }) => {
+                    eprintln!("zester: {e}");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            };
         }
         Command::Peel {
             command: PeelCommand::Rotate { server, creds, ca },
@@ -529,7 +574,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 force,
                 json,
             } => (
-                commands::creds_issue(&home, &id, out.as_deref(), expiry.as_deref(), force, now)?,
+                runtime()?.block_on(commands::creds_issue(
+                    &home,
+                    &id,
+                    out.as_deref(),
+                    expiry.as_deref(),
+                    force,
+                    now,
+                ))?,
                 json,
             ),
             CredsCommand::Rotate { role, finish, json } if role == "signing-key" => {
@@ -665,6 +717,13 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
                 (None, Some(creds)) => secrets::seed_path_for_creds(&creds)?,
                 (None, None) => anyhow::bail!("give --seed FILE or --creds FILE"),
             };
+            // The seed is <dir>/<id>.xk, and the profile <dir>/<id>.json.
+            let profile = seed.with_extension("json");
+            let from = zester::peel::profile::master_xkey(from, &profile).map_err(|reason| {
+                anyhow::anyhow!(
+                    "the master's curve key is not known ({reason}): give --from X… (the master xkey `zester init` printed)"
+                )
+            })?;
             let key = secrets::read_seed_file(&seed)?;
             read_stdin(&mut input)?;
             let text = String::from_utf8(input).map_err(|_| secrets::SecretError::NotEnvelope)?;

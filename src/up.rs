@@ -215,12 +215,13 @@ impl Appliance {
         let sentinel = authority.issue_sentinel(started_at)?;
         let zester_key = authority.zester.public_key();
         let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
-            let rendered = server_config::render_for_home(
+            let rendered = server_config::render_for_home_with_limits(
                 &home,
                 &authority,
                 sentinel.token(),
                 listen,
                 monitor,
+                config.jetstream_limits().map_err(config_error)?,
             )?;
             home::write_atomic(
                 &home.nats_config_file(),
@@ -255,7 +256,8 @@ impl Appliance {
             )?;
         }
         let endpoint = Endpoint {
-            url: format!("nats://127.0.0.1:{}", child.ports.client.port()),
+            // TLS is required: the URL says so, as the one a user pastes must.
+            url: format!("tls://127.0.0.1:{}", child.ports.client.port()),
             ca: home.ca_cert(),
         };
         tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
@@ -453,6 +455,9 @@ impl Appliance {
             keys.clone(),
         )));
 
+        // Once more just before saying ready: a `creds issue` that found no running appliance
+        // while this one started has journalled its key, and must be admitted when it is up.
+        import_journal(&home, &keys).await;
         let text = serde_json::to_vec_pretty(&runtime).unwrap_or_default();
         home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
         tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %endpoint.url, "zester is ready");

@@ -319,6 +319,7 @@ async fn kill_9_of_the_child_under_200_publishing_peels() {
             server: t.url(),
             creds,
             ca: Some(t.home.ca_cert()),
+            pin: None,
         })
     }))
     .buffered(PARALLEL)

@@ -74,6 +74,7 @@ async fn the_agent_announces_itself_answers_commands_and_stops() {
         server: t.url(),
         creds,
         ca: Some(t.home.ca_cert()),
+        pin: None,
     })
     .await
     .expect("the agent starts");
@@ -174,6 +175,7 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
         server: t.url(),
         creds: path.clone(),
         ca: Some(t.home.ca_cert()),
+        pin: None,
     })
     .await
     .expect("the agent starts");
@@ -241,6 +243,7 @@ async fn run_stops_cleanly_on_sigterm() {
         server: t.url(),
         creds,
         ca: Some(t.home.ca_cert()),
+        pin: None,
     }));
     // `run` installs its handlers before connecting, so once the peel has started a SIGTERM to
     // this test process reaches it rather than killing the process.
@@ -273,6 +276,7 @@ async fn unusable_creds_fail_the_start_with_the_reason() {
         server: t.url(),
         creds,
         ca: Some(t.home.ca_cert()),
+        pin: None,
     };
     let start = |options: AgentOptions| async move {
         tokio::time::timeout(Duration::from_secs(10), Agent::start(options))
@@ -331,6 +335,7 @@ async fn unusable_creds_fail_the_start_with_the_reason() {
     // A missing CA file and an unreachable server are named.
     let error = start(AgentOptions {
         ca: Some(dir.path().join("no-ca.pem")),
+        pin: None,
         ..options(unknown_path.clone())
     })
     .await;

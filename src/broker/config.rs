@@ -17,10 +17,16 @@
 //! - `resolver { type: full }` is a writable directory resolver, so `resolver_preload` works
 //!   with it: preloads are stored with "save if newer", so a JWT updated at run time (say, with
 //!   a new revocation) is not rolled back by an older preload at the next start.
+//! - Left out, `max_memory_store`/`max_file_store` make nats-server size JetStream from the
+//!   host (75% of memory, most of the free disk), so both are always rendered, as plain byte
+//!   counts: nats-server reads a quoted `"1G"` and a bare `1GB` as 2^30 but a bare `1G` as
+//!   10^9. An explicit 0 is taken literally (no room); `zester.toml` refuses it.
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+
+use crate::config::JetStreamLimits;
 
 /// Everything the rendered config depends on.
 #[derive(Debug, Clone)]
@@ -49,6 +55,8 @@ pub struct ServerConfigInput<'a> {
     pub tls_ca_file: &'a Path,
     /// JetStream storage directory.
     pub jetstream_dir: &'a Path,
+    /// JetStream's memory and disk ceilings (`[jetstream]` in `zester.toml`).
+    pub jetstream_limits: JetStreamLimits,
     /// Longest protocol line accepted; CONNECT lines carry a user JWT and a signature.
     pub max_control_line: usize,
     /// Where nats-server writes `<executable>_<pid>.ports`, the ports it really listens on.
@@ -204,15 +212,35 @@ impl Default for HostPort {
     }
 }
 
-/// Renders the configuration of a zester home: its operator, accounts (preloaded into the full
-/// resolver under `<home>/nats/jwt`), TLS files, JetStream store, ports and pid files, with
-/// `sentinel` as the `default_sentinel` and the given listen/monitor addresses.
+/// [`render_for_home_with_limits`] with the default JetStream limits, for callers that have no
+/// `zester.toml` of their own to honour (tests, tools); `zester up` passes the configured ones.
 pub fn render_for_home(
     home: &crate::home::Home,
     authority: &crate::authority::Authority,
     sentinel: &str,
     listen: &str,
     monitor: &str,
+) -> Result<String, ConfigRenderError> {
+    render_for_home_with_limits(
+        home,
+        authority,
+        sentinel,
+        listen,
+        monitor,
+        JetStreamLimits::default(),
+    )
+}
+
+/// Renders the configuration of a zester home: its operator, accounts (preloaded into the full
+/// resolver under `<home>/nats/jwt`), TLS files, JetStream store and its limits, ports and pid
+/// files, with `sentinel` as the `default_sentinel` and the given listen/monitor addresses.
+pub fn render_for_home_with_limits(
+    home: &crate::home::Home,
+    authority: &crate::authority::Authority,
+    sentinel: &str,
+    listen: &str,
+    monitor: &str,
+    jetstream_limits: JetStreamLimits,
 ) -> Result<String, ConfigRenderError> {
     let sys = authority.sys.public_key();
     let zester = authority.zester.public_key();
@@ -232,6 +260,7 @@ pub fn render_for_home(
         tls_key_file: &home.server_key(),
         tls_ca_file: &home.ca_cert(),
         jetstream_dir: &home.jetstream_dir(),
+        jetstream_limits,
         max_control_line: MAX_CONTROL_LINE,
         ports_file_dir: &home.nats_dir(),
         pid_file: &home.nats_pid_file(),
@@ -328,6 +357,19 @@ pub fn render(input: &ServerConfigInput) -> Result<String, ConfigRenderError> {
     line(String::new());
     line("jetstream {".into());
     line(format!("  store_dir: {}", quote_path(input.jetstream_dir)));
+    line(
+        "  # Ceilings from zester.toml [jetstream], in bytes; without them nats-server takes"
+            .into(),
+    );
+    line("  # most of the host's memory and disk.".into());
+    line(format!(
+        "  max_memory_store: {}",
+        input.jetstream_limits.max_memory()
+    ));
+    line(format!(
+        "  max_file_store: {}",
+        input.jetstream_limits.max_file()
+    ));
     line("}".into());
     Ok(out)
 }
@@ -442,6 +484,7 @@ mod tests {
                 tls_key_file: &self.key,
                 tls_ca_file: &self.ca,
                 jetstream_dir: &self.js,
+                jetstream_limits: JetStreamLimits::default(),
                 max_control_line: 32768,
                 ports_file_dir: &self.ports,
                 pid_file: &self.pid,
@@ -488,6 +531,9 @@ mod tests {
             "timeout: 5",
             "authorization { timeout: 10 }",
             "store_dir: \"/var/lib/zester/nats/jetstream\"",
+            // The defaults when zester.toml has no [jetstream]: 256 MiB and 8 GiB.
+            "max_memory_store: 268435456",
+            "max_file_store: 8589934592",
         ] {
             assert!(
                 lines.contains(&expected),
@@ -500,6 +546,25 @@ mod tests {
         let start = text.find("resolver_preload {").unwrap();
         let end = start + text[start..].find('}').unwrap();
         assert!(text[start..end].contains(SYS) && text[start..end].contains(ZESTER));
+    }
+
+    #[test]
+    fn jetstream_limits_are_rendered_in_bytes_inside_the_jetstream_block() {
+        let config = crate::config::Config::parse(
+            "[jetstream]\nmax_memory = \"64MiB\"\nmax_file = \"1GiB\"\n",
+        )
+        .unwrap();
+        let paths = Paths::under(Path::new("/h"));
+        let mut input = paths.input("127.0.0.1:0", "127.0.0.1:0", &[], "s", SYS);
+        input.jetstream_limits = config.jetstream_limits().unwrap();
+        let text = render(&input).unwrap();
+        let start = text.find("jetstream {").unwrap();
+        let end = start + text[start..].find('}').unwrap();
+        let block = lines(&text[start..end]);
+        assert!(block.contains(&"max_memory_store: 67108864"), "{text}");
+        assert!(block.contains(&"max_file_store: 1073741824"), "{text}");
+        assert_eq!(text.matches("max_memory_store").count(), 1, "{text}");
+        assert_eq!(text.matches("max_file_store").count(), 1, "{text}");
     }
 
     #[test]

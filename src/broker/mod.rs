@@ -1,5 +1,5 @@
-//! Everything about the bundled nats-server child: finding the binary (and, later, rendering
-//! its configuration and supervising it).
+//! Everything about the bundled nats-server child: finding and checking the binary
+//! (`binary`), rendering its configuration (`config`) and supervising it (`supervisor`).
 
 pub mod binary;
 pub mod config;

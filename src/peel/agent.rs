@@ -60,13 +60,16 @@ const MAX_ECHOED_NAME: usize = 128;
 /// Where and as whom the agent connects.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// The server, `nats://host:port` (TLS is required whatever the scheme says).
+    /// The server, `tls://host:port` (TLS is required whatever the scheme says).
     pub server: String,
     /// The peel's `.creds` file; read again on every reconnect.
     pub creds: PathBuf,
     /// The CA certificate (PEM) the server's certificate must chain to; `None` trusts the
-    /// system's roots.
+    /// system's roots (or the pinned CA).
     pub ca: Option<PathBuf>,
+    /// Without `ca`: trust only a CA with this SPKI pin (`sha256:…`) in the server's chain, as
+    /// `zester peel enrol --pin` does.
+    pub pin: Option<String>,
 }
 
 /// What the agent needs to open the secrets in its settings: its own curve key and the
@@ -188,6 +191,14 @@ pub enum AgentError {
         signal: &'static str,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// `--connect-timeout` passed without a connection.
+    #[error("gave up after {}s without a connection: {last}", after.as_secs())]
+    GaveUp {
+        /// How long the agent tried.
+        after: Duration,
+        /// The last reason.
+        last: Box<AgentError>,
     },
     /// The connection did not drain in time (typically: not connected to the server).
     #[error("the connection did not drain within {}s (is the server reachable?); messages not yet sent were dropped", after.as_secs())]
@@ -439,6 +450,30 @@ pub async fn run_with_settings(
     options: AgentOptions,
     settings_key: Option<SettingsKey>,
 ) -> Result<(), AgentError> {
+    run_waiting(options, settings_key, None).await
+}
+
+/// How often, at most, the agent says it is still waiting for its server.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl AgentError {
+    /// True for what a later attempt may not meet: the server down or not reachable yet, or
+    /// refusing a key that is not accepted yet. Local problems (creds, CA, signals) are final.
+    pub fn is_worth_retrying(&self) -> bool {
+        matches!(self, AgentError::Connect { .. } | AgentError::Refused { .. })
+    }
+}
+
+/// [`run_with_settings`] for `zester peel run`: a peel that boots before its master, or whose
+/// key is not accepted yet, waits instead of exiting — every attempt paced like a reconnect
+/// (2 s doubling to 30 s, with jitter), the reason logged at most once a minute — until it
+/// connects, SIGINT/SIGTERM arrives (exit 0), or `connect_timeout` passes
+/// ([`AgentError::GaveUp`]).
+pub async fn run_waiting(
+    options: AgentOptions,
+    settings_key: Option<SettingsKey>,
+    connect_timeout: Option<Duration>,
+) -> Result<(), AgentError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before connecting so that a signal during start is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
@@ -449,7 +484,46 @@ pub async fn run_with_settings(
         signal: "SIGTERM",
         source,
     })?;
-    let agent = Agent::start_with_settings(options, settings_key).await?;
+    let started = std::time::Instant::now();
+    let mut failures = 0usize;
+    let mut last_said: Option<std::time::Instant> = None;
+    let agent = loop {
+        let attempt = Agent::start_with_settings(options.clone(), settings_key.clone());
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        };
+        let error = match outcome {
+            Ok(agent) => break agent,
+            Err(error) if error.is_worth_retrying() => error,
+            Err(error) => return Err(error),
+        };
+        failures += 1;
+        let waited = started.elapsed();
+        if let Some(limit) = connect_timeout.filter(|limit| waited >= *limit) {
+            return Err(AgentError::GaveUp {
+                after: limit,
+                last: Box::new(error),
+            });
+        }
+        if last_said.is_none_or(|at| at.elapsed() >= WAITING_LOG_EVERY) {
+            tracing::warn!(
+                "not connected yet, retrying until it works (said at most once a minute): {error}"
+            );
+            last_said = Some(std::time::Instant::now());
+        }
+        let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
+        let mut pause = reconnect_delay(false, failures, jitter);
+        if let Some(limit) = connect_timeout {
+            pause = pause.min(limit.saturating_sub(waited));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
+    };
     tokio::select! {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
@@ -491,8 +565,13 @@ fn connect_options(
             let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
             async move { on_event(event, &id, &connected, &closed) }
         });
-    if let Some(ca) = &options.ca {
-        client_options = client_options.add_root_certificates(ca.clone());
+    match (&options.ca, &options.pin) {
+        (Some(ca), _) => client_options = client_options.add_root_certificates(ca.clone()),
+        (None, Some(pin)) => match crate::tls::pinned_client_config(pin) {
+            Ok(config) => client_options = client_options.tls_client_config(config),
+            Err(e) => tracing::warn!(peel = %id, "cannot trust the pinned CA {pin}: {e}"),
+        },
+        (None, None) => {}
     }
     client_options
 }
