@@ -157,7 +157,11 @@ pub async fn creds_issue(
     let write_files = || -> Result<(), HomeError> {
         home::write_creds(&path, &creds)?;
         let seed = curve.seed().unwrap_or_default();
-        home::write_atomic(&curve_path, format!("{seed}\n").as_bytes(), home::SECRET_MODE)
+        home::write_atomic(
+            &curve_path,
+            format!("{seed}\n").as_bytes(),
+            home::SECRET_MODE,
+        )
     };
     let running = crate::up::RuntimeInfo::live(home);
     let registered = match &running {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod authority;
 pub mod broker;
 pub mod callout;
+pub mod cmd;
 pub mod commands;
 pub mod config;
 pub mod connect;

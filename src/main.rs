@@ -68,6 +68,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a command to peels, Salt style: `zester cmd 'web-*' test.ping`. TARGET is a peel
+    /// id or a glob over accepted keys; one row per peel with its answer, or "no answer"
+    /// after --timeout. Exits 1 when any peel did not answer.
+    Cmd {
+        /// A peel id or a glob (`*` any run, `?` one character) over accepted keys.
+        target: String,
+        /// The function, e.g. test.ping.
+        fun: String,
+        /// Arguments, passed as the command's "args" list.
+        args: Vec<String>,
+        /// How long to wait for each peel (e.g. 5s, 1m).
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        timeout: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage peel keys on the running appliance, salt-key style: list, show, accept,
     /// reject, revoke (cuts live connections at once), delete.
     Key {
@@ -553,6 +570,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::Cmd {
+            target,
+            fun,
+            args,
+            timeout,
+            json,
+        } => {
+            let secs = zester::identity::time::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let timeout = std::time::Duration::from_secs(secs.max(1) as u64);
+            (
+                runtime()?.block_on(zester::cmd::run(&home, &target, &fun, &args, timeout))?,
+                json,
+            )
         }
         Command::Key { command } => {
             let (output, json) = runtime()?.block_on(key_command(&home, command))?;

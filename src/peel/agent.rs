@@ -460,7 +460,10 @@ impl AgentError {
     /// True for what a later attempt may not meet: the server down or not reachable yet, or
     /// refusing a key that is not accepted yet. Local problems (creds, CA, signals) are final.
     pub fn is_worth_retrying(&self) -> bool {
-        matches!(self, AgentError::Connect { .. } | AgentError::Refused { .. })
+        matches!(
+            self,
+            AgentError::Connect { .. } | AgentError::Refused { .. }
+        )
     }
 }
 

@@ -158,7 +158,13 @@ pub fn master_xkey(from: Option<String>, profile: &Path) -> Result<String, Strin
 /// each from the command line first and from the profile beside the creds otherwise.
 pub fn resolve_run(
     inputs: RunInputs,
-) -> Result<(crate::peel::AgentOptions, Option<crate::peel::agent::SettingsKey>), RunSetupError> {
+) -> Result<
+    (
+        crate::peel::AgentOptions,
+        Option<crate::peel::agent::SettingsKey>,
+    ),
+    RunSetupError,
+> {
     let creds = match (&inputs.creds, &inputs.dir) {
         (Some(creds), _) => creds.clone(),
         (None, Some(dir)) => match &inputs.id {
