@@ -50,11 +50,11 @@ enum Command {
     /// Logs go to stderr (ZESTER_LOG=debug for more); decisions also go to <home>/audit.log.
     Up {
         /// Client listen address, HOST:PORT (port 0 picks a free one). Default: server.listen.
-        #[arg(long, value_name = "HOST:PORT")]
+        #[arg(long, value_name = "HOST:PORT", env = "ZESTER_LISTEN")]
         listen: Option<String>,
         /// Monitoring address, HOST:PORT on loopback (port 0 picks a free one).
         /// Default: server.monitor.
-        #[arg(long, value_name = "HOST:PORT")]
+        #[arg(long, value_name = "HOST:PORT", env = "ZESTER_MONITOR")]
         monitor: Option<String>,
         /// The nats-server binary (default: ZESTER_NATS_SERVER, nats/bin/ beside the source
         /// tree or this executable, then PATH).

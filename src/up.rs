@@ -927,6 +927,7 @@ pub async fn admin_request(
         async_nats::RequestErrorKind::NoResponders => StatusError::NotServing {
             subject: subject.to_string(),
         },
+        async_nats::RequestErrorKind::TimedOut => StatusError::NoAnswer,
         _ => StatusError::NotRunning {
             reason: e.to_string(),
         },
@@ -966,7 +967,7 @@ pub enum StatusError {
         reason: String,
     },
     /// Connected, but no answer.
-    #[error("zester is running but did not answer within 10 s")]
+    #[error("zester is running but did not answer within 10 s (restarting nats-server? try again in a moment)")]
     NoAnswer,
     /// Connected, but nothing listens on the subject: zester's master connection, which serves
     /// the admin API, is reconnecting (after a restart of nats-server or a creds rotation).

@@ -4,10 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::appliance;
+use common::up::Up;
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -66,111 +66,6 @@ async fn an_expired_session_reconnects_through_the_callout_keeping_its_subscript
         "the reconnect did not go through the callout"
     );
     t.stop().await;
-}
-
-/// A `zester up` child process on its own home; killed if the test fails.
-struct Up {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Up {
-    fn start() -> Up {
-        let mut up = Up {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        up.launch();
-        up
-    }
-
-    /// Starts `zester up` again on the home of a stopped (or killed) one.
-    fn restart(mut old: Up) -> Up {
-        if let Some(mut child) = old.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(old.home().join("nats/runtime.json"));
-        old.launch();
-        old
-    }
-
-    /// Spawns `zester up` on this home and waits until it is ready.
-    fn launch(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("zester.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
-            .arg("--home")
-            .arg(self.home())
-            .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn zester up");
-        self.child = Some(child);
-        self.wait_for(Duration::from_secs(20), "runtime.json", || {
-            self.home().join("nats/runtime.json").exists()
-        });
-    }
-
-    fn home(&self) -> std::path::PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("zester.log")).unwrap_or_default()
-    }
-
-    fn runtime(&self) -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn nats_pid(&self) -> i32 {
-        std::fs::read_to_string(self.home().join("nats/nats-server.pid"))
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .unwrap_or(0)
-    }
-
-    fn zester(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_zester"))
-            .arg("--home")
-            .arg(self.home())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn wait_for(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not happen; zester log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, signal) };
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// True when `pid` is gone (or a zombie waiting to be reaped by init).

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod appliance;
+pub mod up;
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
