@@ -162,10 +162,22 @@ fn kill_9_at_random_moments_leaves_whole_files() {
             .unwrap_or_default();
         for name in leftovers {
             let name = name.to_string_lossy().into_owned();
-            assert!(
-                name == "web-01.creds" || name.ends_with(".tmp"),
-                "unexpected file {name}"
-            );
+            let path = home.join("peels").join(&name);
+            match name.as_str() {
+                "web-01.creds" => {}
+                // The curve seed beside the creds: a secret, whole.
+                "web-01.xk" => {
+                    assert_eq!(mode(&path), 0o600, "round {round}");
+                    let seed = std::fs::read_to_string(&path).unwrap();
+                    assert!(nkeys::XKey::from_seed(seed.trim()).is_ok(), "round {round}");
+                }
+                // The public profile: whole JSON.
+                "web-01.json" => {
+                    zester::peel::PeelProfile::read(&path)
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+                other => assert!(other.ends_with(".tmp"), "unexpected file {other}"),
+            }
         }
     }
 }

@@ -400,8 +400,9 @@ impl Agent {
     }
 
     /// Stops publishing facts, drains the connection (pending answers and publishes are sent,
-    /// the command subscription is closed) and waits for the tasks. Gives up after 10 s, e.g.
-    /// when the server is unreachable, with [`AgentError::StopTimeout`].
+    /// the command subscription is closed) and waits for the tasks. An agent that is not
+    /// connected (cut off, or its server gone) just stops. Gives up after 10 s, e.g. when the
+    /// server stops answering while draining, with [`AgentError::StopTimeout`].
     pub async fn stop(self) -> Result<(), AgentError> {
         let Agent {
             id,
@@ -412,6 +413,14 @@ impl Agent {
             mut closed,
         } = self;
         let _ = stop_facts.send(());
+        // Cut off (revoked, or the server gone): nothing can be delivered, so there is
+        // nothing to drain, and a person pressing Ctrl-C expects the agent to stop cleanly.
+        if client.connection_state() != async_nats::connection::State::Connected {
+            facts.abort();
+            commands.abort();
+            tracing::info!(peel = %id, "peel agent stopped (it was not connected: nothing to drain)");
+            return Ok(());
+        }
         let drained = tokio::time::timeout(STOP_TIMEOUT, async {
             let _ = (&mut facts).await;
             client.drain().await.map_err(|e| AgentError::Nats {
