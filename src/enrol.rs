@@ -743,7 +743,10 @@ pub async fn enrol(
                         master_xkey: master_xkey.to_string(),
                     };
                     profile
-                        .write(&crate::peel::PeelProfile::path_in(&options.dir, id.as_str()))
+                        .write(&crate::peel::PeelProfile::path_in(
+                            &options.dir,
+                            id.as_str(),
+                        ))
                         .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
                 }
                 return Ok(EnrolOutcome::Enrolled { creds: path });

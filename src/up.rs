@@ -215,7 +215,7 @@ impl Appliance {
         let sentinel = authority.issue_sentinel(started_at)?;
         let zester_key = authority.zester.public_key();
         let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
-            let rendered = server_config::render_for_home_with_limits(
+            let rendered = server_config::render_for_home(
                 &home,
                 &authority,
                 sentinel.token(),
@@ -341,34 +341,26 @@ impl Appliance {
         // store connection alone speaks JetStream (its buckets only) and hears nothing a
         // client can send; the service connection hears the requests and may only answer
         // into inboxes (DESIGN §4).
-        let after_callout = || ConnectionOrder {
-            announce: None,
-            after: Some(callout_presence.clone()),
-        };
-        let store = connect::connect_in_memory(
+        // zester's own two connections through the callout, each with least privilege: the
+        // store connection alone speaks JetStream (its buckets only) and hears nothing a
+        // client can send; the service connection hears the requests and may only answer
+        // into inboxes (DESIGN §4).
+        let store = connect_own_in_memory(
             &endpoint,
             store_creds,
-            "zester-store",
-            STORE_INBOX_PREFIX,
-            after_callout(),
+            ("zester-store", STORE_INBOX_PREFIX),
+            "key store connection (through the callout)",
+            &callout_presence,
         )
-        .await
-        .map_err(|source| UpError::Connect {
-            what: "key store connection (through the callout)",
-            source,
-        })?;
-        let service = connect::connect_in_memory(
+        .await?;
+        let service = connect_own_in_memory(
             &endpoint,
             service_creds,
-            "zester-service",
-            SERVICE_INBOX_PREFIX,
-            after_callout(),
+            ("zester-service", SERVICE_INBOX_PREFIX),
+            "service connection (through the callout)",
+            &callout_presence,
         )
-        .await
-        .map_err(|source| UpError::Connect {
-            what: "service connection (through the callout)",
-            source,
-        })?;
+        .await?;
         let keys = Arc::new(KeyStore::open(store.clone()).await?);
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
@@ -634,6 +626,24 @@ async fn connect_own(
 
 /// How often the system connection's server id is compared with the last one seen.
 const SERVER_CHECK: Duration = Duration::from_millis(250);
+
+/// One of zester's own per-run connections (`(name, inbox prefix)`), signing in through the
+/// callout with creds held in memory, reconnecting only once the callout is back.
+async fn connect_own_in_memory(
+    endpoint: &Endpoint,
+    creds: Arc<Creds>,
+    (name, inbox_prefix): (&str, &str),
+    what: &'static str,
+    callout: &connect::Presence,
+) -> Result<async_nats::Client, UpError> {
+    let order = ConnectionOrder {
+        announce: None,
+        after: Some(callout.clone()),
+    };
+    connect::connect_in_memory(endpoint, creds, name, inbox_prefix, order)
+        .await
+        .map_err(|source| UpError::Connect { what, source })
+}
 
 /// Audits refusals the server makes before the callout sees the client, forgets sessions
 /// that closed, and those of a server that is gone (one node: the server the system

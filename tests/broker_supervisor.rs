@@ -72,8 +72,15 @@ fn settings_for(binary: &Path, config: &Path, listen: &str, monitor: &str) -> Su
 fn render_config(home: &Home, listen: &str, monitor: &str, now: i64) -> PathBuf {
     let authority = home.load_authority().unwrap();
     let sentinel = authority.issue_sentinel(now).unwrap();
-    let text =
-        config::render_for_home(home, &authority, sentinel.token(), listen, monitor).unwrap();
+    let text = config::render_for_home(
+        home,
+        &authority,
+        sentinel.token(),
+        listen,
+        monitor,
+        zester::config::JetStreamLimits::default(),
+    )
+    .unwrap();
     let nats = home.nats_dir();
     let path = nats.join("nats-server.conf");
     std::fs::write(&path, text).unwrap();
@@ -210,11 +217,7 @@ async fn a_killed_child_is_restarted_with_the_same_config() {
 async fn a_fixed_port_stays_the_same_after_a_restart() {
     // A port that was free a moment ago; another process taking it in between would fail
     // the start with PortInUse, not pass wrongly.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let setup = Setup::new(&listen, "127.0.0.1:0");
     let binary = common::nats_server_path();

@@ -16,6 +16,16 @@ fn zester_bin() -> &'static str {
     env!("CARGO_BIN_EXE_zester")
 }
 
+/// Runs `zester --home HOME ARGS…` to completion.
+fn zester_on(home: &Path, args: &[&str]) -> Output {
+    Command::new(zester_bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("run zester")
+}
+
 fn ok(out: &Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -104,20 +114,9 @@ async fn creds_issued_while_up_runs_are_admitted_when_the_command_returns() {
 async fn a_peel_that_boots_before_its_master_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let run = |args: &[&str]| {
-        Command::new(zester_bin())
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| zester_on(&home, args);
     ok(&run(&["init"]), "init");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     ok(&run(&["creds", "issue", "early"]), "creds issue");
     let creds = home.join("peels/early.creds");
@@ -166,14 +165,7 @@ async fn a_peel_that_boots_before_its_master_waits_for_it() {
 fn a_peel_run_that_cannot_connect_gives_up_only_when_told() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let run = |args: &[&str]| {
-        Command::new(zester_bin())
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| zester_on(&home, args);
     ok(&run(&["init"]), "init");
     ok(&run(&["creds", "issue", "lonely"]), "creds issue");
     let started = Instant::now();

@@ -212,29 +212,10 @@ impl Default for HostPort {
     }
 }
 
-/// [`render_for_home_with_limits`] with the default JetStream limits, for callers that have no
-/// `zester.toml` of their own to honour (tests, tools); `zester up` passes the configured ones.
-pub fn render_for_home(
-    home: &crate::home::Home,
-    authority: &crate::authority::Authority,
-    sentinel: &str,
-    listen: &str,
-    monitor: &str,
-) -> Result<String, ConfigRenderError> {
-    render_for_home_with_limits(
-        home,
-        authority,
-        sentinel,
-        listen,
-        monitor,
-        JetStreamLimits::default(),
-    )
-}
-
 /// Renders the configuration of a zester home: its operator, accounts (preloaded into the full
 /// resolver under `<home>/nats/jwt`), TLS files, JetStream store and its limits, ports and pid
 /// files, with `sentinel` as the `default_sentinel` and the given listen/monitor addresses.
-pub fn render_for_home_with_limits(
+pub fn render_for_home(
     home: &crate::home::Home,
     authority: &crate::authority::Authority,
     sentinel: &str,
@@ -704,6 +685,7 @@ mod tests {
             sentinel.token(),
             "127.0.0.1:0",
             "127.0.0.1:0",
+            JetStreamLimits::default(),
         )
         .unwrap();
         let file = nats.join("nats-server.conf");

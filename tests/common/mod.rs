@@ -351,3 +351,12 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A port on 127.0.0.1 that was free a moment ago (for a server that must be told its port
+/// before it starts; another process taking it in between fails that start, never passes it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
