@@ -52,21 +52,21 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-use zester::broker::binary;
-use zester::broker::config::{quote, quote_path, HostPort};
-use zester::broker::supervisor::{Supervisor, SupervisorSettings};
-use zester::callout::decide::{self, Decision};
-use zester::callout::protocol::{self, XKEY_HEADER};
-use zester::callout::sessions::{CalloutStats, StatsSnapshot};
-use zester::connect::{self, ClientSpec, Endpoint};
+use zester::appliance::broker::binary;
+use zester::appliance::broker::config::{quote, quote_path, HostPort};
+use zester::appliance::broker::supervisor::{Supervisor, SupervisorSettings};
+use zester::appliance::callout::decide::{self, Decision};
+use zester::appliance::callout::protocol::{self, XKEY_HEADER};
+use zester::appliance::callout::sessions::{CalloutStats, StatsSnapshot};
+use zester::appliance::keys::{journal, KeyRecord};
+use zester::appliance::up::{Appliance, UpOptions};
 use zester::home::{self, now_unix, Home};
 use zester::identity::chain;
 use zester::identity::claims::UserNats;
 use zester::identity::jwt;
 use zester::identity::peel_id::PeelId;
-use zester::keys::{journal, KeyRecord};
+use zester::net::connect::{self, ClientSpec, Endpoint};
 use zester::permissions::{ADMIN_INBOX_PREFIX, AUTH_CALLOUT_SUBJECT};
-use zester::up::{Appliance, UpOptions};
 
 #[path = "common/proc_stat.rs"]
 mod proc_stat;

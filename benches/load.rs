@@ -50,13 +50,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use zester::connect::{self, ClientSpec, Endpoint};
+use zester::appliance::keys::{journal, KeyRecord};
+use zester::appliance::up::{admin_request, RuntimeInfo, STATUS_SUBJECT};
 use zester::home::{self, now_unix, Home};
 use zester::identity::peel_id::PeelId;
-use zester::keys::{journal, KeyRecord};
+use zester::net::connect::{self, ClientSpec, Endpoint};
 use zester::peel::agent::{Agent, AgentOptions};
 use zester::permissions::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
-use zester::up::{admin_request, RuntimeInfo, STATUS_SUBJECT};
 
 #[path = "common/proc_stat.rs"]
 mod proc_stat;

@@ -19,18 +19,18 @@ use nkeys::{KeyPair, XKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::service::CalloutState;
+use crate::appliance::callout::sessions::EnrolLimiter;
+use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
+use crate::appliance::respond;
 use crate::authority::Authority;
-use crate::callout::audit::{AuditRecord, AuditSink};
-use crate::callout::service::CalloutState;
-use crate::callout::sessions::EnrolLimiter;
-use crate::config::AcceptPolicy;
+use crate::home::config::AcceptPolicy;
 use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
 use crate::identity::keys::{self, KeyRole};
 use crate::identity::peel_id::PeelId;
-use crate::keys::{KeyRecord, KeyState, KeyStore};
 use crate::permissions::Role;
-use crate::respond;
 use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
@@ -131,13 +131,13 @@ pub enum EnrolError {
     },
     /// The key store failed.
     #[error(transparent)]
-    Store(#[from] crate::keys::KeyStoreError),
+    Store(#[from] crate::appliance::keys::KeyStoreError),
     /// Signing failed.
     #[error(transparent)]
     Authority(#[from] crate::authority::AuthorityError),
     /// A record could not be made.
     #[error(transparent)]
-    Record(#[from] crate::keys::KeyError),
+    Record(#[from] crate::appliance::keys::KeyError),
 }
 
 /// Signs `request` with `key`.
@@ -400,7 +400,7 @@ impl EnrolService {
             AcceptPolicy::AutoTrusted => self
                 .trusted
                 .iter()
-                .any(|glob| crate::admin::glob_matches(glob, id.as_str()))
+                .any(|glob| crate::appliance::admin::glob_matches(glob, id.as_str()))
                 .then_some("policy auto-trusted"),
         }
     }
@@ -609,7 +609,7 @@ pub async fn enrol(
     let nkey = key.public_key();
     progress(&format!(
         "key {nkey} (fingerprint {})",
-        crate::keys::fingerprint(&nkey)
+        crate::appliance::keys::fingerprint(&nkey)
     ));
 
     let connect_error = |reason: String| {
@@ -645,7 +645,7 @@ pub async fn enrol(
             trust.add_root_certificates(ca.clone())
         }
         (None, Some(pin)) => trust.tls_client_config(
-            crate::tls::pinned_client_config(pin)
+            crate::net::tls::pinned_client_config(pin)
                 .map_err(|e| PeelEnrolError::Trust(e.to_string()))?,
         ),
         (None, None) => {
@@ -722,7 +722,7 @@ pub async fn enrol(
         }
     };
     let enrolled = ask(Op::Enrol).await?;
-    let fingerprint = crate::keys::fingerprint(&nkey);
+    let fingerprint = crate::appliance::keys::fingerprint(&nkey);
     progress(&format!("enrolment recorded: {}", enrolled["state"]));
     loop {
         let fetched = ask(Op::Fetch).await?;

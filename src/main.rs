@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use zester::commands::{self, Output};
+use zester::appliance::up::{Appliance, StopSignals, UpOptions};
+use zester::cli::commands::{self, Output};
 use zester::home::{now_unix, Home};
-use zester::up::{Appliance, StopSignals, UpOptions};
 
 /// zester: the security core of a NATS fleet on one node.
 ///
@@ -129,7 +129,7 @@ enum ContextCommand {
     /// permissions allow. Then: nats --context NAME rtt
     Export {
         /// The context name.
-        #[arg(long, default_value = zester::context::DEFAULT_NAME)]
+        #[arg(long, default_value = zester::cli::context::DEFAULT_NAME)]
         name: String,
         /// admin or master.
         #[arg(long, default_value = "admin", value_parser = ["admin", "master"])]
@@ -556,17 +556,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let document: serde_json::Value = serde_json::from_str(&text)
                         .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
                     (
-                        zester::admin::SETTINGS_SET,
+                        zester::appliance::admin::SETTINGS_SET,
                         serde_json::json!({ "id": id, "document": document }),
                     )
                 }
-                SettingsCommand::Show { id } => {
-                    (zester::admin::SETTINGS_GET, serde_json::json!({ "id": id }))
-                }
+                SettingsCommand::Show { id } => (
+                    zester::appliance::admin::SETTINGS_GET,
+                    serde_json::json!({ "id": id }),
+                ),
             };
             let answer = runtime()?.block_on(async {
-                let client = zester::up::admin_connect(&home).await?;
-                zester::up::admin_request(&client, subject, &body).await
+                let client = zester::appliance::up::admin_connect(&home).await?;
+                zester::appliance::up::admin_request(&client, subject, &body).await
             })?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(ExitCode::SUCCESS);
@@ -582,7 +583,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             let timeout = std::time::Duration::from_secs(secs.max(1) as u64);
             (
-                runtime()?.block_on(zester::cmd::run(&home, &target, &fun, &args, timeout))?,
+                runtime()?.block_on(zester::cli::cmd::run(&home, &target, &fun, &args, timeout))?,
                 json,
             )
         }
@@ -591,13 +592,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(&output, json)?;
             return Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)));
         }
-        Command::Status { json } => match runtime()?.block_on(zester::up::query_status(&home)) {
-            Ok(status) => (commands::status(&status), json),
-            Err(e) => {
-                eprintln!("zester: {e}");
-                return Ok(ExitCode::from(1));
+        Command::Status { json } => {
+            match runtime()?.block_on(zester::appliance::up::query_status(&home)) {
+                Ok(status) => (commands::status(&status), json),
+                Err(e) => {
+                    eprintln!("zester: {e}");
+                    return Ok(ExitCode::from(1));
+                }
             }
-        },
+        }
         Command::Creds { command } => match command {
             CredsCommand::Issue {
                 id,
@@ -630,12 +633,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Context {
             command: ContextCommand::Export { name, role, json },
         } => {
-            let dir = zester::context::context_dir(
+            let dir = zester::cli::context::context_dir(
                 std::env::var_os("XDG_CONFIG_HOME"),
                 std::env::var_os("HOME"),
             )?;
             (
-                zester::context::export(&home, &name, role.parse()?, &dir)?,
+                zester::cli::context::export(&home, &name, role.parse()?, &dir)?,
                 json,
             )
         }
@@ -654,7 +657,7 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
 }
 
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
-    use zester::keys::KeyState;
+    use zester::appliance::keys::KeyState;
     let act = |to: Option<KeyState>, from: Option<KeyState>, args: KeyActionArgs| {
         let KeyActionArgs { target, options } = args;
         (
@@ -774,8 +777,8 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_state(text: &str) -> anyhow::Result<zester::keys::KeyState> {
-    use zester::keys::KeyState;
+fn parse_state(text: &str) -> anyhow::Result<zester::appliance::keys::KeyState> {
+    use zester::appliance::keys::KeyState;
     Ok(match text {
         "pending" => KeyState::Pending,
         "accepted" => KeyState::Accepted,

@@ -19,16 +19,16 @@ use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::admin::AdminService;
+use crate::appliance::admin::AdminService;
+use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::keys::{KeyState, KeyStore};
+use crate::appliance::respond;
 use crate::authority::Authority;
-use crate::callout::audit::{AuditRecord, AuditSink};
 use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
 use crate::identity::keys::{self, KeyRole};
 use crate::identity::peel_id::PeelId;
-use crate::keys::{KeyState, KeyStore};
 use crate::permissions::Role;
-use crate::respond;
 use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
@@ -80,16 +80,16 @@ pub enum RotateError {
     },
     /// The key store.
     #[error(transparent)]
-    Store(#[from] crate::keys::KeyStoreError),
+    Store(#[from] crate::appliance::keys::KeyStoreError),
     /// The record.
     #[error(transparent)]
-    Record(#[from] crate::keys::KeyError),
+    Record(#[from] crate::appliance::keys::KeyError),
     /// Signing.
     #[error(transparent)]
     Authority(#[from] crate::authority::AuthorityError),
     /// The account update.
     #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
+    Admin(#[from] crate::appliance::admin::AdminError),
     /// Files on the peel.
     #[error(transparent)]
     Home(#[from] home::HomeError),

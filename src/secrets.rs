@@ -257,13 +257,17 @@ pub fn seed_path_for_creds(creds: &Path) -> anyhow::Result<PathBuf> {
 /// The curve key of peel `id` from its key record, asked of the running appliance
 /// (`zester.admin.key.show`).
 pub async fn peel_xkey(home: &crate::home::Home, id: &str) -> anyhow::Result<String> {
-    let client = crate::up::admin_connect(home).await.map_err(|e| {
-        anyhow::anyhow!("{e}; without a running appliance give the peel's curve key with --xkey")
-    })?;
-    let shown = crate::up::admin_request(
+    let client = crate::appliance::up::admin_connect(home)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; without a running appliance give the peel's curve key with --xkey"
+            )
+        })?;
+    let shown = crate::appliance::up::admin_request(
         &client,
-        crate::admin::KEY_SHOW,
-        &crate::admin::KeyRequest {
+        crate::appliance::admin::KEY_SHOW,
+        &crate::appliance::admin::KeyRequest {
             id: id.to_string(),
             fingerprint: None,
         },

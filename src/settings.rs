@@ -18,9 +18,9 @@ use async_nats::jetstream::{self, kv};
 use nkeys::XKey;
 use serde_json::Value;
 
-use crate::callout::audit::AuditSink;
+use crate::appliance::callout::audit::AuditSink;
+use crate::appliance::respond;
 use crate::identity::peel_id::PeelId;
-use crate::respond;
 use crate::secrets;
 use crate::wire::reply::Asker;
 use crate::wire::subjects;

@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufReadExt;
-use zester::broker::config::{self, HostPort};
-use zester::broker::supervisor::{
+use zester::appliance::broker::config::{self, HostPort};
+use zester::appliance::broker::supervisor::{
     Backoff, BrokerError, ChildEvent, Supervisor, SupervisorSettings,
 };
 use zester::home::{now_unix, Home};
@@ -78,7 +78,7 @@ fn render_config(home: &Home, listen: &str, monitor: &str, now: i64) -> PathBuf 
         sentinel.token(),
         listen,
         monitor,
-        zester::config::JetStreamLimits::default(),
+        zester::home::config::JetStreamLimits::default(),
     )
     .unwrap();
     let nats = home.nats_dir();

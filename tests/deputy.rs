@@ -13,13 +13,13 @@ use common::appliance::{self, TestAppliance};
 use futures_util::StreamExt;
 use nkeys::KeyPair;
 use serde_json::{json, Value};
-use zester::admin::{KEY_CHANGE, KEY_LIST, SETTINGS_GET, SETTINGS_SET};
+use zester::appliance::admin::{KEY_CHANGE, KEY_LIST, SETTINGS_GET, SETTINGS_SET};
+use zester::appliance::keys::{KeyRecord, KeyState};
+use zester::appliance::up::{admin_connect, admin_request, STATUS_SUBJECT};
 use zester::enrol::{sign_request, EnrolRequest, Op};
 use zester::home::now_unix;
 use zester::identity::peel_id::PeelId;
-use zester::keys::{KeyRecord, KeyState};
 use zester::rotate::{sign_rotation, Rotation};
-use zester::up::{admin_connect, admin_request, STATUS_SUBJECT};
 
 /// Where a hostile request asks zester to send its answer.
 const HOSTILE_REPLIES: [&str; 8] = [

@@ -33,9 +33,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
-use zester::broker::supervisor::ChildEvent;
+use zester::appliance::broker::supervisor::ChildEvent;
+use zester::appliance::keys::KeyRecord;
 use zester::identity::peel_id::PeelId;
-use zester::keys::KeyRecord;
 use zester::peel::{Agent, AgentOptions};
 use zester::permissions::Role;
 

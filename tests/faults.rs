@@ -319,7 +319,7 @@ impl UpProcess {
             if let Some(status) = up.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("zester up exited ({status}) before ready:\n{}", up.log());
             }
-            let runtime = zester::up::RuntimeInfo::read(&zester::home::Home::at(home));
+            let runtime = zester::appliance::up::RuntimeInfo::read(&zester::home::Home::at(home));
             if runtime.is_ok_and(|r| r.pid == pid) {
                 break;
             }
@@ -435,7 +435,7 @@ fn kill_9_during_rotation_leaves_old_or_new_files_and_up_starts() {
 fn journal_pending(home: &Path, ids: &[String]) {
     let home = zester::home::Home::at(home);
     for id in ids {
-        let record = zester::keys::KeyRecord::new_pending(
+        let record = zester::appliance::keys::KeyRecord::new_pending(
             zester::identity::peel_id::PeelId::parse(id).unwrap(),
             &nkeys::KeyPair::new_user().public_key(),
             Some(&nkeys::XKey::new().public_key()),
@@ -444,7 +444,7 @@ fn journal_pending(home: &Path, ids: &[String]) {
             zester::home::now_unix(),
         )
         .unwrap();
-        zester::keys::journal::record(&home, &record).unwrap();
+        zester::appliance::keys::journal::record(&home, &record).unwrap();
     }
 }
 

@@ -8,9 +8,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use nkeys::{KeyPair, XKey};
+use zester::appliance::callout::protocol::{self, Channel};
 use zester::authority::Authority;
-use zester::callout::protocol::{self, Channel};
-use zester::config::Config;
+use zester::home::config::Config;
 use zester::identity::claims::{AuthRequestNats, Claims, ServerIdentity, UserNats};
 use zester::identity::creds::Creds;
 use zester::identity::jwt;
@@ -176,7 +176,7 @@ fn enrolment_and_rotation_requests_survive_garbage() {
 #[test]
 fn peel_ids_and_config_survive_garbage() {
     let mut rng = StdRng::seed_from_u64(4);
-    let config = zester::config::DEFAULT_CONFIG_TOML.as_bytes();
+    let config = zester::home::config::DEFAULT_CONFIG_TOML.as_bytes();
     for _ in 0..ROUNDS * 5 {
         let garbage = String::from_utf8_lossy(&random_bytes(&mut rng)).into_owned();
         if let Ok(id) = PeelId::parse(&garbage) {

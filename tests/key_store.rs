@@ -15,11 +15,11 @@ use common::NatsServer;
 use futures_util::TryStreamExt;
 use nkeys::KeyPair;
 use tokio::net::{TcpListener, TcpStream};
-use zester::home::Home;
-use zester::identity::peel_id::PeelId;
-use zester::keys::{
+use zester::appliance::keys::{
     journal, CreateOutcome, KeyError, KeyRecord, KeyState, KeyStore, KeyStoreError, BUCKET,
 };
+use zester::home::Home;
+use zester::identity::peel_id::PeelId;
 
 /// Generous: the machine running the tests may be slow and busy.
 const WAIT: Duration = Duration::from_secs(20);

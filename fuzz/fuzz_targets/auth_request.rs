@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zester::callout::protocol;
+use zester::appliance::callout::protocol;
 use zester_fuzz::{world, NOW};
 
 fuzz_target!(|data: &[u8]| {

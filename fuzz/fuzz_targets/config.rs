@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zester::config::{check_address, Config};
+use zester::home::config::{check_address, Config};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use nkeys::{KeyPair, KeyPairType, XKey};
-use zester::callout::protocol::{self, Channel};
+use zester::appliance::callout::protocol::{self, Channel};
 use zester::identity::claims::{
     AccountNats, AuthRequestNats, Claims, ClientInformation, ConnectOptions, ExternalAuthorization,
     OperatorNats, ServerIdentity, SigningKey, UserNats,
@@ -303,7 +303,7 @@ pub fn seeds() -> Vec<Seed> {
         seed(
             "config",
             "seed-default.toml",
-            zester::config::DEFAULT_CONFIG_TOML.as_bytes().to_vec(),
+            zester::home::config::DEFAULT_CONFIG_TOML.as_bytes().to_vec(),
         ),
         seed(
             "config",

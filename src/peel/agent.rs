@@ -44,7 +44,7 @@ use crate::identity::time::rfc3339;
 /// `start` gives up after it; reconnects try again). Longer than the server's auth timeout, so
 /// that a peel waiting for a busy callout hears the server's verdict rather than giving up first.
 const CONNECT_TIMEOUT: Duration =
-    Duration::from_secs(crate::broker::config::AUTH_TIMEOUT_SECS as u64 + 5);
+    Duration::from_secs(crate::appliance::broker::config::AUTH_TIMEOUT_SECS as u64 + 5);
 /// The pause before the first reconnect attempt after a disconnect, before jitter; it doubles
 /// with every failed attempt in a row up to [`RECONNECT_DELAY_MAX`].
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
@@ -579,7 +579,7 @@ fn connect_options(
         });
     match (&options.ca, &options.pin) {
         (Some(ca), _) => client_options = client_options.add_root_certificates(ca.clone()),
-        (None, Some(pin)) => match crate::tls::pinned_client_config(pin) {
+        (None, Some(pin)) => match crate::net::tls::pinned_client_config(pin) {
             Ok(config) => client_options = client_options.tls_client_config(config),
             Err(e) => tracing::warn!(peel = %id, "cannot trust the pinned CA {pin}: {e}"),
         },

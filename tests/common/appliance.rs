@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event};
 use serde_json::Value;
+use zester::appliance::keys::KeyRecord;
+use zester::appliance::up::{Appliance, UpOptions};
 use zester::home::{self, now_unix, Home};
 use zester::identity::peel_id::PeelId;
-use zester::keys::KeyRecord;
-use zester::up::{Appliance, UpOptions};
 
 /// An appliance on a fresh home in a temp dir; call [`TestAppliance::stop`] at the end (drop
 /// also stops the child, but without waiting for the audit log).

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use zester::broker::binary;
+use zester::appliance::broker::binary;
 
 /// How long a server may take to accept TCP connections before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

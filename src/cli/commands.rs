@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::appliance::keys::{journal, KeyRecord, KeyState};
 use crate::home::{self, Home, HomeError};
 use crate::identity::chain;
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::{PeelId, PeelIdError};
 use crate::identity::time::{parse_duration, rfc3339, DurationError};
-use crate::keys::{journal, KeyRecord, KeyState};
 
 /// What a command prints, both ways, and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,15 +163,19 @@ pub async fn creds_issue(
             home::SECRET_MODE,
         )
     };
-    let running = crate::up::RuntimeInfo::live(home);
+    let running = crate::appliance::up::RuntimeInfo::live(home);
     let registered = match &running {
         Some(_) => {
-            let client = crate::up::admin_connect(home)
+            let client = crate::appliance::up::admin_connect(home)
                 .await
                 .map_err(|e| CommandError::Appliance(e.to_string()))?;
-            crate::up::admin_request(&client, crate::admin::KEY_REGISTER, &record)
-                .await
-                .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
+            crate::appliance::up::admin_request(
+                &client,
+                crate::appliance::admin::KEY_REGISTER,
+                &record,
+            )
+            .await
+            .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
             write_files().map_err(|e| {
                 CommandError::Appliance(format!(
                     "the key is registered, but {e}; revoke and delete it (`zester key revoke {id}`, `zester key delete {id}`) and issue again"
@@ -188,7 +192,7 @@ pub async fn creds_issue(
     let profile_path = crate::peel::PeelProfile::beside(&path, id.as_str());
     let profile = crate::peel::PeelProfile {
         id: id.to_string(),
-        servers: vec![crate::context::client_url(
+        servers: vec![crate::cli::context::client_url(
             running.as_ref().map(|r| r.url.as_str()),
             &config.server.listen,
         )
@@ -424,7 +428,7 @@ pub struct KeyAction {
 pub enum KeyCommandError {
     /// The appliance could not be asked.
     #[error(transparent)]
-    Appliance(#[from] crate::up::StatusError),
+    Appliance(#[from] crate::appliance::up::StatusError),
     /// Nothing matched.
     #[error("no key matches {0:?} (see `zester key list`)")]
     NoMatch(String),
@@ -435,14 +439,14 @@ pub enum KeyCommandError {
 
 /// `zester key list`.
 pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, KeyCommandError> {
-    let client = crate::up::admin_connect(home).await?;
-    let list = crate::up::admin_request(
+    let client = crate::appliance::up::admin_connect(home).await?;
+    let list = crate::appliance::up::admin_request(
         &client,
-        crate::admin::KEY_LIST,
-        &crate::admin::ListRequest { state },
+        crate::appliance::admin::KEY_LIST,
+        &crate::appliance::admin::ListRequest { state },
     )
     .await?;
-    let summaries: Vec<crate::admin::KeySummary> =
+    let summaries: Vec<crate::appliance::admin::KeySummary> =
         serde_json::from_value(list.clone()).unwrap_or_default();
     let mut human = format!(
         "{:<24} {:<9} {:<48} {}\n",
@@ -467,11 +471,11 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
 
 /// `zester key show ID`.
 pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
-    let client = crate::up::admin_connect(home).await?;
-    let shown = crate::up::admin_request(
+    let client = crate::appliance::up::admin_connect(home).await?;
+    let shown = crate::appliance::up::admin_request(
         &client,
-        crate::admin::KEY_SHOW,
-        &crate::admin::KeyRequest {
+        crate::appliance::admin::KEY_SHOW,
+        &crate::appliance::admin::KeyRequest {
             id: id.to_string(),
             fingerprint: None,
         },
@@ -512,21 +516,21 @@ pub async fn key_act(
     only_state: Option<KeyState>,
     confirm: impl Fn(&[String]) -> bool,
 ) -> Result<Output, KeyCommandError> {
-    let client = crate::up::admin_connect(home).await?;
-    let ids: Vec<String> = if crate::admin::is_glob(&action.target) {
-        let list = crate::up::admin_request(
+    let client = crate::appliance::up::admin_connect(home).await?;
+    let ids: Vec<String> = if crate::appliance::admin::is_glob(&action.target) {
+        let list = crate::appliance::up::admin_request(
             &client,
-            crate::admin::KEY_LIST,
-            &crate::admin::ListRequest {
+            crate::appliance::admin::KEY_LIST,
+            &crate::appliance::admin::ListRequest {
                 state: only_state.or(action.from),
             },
         )
         .await?;
-        let summaries: Vec<crate::admin::KeySummary> =
+        let summaries: Vec<crate::appliance::admin::KeySummary> =
             serde_json::from_value(list).unwrap_or_default();
         summaries
             .into_iter()
-            .filter(|s| crate::admin::glob_matches(&action.target, &s.id))
+            .filter(|s| crate::appliance::admin::glob_matches(&action.target, &s.id))
             .map(|s| s.id)
             .collect()
     } else {
@@ -548,10 +552,10 @@ pub async fn key_act(
     for id in &ids {
         let outcome = match action.to {
             Some(to) => {
-                crate::up::admin_request(
+                crate::appliance::up::admin_request(
                     &client,
-                    crate::admin::KEY_CHANGE,
-                    &crate::admin::ChangeRequest {
+                    crate::appliance::admin::KEY_CHANGE,
+                    &crate::appliance::admin::ChangeRequest {
                         id: id.clone(),
                         to,
                         by: by.clone(),
@@ -563,10 +567,10 @@ pub async fn key_act(
                 .await
             }
             None => {
-                crate::up::admin_request(
+                crate::appliance::up::admin_request(
                     &client,
-                    crate::admin::KEY_DELETE,
-                    &crate::admin::KeyRequest {
+                    crate::appliance::admin::KEY_DELETE,
+                    &crate::appliance::admin::KeyRequest {
                         id: id.clone(),
                         fingerprint: action.fingerprint.clone(),
                     },
@@ -605,15 +609,15 @@ pub async fn key_act(
 /// `zester creds rotate master|admin`: through the running appliance when there is one (so the
 /// callout learns the new key at once), else directly in the home.
 pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, CommandError> {
-    let rotated = match crate::up::admin_connect(home).await {
-        Ok(client) => crate::up::admin_request(
+    let rotated = match crate::appliance::up::admin_connect(home).await {
+        Ok(client) => crate::appliance::up::admin_request(
             &client,
-            crate::admin::CREDS_ROTATE,
+            crate::appliance::admin::CREDS_ROTATE,
             &json!({ "role": role }),
         )
         .await
         .map_err(|e| CommandError::Appliance(e.to_string()))?,
-        Err(crate::up::StatusError::NotRunning { .. }) => {
+        Err(crate::appliance::up::StatusError::NotRunning { .. }) => {
             let authority = home.load_authority()?;
             let role_value = match role {
                 "master" => crate::permissions::Role::Master,
@@ -627,7 +631,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
             json!({
                 "role": role,
                 "file": path,
-                "fingerprint": crate::keys::fingerprint(&creds.key().public_key()),
+                "fingerprint": crate::appliance::keys::fingerprint(&creds.key().public_key()),
             })
         }
         Err(e) => return Err(CommandError::Appliance(e.to_string())),
@@ -646,7 +650,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// `zester creds rotate signing-key [--finish]` (with the appliance stopped: every running
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
-    if crate::up::RuntimeInfo::live(home).is_some() {
+    if crate::appliance::up::RuntimeInfo::live(home).is_some() {
         return Err(CommandError::Appliance(
             "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
         ));

@@ -26,7 +26,7 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use crate::config::JetStreamLimits;
+use crate::home::config::JetStreamLimits;
 
 /// Everything the rendered config depends on.
 #[derive(Debug, Clone)]
@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn jetstream_limits_are_rendered_in_bytes_inside_the_jetstream_block() {
-        let config = crate::config::Config::parse(
+        let config = crate::home::config::Config::parse(
             "[jetstream]\nmax_memory = \"64MiB\"\nmax_file = \"1GiB\"\n",
         )
         .unwrap();
@@ -663,7 +663,7 @@ mod tests {
     fn real_nats_server_accepts_a_rendered_config() {
         use crate::home::{now_unix, Home};
 
-        let binary = match crate::broker::binary::locate(None) {
+        let binary = match crate::appliance::broker::binary::locate(None) {
             Ok(found) => found.path,
             Err(e) => {
                 eprintln!("skipped: no nats-server binary to test the config with: {e}");

@@ -15,10 +15,10 @@ use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
+use crate::appliance::broker::config::AUTH_TIMEOUT_SECS;
 use crate::authority::Authority;
-use crate::broker::config::AUTH_TIMEOUT_SECS;
-use crate::connect::Presence;
 use crate::home::now_unix;
+use crate::net::connect::Presence;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
 
 /// The queue group every zester callout joins (several nodes share the load, DESIGN §9).

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::identity::time::{parse_duration, DurationError};
 
 /// The documented default configuration file.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/zester.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/zester.toml");
 
 /// What is wrong with a configuration text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

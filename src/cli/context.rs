@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::commands::Output;
+use crate::appliance::up::RuntimeInfo;
+use crate::cli::commands::Output;
 use crate::home::{self, Home, HomeError};
 use crate::permissions;
-use crate::up::RuntimeInfo;
 
 /// The context name used when none is given.
 pub const DEFAULT_NAME: &str = "zester";

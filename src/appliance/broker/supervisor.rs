@@ -1201,7 +1201,7 @@ fn emit(level: Option<NatsLevel>, pid: u32, message: &str) {
     // escaped, so no client can forge the look of another log line.
     let escaped;
     let message = if message.chars().any(char::is_control) {
-        escaped = crate::callout::audit::escape_control(message);
+        escaped = crate::appliance::callout::audit::escape_control(message);
         escaped.as_str()
     } else {
         message

@@ -17,19 +17,19 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::admin::AdminService;
-use crate::broker::binary::{self, BinaryError};
-use crate::broker::config::{self as server_config, HostPort};
-use crate::broker::supervisor::{Supervisor, SupervisorSettings};
-use crate::callout::audit::{self, AuditRecord, AuditSink};
-use crate::callout::decide::{self, KeyLookup, Trust};
-use crate::callout::service::{self, CalloutState};
-use crate::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
+use crate::appliance::admin::AdminService;
+use crate::appliance::broker::binary::{self, BinaryError};
+use crate::appliance::broker::config::{self as server_config, HostPort};
+use crate::appliance::broker::supervisor::{Supervisor, SupervisorSettings};
+use crate::appliance::callout::audit::{self, AuditRecord, AuditSink};
+use crate::appliance::callout::decide::{self, KeyLookup, Trust};
+use crate::appliance::callout::service::{self, CalloutState};
+use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::PeelId;
-use crate::keys::{journal, KeyCache, KeyState, KeyStore};
+use crate::net::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX};
 use crate::rotate::RotateService;
 use crate::wire::reply::Asker;
@@ -82,7 +82,7 @@ pub enum UpError {
     Render(#[from] server_config::ConfigRenderError),
     /// The child process.
     #[error(transparent)]
-    Broker(#[from] crate::broker::supervisor::BrokerError),
+    Broker(#[from] crate::appliance::broker::supervisor::BrokerError),
     /// One of zester's own connections.
     #[error("{what}: {source}")]
     Connect {
@@ -101,7 +101,7 @@ pub enum UpError {
     },
     /// The key store.
     #[error("key store: {0}")]
-    Keys(#[from] crate::keys::KeyStoreError),
+    Keys(#[from] crate::appliance::keys::KeyStoreError),
     /// Signing failed (a damaged key).
     #[error("signing: {0}")]
     Authority(#[from] crate::authority::AuthorityError),
@@ -777,7 +777,7 @@ struct StatusSource {
     sys: async_nats::Client,
     runtime: RuntimeInfo,
     ready_after: Duration,
-    supervisor: crate::broker::supervisor::InfoHandle,
+    supervisor: crate::appliance::broker::supervisor::InfoHandle,
     nats_version: String,
 }
 
@@ -854,12 +854,17 @@ async fn serve_status(
     Ok(tokio::spawn(async move {
         while let Some(request) = requests.next().await {
             let Some(reply) =
-                crate::respond::checked_reply(&request, Asker::Admin, "status", &audit)
+                crate::appliance::respond::checked_reply(&request, Asker::Admin, "status", &audit)
             else {
                 continue;
             };
-            crate::respond::publish(&service, reply, &source.report().await, "a status request")
-                .await;
+            crate::appliance::respond::publish(
+                &service,
+                reply,
+                &source.report().await,
+                "a status request",
+            )
+            .await;
         }
     }))
 }

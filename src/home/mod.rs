@@ -17,13 +17,15 @@
 //! `pki/` in staging directories and renames them into place, `auth/` last, so a home either has
 //! a complete `auth/` or none: a killed init is simply run again.
 
+pub mod config;
+
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::authority::{Authority, AuthorityError, ServiceUsers, StoredAuthority};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
+use crate::home::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 use crate::identity::creds::{Creds, CredsError};
 use crate::permissions::Role;
 use crate::pki::{self, PkiError, ServerNames};

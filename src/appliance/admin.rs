@@ -15,15 +15,15 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::appliance::callout::audit::AuditSink;
+use crate::appliance::callout::decide::Trust;
+use crate::appliance::callout::service::CalloutState;
+use crate::appliance::keys::{KeyRecord, KeyState, KeyStore, StateChange};
+use crate::appliance::respond;
 use crate::authority::Authority;
-use crate::callout::audit::AuditSink;
-use crate::callout::decide::Trust;
-use crate::callout::service::CalloutState;
 use crate::home::{self, now_unix, Home};
 use crate::identity::peel_id::PeelId;
-use crate::keys::{KeyRecord, KeyState, KeyStore, StateChange};
 use crate::permissions::Role;
-use crate::respond;
 use crate::wire::reply::Asker;
 
 /// Prefix of every key admin subject.
@@ -161,10 +161,10 @@ pub enum AdminError {
     BadRequest(String),
     /// The key store refused.
     #[error(transparent)]
-    Store(#[from] crate::keys::KeyStoreError),
+    Store(#[from] crate::appliance::keys::KeyStoreError),
     /// A state change that is not allowed.
     #[error(transparent)]
-    Record(#[from] crate::keys::KeyError),
+    Record(#[from] crate::appliance::keys::KeyError),
     /// Updating the account JWT failed.
     #[error("updating the ZESTER account: {0}")]
     Account(String),
@@ -427,7 +427,7 @@ impl AdminService {
         Ok(json!({
             "role": role_name,
             "file": path,
-            "fingerprint": crate::keys::fingerprint(&new_key),
+            "fingerprint": crate::appliance::keys::fingerprint(&new_key),
         }))
     }
 

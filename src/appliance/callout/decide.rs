@@ -13,12 +13,12 @@ use std::collections::HashMap;
 
 use data_encoding::{BASE64, BASE64URL, BASE64URL_NOPAD, BASE64_NOPAD};
 
+use crate::appliance::keys::KeyState;
 use crate::identity::chain::{self, ChainError};
 use crate::identity::claims::{AuthRequestNats, UserNats};
 use crate::identity::jwt::{self, AccountJwt, JwtError, OperatorJwt};
 use crate::identity::keys;
 use crate::identity::peel_id::PeelId;
-use crate::keys::KeyState;
 use crate::permissions::Role;
 
 /// Where the decision looks up peel keys (the in-memory key cache in production).
@@ -246,9 +246,10 @@ fn admit_user_jwt(
 /// How long nats-server must have held a client before its refusal can be a callout that never
 /// answered (the server waits its auth timeout, [`AUTH_TIMEOUT_SECS`]).
 ///
-/// [`AUTH_TIMEOUT_SECS`]: crate::broker::config::AUTH_TIMEOUT_SECS
-pub const NO_ANSWER_AFTER: std::time::Duration =
-    std::time::Duration::from_millis(crate::broker::config::AUTH_TIMEOUT_SECS as u64 * 1000 - 500);
+/// [`AUTH_TIMEOUT_SECS`]: crate::appliance::broker::config::AUTH_TIMEOUT_SECS
+pub const NO_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_millis(
+    crate::appliance::broker::config::AUTH_TIMEOUT_SECS as u64 * 1000 - 500,
+);
 
 /// Explains a refusal the callout did not make, from the JWT the client presented (the
 /// server's auth-error event carries it, but only says "Authentication Failure"). The server

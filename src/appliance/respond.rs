@@ -10,7 +10,7 @@
 use async_nats::{Message, Subject};
 use serde_json::{json, Value};
 
-use crate::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::audit::{AuditRecord, AuditSink};
 use crate::home::now_unix;
 use crate::wire::reply::{self, Asker};
 

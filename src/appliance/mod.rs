@@ -1,0 +1,11 @@
+//! What runs inside `zester up`: `up` starts and stops everything in order; `broker` supervises
+//! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
+//! cache; `admin` serves the admin API, `respond` is the one way every service answers (only
+//! into the asker's inbox).
+
+pub mod admin;
+pub mod broker;
+pub mod callout;
+pub mod keys;
+pub mod respond;
+pub mod up;
