@@ -51,12 +51,14 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use zester::appliance::keys::{journal, KeyRecord};
-use zester::appliance::up::{admin_request, RuntimeInfo, STATUS_SUBJECT};
+use zester::cli::client::admin_request;
+use zester::home::runtime::RuntimeInfo;
 use zester::home::{self, now_unix, Home};
 use zester::identity::peel_id::PeelId;
 use zester::net::connect::{self, ClientSpec, Endpoint};
 use zester::peel::agent::{Agent, AgentOptions};
 use zester::permissions::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+use zester::wire::admin::STATUS_SUBJECT;
 
 #[path = "common/proc_stat.rs"]
 mod proc_stat;

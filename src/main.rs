@@ -566,8 +566,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let answer = runtime()?.block_on(async {
-                let client = zester::appliance::up::admin_connect(&home).await?;
-                zester::appliance::up::admin_request(&client, subject, &body).await
+                let client = zester::cli::client::admin_connect(&home).await?;
+                zester::cli::client::admin_request(&client, subject, &body).await
             })?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(ExitCode::SUCCESS);
@@ -593,7 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)));
         }
         Command::Status { json } => {
-            match runtime()?.block_on(zester::appliance::up::query_status(&home)) {
+            match runtime()?.block_on(zester::cli::client::query_status(&home)) {
                 Ok(status) => (commands::status(&status), json),
                 Err(e) => {
                     eprintln!("zester: {e}");

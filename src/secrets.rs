@@ -257,14 +257,10 @@ pub fn seed_path_for_creds(creds: &Path) -> anyhow::Result<PathBuf> {
 /// The curve key of peel `id` from its key record, asked of the running appliance
 /// (`zester.admin.key.show`).
 pub async fn peel_xkey(home: &crate::home::Home, id: &str) -> anyhow::Result<String> {
-    let client = crate::appliance::up::admin_connect(home)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}; without a running appliance give the peel's curve key with --xkey"
-            )
-        })?;
-    let shown = crate::appliance::up::admin_request(
+    let client = crate::cli::client::admin_connect(home).await.map_err(|e| {
+        anyhow::anyhow!("{e}; without a running appliance give the peel's curve key with --xkey")
+    })?;
+    let shown = crate::cli::client::admin_request(
         &client,
         crate::appliance::admin::KEY_SHOW,
         &crate::appliance::admin::KeyRequest {

@@ -15,11 +15,12 @@ use nkeys::KeyPair;
 use serde_json::{json, Value};
 use zester::appliance::admin::{KEY_CHANGE, KEY_LIST, SETTINGS_GET, SETTINGS_SET};
 use zester::appliance::keys::{KeyRecord, KeyState};
-use zester::appliance::up::{admin_connect, admin_request, STATUS_SUBJECT};
+use zester::cli::client::{admin_connect, admin_request};
 use zester::enrol::{sign_request, EnrolRequest, Op};
 use zester::home::now_unix;
 use zester::identity::peel_id::PeelId;
 use zester::rotate::{sign_rotation, Rotation};
+use zester::wire::admin::STATUS_SUBJECT;
 
 /// Where a hostile request asks zester to send its answer.
 const HOSTILE_REPLIES: [&str; 8] = [

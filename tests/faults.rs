@@ -319,7 +319,7 @@ impl UpProcess {
             if let Some(status) = up.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("zester up exited ({status}) before ready:\n{}", up.log());
             }
-            let runtime = zester::appliance::up::RuntimeInfo::read(&zester::home::Home::at(home));
+            let runtime = zester::home::runtime::RuntimeInfo::read(&zester::home::Home::at(home));
             if runtime.is_ok_and(|r| r.pid == pid) {
                 break;
             }

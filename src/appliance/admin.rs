@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Value};
 
 use crate::appliance::callout::audit::AuditSink;
 use crate::appliance::callout::decide::Trust;
 use crate::appliance::callout::service::CalloutState;
-use crate::appliance::keys::{KeyRecord, KeyState, KeyStore, StateChange};
+use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
 use crate::appliance::respond;
 use crate::authority::Authority;
 use crate::home::{self, now_unix, Home};
@@ -26,100 +26,7 @@ use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
 use crate::wire::reply::Asker;
 
-/// Prefix of every key admin subject.
-pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
-/// List keys.
-pub const KEY_LIST: &str = "zester.admin.key.list";
-/// Show one key.
-pub const KEY_SHOW: &str = "zester.admin.key.show";
-/// Change a key's state.
-pub const KEY_CHANGE: &str = "zester.admin.key.change";
-/// Delete a key record.
-pub const KEY_DELETE: &str = "zester.admin.key.delete";
-/// Register an accepted key made by `zester creds issue` (the record as JSON).
-pub const KEY_REGISTER: &str = "zester.admin.key.register";
-/// Replace a peel's settings document (`{"id", "document"}`).
-pub const SETTINGS_SET: &str = "zester.admin.settings.set";
-/// Read a peel's settings document (`{"id"}`).
-pub const SETTINGS_GET: &str = "zester.admin.settings.get";
-/// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
-pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
-
-/// `list`: keys in a state (all when `None`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ListRequest {
-    /// The state to list.
-    pub state: Option<KeyState>,
-}
-
-/// One line of `zester key list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeySummary {
-    /// Peel id.
-    pub id: String,
-    /// Its key.
-    pub nkey: String,
-    /// Fingerprint of the key.
-    pub fingerprint: String,
-    /// State.
-    pub state: KeyState,
-    /// Last change, unix seconds.
-    pub updated_at: i64,
-    /// Who made the last change and why.
-    pub last_change: Option<StateChange>,
-}
-
-impl KeySummary {
-    fn of(record: &KeyRecord) -> KeySummary {
-        KeySummary {
-            id: record.id.to_string(),
-            nkey: record.nkey.clone(),
-            fingerprint: record.fingerprint(),
-            state: record.state,
-            updated_at: record.updated_at,
-            last_change: record.last_change().cloned(),
-        }
-    }
-}
-
-/// `show` and `delete`: one key, optionally guarded by its fingerprint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct KeyRequest {
-    /// Peel id.
-    pub id: String,
-    /// Act only if the key still has this fingerprint.
-    pub fingerprint: Option<String>,
-}
-
-/// `change`: move a key to another state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChangeRequest {
-    /// Peel id.
-    pub id: String,
-    /// The new state.
-    pub to: KeyState,
-    /// Who asks (recorded in the history).
-    pub by: String,
-    /// Why (recorded in the history).
-    pub reason: String,
-    /// Act only if the key still has this fingerprint.
-    pub fingerprint: Option<String>,
-    /// Act only if the key is still in this state (what the admin saw), so that two admins
-    /// deciding on the same pending key at once cannot both win.
-    #[serde(default)]
-    pub from: Option<KeyState>,
-}
-
-/// What a change did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChangeReply {
-    /// The record after the change.
-    pub record: KeyRecord,
-    /// Live sessions kicked (revocation).
-    pub kicked: usize,
-    /// Time from the request to the last kick answered, ms (revocation).
-    pub cut_off_ms: Option<f64>,
-}
+pub use crate::wire::admin::*;
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -588,38 +495,4 @@ async fn kick_sessions(
         .count()
 }
 
-/// `*` (any run) and `?` (one character) glob matching on peel ids.
-pub fn glob_matches(pattern: &str, id: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), id.as_bytes())
-}
-
-/// True when `text` is a glob rather than one id.
-pub fn is_glob(text: &str) -> bool {
-    text.contains(['*', '?'])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_matches("web-*", "web-01"));
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("db-0?", "db-07"));
-        assert!(!glob_matches("db-0?", "db-10"));
-        assert!(!glob_matches("web-*", "db-01"));
-        assert!(glob_matches("a*b*c", "aXXbYYc"));
-        assert!(!glob_matches("a*b*c", "aXXbYY"));
-        assert!(is_glob("web-*") && !is_glob("web-01"));
-    }
-}
+pub use crate::identity::peel_id::{glob_matches, is_glob};

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::appliance::admin::{glob_matches, KeySummary, KEY_LIST};
-use crate::appliance::keys::KeyState;
-use crate::appliance::up::{admin_connect, admin_request, StatusError};
+use crate::cli::client::{admin_connect, admin_request, StatusError};
 use crate::cli::commands::Output;
 use crate::home::Home;
+use crate::identity::peel_id::glob_matches;
+use crate::wire::admin::{KeySummary, KEY_LIST};
+use crate::wire::record::KeyState;
 
 /// How long to wait between tries while a peel has no responder yet.
 const RETRY_NO_RESPONDERS: Duration = Duration::from_millis(200);

@@ -163,13 +163,13 @@ pub async fn creds_issue(
             home::SECRET_MODE,
         )
     };
-    let running = crate::appliance::up::RuntimeInfo::live(home);
+    let running = crate::home::runtime::RuntimeInfo::live(home);
     let registered = match &running {
         Some(_) => {
-            let client = crate::appliance::up::admin_connect(home)
+            let client = crate::cli::client::admin_connect(home)
                 .await
                 .map_err(|e| CommandError::Appliance(e.to_string()))?;
-            crate::appliance::up::admin_request(
+            crate::cli::client::admin_request(
                 &client,
                 crate::appliance::admin::KEY_REGISTER,
                 &record,
@@ -428,7 +428,7 @@ pub struct KeyAction {
 pub enum KeyCommandError {
     /// The appliance could not be asked.
     #[error(transparent)]
-    Appliance(#[from] crate::appliance::up::StatusError),
+    Appliance(#[from] crate::cli::client::StatusError),
     /// Nothing matched.
     #[error("no key matches {0:?} (see `zester key list`)")]
     NoMatch(String),
@@ -439,8 +439,8 @@ pub enum KeyCommandError {
 
 /// `zester key list`.
 pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, KeyCommandError> {
-    let client = crate::appliance::up::admin_connect(home).await?;
-    let list = crate::appliance::up::admin_request(
+    let client = crate::cli::client::admin_connect(home).await?;
+    let list = crate::cli::client::admin_request(
         &client,
         crate::appliance::admin::KEY_LIST,
         &crate::appliance::admin::ListRequest { state },
@@ -471,8 +471,8 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
 
 /// `zester key show ID`.
 pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
-    let client = crate::appliance::up::admin_connect(home).await?;
-    let shown = crate::appliance::up::admin_request(
+    let client = crate::cli::client::admin_connect(home).await?;
+    let shown = crate::cli::client::admin_request(
         &client,
         crate::appliance::admin::KEY_SHOW,
         &crate::appliance::admin::KeyRequest {
@@ -516,9 +516,9 @@ pub async fn key_act(
     only_state: Option<KeyState>,
     confirm: impl Fn(&[String]) -> bool,
 ) -> Result<Output, KeyCommandError> {
-    let client = crate::appliance::up::admin_connect(home).await?;
+    let client = crate::cli::client::admin_connect(home).await?;
     let ids: Vec<String> = if crate::appliance::admin::is_glob(&action.target) {
-        let list = crate::appliance::up::admin_request(
+        let list = crate::cli::client::admin_request(
             &client,
             crate::appliance::admin::KEY_LIST,
             &crate::appliance::admin::ListRequest {
@@ -552,7 +552,7 @@ pub async fn key_act(
     for id in &ids {
         let outcome = match action.to {
             Some(to) => {
-                crate::appliance::up::admin_request(
+                crate::cli::client::admin_request(
                     &client,
                     crate::appliance::admin::KEY_CHANGE,
                     &crate::appliance::admin::ChangeRequest {
@@ -567,7 +567,7 @@ pub async fn key_act(
                 .await
             }
             None => {
-                crate::appliance::up::admin_request(
+                crate::cli::client::admin_request(
                     &client,
                     crate::appliance::admin::KEY_DELETE,
                     &crate::appliance::admin::KeyRequest {
@@ -609,15 +609,15 @@ pub async fn key_act(
 /// `zester creds rotate master|admin`: through the running appliance when there is one (so the
 /// callout learns the new key at once), else directly in the home.
 pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, CommandError> {
-    let rotated = match crate::appliance::up::admin_connect(home).await {
-        Ok(client) => crate::appliance::up::admin_request(
+    let rotated = match crate::cli::client::admin_connect(home).await {
+        Ok(client) => crate::cli::client::admin_request(
             &client,
             crate::appliance::admin::CREDS_ROTATE,
             &json!({ "role": role }),
         )
         .await
         .map_err(|e| CommandError::Appliance(e.to_string()))?,
-        Err(crate::appliance::up::StatusError::NotRunning { .. }) => {
+        Err(crate::cli::client::StatusError::NotRunning { .. }) => {
             let authority = home.load_authority()?;
             let role_value = match role {
                 "master" => crate::permissions::Role::Master,
@@ -650,7 +650,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// `zester creds rotate signing-key [--finish]` (with the appliance stopped: every running
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
-    if crate::appliance::up::RuntimeInfo::live(home).is_some() {
+    if crate::home::runtime::RuntimeInfo::live(home).is_some() {
         return Err(CommandError::Appliance(
             "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
         ));

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::appliance::up::RuntimeInfo;
 use crate::cli::commands::Output;
+use crate::home::runtime::RuntimeInfo;
 use crate::home::{self, Home, HomeError};
 use crate::permissions;
 

@@ -1,6 +1,7 @@
 //! The admin's terminal: the bodies of the CLI commands (`commands`), nats CLI contexts
-//! (`context`) and `zester cmd` (`cmd`). `main.rs` parses arguments and calls these.
+//! (`context`), `zester cmd` (`cmd`) and the client of a running appliance (`client`). `main.rs` parses arguments and calls these.
 
+pub mod client;
 pub mod cmd;
 pub mod commands;
 pub mod context;

@@ -18,6 +18,7 @@
 //! a complete `auth/` or none: a killed init is simply run again.
 
 pub mod config;
+pub mod runtime;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

@@ -118,6 +118,25 @@ impl std::str::FromStr for PeelId {
     }
 }
 
+/// `*` (any run) and `?` (one character) glob matching on peel ids.
+pub fn glob_matches(pattern: &str, id: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), id.as_bytes())
+}
+
+/// True when `text` is a glob rather than one id.
+pub fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +190,17 @@ mod tests {
                 "{bad:?} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("web-*", "web-01"));
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("db-0?", "db-07"));
+        assert!(!glob_matches("db-0?", "db-10"));
+        assert!(!glob_matches("web-*", "db-01"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(is_glob("web-*") && !is_glob("web-01"));
     }
 }

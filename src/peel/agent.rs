@@ -43,8 +43,7 @@ use crate::identity::time::rfc3339;
 /// How long one connect attempt may take, from TCP to the server's answer to CONNECT (the first
 /// `start` gives up after it; reconnects try again). Longer than the server's auth timeout, so
 /// that a peel waiting for a busy callout hears the server's verdict rather than giving up first.
-const CONNECT_TIMEOUT: Duration =
-    Duration::from_secs(crate::appliance::broker::config::AUTH_TIMEOUT_SECS as u64 + 5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(crate::wire::AUTH_TIMEOUT_SECS as u64 + 5);
 /// The pause before the first reconnect attempt after a disconnect, before jitter; it doubles
 /// with every failed attempt in a row up to [`RECONNECT_DELAY_MAX`].
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);

@@ -1,5 +1,17 @@
 //! What both ends of a conversation share, pure: subject names and the rule for where a
 //! service may send its answer. No I/O here; the appliance and the peel build on it.
 
+pub mod admin;
+pub mod record;
 pub mod reply;
 pub mod subjects;
+
+/// Seconds from accepting a client to letting it in, the callout's answer included
+/// (nats-server's default with TLS is the TLS timeout + 1). nats-server handles callout answers
+/// under its server-wide lock, queued behind every other connection in progress: under a storm
+/// answers zester gave in milliseconds arrive after a 3 s limit, the client is refused and tries
+/// again, and that load keeps the queue long. Measured with 10,000 peels (issue 7): back in
+/// 66 s with 10 s, 119 s with the defaults. A peel's own connect timeout must be longer.
+///
+/// Both sides read it (the appliance renders it, the peel waits longer), so it lives here.
+pub const AUTH_TIMEOUT_SECS: u32 = 10;

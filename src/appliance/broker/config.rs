@@ -253,13 +253,7 @@ pub fn render_for_home(
 /// up on is work thrown away that the client repeats.
 pub const TLS_TIMEOUT_SECS: u32 = 5;
 
-/// Seconds from accepting a client to letting it in, the callout's answer included
-/// (nats-server's default with TLS is the TLS timeout + 1). nats-server handles callout answers
-/// under its server-wide lock, queued behind every other connection in progress: under a storm
-/// answers zester gave in milliseconds arrive after a 3 s limit, the client is refused and tries
-/// again, and that load keeps the queue long. Measured with 10,000 peels (issue 7): back in
-/// 66 s with 10 s, 119 s with the defaults. A peel's own connect timeout must be longer.
-pub const AUTH_TIMEOUT_SECS: u32 = 10;
+pub use crate::wire::AUTH_TIMEOUT_SECS;
 
 /// Longest control line nats-server accepts (CONNECT carries the JWT and the signature).
 pub const MAX_CONTROL_LINE: usize = 32 * 1024;

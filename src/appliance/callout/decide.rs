@@ -246,10 +246,9 @@ fn admit_user_jwt(
 /// How long nats-server must have held a client before its refusal can be a callout that never
 /// answered (the server waits its auth timeout, [`AUTH_TIMEOUT_SECS`]).
 ///
-/// [`AUTH_TIMEOUT_SECS`]: crate::appliance::broker::config::AUTH_TIMEOUT_SECS
-pub const NO_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_millis(
-    crate::appliance::broker::config::AUTH_TIMEOUT_SECS as u64 * 1000 - 500,
-);
+/// [`AUTH_TIMEOUT_SECS`]: crate::wire::AUTH_TIMEOUT_SECS
+pub const NO_ANSWER_AFTER: std::time::Duration =
+    std::time::Duration::from_millis(crate::wire::AUTH_TIMEOUT_SECS as u64 * 1000 - 500);
 
 /// Explains a refusal the callout did not make, from the JWT the client presented (the
 /// server's auth-error event carries it, but only says "Authentication Failure"). The server

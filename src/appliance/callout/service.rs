@@ -15,11 +15,11 @@ use super::audit::{AuditRecord, AuditSink};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
-use crate::appliance::broker::config::AUTH_TIMEOUT_SECS;
 use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::net::connect::Presence;
 use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
+use crate::wire::AUTH_TIMEOUT_SECS;
 
 /// The queue group every zester callout joins (several nodes share the load, DESIGN §9).
 pub const QUEUE_GROUP: &str = "zester-callout";

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::record::{KeyRecord, KeyState};
 use crate::identity::peel_id::PeelId;
+use crate::wire::record::{KeyRecord, KeyState};
 
 /// Why waiting for the cache failed.
 #[derive(Debug, thiserror::Error)]

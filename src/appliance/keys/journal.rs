@@ -16,10 +16,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::record::KeyRecord;
 use super::store::{CreateOutcome, KeyStore, KeyStoreError};
 use crate::home::{self, Home, HomeError, SECRET_MODE};
 use crate::identity::peel_id::PeelId;
+use crate::wire::record::KeyRecord;
 
 /// What went wrong with the journal.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum JournalError {
     Home(#[from] HomeError),
     /// The record to journal is invalid.
     #[error("key journal: {0}")]
-    Record(#[from] super::record::KeyError),
+    Record(#[from] crate::wire::record::KeyError),
     /// The store failed while an entry was applied; that entry and the ones after it stay in
     /// the journal for the next import.
     #[error("key journal: importing {} stopped: {source}; the remaining entries stay for the next import", file.display())]

@@ -2,7 +2,8 @@
 //!
 //! Split by concern, pure first:
 //!
-//! - [`record`]: the key record, its states and allowed transitions, its JSON form (pure).
+//! - `wire::record`: the key record, its states and allowed transitions, its JSON form (pure,
+//!   shared with the CLI, which journals records, and the admin API).
 //! - [`cache`]: the in-memory snapshot the callout decides from without ever awaiting.
 //! - [`store`]: the JetStream KV bucket `zester-keys` (compare-and-set writes) and the watch
 //!   task that keeps a cache current, across nats-server restarts.
@@ -10,10 +11,9 @@
 
 pub mod cache;
 pub mod journal;
-pub mod record;
 pub mod store;
 
+pub use crate::wire::record::{fingerprint, KeyError, KeyRecord, KeyState, StateChange};
 pub use cache::{CacheError, KeyCache, KeyCounts, Snapshot};
 pub use journal::{ImportReport, JournalError, RejectedEntry};
-pub use record::{fingerprint, KeyError, KeyRecord, KeyState, StateChange};
 pub use store::{CreateOutcome, KeyStore, KeyStoreError, BUCKET};

@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::cache::{self, CacheError, CacheWriter, Change, KeyCache, Snapshot, Stored};
-use super::record::{KeyError, KeyRecord, KeyState};
 use crate::identity::peel_id::PeelId;
+use crate::wire::record::{KeyError, KeyRecord, KeyState};
 
 /// The KV bucket holding the key records.
 pub const BUCKET: &str = crate::wire::subjects::KEYS_BUCKET;

@@ -1,0 +1,105 @@
+//! The admin API's wire (`zester.admin.…`): the subjects, and the requests and answers `zester
+//! key …`, `settings`, `creds rotate` and `creds issue` send and the appliance's admin service
+//! reads. Every answer is `{"ok": …}` or `{"error": "…"}`, sent only to `_INBOX._admin.…`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::record::{KeyRecord, KeyState, StateChange};
+
+/// Subject of the admin status request.
+pub const STATUS_SUBJECT: &str = "zester.admin.status";
+/// Prefix of every key admin subject.
+pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
+/// List keys.
+pub const KEY_LIST: &str = "zester.admin.key.list";
+/// Show one key.
+pub const KEY_SHOW: &str = "zester.admin.key.show";
+/// Change a key's state.
+pub const KEY_CHANGE: &str = "zester.admin.key.change";
+/// Delete a key record.
+pub const KEY_DELETE: &str = "zester.admin.key.delete";
+/// Register an accepted key made by `zester creds issue` (the record as JSON).
+pub const KEY_REGISTER: &str = "zester.admin.key.register";
+/// Replace a peel's settings document (`{"id", "document"}`).
+pub const SETTINGS_SET: &str = "zester.admin.settings.set";
+/// Read a peel's settings document (`{"id"}`).
+pub const SETTINGS_GET: &str = "zester.admin.settings.get";
+/// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
+pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
+
+/// `list`: keys in a state (all when `None`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// The state to list.
+    pub state: Option<KeyState>,
+}
+
+/// One line of `zester key list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySummary {
+    /// Peel id.
+    pub id: String,
+    /// Its key.
+    pub nkey: String,
+    /// Fingerprint of the key.
+    pub fingerprint: String,
+    /// State.
+    pub state: KeyState,
+    /// Last change, unix seconds.
+    pub updated_at: i64,
+    /// Who made the last change and why.
+    pub last_change: Option<StateChange>,
+}
+
+impl KeySummary {
+    /// The summary of `record`.
+    pub fn of(record: &KeyRecord) -> KeySummary {
+        KeySummary {
+            id: record.id.to_string(),
+            nkey: record.nkey.clone(),
+            fingerprint: record.fingerprint(),
+            state: record.state,
+            updated_at: record.updated_at,
+            last_change: record.last_change().cloned(),
+        }
+    }
+}
+
+/// `show` and `delete`: one key, optionally guarded by its fingerprint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyRequest {
+    /// Peel id.
+    pub id: String,
+    /// Act only if the key still has this fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// `change`: move a key to another state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    /// Peel id.
+    pub id: String,
+    /// The new state.
+    pub to: KeyState,
+    /// Who asks (recorded in the history).
+    pub by: String,
+    /// Why (recorded in the history).
+    pub reason: String,
+    /// Act only if the key still has this fingerprint.
+    pub fingerprint: Option<String>,
+    /// Act only if the key is still in this state (what the admin saw), so that two admins
+    /// deciding on the same pending key at once cannot both win.
+    #[serde(default)]
+    pub from: Option<KeyState>,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeReply {
+    /// The record after the change.
+    pub record: KeyRecord,
+    /// Live sessions kicked (revocation).
+    pub kicked: usize,
+    /// Time from the request to the last kick answered, ms (revocation).
+    pub cut_off_ms: Option<f64>,
+}
