@@ -742,11 +742,8 @@ pub async fn enrol(
                         ca_pin: ca_pin.clone(),
                         master_xkey: master_xkey.to_string(),
                     };
-                    profile
-                        .write(&crate::peel::PeelProfile::path_in(
-                            &options.dir,
-                            id.as_str(),
-                        ))
+                    let at = crate::peel::PeelProfile::path_in(&options.dir, id.as_str());
+                    crate::peel::profile::write(&profile, &at)
                         .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
                 }
                 return Ok(EnrolOutcome::Enrolled { creds: path });

@@ -733,7 +733,9 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
         SecretCommand::Encrypt { peel, xkey, value } => {
             let recipient = match (xkey, peel) {
                 (Some(xkey), _) => xkey,
-                (None, Some(id)) => runtime()?.block_on(secrets::peel_xkey(home, &id))?,
+                (None, Some(id)) => {
+                    runtime()?.block_on(zester::cli::secret::peel_xkey(home, &id))?
+                }
                 (None, None) => anyhow::bail!("give --peel ID or --xkey X…"),
             };
             let master = home.load_authority()?.master_xkey;
@@ -749,7 +751,7 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
         SecretCommand::Decrypt { seed, creds, from } => {
             let seed = match (seed, creds) {
                 (Some(seed), _) => seed,
-                (None, Some(creds)) => secrets::seed_path_for_creds(&creds)?,
+                (None, Some(creds)) => zester::cli::secret::seed_path_for_creds(&creds)?,
                 (None, None) => anyhow::bail!("give --seed FILE or --creds FILE"),
             };
             // The seed is <dir>/<id>.xk, and the profile <dir>/<id>.json.
@@ -759,7 +761,7 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
                     "the master's curve key is not known ({reason}): give --from X… (the master xkey `zester init` printed)"
                 )
             })?;
-            let key = secrets::read_seed_file(&seed)?;
+            let key = zester::cli::secret::read_seed_file(&seed)?;
             read_stdin(&mut input)?;
             let text = String::from_utf8(input).map_err(|_| secrets::SecretError::NotEnvelope)?;
             secrets::open(&text, &key, &from)?

@@ -173,7 +173,7 @@ fn kill_9_at_random_moments_leaves_whole_files() {
                 }
                 // The public profile: whole JSON.
                 "web-01.json" => {
-                    zester::peel::PeelProfile::read(&path)
+                    zester::peel::profile::read(&path)
                         .unwrap_or_else(|e| panic!("round {round}: {e}"));
                 }
                 other => assert!(other.ends_with(".tmp"), "unexpected file {other}"),

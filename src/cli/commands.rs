@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::appliance::keys::{journal, KeyRecord, KeyState};
+use crate::home::journal;
 use crate::home::{self, Home, HomeError};
 use crate::identity::chain;
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::{PeelId, PeelIdError};
 use crate::identity::time::{parse_duration, rfc3339, DurationError};
+use crate::wire::profile::PeelProfile;
+use crate::wire::record::{KeyRecord, KeyState};
 
 /// What a command prints, both ways, and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,13 +171,9 @@ pub async fn creds_issue(
             let client = crate::cli::client::admin_connect(home)
                 .await
                 .map_err(|e| CommandError::Appliance(e.to_string()))?;
-            crate::cli::client::admin_request(
-                &client,
-                crate::appliance::admin::KEY_REGISTER,
-                &record,
-            )
-            .await
-            .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
+            crate::cli::client::admin_request(&client, crate::wire::admin::KEY_REGISTER, &record)
+                .await
+                .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
             write_files().map_err(|e| {
                 CommandError::Appliance(format!(
                     "the key is registered, but {e}; revoke and delete it (`zester key revoke {id}`, `zester key delete {id}`) and issue again"
@@ -189,8 +187,8 @@ pub async fn creds_issue(
             "journal"
         }
     };
-    let profile_path = crate::peel::PeelProfile::beside(&path, id.as_str());
-    let profile = crate::peel::PeelProfile {
+    let profile_path = PeelProfile::beside(&path, id.as_str());
+    let profile = PeelProfile {
         id: id.to_string(),
         servers: vec![crate::cli::context::client_url(
             running.as_ref().map(|r| r.url.as_str()),
@@ -200,9 +198,7 @@ pub async fn creds_issue(
         ca_pin: home.ca_pin()?,
         master_xkey: authority.master_xkey.public_key(),
     };
-    profile
-        .write(&profile_path)
-        .map_err(|e| CommandError::Register(e.to_string()))?;
+    home::write_atomic(&profile_path, &profile.to_json(), home::PUBLIC_MODE)?;
     let claims = creds.jwt().claims();
     let expires = expiry_text(claims.exp, now);
     let registered_text = if registered == "appliance" {
@@ -442,11 +438,11 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
     let client = crate::cli::client::admin_connect(home).await?;
     let list = crate::cli::client::admin_request(
         &client,
-        crate::appliance::admin::KEY_LIST,
-        &crate::appliance::admin::ListRequest { state },
+        crate::wire::admin::KEY_LIST,
+        &crate::wire::admin::ListRequest { state },
     )
     .await?;
-    let summaries: Vec<crate::appliance::admin::KeySummary> =
+    let summaries: Vec<crate::wire::admin::KeySummary> =
         serde_json::from_value(list.clone()).unwrap_or_default();
     let mut human = format!(
         "{:<24} {:<9} {:<48} {}\n",
@@ -474,8 +470,8 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
     let client = crate::cli::client::admin_connect(home).await?;
     let shown = crate::cli::client::admin_request(
         &client,
-        crate::appliance::admin::KEY_SHOW,
-        &crate::appliance::admin::KeyRequest {
+        crate::wire::admin::KEY_SHOW,
+        &crate::wire::admin::KeyRequest {
             id: id.to_string(),
             fingerprint: None,
         },
@@ -517,20 +513,20 @@ pub async fn key_act(
     confirm: impl Fn(&[String]) -> bool,
 ) -> Result<Output, KeyCommandError> {
     let client = crate::cli::client::admin_connect(home).await?;
-    let ids: Vec<String> = if crate::appliance::admin::is_glob(&action.target) {
+    let ids: Vec<String> = if crate::identity::peel_id::is_glob(&action.target) {
         let list = crate::cli::client::admin_request(
             &client,
-            crate::appliance::admin::KEY_LIST,
-            &crate::appliance::admin::ListRequest {
+            crate::wire::admin::KEY_LIST,
+            &crate::wire::admin::ListRequest {
                 state: only_state.or(action.from),
             },
         )
         .await?;
-        let summaries: Vec<crate::appliance::admin::KeySummary> =
+        let summaries: Vec<crate::wire::admin::KeySummary> =
             serde_json::from_value(list).unwrap_or_default();
         summaries
             .into_iter()
-            .filter(|s| crate::appliance::admin::glob_matches(&action.target, &s.id))
+            .filter(|s| crate::identity::peel_id::glob_matches(&action.target, &s.id))
             .map(|s| s.id)
             .collect()
     } else {
@@ -554,8 +550,8 @@ pub async fn key_act(
             Some(to) => {
                 crate::cli::client::admin_request(
                     &client,
-                    crate::appliance::admin::KEY_CHANGE,
-                    &crate::appliance::admin::ChangeRequest {
+                    crate::wire::admin::KEY_CHANGE,
+                    &crate::wire::admin::ChangeRequest {
                         id: id.clone(),
                         to,
                         by: by.clone(),
@@ -569,8 +565,8 @@ pub async fn key_act(
             None => {
                 crate::cli::client::admin_request(
                     &client,
-                    crate::appliance::admin::KEY_DELETE,
-                    &crate::appliance::admin::KeyRequest {
+                    crate::wire::admin::KEY_DELETE,
+                    &crate::wire::admin::KeyRequest {
                         id: id.clone(),
                         fingerprint: action.fingerprint.clone(),
                     },
@@ -612,7 +608,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
     let rotated = match crate::cli::client::admin_connect(home).await {
         Ok(client) => crate::cli::client::admin_request(
             &client,
-            crate::appliance::admin::CREDS_ROTATE,
+            crate::wire::admin::CREDS_ROTATE,
             &json!({ "role": role }),
         )
         .await
@@ -631,7 +627,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
             json!({
                 "role": role,
                 "file": path,
-                "fingerprint": crate::appliance::keys::fingerprint(&creds.key().public_key()),
+                "fingerprint": crate::wire::record::fingerprint(&creds.key().public_key()),
             })
         }
         Err(e) => return Err(CommandError::Appliance(e.to_string())),

@@ -5,3 +5,4 @@ pub mod client;
 pub mod cmd;
 pub mod commands;
 pub mod context;
+pub mod secret;

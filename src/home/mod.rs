@@ -18,6 +18,7 @@
 //! a complete `auth/` or none: a killed init is simply run again.
 
 pub mod config;
+pub mod journal;
 pub mod runtime;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -8,22 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::home::{self, HomeError};
 
-/// The profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeelProfile {
-    /// The peel id.
-    pub id: String,
-    /// The master's client URLs (`tls://host:port`).
-    pub servers: Vec<String>,
-    /// SPKI pin of the master's CA (`sha256:<hex>`).
-    pub ca_pin: String,
-    /// The master's curve public key (`X…`), the sender of every secret for this peel.
-    pub master_xkey: String,
-}
+pub use crate::wire::profile::PeelProfile;
 
 /// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,36 +36,22 @@ pub enum ProfileError {
     Write(#[from] HomeError),
 }
 
-impl PeelProfile {
-    /// Where the profile of peel `id` lives in `dir`.
-    pub fn path_in(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{id}.json"))
-    }
+/// Reads a profile.
+pub fn read(path: &Path) -> Result<PeelProfile, ProfileError> {
+    let text = std::fs::read(path).map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|source| ProfileError::Malformed {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
-    /// The profile beside a creds file of peel `id`.
-    pub fn beside(creds: &Path, id: &str) -> PathBuf {
-        PeelProfile::path_in(creds.parent().unwrap_or(Path::new(".")), id)
-    }
-
-    /// Reads a profile.
-    pub fn read(path: &Path) -> Result<PeelProfile, ProfileError> {
-        let text = std::fs::read(path).map_err(|source| ProfileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| ProfileError::Malformed {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Writes it atomically (0644: public).
-    pub fn write(&self, path: &Path) -> Result<(), ProfileError> {
-        let mut text = serde_json::to_vec_pretty(self).unwrap_or_default();
-        text.push(b'\n');
-        home::write_atomic(path, &text, home::PUBLIC_MODE)?;
-        Ok(())
-    }
+/// Writes it atomically (0644: public).
+pub fn write(profile: &PeelProfile, path: &Path) -> Result<(), ProfileError> {
+    home::write_atomic(path, &profile.to_json(), home::PUBLIC_MODE)?;
+    Ok(())
 }
 
 /// What `zester peel run` was given; everything is optional, the rest comes from the profile.
@@ -148,7 +121,7 @@ pub fn master_xkey(from: Option<String>, profile: &Path) -> Result<String, Strin
     if let Some(from) = from {
         return Ok(from);
     }
-    PeelProfile::read(profile)
+    read(profile)
         .map(|p| p.master_xkey)
         .map_err(|e| e.to_string())
 }
@@ -175,7 +148,7 @@ pub fn resolve_run(
     };
     let id = creds_id(&creds)?;
     let profile_path = PeelProfile::beside(&creds, &id);
-    let profile = PeelProfile::read(&profile_path);
+    let profile = read(&profile_path);
     let server = match (inputs.server, &profile) {
         (Some(server), _) => server,
         (None, Ok(profile)) if !profile.servers.is_empty() => profile.servers[0].clone(),
@@ -264,14 +237,12 @@ mod tests {
         };
         let path = PeelProfile::beside(&dir.path().join("web-01.creds"), "web-01");
         assert_eq!(path, dir.path().join("web-01.json"));
-        profile.write(&path).unwrap();
-        assert_eq!(PeelProfile::read(&path).unwrap(), profile);
+        write(&profile, &path).unwrap();
+        assert_eq!(read(&path).unwrap(), profile);
         std::fs::write(&path, "{").unwrap();
-        let err = PeelProfile::read(&path).unwrap_err().to_string();
+        let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("not a peel profile"), "{err}");
-        let err = PeelProfile::read(&dir.path().join("x.json"))
-            .unwrap_err()
-            .to_string();
+        let err = read(&dir.path().join("x.json")).unwrap_err().to_string();
         assert!(err.contains("x.json"), "{err}");
     }
 }

@@ -15,5 +15,5 @@ pub mod store;
 
 pub use crate::wire::record::{fingerprint, KeyError, KeyRecord, KeyState, StateChange};
 pub use cache::{CacheError, KeyCache, KeyCounts, Snapshot};
-pub use journal::{ImportReport, JournalError, RejectedEntry};
+pub use journal::{ImportError, ImportReport, JournalError, RejectedEntry};
 pub use store::{CreateOutcome, KeyStore, KeyStoreError, BUCKET};
