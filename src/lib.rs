@@ -31,5 +31,3 @@ pub mod wire;
 
 // Until the split below lands: modules still to be divided between the sides.
 pub mod enrol;
-pub mod rotate;
-pub mod settings;

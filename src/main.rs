@@ -492,8 +492,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peel {
             command: PeelCommand::Rotate { server, creds, ca },
         } => {
-            let options = zester::rotate::RotateOptions { server, creds, ca };
-            let fingerprint = runtime()?.block_on(zester::rotate::rotate(&options))?;
+            let options = zester::peel::rotate::RotateOptions { server, creds, ca };
+            let fingerprint = runtime()?.block_on(zester::peel::rotate::rotate(&options))?;
             println!(
                 "key rotated: new key {fingerprint}; creds replaced in {}; the old key is revoked",
                 options.creds.display()

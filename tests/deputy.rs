@@ -19,8 +19,8 @@ use zester::cli::client::{admin_connect, admin_request};
 use zester::enrol::{sign_request, EnrolRequest, Op};
 use zester::home::now_unix;
 use zester::identity::peel_id::PeelId;
-use zester::rotate::{sign_rotation, Rotation};
 use zester::wire::admin::STATUS_SUBJECT;
+use zester::wire::rotate::{sign_rotation, Rotation};
 
 /// Where a hostile request asks zester to send its answer.
 const HOSTILE_REPLIES: [&str; 8] = [

@@ -162,7 +162,7 @@ fn enrolment_and_rotation_requests_survive_garbage() {
     for _ in 0..ROUNDS {
         let garbage = random_bytes(&mut rng);
         let _ = zester::enrol::verify_request(&garbage, &key.public_key(), NOW);
-        let _ = zester::rotate::verify_rotation(&garbage, "web-01", true, NOW);
+        let _ = zester::wire::rotate::verify_rotation(&garbage, "web-01", true, NOW);
         let mutated = mutate(&mut rng, &signed);
         if let Ok(accepted) = zester::enrol::verify_request(&mutated, &key.public_key(), NOW) {
             assert_eq!(

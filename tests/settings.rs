@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::appliance;
 use nkeys::XKey;
 use zester::identity::peel_id::PeelId;
-use zester::settings;
+use zester::peel::settings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {

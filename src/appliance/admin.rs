@@ -92,7 +92,7 @@ pub struct AdminService {
     /// Serialises account JWT updates.
     pub account_lock: tokio::sync::Mutex<()>,
     /// Per-peel settings.
-    pub settings: Arc<crate::settings::SettingsStore>,
+    pub settings: Arc<crate::appliance::settings::SettingsStore>,
     /// Where refused requests are audited.
     pub audit: AuditSink,
 }
@@ -192,8 +192,9 @@ impl AdminService {
                 let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;
                 let id = PeelId::parse(request["id"].as_str().unwrap_or_default())
                     .map_err(|e| AdminError::BadRequest(e.to_string()))?;
-                let settings_error =
-                    |e: crate::settings::SettingsError| AdminError::BadRequest(e.to_string());
+                let settings_error = |e: crate::appliance::settings::SettingsError| {
+                    AdminError::BadRequest(e.to_string())
+                };
                 if subject == SETTINGS_SET {
                     let revision = self
                         .settings

@@ -8,4 +8,6 @@ pub mod broker;
 pub mod callout;
 pub mod keys;
 pub mod respond;
+pub mod rotate;
+pub mod settings;
 pub mod up;

@@ -25,13 +25,13 @@ use crate::appliance::callout::audit::{self, AuditRecord, AuditSink};
 use crate::appliance::callout::decide::{self, KeyLookup, Trust};
 use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
+use crate::appliance::rotate::RotateService;
 use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::PeelId;
 use crate::net::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX};
-use crate::rotate::RotateService;
 use crate::wire::reply::Asker;
 use crate::wire::subjects::{SERVICE_INBOX_PREFIX, STORE_INBOX_PREFIX};
 
@@ -387,7 +387,7 @@ impl Appliance {
                 .map_err(nats_error("subscribing to the enrolment subjects"))?,
         );
         let settings = Arc::new(
-            crate::settings::SettingsStore::open(store.clone())
+            crate::appliance::settings::SettingsStore::open(store.clone())
                 .await
                 .map_err(|e| UpError::Nats {
                     what: "opening the settings bucket",
@@ -395,9 +395,13 @@ impl Appliance {
                 })?,
         );
         tasks.push(
-            crate::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
-                .await
-                .map_err(nats_error("subscribing to the settings requests"))?,
+            crate::appliance::settings::serve_peels(
+                settings.clone(),
+                service.clone(),
+                audit.clone(),
+            )
+            .await
+            .map_err(nats_error("subscribing to the settings requests"))?,
         );
         let admin = Arc::new(AdminService {
             home: home.clone(),

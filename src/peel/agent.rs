@@ -708,10 +708,12 @@ async fn publish_facts(
             Err(e) => tracing::warn!(peel = %id, "cannot publish facts: {e}"),
         }
         if let Some(((xkey, master), state)) = &settings {
-            let opened = crate::settings::fetch(&client, &id).await.and_then(|doc| {
-                doc.map(|doc| crate::settings::open_secrets(&doc, xkey, master))
-                    .transpose()
-            });
+            let opened = crate::peel::settings::fetch(&client, &id)
+                .await
+                .and_then(|doc| {
+                    doc.map(|doc| crate::peel::settings::open_secrets(&doc, xkey, master))
+                        .transpose()
+                });
             match opened {
                 Ok(doc) => {
                     tracing::info!(peel = %id, present = doc.is_some(), "settings loaded");

@@ -9,6 +9,8 @@
 pub mod agent;
 pub mod facts;
 pub mod profile;
+pub mod rotate;
+pub mod settings;
 
 pub use agent::{run, Agent, AgentError, AgentOptions};
 pub use profile::PeelProfile;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod profile;
 pub mod record;
 pub mod reply;
+pub mod rotate;
 pub mod subjects;
 
 /// Seconds from accepting a client to letting it in, the callout's answer included
