@@ -28,6 +28,3 @@ pub mod permissions;
 pub mod pki;
 pub mod secrets;
 pub mod wire;
-
-// Until the split below lands: modules still to be divided between the sides.
-pub mod enrol;

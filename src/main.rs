@@ -512,7 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             else {
                 unreachable!("peel run and rotate are handled above")
             };
-            let options = zester::enrol::EnrolOptions {
+            let options = zester::peel::enrol::EnrolOptions {
                 server,
                 id: id.clone(),
                 ca,
@@ -520,21 +520,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir,
                 wait,
             };
-            let outcome = runtime()?.block_on(zester::enrol::enrol(&options, |step| {
+            let outcome = runtime()?.block_on(zester::peel::enrol::enrol(&options, |step| {
                 eprintln!("zester: {step}")
             }))?;
             return Ok(match outcome {
-                zester::enrol::EnrolOutcome::Enrolled { creds } => {
+                zester::peel::enrol::EnrolOutcome::Enrolled { creds } => {
                     println!("enrolled as {id}: creds written to {}", creds.display());
                     ExitCode::SUCCESS
                 }
-                zester::enrol::EnrolOutcome::Pending { fingerprint } => {
+                zester::peel::enrol::EnrolOutcome::Pending { fingerprint } => {
                     println!(
                         "pending: ask an admin to run `zester key accept {id} --fingerprint {fingerprint}`, then run this again (or use --wait)"
                     );
                     ExitCode::SUCCESS
                 }
-                zester::enrol::EnrolOutcome::Rejected => {
+                zester::peel::enrol::EnrolOutcome::Rejected => {
                     eprintln!("zester: the key for {id} was rejected by an admin");
                     ExitCode::from(1)
                 }

@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 use zester::appliance::admin::{KEY_CHANGE, KEY_LIST, SETTINGS_GET, SETTINGS_SET};
 use zester::appliance::keys::{KeyRecord, KeyState};
 use zester::cli::client::{admin_connect, admin_request};
-use zester::enrol::{sign_request, EnrolRequest, Op};
 use zester::home::now_unix;
 use zester::identity::peel_id::PeelId;
 use zester::wire::admin::STATUS_SUBJECT;
+use zester::wire::enrol::{sign_request, EnrolRequest, Op};
 use zester::wire::rotate::{sign_rotation, Rotation};
 
 /// Where a hostile request asks zester to send its answer.

@@ -150,21 +150,23 @@ fn authorization_requests_survive_garbage_and_mutations() {
 fn enrolment_and_rotation_requests_survive_garbage() {
     let mut rng = StdRng::seed_from_u64(3);
     let key = KeyPair::new_user();
-    let request = zester::enrol::EnrolRequest {
-        op: zester::enrol::Op::Enrol,
+    let request = zester::wire::enrol::EnrolRequest {
+        op: zester::wire::enrol::Op::Enrol,
         id: "web-01".into(),
         nkey: key.public_key(),
         xkey: Some(XKey::new().public_key()),
         hostname: "h".into(),
         at: NOW,
     };
-    let signed = serde_json::to_vec(&zester::enrol::sign_request(&key, &request).unwrap()).unwrap();
+    let signed =
+        serde_json::to_vec(&zester::wire::enrol::sign_request(&key, &request).unwrap()).unwrap();
     for _ in 0..ROUNDS {
         let garbage = random_bytes(&mut rng);
-        let _ = zester::enrol::verify_request(&garbage, &key.public_key(), NOW);
+        let _ = zester::wire::enrol::verify_request(&garbage, &key.public_key(), NOW);
         let _ = zester::wire::rotate::verify_rotation(&garbage, "web-01", true, NOW);
         let mutated = mutate(&mut rng, &signed);
-        if let Ok(accepted) = zester::enrol::verify_request(&mutated, &key.public_key(), NOW) {
+        if let Ok(accepted) = zester::wire::enrol::verify_request(&mutated, &key.public_key(), NOW)
+        {
             assert_eq!(
                 accepted, request,
                 "a mutated enrolment request changed meaning"

@@ -339,15 +339,15 @@ async fn hostile_clients_are_refused_with_their_reasons() {
         .expect("an enrolling session");
     let subject = format!("zester.enrol.{}", enrolling.public_key());
     let request = |id: &str, at: i64, key: &KeyPair| {
-        let r = zester::enrol::EnrolRequest {
-            op: zester::enrol::Op::Enrol,
+        let r = zester::wire::enrol::EnrolRequest {
+            op: zester::wire::enrol::Op::Enrol,
             id: id.to_string(),
             nkey: enrolling.public_key(),
             xkey: Some(XKey::new().public_key()),
             hostname: "evil".into(),
             at,
         };
-        serde_json::to_vec(&zester::enrol::sign_request(key, &r).unwrap()).unwrap()
+        serde_json::to_vec(&zester::wire::enrol::sign_request(key, &r).unwrap()).unwrap()
     };
     let long = "x".repeat(200);
     let enrol_cases: Vec<(&str, Vec<u8>, &str)> = vec![

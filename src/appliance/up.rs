@@ -24,9 +24,9 @@ use crate::appliance::broker::supervisor::{Supervisor, SupervisorSettings};
 use crate::appliance::callout::audit::{self, AuditRecord, AuditSink};
 use crate::appliance::callout::decide::{self, KeyLookup, Trust};
 use crate::appliance::callout::service::{self, CalloutState};
+use crate::appliance::enrol::EnrolService;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::rotate::RotateService;
-use crate::enrol::EnrolService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
 use crate::identity::peel_id::PeelId;
@@ -377,7 +377,7 @@ impl Appliance {
             max_pending: config.keys.max_pending as usize,
             peel_expiry: config.peel_expiry().map_err(config_error)?,
             audit: audit.clone(),
-            limits: crate::enrol::EnrolLimits::new(Some(state.clone())),
+            limits: crate::appliance::enrol::EnrolLimits::new(Some(state.clone())),
             creating: tokio::sync::Mutex::new(()),
         });
         tasks.push(

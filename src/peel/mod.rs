@@ -7,6 +7,7 @@
 //! command calls [`run`]; tests and embedders use [`Agent`] directly.
 
 pub mod agent;
+pub mod enrol;
 pub mod facts;
 pub mod profile;
 pub mod rotate;

@@ -2,6 +2,7 @@
 //! service may send its answer. No I/O here; the appliance and the peel build on it.
 
 pub mod admin;
+pub mod enrol;
 pub mod profile;
 pub mod record;
 pub mod reply;

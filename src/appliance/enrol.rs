@@ -1,0 +1,365 @@
+//! Enrolment, the appliance's half (DESIGN §6): serves `zester.enrol.<nkey>` on zester's
+//! service connection, answering only to that key's inbox. It refuses ids bound to another key
+//! (no squatting), malformed or reserved ids, stale or future timestamps (replays), a key that
+//! already holds another id, more than `max_pending` pending keys, and requests past the rate
+//! per key and per address; it records pending keys (or accepted ones under the `auto-trusted`
+//! / `auto-all` policies) one at a time, and hands accepted keys their user JWT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use data_encoding::BASE64URL_NOPAD;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::service::CalloutState;
+use crate::appliance::callout::sessions::EnrolLimiter;
+use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
+use crate::appliance::respond;
+use crate::authority::Authority;
+use crate::home::config::AcceptPolicy;
+use crate::home::now_unix;
+use crate::identity::peel_id::PeelId;
+use crate::permissions::Role;
+pub use crate::wire::enrol::RequestError;
+use crate::wire::enrol::{verify_request, EnrolRequest, Op, SignedRequest};
+use crate::wire::reply::Asker;
+use crate::wire::subjects;
+
+/// Subjects enrolment requests arrive on (`zester.enrol.<nkey>`).
+pub const ENROL_SUBJECTS: &str = subjects::ENROL_REQUESTS;
+
+/// Why an enrolment request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    /// Not a valid signed request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// A bad id.
+    #[error(transparent)]
+    PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// The id belongs to another key.
+    #[error("peel id {id} is already bound to another key ({state}): pick another id, or ask an admin to revoke and delete the old key")]
+    IdTaken {
+        /// The id.
+        id: String,
+        /// State of the key holding it.
+        state: KeyState,
+    },
+    /// Too many pending keys.
+    #[error("too many keys are waiting for approval ({pending}, the limit is {max}): ask an admin to accept or reject some")]
+    TooManyPending {
+        /// Pending now.
+        pending: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key already holds another id.
+    #[error("this key is already enrolled as peel {id}: one key enrols one id (make a new key for another id)")]
+    KeyInUse {
+        /// The id it holds.
+        id: String,
+    },
+    /// Too many requests.
+    #[error("too many enrolment requests from {what} (at most {max} a minute): slow down")]
+    RateLimited {
+        /// The key or address.
+        what: String,
+        /// The limit.
+        max: u32,
+    },
+    /// Fetch before enrolling.
+    #[error("no enrolment for peel {id} with this key: enrol first")]
+    NotEnrolled {
+        /// The id.
+        id: String,
+    },
+    /// The key store failed.
+    #[error(transparent)]
+    Store(#[from] crate::appliance::keys::KeyStoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
+    /// A record could not be made.
+    #[error(transparent)]
+    Record(#[from] crate::appliance::keys::KeyError),
+}
+
+/// The master's side: records enrolments and hands out JWTs to accepted keys.
+pub struct EnrolService {
+    /// Signs the peels' user JWTs.
+    pub authority: Arc<Authority>,
+    /// The key store.
+    pub keys: Arc<KeyStore>,
+    /// Accept policy.
+    pub policy: AcceptPolicy,
+    /// Id globs accepted under `auto-trusted`.
+    pub trusted: Vec<String>,
+    /// Most pending keys.
+    pub max_pending: usize,
+    /// Lifetime of the JWTs handed out, seconds (0 = never).
+    pub peel_expiry: i64,
+    /// Where enrolment decisions are audited.
+    pub audit: AuditSink,
+    /// Request rates per key and per address.
+    pub limits: EnrolLimits,
+    /// Serialises the creation of records (see [`EnrolService::handle`]).
+    pub creating: tokio::sync::Mutex<()>,
+}
+
+/// Most enrolment requests one key may make per minute (`peel enrol --wait` asks every 2 s).
+pub const REQUESTS_PER_KEY_MINUTE: u32 = 60;
+/// Most enrolment requests the enrolling keys of one address may make per minute.
+pub const REQUESTS_PER_ADDRESS_MINUTE: u32 = 600;
+
+/// The request-rate windows of enrolment, and where an enrolling key's address is known from.
+pub struct EnrolLimits {
+    per_key: EnrolLimiter,
+    per_address: EnrolLimiter,
+    callout: Option<Arc<CalloutState>>,
+}
+
+impl EnrolLimits {
+    /// Limits that learn addresses from the callout's sessions (`None`: per key only).
+    pub fn new(callout: Option<Arc<CalloutState>>) -> EnrolLimits {
+        EnrolLimits {
+            per_key: EnrolLimiter::default(),
+            per_address: EnrolLimiter::default(),
+            callout,
+        }
+    }
+
+    /// The address the enrolling connection of `nkey` came from, as the callout saw it.
+    fn address_of(&self, nkey: &str) -> Option<String> {
+        let sessions = self.callout.as_ref()?.sessions.of(nkey);
+        sessions
+            .iter()
+            .find_map(|s| s.ip.as_deref().map(str::to_string))
+    }
+}
+
+impl EnrolService {
+    /// Serves `zester.enrol.*` on `client` (zester's service connection).
+    pub async fn serve(
+        self: Arc<Self>,
+        client: async_nats::Client,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+        if self.policy == AcceptPolicy::AutoAll {
+            tracing::warn!(
+                "keys.accept = \"auto-all\": every enrolling key is accepted (labs only)"
+            );
+        }
+        let mut requests = client.subscribe(ENROL_SUBJECTS).await?;
+        client.flush().await?;
+        Ok(tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let Some(nkey) = subjects::enrol_nkey(message.subject.as_str()) else {
+                    continue;
+                };
+                let nkey = nkey.to_string();
+                let Some(reply) =
+                    respond::checked_reply(&message, Asker::Enrolling(&nkey), "enrol", &self.audit)
+                else {
+                    continue;
+                };
+                let service = self.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let now = now_unix();
+                    let outcome = match service.over_rate(&nkey, now) {
+                        Some(refusal) => Err(refusal),
+                        None => service.handle(&message.payload, &nkey, now).await,
+                    };
+                    service
+                        .audit
+                        .record(enrol_audit(&outcome, &message.payload, &nkey, now));
+                    respond::answer(&client, reply, outcome, "an enrolment request").await;
+                });
+            }
+        }))
+    }
+
+    /// A refusal when `nkey`, or the address its enrolling connection came from, asked more
+    /// than its share this minute.
+    fn over_rate(&self, nkey: &str, now: i64) -> Option<EnrolError> {
+        if !self
+            .limits
+            .per_key
+            .allow(nkey, now, REQUESTS_PER_KEY_MINUTE)
+        {
+            return Some(EnrolError::RateLimited {
+                what: "this key".into(),
+                max: REQUESTS_PER_KEY_MINUTE,
+            });
+        }
+        let address = self.limits.address_of(nkey)?;
+        (!self
+            .limits
+            .per_address
+            .allow(&address, now, REQUESTS_PER_ADDRESS_MINUTE))
+        .then(|| EnrolError::RateLimited {
+            what: format!("address {address}"),
+            max: REQUESTS_PER_ADDRESS_MINUTE,
+        })
+    }
+
+    /// Handles one request from `nkey` at `now`.
+    pub async fn handle(&self, payload: &[u8], nkey: &str, now: i64) -> Result<Value, EnrolError> {
+        let request = verify_request(payload, nkey, now)?;
+        let id = PeelId::parse(&request.id)?;
+        let existing = self.keys.get(&id).await?;
+        match request.op {
+            Op::Enrol => {
+                if let Some((record, _)) = &existing {
+                    if record.nkey != request.nkey {
+                        return Err(EnrolError::IdTaken {
+                            id: id.to_string(),
+                            state: record.state,
+                        });
+                    }
+                    return Ok(json!({ "state": record.state }));
+                }
+                // One creation at a time, each visible in the cache before the next is
+                // checked: otherwise concurrent requests all pass the checks below.
+                let _one_at_a_time = self.creating.lock().await;
+                let cache = self.keys.cache();
+                if let Some(held) = cache.lookup_nkey(&request.nkey) {
+                    if held.id == id {
+                        return Ok(json!({ "state": held.state }));
+                    }
+                    return Err(EnrolError::KeyInUse {
+                        id: held.id.to_string(),
+                    });
+                }
+                if let Some(record) = cache.lookup_id(&id) {
+                    return Err(EnrolError::IdTaken {
+                        id: id.to_string(),
+                        state: record.state,
+                    });
+                }
+                let pending = cache.counts().pending;
+                if pending >= self.max_pending {
+                    return Err(EnrolError::TooManyPending {
+                        pending,
+                        max: self.max_pending,
+                    });
+                }
+                let reason = format!("enrolled from {}", request.hostname);
+                let mut record = KeyRecord::new_pending(
+                    id.clone(),
+                    &request.nkey,
+                    request.xkey.as_deref(),
+                    "enrolment",
+                    &reason,
+                    now,
+                )?;
+                if let Some(policy) = self.auto_accepts(&id) {
+                    record = record.transition(KeyState::Accepted, policy, "accept policy", now)?;
+                }
+                let revision = self.keys.create(&record).await?;
+                if self
+                    .keys
+                    .wait_for_revision(revision, Duration::from_secs(2))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(peel = %id, "the key store's cache did not show a new enrolment within 2 s");
+                }
+                tracing::info!(target: "audit", peel = %id, state = %record.state, fingerprint = %record.fingerprint(), "key enrolled");
+                Ok(json!({ "state": record.state, "fingerprint": record.fingerprint() }))
+            }
+            Op::Fetch => match existing {
+                Some((record, _)) if record.nkey == request.nkey => {
+                    if record.state != KeyState::Accepted {
+                        return Ok(json!({ "state": record.state }));
+                    }
+                    let jwt = self.authority.issue_user(
+                        &record.nkey,
+                        id.as_str(),
+                        &Role::Peel(id.clone()),
+                        now,
+                        self.peel_expiry,
+                    )?;
+                    // The master's curve key goes into the peel's profile: the sender of
+                    // every secret sealed for it.
+                    Ok(json!({
+                        "state": record.state,
+                        "jwt": jwt.token(),
+                        "master_xkey": self.authority.master_xkey.public_key(),
+                    }))
+                }
+                _ => Err(EnrolError::NotEnrolled { id: id.to_string() }),
+            },
+        }
+    }
+
+    fn auto_accepts(&self, id: &PeelId) -> Option<&'static str> {
+        match self.policy {
+            AcceptPolicy::Manual => None,
+            AcceptPolicy::AutoAll => Some("policy auto-all"),
+            AcceptPolicy::AutoTrusted => self
+                .trusted
+                .iter()
+                .any(|glob| crate::appliance::admin::glob_matches(glob, id.as_str()))
+                .then_some("policy auto-trusted"),
+        }
+    }
+}
+
+impl EnrolError {
+    /// A short stable code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnrolError::Request(e) => e.code(),
+            EnrolError::PeelId(_) => "enrol_bad_id",
+            EnrolError::IdTaken { .. } => "enrol_id_taken",
+            EnrolError::TooManyPending { .. } => "enrol_too_many_pending",
+            EnrolError::NotEnrolled { .. } => "enrol_not_enrolled",
+            EnrolError::KeyInUse { .. } => "enrol_key_in_use",
+            EnrolError::RateLimited { .. } => "enrol_rate_limited",
+            EnrolError::Store(_) | EnrolError::Authority(_) | EnrolError::Record(_) => "internal",
+        }
+    }
+}
+
+/// The audit record of one enrolment request (the id is read unverified for a refusal, to say
+/// what was asked for).
+fn enrol_audit(
+    outcome: &Result<Value, EnrolError>,
+    payload: &[u8],
+    nkey: &str,
+    now: i64,
+) -> AuditRecord {
+    let asked = serde_json::from_slice::<SignedRequest>(payload)
+        .ok()
+        .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
+        .and_then(|b| serde_json::from_slice::<EnrolRequest>(&b).ok());
+    let mut record = match outcome {
+        Ok(value) => {
+            let mut record = AuditRecord::at(now, "enrol", "allow");
+            record.reason = format!(
+                "{} request answered: {}",
+                asked.as_ref().map_or("enrolment", |a| match a.op {
+                    Op::Enrol => "enrol",
+                    Op::Fetch => "fetch",
+                }),
+                value["state"].as_str().unwrap_or("?")
+            );
+            record
+        }
+        Err(e) => {
+            let mut record = AuditRecord::at(now, "enrol", "refuse");
+            record.code = e.code().to_string();
+            record.reason = e.to_string();
+            record
+        }
+    };
+    record.nkey = nkey.chars().take(64).collect();
+    if let Some(asked) = asked {
+        record.peel_id = asked.id.chars().take(128).collect();
+        record.connection_name = asked.hostname.chars().take(128).collect();
+    }
+    record.role = "enrolling".to_string();
+    record
+}

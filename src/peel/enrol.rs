@@ -1,0 +1,313 @@
+//! Enrolment, the peel's half (`zester peel enrol`): make (or reuse) the nkey and curve key
+//! locally, connect with the nkey alone (the callout admits an enrolling session that may only
+//! publish on `zester.enrol.<its nkey>`), ask with a request signed by that nkey, and once an
+//! admin accepted it fetch the user JWT and write `<dir>/<id>.creds` and the profile itself.
+//! The seed never leaves the machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nkeys::{KeyPair, XKey};
+use serde_json::Value;
+
+use crate::home::{self, now_unix};
+use crate::identity::creds::Creds;
+use crate::identity::keys::{self, KeyRole};
+use crate::identity::peel_id::PeelId;
+use crate::wire::enrol::{sign_request, EnrolRequest, Op};
+use crate::wire::subjects;
+
+/// What `zester peel enrol` needs.
+#[derive(Debug, Clone)]
+pub struct EnrolOptions {
+    /// `nats://host:port`.
+    pub server: String,
+    /// The id wanted.
+    pub id: String,
+    /// CA certificate to verify the server with.
+    pub ca: Option<PathBuf>,
+    /// SPKI pin of the master's CA (`sha256:…`): with a CA file, checked against it; alone,
+    /// the CA is taken from the server's chain only if it has this pin.
+    pub pin: Option<String>,
+    /// Where the seeds and the creds go (0700).
+    pub dir: PathBuf,
+    /// Keep asking until accepted.
+    pub wait: bool,
+}
+
+/// How `zester peel enrol` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    /// Creds written.
+    Enrolled {
+        /// The creds file.
+        creds: PathBuf,
+    },
+    /// Waiting for an admin (without `--wait`).
+    Pending {
+        /// The key's fingerprint, to compare with `zester key list`.
+        fingerprint: String,
+    },
+    /// An admin rejected the key.
+    Rejected,
+}
+
+/// Why the peel side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeelEnrolError {
+    /// A file problem.
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    /// The key files are unusable.
+    #[error("{}: not a usable seed; move it away to make a new key", path.display())]
+    BadSeed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {url} to enrol: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The master refused or did not answer.
+    #[error("enrolment refused: {0}")]
+    Refused(String),
+    /// A bad id.
+    #[error(transparent)]
+    PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// How to trust the master is missing or wrong.
+    #[error("{0}")]
+    Trust(String),
+    /// The JWT handed out does not fit the key.
+    #[error("the master handed out creds that do not fit this key: {0}")]
+    BadCreds(String),
+}
+
+fn load_or_create_seed(
+    path: &Path,
+    make: impl FnOnce() -> String,
+    valid: impl Fn(&str) -> bool,
+) -> Result<String, PeelEnrolError> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|source| home::HomeError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let seed = text.trim().to_string();
+        return if valid(&seed) {
+            Ok(seed)
+        } else {
+            Err(PeelEnrolError::BadSeed {
+                path: path.to_path_buf(),
+            })
+        };
+    }
+    let seed = make();
+    home::write_atomic(path, format!("{seed}\n").as_bytes(), home::SECRET_MODE)?;
+    Ok(seed)
+}
+
+/// Refuses a CA file whose pin is not `pin`.
+pub fn check_ca_pin(ca: &Path, pin: &str) -> Result<(), PeelEnrolError> {
+    let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
+        action: "read",
+        path: ca.to_path_buf(),
+        source,
+    })?;
+    let found = crate::pki::spki_pin_from_cert_pem(&pem)
+        .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?;
+    if found.eq_ignore_ascii_case(pin.trim()) {
+        Ok(())
+    } else {
+        Err(PeelEnrolError::Trust(format!(
+            "{} has pin {found}, not {pin}: do not trust this CA file",
+            ca.display()
+        )))
+    }
+}
+
+/// The peel side: make (or reuse) the keys in `options.dir`, enrol, and with `wait` poll until
+/// an admin decides; writes `<dir>/<id>.creds` once accepted. `progress` hears each step.
+pub async fn enrol(
+    options: &EnrolOptions,
+    progress: impl Fn(&str),
+) -> Result<EnrolOutcome, PeelEnrolError> {
+    let id = PeelId::parse(&options.id)?;
+    home::create_private_dir(&options.dir)?;
+    let seed_path = options.dir.join(format!("{id}.nk"));
+    let seed = load_or_create_seed(
+        &seed_path,
+        || KeyPair::new_user().seed().unwrap_or_default(),
+        |s| keys::pair_from_seed(s, &[KeyRole::User]).is_ok(),
+    )?;
+    let xkey_seed = load_or_create_seed(
+        &options.dir.join(format!("{id}.xk")),
+        || XKey::new().seed().unwrap_or_default(),
+        |s| XKey::from_seed(s).is_ok(),
+    )?;
+    let key =
+        keys::pair_from_seed(&seed, &[KeyRole::User]).map_err(|_| PeelEnrolError::BadSeed {
+            path: seed_path.clone(),
+        })?;
+    let xkey = XKey::from_seed(&xkey_seed)
+        .map(|x| x.public_key())
+        .map_err(|_| PeelEnrolError::BadSeed {
+            path: options.dir.join(format!("{id}.xk")),
+        })?;
+    let nkey = key.public_key();
+    progress(&format!(
+        "key {nkey} (fingerprint {})",
+        crate::wire::record::fingerprint(&nkey)
+    ));
+
+    let connect_error = |reason: String| {
+        let hint = if reason.to_lowercase().contains("authorization violation") {
+            " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
+        } else {
+            ""
+        };
+        PeelEnrolError::Connect {
+            url: options.server.clone(),
+            reason: format!("{reason}{hint}"),
+        }
+    };
+    let ca_pin = match (&options.pin, &options.ca) {
+        (Some(pin), _) => pin.trim().to_string(),
+        (None, Some(ca)) => {
+            let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
+                action: "read",
+                path: ca.clone(),
+                source,
+            })?;
+            crate::pki::spki_pin_from_cert_pem(&pem)
+                .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?
+        }
+        (None, None) => String::new(),
+    };
+    let trust = async_nats::ConnectOptions::with_nkey(seed.clone());
+    let trust = match (&options.ca, &options.pin) {
+        (Some(ca), pin) => {
+            if let Some(pin) = pin {
+                check_ca_pin(ca, pin)?;
+            }
+            trust.add_root_certificates(ca.clone())
+        }
+        (None, Some(pin)) => trust.tls_client_config(
+            crate::net::tls::pinned_client_config(pin)
+                .map_err(|e| PeelEnrolError::Trust(e.to_string()))?,
+        ),
+        (None, None) => {
+            return Err(PeelEnrolError::Trust(
+                "give the master's CA file (--ca) or its pin (--pin sha256:…)".into(),
+            ))
+        }
+    };
+    let trust = trust
+        .require_tls(true)
+        .name(format!("zester-peel-{id}"))
+        .custom_inbox_prefix(format!("_INBOX.{nkey}"))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(3));
+    // With --wait a master that is down (or not up yet) is waited for, like an admin's decision.
+    let mut pause = Duration::from_secs(2);
+    let mut said: Option<std::time::Instant> = None;
+    let client = loop {
+        match trust.clone().connect(options.server.as_str()).await {
+            Ok(client) => break client,
+            Err(e)
+                if options.wait
+                    && !matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+            {
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    progress(&format!(
+                        "cannot reach {} yet ({e}); retrying (said at most once a minute)",
+                        options.server
+                    ));
+                    said = Some(std::time::Instant::now());
+                }
+                let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(connect_error(e.to_string())),
+        }
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let ask = |op: Op| {
+        let request = EnrolRequest {
+            op,
+            id: id.to_string(),
+            nkey: nkey.clone(),
+            xkey: Some(xkey.clone()),
+            hostname: hostname.clone(),
+            at: now_unix(),
+        };
+        let client = client.clone();
+        let key = &key;
+        async move {
+            let signed =
+                sign_request(key, &request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            let body = serde_json::to_vec(&signed).unwrap_or_default();
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request(subjects::enrol(&request.nkey), body.into()),
+            )
+            .await
+            .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?
+            .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            let answer: Value = serde_json::from_slice(&reply.payload)
+                .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+            if let Some(error) = answer.get("error").and_then(Value::as_str) {
+                return Err(PeelEnrolError::Refused(error.to_string()));
+            }
+            Ok(answer["ok"].clone())
+        }
+    };
+    let enrolled = ask(Op::Enrol).await?;
+    let fingerprint = crate::wire::record::fingerprint(&nkey);
+    progress(&format!("enrolment recorded: {}", enrolled["state"]));
+    loop {
+        let fetched = ask(Op::Fetch).await?;
+        match fetched["state"].as_str() {
+            Some("accepted") => {
+                let jwt_text = fetched["jwt"].as_str().unwrap_or_default();
+                let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
+                    .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+                let creds =
+                    Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+                let path = options.dir.join(format!("{id}.creds"));
+                home::write_creds(&path, &creds)?;
+                if let Some(master_xkey) = fetched["master_xkey"].as_str() {
+                    let profile = crate::peel::PeelProfile {
+                        id: id.to_string(),
+                        servers: vec![options.server.clone()],
+                        ca_pin: ca_pin.clone(),
+                        master_xkey: master_xkey.to_string(),
+                    };
+                    let at = crate::peel::PeelProfile::path_in(&options.dir, id.as_str());
+                    crate::peel::profile::write(&profile, &at)
+                        .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
+                }
+                return Ok(EnrolOutcome::Enrolled { creds: path });
+            }
+            Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),
+            _ if !options.wait => return Ok(EnrolOutcome::Pending { fingerprint }),
+            _ => {
+                progress(&format!(
+                    "waiting for approval: on the master run `zester key accept {id} --fingerprint {fingerprint}`"
+                ));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}

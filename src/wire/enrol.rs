@@ -1,0 +1,172 @@
+//! Enrolment's wire (DESIGN §6): what an enrolling key asks on `zester.enrol.<its nkey>` —
+//! `{"request": base64url(json), "sig": base64url(ed25519)}` — and how it is signed and
+//! checked. The signature binds the id, the curve key and the time to the nkey, and the subject
+//! must name the same key.
+
+use data_encoding::BASE64URL_NOPAD;
+use nkeys::{KeyPair, XKey};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::keys::{self, KeyRole};
+
+/// How far a request's time may be from the appliance's clock.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// What the peel asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Record my key for this id.
+    Enrol,
+    /// Give me my user JWT (once accepted).
+    Fetch,
+}
+
+/// The signed body of an enrolment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// What is asked.
+    pub op: Op,
+    /// The peel id wanted.
+    pub id: String,
+    /// The peel's user key (`U…`), the one signing the request.
+    pub nkey: String,
+    /// The peel's curve key (`X…`), for secrets.
+    pub xkey: Option<String>,
+    /// The peel's hostname, for the admin's eyes.
+    pub hostname: String,
+    /// Unix seconds when made.
+    pub at: i64,
+}
+
+/// The wire form: the request as base64url JSON and its signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedRequest {
+    /// base64url(JSON of [`EnrolRequest`]).
+    pub request: String,
+    /// base64url(Ed25519 signature of the decoded `request` bytes by `nkey`).
+    pub sig: String,
+}
+
+/// Why an enrolment request is not acceptable as a request (before any key-store decision).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not the wire form.
+    #[error("malformed enrolment request: {0}")]
+    Malformed(String),
+    /// The signature does not verify, or the subject names another key.
+    #[error("the enrolment request is not signed by the key it names")]
+    BadSignature,
+    /// Too old or from the future.
+    #[error("the enrolment request is {age} s away from the master's clock (more than {MAX_SKEW_SECS} s): check the peel's clock")]
+    Stale {
+        /// Seconds off.
+        age: i64,
+    },
+}
+
+impl RequestError {
+    /// A short stable code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::Malformed(_) => "enrol_malformed",
+            RequestError::BadSignature => "enrol_bad_signature",
+            RequestError::Stale { .. } => "enrol_stale",
+        }
+    }
+}
+
+/// Signs `request` with `key`.
+pub fn sign_request(key: &KeyPair, request: &EnrolRequest) -> Result<SignedRequest, RequestError> {
+    let body = serde_json::to_vec(request).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let sig = key.sign(&body).map_err(|_| RequestError::BadSignature)?;
+    Ok(SignedRequest {
+        request: BASE64URL_NOPAD.encode(&body),
+        sig: BASE64URL_NOPAD.encode(&sig),
+    })
+}
+
+/// Verifies a request that arrived on `zester.enrol.<subject_nkey>` at `now`.
+pub fn verify_request(
+    payload: &[u8],
+    subject_nkey: &str,
+    now: i64,
+) -> Result<EnrolRequest, RequestError> {
+    let signed: SignedRequest =
+        serde_json::from_slice(payload).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let decode = |text: &str| {
+        BASE64URL_NOPAD
+            .decode(text.as_bytes())
+            .map_err(|_| RequestError::Malformed("not base64url".into()))
+    };
+    let body = decode(&signed.request)?;
+    let sig = decode(&signed.sig)?;
+    let request: EnrolRequest =
+        serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    if request.nkey != subject_nkey {
+        return Err(RequestError::BadSignature);
+    }
+    keys::expect_role(&request.nkey, &[KeyRole::User]).map_err(|_| RequestError::BadSignature)?;
+    keys::verify(&request.nkey, &body, &sig).map_err(|_| RequestError::BadSignature)?;
+    if (now - request.at).abs() > MAX_SKEW_SECS {
+        return Err(RequestError::Stale {
+            age: now - request.at,
+        });
+    }
+    if let Some(xkey) = &request.xkey {
+        if XKey::from_public_key(xkey).is_err() {
+            return Err(RequestError::Malformed("xkey is not a curve key".into()));
+        }
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn request(key: &KeyPair, at: i64) -> EnrolRequest {
+        EnrolRequest {
+            op: Op::Enrol,
+            id: "web-01".into(),
+            nkey: key.public_key(),
+            xkey: Some(XKey::new().public_key()),
+            hostname: "h".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn signed_requests_verify_only_for_their_key_and_time() {
+        let key = KeyPair::new_user();
+        let signed = sign_request(&key, &request(&key, NOW)).unwrap();
+        let body = serde_json::to_vec(&signed).unwrap();
+        assert_eq!(
+            verify_request(&body, &key.public_key(), NOW).unwrap().id,
+            "web-01"
+        );
+        let other = KeyPair::new_user().public_key();
+        assert!(matches!(
+            verify_request(&body, &other, NOW),
+            Err(RequestError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_request(&body, &key.public_key(), NOW + 301),
+            Err(RequestError::Stale { .. })
+        ));
+        // A request signed by one key but claiming another.
+        let thief = KeyPair::new_user();
+        let forged = sign_request(&thief, &request(&key, NOW)).unwrap();
+        let body = serde_json::to_vec(&forged).unwrap();
+        assert!(matches!(
+            verify_request(&body, &key.public_key(), NOW),
+            Err(RequestError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_request(b"{}", &key.public_key(), NOW),
+            Err(RequestError::Malformed(_))
+        ));
+    }
+}
