@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cli::client::{admin_connect, admin_request, StatusError};
-use crate::cli::commands::Output;
+use crate::cli::output::Output;
 use crate::home::Home;
 use crate::identity::peel_id::glob_matches;
 use crate::wire::admin::{KeySummary, KEY_LIST};

@@ -17,16 +17,7 @@ use crate::identity::time::{parse_duration, rfc3339, DurationError};
 use crate::wire::profile::PeelProfile;
 use crate::wire::record::{KeyRecord, KeyState};
 
-/// What a command prints, both ways, and how it exits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Output {
-    /// Text for people.
-    pub human: String,
-    /// The `--json` document.
-    pub json: Value,
-    /// Process exit code (0 = success).
-    pub exit_code: i32,
-}
+pub use super::output::Output;
 
 /// Why a command could not run.
 #[derive(Debug, thiserror::Error)]

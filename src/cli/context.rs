@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::cli::commands::Output;
+use crate::cli::output::Output;
 use crate::home::runtime::RuntimeInfo;
 use crate::home::{self, Home, HomeError};
 use crate::permissions;

@@ -5,4 +5,5 @@ pub mod client;
 pub mod cmd;
 pub mod commands;
 pub mod context;
+pub mod output;
 pub mod secret;

@@ -1,5 +1,8 @@
-//! What both ends of a conversation share, pure: subject names and the rule for where a
-//! service may send its answer. No I/O here; the appliance and the peel build on it.
+//! What both ends of a conversation share, pure: the subjects (`subjects`) and the rule for
+//! where a service may send its answer (`reply`); the signed requests of enrolment and
+//! rotation (`enrol`, `rotate`); the admin API's requests (`admin`); the key record (`record`)
+//! and the peel's profile (`profile`); the timeouts both sides must agree on. No I/O here: the
+//! appliance, the peel and the CLI build on it.
 
 pub mod admin;
 pub mod enrol;
