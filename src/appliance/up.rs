@@ -151,210 +151,35 @@ pub struct Appliance {
 }
 
 impl Appliance {
-    /// Starts everything; returns once the appliance is ready.
+    /// Starts everything, step by step, and returns once the appliance is ready: the home
+    /// (initialised if needed, its account JWT repaired), the nats-server child, the callout
+    /// and the system connection, zester's own store and service connections, the key store,
+    /// the services, and last `runtime.json` for the CLI.
     pub async fn start(home: Home, options: UpOptions) -> Result<Appliance, UpError> {
         let started = Instant::now();
         let started_at = now_unix();
-        if !home.is_initialised() {
-            tracing::info!(
-                "no zester home at {}: initialising it",
-                home.root().display()
-            );
-            let report = home.init(false, &options.hostname, started_at)?;
-            tracing::info!(operator = %report.operator, ca_pin = %report.ca_pin, "home initialised");
-        }
-        let config = home.load_config()?;
-        let config_error = |source| HomeError::Config {
-            path: home.config_file(),
-            source,
-        };
-        let session_ttl = config.session_ttl().map_err(config_error)?;
-        let own_users = service_roles(&home)?;
-        let authority = Arc::new(repair_revocations(
-            &home,
-            home.load_authority()?,
-            &own_users,
-            started_at,
-        )?);
-
-        let listen = options
-            .listen
-            .clone()
-            .unwrap_or(config.server.listen.clone());
-        let monitor = options
-            .monitor
-            .clone()
-            .unwrap_or(config.server.monitor.clone());
-        let explicit_binary = options.nats_server.clone().or_else(|| {
-            (!config.server.nats_server.is_empty())
-                .then(|| PathBuf::from(&config.server.nats_server))
-        });
-        let binary = binary::locate(explicit_binary.as_deref())?;
-        let version = binary::check_version(&binary.path)?;
-        tracing::info!(path = %binary.path.display(), found_by = %binary.found_by, %version, "nats-server");
-
-        for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
-            home::create_private_dir(&dir)?;
-        }
-        if !home.server_chain().exists() {
-            home.write_server_chain()?;
-        }
-        let sentinel = authority.issue_sentinel(started_at)?;
-        let zester_key = authority.zester.public_key();
-        let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
-            let rendered = server_config::render_for_home(
-                &home,
-                &authority,
-                sentinel.token(),
-                listen,
-                monitor,
-                config.jetstream_limits().map_err(config_error)?,
-            )?;
-            home::write_atomic(
-                &home.nats_config_file(),
-                rendered.as_bytes(),
-                home::SECRET_MODE,
-            )?;
-            Ok(())
-        };
-        render(&listen, &monitor)?;
-
-        let supervisor = Supervisor::start(SupervisorSettings::new(
-            binary.path.clone(),
-            home.nats_config_file(),
-            home.nats_dir(),
-            HostPort::parse("server.listen", &listen)?,
-            HostPort::parse("server.monitor", &monitor)?,
-        ))
-        .await?;
-        let child = supervisor.info();
-        // Ports chosen at run time (port 0) are pinned for restarts, so that clients (and this
-        // process) find a restarted child where the first one was.
-        let listen_at = HostPort::parse("server.listen", &listen)?;
-        let monitor_at = HostPort::parse("server.monitor", &monitor)?;
-        if listen_at.port() == 0 || monitor_at.port() == 0 {
-            let pin = |at: &HostPort, port: Option<u16>| match port {
-                Some(port) if at.port() == 0 => join_host_port(at.host(), port),
-                _ => at.to_string(),
-            };
-            render(
-                &pin(&listen_at, Some(child.ports.client.port())),
-                &pin(&monitor_at, child.ports.monitor.map(|m| m.port())),
-            )?;
-        }
-        let endpoint = Endpoint {
-            // TLS is required: the URL says so, as the one a user pastes must.
-            url: format!("tls://127.0.0.1:{}", child.ports.client.port()),
-            ca: home.ca_cert(),
-        };
-        tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
-
+        let mut prepared = prepare(&home, &options, started_at)?;
+        let broker = start_broker(&home, &prepared, &options).await?;
         let (audit, audit_task) = audit::start(&home.audit_log());
-        let mut services = own_users;
-        // zester's own service and store users: fresh keys at every start, held in memory
-        // only, so only this run's are trusted.
-        let mut own_creds = |name: &str, role: Role| -> Result<Arc<Creds>, UpError> {
-            let key = nkeys::KeyPair::new_user();
-            let creds = authority.issue_creds(key, name, &role, started_at, 0)?;
-            services.insert(creds.key().public_key(), role);
-            Ok(Arc::new(creds))
-        };
-        let service_creds = own_creds("service", Role::Service)?;
-        let store_creds = own_creds("store", Role::Store)?;
-        let trust = Trust {
-            operator: authority.operator_jwt.clone(),
-            account: authority.zester_jwt.clone(),
-            sentinel: sentinel.token().to_string(),
-            services,
-        };
+        let own = OwnUsers::issue(&prepared.authority, &mut prepared.services, started_at)?;
         let state = Arc::new(CalloutState::new(
-            authority.clone(),
-            trust,
-            session_ttl,
+            prepared.authority.clone(),
+            prepared.trust(),
+            prepared.session_ttl,
             audit.clone(),
         ));
-
-        let callout_creds = home.service_creds("callout");
-        // The master signs in through the callout: after a restart of the child it reconnects
-        // only once the callout connection is back.
-        let callout_presence = state.connection.clone();
-        // Several connections in the callout's queue group: nats-server handles the answers
-        // arriving on one connection one after another, so under a reconnect storm a single
-        // connection's answers queue up past the server's auth timeout.
-        let mut callout = Vec::with_capacity(CALLOUT_CONNECTIONS);
-        let mut tasks = Vec::new();
-        for n in 0..CALLOUT_CONNECTIONS {
-            let client = connect_own(
-                &endpoint,
-                &callout_creds,
-                &format!("zester-callout-{n}"),
-                ADMIN_INBOX_PREFIX,
-                "callout connection",
-                ConnectionOrder {
-                    announce: (n == 0).then(|| callout_presence.clone()),
-                    after: None,
-                },
-            )
-            .await?;
-            tasks.push(
-                service::serve(client.clone(), state.clone())
-                    .await
-                    .map_err(nats_error("subscribing to $SYS.REQ.USER.AUTH"))?,
-            );
-            callout.push(client);
-        }
-
-        let sys_creds = home.service_creds("sys");
-        let sys = connect_own(
-            &endpoint,
-            &sys_creds,
-            "zester-sys",
-            "_INBOX._sys",
-            "system connection",
-            ConnectionOrder::default(),
-        )
-        .await?;
-        tasks.push(
-            watch_server_events(
-                sys.clone(),
-                state.clone(),
-                audit.clone(),
-                zester_key.clone(),
-            )
-            .await?,
-        );
-
-        // zester's own two connections through the callout, each with least privilege: the
-        // store connection alone speaks JetStream (its buckets only) and hears nothing a
-        // client can send; the service connection hears the requests and may only answer
-        // into inboxes (DESIGN §4).
-        // zester's own two connections through the callout, each with least privilege: the
-        // store connection alone speaks JetStream (its buckets only) and hears nothing a
-        // client can send; the service connection hears the requests and may only answer
-        // into inboxes (DESIGN §4).
-        let store = connect_own_in_memory(
-            &endpoint,
-            store_creds,
-            ("zester-store", STORE_INBOX_PREFIX),
-            "key store connection (through the callout)",
-            &callout_presence,
-        )
-        .await?;
-        let service = connect_own_in_memory(
-            &endpoint,
-            service_creds,
-            ("zester-service", SERVICE_INBOX_PREFIX),
-            "service connection (through the callout)",
-            &callout_presence,
-        )
-        .await?;
+        let (callout, mut tasks) = start_callout(&home, &broker.endpoint, &state).await?;
+        let (sys, events) =
+            start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
+        tasks.push(events);
+        let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
         let keys = Arc::new(KeyStore::open(store.clone()).await?);
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
         let runtime = RuntimeInfo {
             pid: std::process::id(),
-            url: endpoint.url.clone(),
-            monitor_url: child.ports.monitor.map(|m| format!("http://{m}")),
+            url: broker.endpoint.url.clone(),
+            monitor_url: broker.monitor.map(|m| format!("http://{m}")),
             started_at,
         };
         let ready_after = started.elapsed();
@@ -364,89 +189,23 @@ impl Appliance {
             sys: sys.clone(),
             runtime: runtime.clone(),
             ready_after,
-            supervisor: supervisor.info_handle(),
-            nats_version: version.clone(),
+            supervisor: broker.supervisor.info_handle(),
+            nats_version: broker.version.clone(),
         };
-        tasks.push(serve_status(service.clone(), status, audit.clone()).await?);
-        state.set_enrol_rate(config.keys.enrol_rate);
-        let enrol = Arc::new(EnrolService {
-            authority: authority.clone(),
-            keys: keys.clone(),
-            policy: config.accept_policy().map_err(config_error)?,
-            trusted: config.keys.trusted.clone(),
-            max_pending: config.keys.max_pending as usize,
-            peel_expiry: config.peel_expiry().map_err(config_error)?,
-            audit: audit.clone(),
-            limits: crate::appliance::enrol::EnrolLimits::new(Some(state.clone())),
-            creating: tokio::sync::Mutex::new(()),
-        });
-        tasks.push(
-            enrol
-                .serve(service.clone())
-                .await
-                .map_err(nats_error("subscribing to the enrolment subjects"))?,
-        );
-        let settings = Arc::new(
-            crate::appliance::settings::SettingsStore::open(store.clone())
-                .await
-                .map_err(|e| UpError::Nats {
-                    what: "opening the settings bucket",
-                    reason: e.to_string(),
-                })?,
-        );
-        tasks.push(
-            crate::appliance::settings::serve_peels(
-                settings.clone(),
-                service.clone(),
-                audit.clone(),
-            )
-            .await
-            .map_err(nats_error("subscribing to the settings requests"))?,
-        );
-        let admin = Arc::new(AdminService {
-            home: home.clone(),
-            authority: authority.clone(),
-            keys: keys.clone(),
-            callout: state.clone(),
-            sys: sys.clone(),
-            account_lock: tokio::sync::Mutex::new(()),
-            settings,
-            audit: audit.clone(),
-        });
-        tasks.push(
-            admin
-                .clone()
-                .serve(service.clone())
-                .await
-                .map_err(nats_error("subscribing to the admin subjects"))?,
-        );
-        let rotate = Arc::new(RotateService {
-            authority: authority.clone(),
-            keys: keys.clone(),
-            admin,
-            peel_expiry: config.peel_expiry().map_err(config_error)?,
-            audit: audit.clone(),
-        });
-        tasks.push(
-            rotate
-                .serve(service.clone())
-                .await
-                .map_err(nats_error("subscribing to the rotation subjects"))?,
-        );
-        tasks.push(tokio::spawn(import_journal_periodically(
-            home.clone(),
-            keys.clone(),
-        )));
-
-        // Once more just before saying ready: a `creds issue` that found no running appliance
-        // while this one started has journalled its key, and must be admitted when it is up.
-        import_journal(&home, &keys).await;
-        let text = serde_json::to_vec_pretty(&runtime).unwrap_or_default();
-        home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
-        tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %endpoint.url, "zester is ready");
+        let context = ServiceContext {
+            home: &home,
+            prepared: &prepared,
+            state: &state,
+            keys: &keys,
+            store: &store,
+            sys: &sys,
+            audit: &audit,
+        };
+        tasks.extend(serve_services(context, &service, status).await?);
+        announce_ready(&home, &keys, &runtime, ready_after).await?;
         Ok(Appliance {
             home,
-            supervisor,
+            supervisor: broker.supervisor,
             state,
             callout,
             sys,
@@ -455,7 +214,7 @@ impl Appliance {
             keys,
             tasks,
             audit_task,
-            endpoint,
+            endpoint: broker.endpoint,
             runtime,
             ready_after,
         })
@@ -528,6 +287,390 @@ impl Appliance {
         let _ = std::fs::remove_file(self.home.runtime_file());
         tracing::info!("zester stopped");
     }
+}
+
+/// What the home gives the appliance before anything runs.
+struct Prepared {
+    config: crate::home::config::Config,
+    config_file: PathBuf,
+    authority: Arc<crate::authority::Authority>,
+    /// zester's own users by key (master and admin from the home; service and store added
+    /// by [`OwnUsers::issue`]), never by what they claim.
+    services: std::collections::HashMap<String, Role>,
+    session_ttl: i64,
+    sentinel: crate::identity::jwt::UserJwt,
+}
+
+impl Prepared {
+    fn config_error(&self) -> impl Fn(crate::home::config::ConfigError) -> HomeError + '_ {
+        |source| HomeError::Config {
+            path: self.config_file.clone(),
+            source,
+        }
+    }
+
+    /// The callout's trust anchors.
+    fn trust(&self) -> Trust {
+        Trust {
+            operator: self.authority.operator_jwt.clone(),
+            account: self.authority.zester_jwt.clone(),
+            sentinel: self.sentinel.token().to_string(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+/// Step 1, the home: initialised if there is none, its configuration read, its account JWT
+/// repaired if it revokes zester itself ([`repair_revocations`]), the sentinel signed.
+fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpError> {
+    if !home.is_initialised() {
+        tracing::info!(
+            "no zester home at {}: initialising it",
+            home.root().display()
+        );
+        let report = home.init(false, &options.hostname, now)?;
+        tracing::info!(operator = %report.operator, ca_pin = %report.ca_pin, "home initialised");
+    }
+    let config = home.load_config()?;
+    let session_ttl = config.session_ttl().map_err(|source| HomeError::Config {
+        path: home.config_file(),
+        source,
+    })?;
+    let services = service_roles(home)?;
+    let authority = Arc::new(repair_revocations(
+        home,
+        home.load_authority()?,
+        &services,
+        now,
+    )?);
+    let sentinel = authority.issue_sentinel(now)?;
+    Ok(Prepared {
+        config,
+        config_file: home.config_file(),
+        authority,
+        services,
+        session_ttl,
+        sentinel,
+    })
+}
+
+/// The running nats-server child and how to reach it.
+struct Broker {
+    supervisor: Supervisor,
+    endpoint: Endpoint,
+    monitor: Option<std::net::SocketAddr>,
+    version: String,
+}
+
+/// Step 2, the broker: find and check nats-server, render its configuration, start it as a
+/// supervised child, and pin ports chosen at run time (port 0) so that clients (and this
+/// process) find a restarted child where the first one was.
+async fn start_broker(
+    home: &Home,
+    prepared: &Prepared,
+    options: &UpOptions,
+) -> Result<Broker, UpError> {
+    let config = &prepared.config;
+    let listen = options
+        .listen
+        .clone()
+        .unwrap_or(config.server.listen.clone());
+    let monitor = options
+        .monitor
+        .clone()
+        .unwrap_or(config.server.monitor.clone());
+    let explicit_binary = options.nats_server.clone().or_else(|| {
+        (!config.server.nats_server.is_empty()).then(|| PathBuf::from(&config.server.nats_server))
+    });
+    let binary = binary::locate(explicit_binary.as_deref())?;
+    let version = binary::check_version(&binary.path)?;
+    tracing::info!(path = %binary.path.display(), found_by = %binary.found_by, %version, "nats-server");
+
+    for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
+        home::create_private_dir(&dir)?;
+    }
+    if !home.server_chain().exists() {
+        home.write_server_chain()?;
+    }
+    let limits = config.jetstream_limits().map_err(prepared.config_error())?;
+    let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
+        let rendered = server_config::render_for_home(
+            home,
+            &prepared.authority,
+            prepared.sentinel.token(),
+            listen,
+            monitor,
+            limits,
+        )?;
+        home::write_atomic(
+            &home.nats_config_file(),
+            rendered.as_bytes(),
+            home::SECRET_MODE,
+        )?;
+        Ok(())
+    };
+    render(&listen, &monitor)?;
+
+    let listen_at = HostPort::parse("server.listen", &listen)?;
+    let monitor_at = HostPort::parse("server.monitor", &monitor)?;
+    let supervisor = Supervisor::start(SupervisorSettings::new(
+        binary.path.clone(),
+        home.nats_config_file(),
+        home.nats_dir(),
+        listen_at.clone(),
+        monitor_at.clone(),
+    ))
+    .await?;
+    let child = supervisor.info();
+    if listen_at.port() == 0 || monitor_at.port() == 0 {
+        let pin = |at: &HostPort, port: Option<u16>| match port {
+            Some(port) if at.port() == 0 => join_host_port(at.host(), port),
+            _ => at.to_string(),
+        };
+        render(
+            &pin(&listen_at, Some(child.ports.client.port())),
+            &pin(&monitor_at, child.ports.monitor.map(|m| m.port())),
+        )?;
+    }
+    let endpoint = Endpoint {
+        // TLS is required: the URL says so, as the one a user pastes must.
+        url: format!("tls://127.0.0.1:{}", child.ports.client.port()),
+        ca: home.ca_cert(),
+    };
+    tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
+    Ok(Broker {
+        supervisor,
+        endpoint,
+        monitor: child.ports.monitor,
+        version,
+    })
+}
+
+/// zester's own service and store users: fresh keys at every start, held in memory only, so
+/// that only this run's are trusted.
+struct OwnUsers {
+    service: Arc<Creds>,
+    store: Arc<Creds>,
+}
+
+impl OwnUsers {
+    /// Step 3: signs both users and trusts their keys in `services`.
+    fn issue(
+        authority: &crate::authority::Authority,
+        services: &mut std::collections::HashMap<String, Role>,
+        now: i64,
+    ) -> Result<OwnUsers, UpError> {
+        let mut issue = |name: &str, role: Role| -> Result<Arc<Creds>, UpError> {
+            let creds = authority.issue_creds(nkeys::KeyPair::new_user(), name, &role, now, 0)?;
+            services.insert(creds.key().public_key(), role);
+            Ok(Arc::new(creds))
+        };
+        Ok(OwnUsers {
+            service: issue("service", Role::Service)?,
+            store: issue("store", Role::Store)?,
+        })
+    }
+
+    /// Step 6: both connections through the callout, each with least privilege — the store
+    /// connection alone speaks JetStream (its buckets only) and hears nothing a client can
+    /// send; the service connection hears the requests and may only answer into inboxes
+    /// (DESIGN §4). Returns `(store, service)`.
+    async fn connect(
+        self,
+        endpoint: &Endpoint,
+        callout: &connect::Presence,
+    ) -> Result<(async_nats::Client, async_nats::Client), UpError> {
+        let store = connect_own_in_memory(
+            endpoint,
+            self.store,
+            ("zester-store", STORE_INBOX_PREFIX),
+            "key store connection (through the callout)",
+            callout,
+        )
+        .await?;
+        let service = connect_own_in_memory(
+            endpoint,
+            self.service,
+            ("zester-service", SERVICE_INBOX_PREFIX),
+            "service connection (through the callout)",
+            callout,
+        )
+        .await?;
+        Ok((store, service))
+    }
+}
+
+/// Step 4, the callout: several connections in its queue group (nats-server handles the
+/// answers arriving on one connection one after another, so under a reconnect storm a single
+/// connection's answers queue up past the server's auth timeout), the first announcing its
+/// presence so that zester's other connections reconnect only after it.
+async fn start_callout(
+    home: &Home,
+    endpoint: &Endpoint,
+    state: &Arc<CalloutState>,
+) -> Result<(Vec<async_nats::Client>, Vec<tokio::task::JoinHandle<()>>), UpError> {
+    let creds = home.service_creds("callout");
+    let mut callout = Vec::with_capacity(CALLOUT_CONNECTIONS);
+    let mut tasks = Vec::new();
+    for n in 0..CALLOUT_CONNECTIONS {
+        let client = connect_own(
+            endpoint,
+            &creds,
+            &format!("zester-callout-{n}"),
+            ADMIN_INBOX_PREFIX,
+            "callout connection",
+            ConnectionOrder {
+                announce: (n == 0).then(|| state.connection.clone()),
+                after: None,
+            },
+        )
+        .await?;
+        tasks.push(
+            service::serve(client.clone(), state.clone())
+                .await
+                .map_err(nats_error("subscribing to $SYS.REQ.USER.AUTH"))?,
+        );
+        callout.push(client);
+    }
+    Ok((callout, tasks))
+}
+
+/// Step 5, the system connection (kicks, claim updates) and the server events it watches.
+async fn start_system(
+    home: &Home,
+    endpoint: &Endpoint,
+    state: &Arc<CalloutState>,
+    audit: &AuditSink,
+    prepared: &Prepared,
+) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>), UpError> {
+    let sys = connect_own(
+        endpoint,
+        &home.service_creds("sys"),
+        "zester-sys",
+        "_INBOX._sys",
+        "system connection",
+        ConnectionOrder::default(),
+    )
+    .await?;
+    let account = prepared.authority.zester.public_key();
+    let events = watch_server_events(sys.clone(), state.clone(), audit.clone(), account).await?;
+    Ok((sys, events))
+}
+
+/// What the services are built from.
+struct ServiceContext<'a> {
+    home: &'a Home,
+    prepared: &'a Prepared,
+    state: &'a Arc<CalloutState>,
+    keys: &'a Arc<KeyStore>,
+    store: &'a async_nats::Client,
+    sys: &'a async_nats::Client,
+    audit: &'a AuditSink,
+}
+
+/// Step 7, the services on zester's service connection: status, enrolment, peels' settings,
+/// the admin API, rotation; and the periodic journal import.
+async fn serve_services(
+    context: ServiceContext<'_>,
+    service: &async_nats::Client,
+    status: StatusSource,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, UpError> {
+    let ServiceContext {
+        home,
+        prepared,
+        state,
+        keys,
+        store,
+        sys,
+        audit,
+    } = context;
+    let config = &prepared.config;
+    let config_error = prepared.config_error();
+    let authority = &prepared.authority;
+    let peel_expiry = config.peel_expiry().map_err(&config_error)?;
+    let mut tasks = vec![serve_status(service.clone(), status, audit.clone()).await?];
+    state.set_enrol_rate(config.keys.enrol_rate);
+    let enrol = Arc::new(EnrolService {
+        authority: authority.clone(),
+        keys: keys.clone(),
+        policy: config.accept_policy().map_err(&config_error)?,
+        trusted: config.keys.trusted.clone(),
+        max_pending: config.keys.max_pending as usize,
+        peel_expiry,
+        audit: audit.clone(),
+        limits: crate::appliance::enrol::EnrolLimits::new(Some(state.clone())),
+        creating: tokio::sync::Mutex::new(()),
+    });
+    tasks.push(
+        enrol
+            .serve(service.clone())
+            .await
+            .map_err(nats_error("subscribing to the enrolment subjects"))?,
+    );
+    let settings = Arc::new(
+        crate::appliance::settings::SettingsStore::open(store.clone())
+            .await
+            .map_err(|e| UpError::Nats {
+                what: "opening the settings bucket",
+                reason: e.to_string(),
+            })?,
+    );
+    tasks.push(
+        crate::appliance::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
+            .await
+            .map_err(nats_error("subscribing to the settings requests"))?,
+    );
+    let admin = Arc::new(AdminService {
+        home: home.clone(),
+        authority: authority.clone(),
+        keys: keys.clone(),
+        callout: state.clone(),
+        sys: sys.clone(),
+        account_lock: tokio::sync::Mutex::new(()),
+        settings,
+        audit: audit.clone(),
+    });
+    tasks.push(
+        admin
+            .clone()
+            .serve(service.clone())
+            .await
+            .map_err(nats_error("subscribing to the admin subjects"))?,
+    );
+    let rotate = Arc::new(RotateService {
+        authority: authority.clone(),
+        keys: keys.clone(),
+        admin,
+        peel_expiry,
+        audit: audit.clone(),
+    });
+    tasks.push(
+        rotate
+            .serve(service.clone())
+            .await
+            .map_err(nats_error("subscribing to the rotation subjects"))?,
+    );
+    tasks.push(tokio::spawn(import_journal_periodically(
+        home.clone(),
+        keys.clone(),
+    )));
+    Ok(tasks)
+}
+
+/// Step 8, ready: the journal imported once more (a `creds issue` that found no running
+/// appliance while this one started has journalled its key, and must be admitted when it is
+/// up), then `runtime.json` for the CLI.
+async fn announce_ready(
+    home: &Home,
+    keys: &KeyStore,
+    runtime: &RuntimeInfo,
+    ready_after: Duration,
+) -> Result<(), UpError> {
+    import_journal(home, keys).await;
+    let text = serde_json::to_vec_pretty(runtime).unwrap_or_default();
+    home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
+    tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %runtime.url, "zester is ready");
+    Ok(())
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
