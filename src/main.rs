@@ -432,33 +432,90 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             monitor,
             nats_server,
-        } => {
-            let options = UpOptions {
-                listen,
-                monitor,
-                nats_server,
-                hostname: hostname(),
-            };
-            runtime()?.block_on(async {
-                let signals = StopSignals::install()?;
-                let appliance = Appliance::start(home, options).await?;
-                appliance.run_until_signal(signals).await
-            })?;
+        } => return up(home, listen, monitor, nats_server),
+        Command::Peel { command } => return peel_command(command),
+        Command::Secret { command } => {
+            secret_command(&home, command)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Peel {
-            command:
-                PeelCommand::Run {
-                    server,
-                    creds,
-                    dir,
-                    id,
-                    ca,
-                    pin,
-                    xkey,
-                    from,
-                    connect_timeout,
-                },
+        Command::Settings { command } => return settings_command(&home, command),
+        Command::Cmd {
+            target,
+            fun,
+            args,
+            timeout,
+            json,
+        } => {
+            let secs = zester::identity::time::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let timeout = std::time::Duration::from_secs(secs.max(1) as u64);
+            (
+                runtime()?.block_on(zester::cli::cmd::run(&home, &target, &fun, &args, timeout))?,
+                json,
+            )
+        }
+        Command::Key { command } => runtime()?.block_on(key_command(&home, command))?,
+        Command::Status { json } => {
+            match runtime()?.block_on(zester::cli::client::query_status(&home)) {
+                Ok(status) => (commands::status(&status), json),
+                Err(e) => {
+                    eprintln!("zester: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Creds { command } => creds_command(&home, command, now)?,
+        Command::Context {
+            command: ContextCommand::Export { name, role, json },
+        } => {
+            let dir = zester::cli::context::context_dir(
+                std::env::var_os("XDG_CONFIG_HOME"),
+                std::env::var_os("HOME"),
+            )?;
+            (
+                zester::cli::context::export(&home, &name, role.parse()?, &dir)?,
+                json,
+            )
+        }
+    };
+    print(&output, json)?;
+    Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
+}
+
+/// `zester up`: runs the appliance until SIGINT/SIGTERM.
+fn up(
+    home: Home,
+    listen: Option<String>,
+    monitor: Option<String>,
+    nats_server: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let options = UpOptions {
+        listen,
+        monitor,
+        nats_server,
+        hostname: hostname(),
+    };
+    runtime()?.block_on(async {
+        let signals = StopSignals::install()?;
+        let appliance = Appliance::start(home, options).await?;
+        appliance.run_until_signal(signals).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zester peel …`: the peel side.
+fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PeelCommand::Run {
+            server,
+            creds,
+            dir,
+            id,
+            ca,
+            pin,
+            xkey,
+            from,
+            connect_timeout,
         } => {
             let inputs = zester::peel::profile::RunInputs {
                 server,
@@ -480,38 +537,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .transpose()?;
             let ran =
                 runtime()?.block_on(zester::peel::agent::run_waiting(options, settings, timeout));
-            return match ran {
+            match ran {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e @ zester::peel::AgentError::GaveUp { .. }) => {
                     eprintln!("zester: {e}");
                     Ok(ExitCode::from(1))
                 }
                 Err(e) => Err(e.into()),
-            };
+            }
         }
-        Command::Peel {
-            command: PeelCommand::Rotate { server, creds, ca },
-        } => {
+        PeelCommand::Rotate { server, creds, ca } => {
             let options = zester::peel::rotate::RotateOptions { server, creds, ca };
             let fingerprint = runtime()?.block_on(zester::peel::rotate::rotate(&options))?;
             println!(
                 "key rotated: new key {fingerprint}; creds replaced in {}; the old key is revoked",
                 options.creds.display()
             );
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Peel { command } => {
-            let PeelCommand::Enrol {
-                server,
-                id,
-                ca,
-                pin,
-                dir,
-                wait,
-            } = command
-            else {
-                unreachable!("peel run and rotate are handled above")
-            };
+        PeelCommand::Enrol {
+            server,
+            id,
+            ca,
+            pin,
+            dir,
+            wait,
+        } => {
             let options = zester::peel::enrol::EnrolOptions {
                 server,
                 id: id.clone(),
@@ -523,128 +574,85 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = runtime()?.block_on(zester::peel::enrol::enrol(&options, |step| {
                 eprintln!("zester: {step}")
             }))?;
-            return Ok(match outcome {
+            Ok(match outcome {
                 zester::peel::enrol::EnrolOutcome::Enrolled { creds } => {
                     println!("enrolled as {id}: creds written to {}", creds.display());
                     ExitCode::SUCCESS
                 }
                 zester::peel::enrol::EnrolOutcome::Pending { fingerprint } => {
                     println!(
-                        "pending: ask an admin to run `zester key accept {id} --fingerprint {fingerprint}`, then run this again (or use --wait)"
-                    );
+                    "pending: ask an admin to run `zester key accept {id} --fingerprint {fingerprint}`, then run this again (or use --wait)"
+                );
                     ExitCode::SUCCESS
                 }
                 zester::peel::enrol::EnrolOutcome::Rejected => {
                     eprintln!("zester: the key for {id} was rejected by an admin");
                     ExitCode::from(1)
                 }
-            });
+            })
         }
-        Command::Secret { command } => {
-            secret_command(&home, command)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Settings { command } => {
-            let (subject, body) = match command {
-                SettingsCommand::Set { id, file } => {
-                    let text = if file.as_os_str() == "-" {
-                        std::io::read_to_string(std::io::stdin())?
-                    } else {
-                        std::fs::read_to_string(&file)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
-                    };
-                    let document: serde_json::Value = serde_json::from_str(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
-                    (
-                        zester::appliance::admin::SETTINGS_SET,
-                        serde_json::json!({ "id": id, "document": document }),
-                    )
-                }
-                SettingsCommand::Show { id } => (
-                    zester::appliance::admin::SETTINGS_GET,
-                    serde_json::json!({ "id": id }),
-                ),
+    }
+}
+
+/// `zester settings set|show`, through the admin API.
+fn settings_command(home: &Home, command: SettingsCommand) -> anyhow::Result<ExitCode> {
+    let (subject, body) = match command {
+        SettingsCommand::Set { id, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
             };
-            let answer = runtime()?.block_on(async {
-                let client = zester::cli::client::admin_connect(&home).await?;
-                zester::cli::client::admin_request(&client, subject, &body).await
-            })?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Cmd {
-            target,
-            fun,
-            args,
-            timeout,
-            json,
-        } => {
-            let secs = zester::identity::time::parse_duration(&timeout)
-                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            let timeout = std::time::Duration::from_secs(secs.max(1) as u64);
+            let document: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
             (
-                runtime()?.block_on(zester::cli::cmd::run(&home, &target, &fun, &args, timeout))?,
-                json,
+                zester::wire::admin::SETTINGS_SET,
+                serde_json::json!({ "id": id, "document": document }),
             )
         }
-        Command::Key { command } => {
-            let (output, json) = runtime()?.block_on(key_command(&home, command))?;
-            print(&output, json)?;
-            return Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)));
-        }
-        Command::Status { json } => {
-            match runtime()?.block_on(zester::cli::client::query_status(&home)) {
-                Ok(status) => (commands::status(&status), json),
-                Err(e) => {
-                    eprintln!("zester: {e}");
-                    return Ok(ExitCode::from(1));
-                }
-            }
-        }
-        Command::Creds { command } => match command {
-            CredsCommand::Issue {
-                id,
-                out,
-                expiry,
-                force,
-                json,
-            } => (
-                runtime()?.block_on(commands::creds_issue(
-                    &home,
-                    &id,
-                    out.as_deref(),
-                    expiry.as_deref(),
-                    force,
-                    now,
-                ))?,
-                json,
-            ),
-            CredsCommand::Rotate { role, finish, json } if role == "signing-key" => {
-                (commands::signing_key_rotate(&home, finish, now)?, json)
-            }
-            CredsCommand::Rotate { role, json, .. } => (
-                runtime()?.block_on(commands::creds_rotate(&home, &role, now))?,
-                json,
-            ),
-            CredsCommand::Inspect { file, json } => {
-                (commands::creds_inspect(&home, &file, now)?, json)
-            }
-        },
-        Command::Context {
-            command: ContextCommand::Export { name, role, json },
-        } => {
-            let dir = zester::cli::context::context_dir(
-                std::env::var_os("XDG_CONFIG_HOME"),
-                std::env::var_os("HOME"),
-            )?;
-            (
-                zester::cli::context::export(&home, &name, role.parse()?, &dir)?,
-                json,
-            )
-        }
+        SettingsCommand::Show { id } => (
+            zester::wire::admin::SETTINGS_GET,
+            serde_json::json!({ "id": id }),
+        ),
     };
-    print(&output, json)?;
-    Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
+    let answer = runtime()?.block_on(async {
+        let client = zester::cli::client::admin_connect(home).await?;
+        zester::cli::client::admin_request(&client, subject, &body).await
+    })?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zester creds …`.
+fn creds_command(home: &Home, command: CredsCommand, now: i64) -> anyhow::Result<(Output, bool)> {
+    Ok(match command {
+        CredsCommand::Issue {
+            id,
+            out,
+            expiry,
+            force,
+            json,
+        } => (
+            runtime()?.block_on(commands::creds_issue(
+                home,
+                &id,
+                out.as_deref(),
+                expiry.as_deref(),
+                force,
+                now,
+            ))?,
+            json,
+        ),
+        CredsCommand::Rotate { role, finish, json } if role == "signing-key" => {
+            (commands::signing_key_rotate(home, finish, now)?, json)
+        }
+        CredsCommand::Rotate { role, json, .. } => (
+            runtime()?.block_on(commands::creds_rotate(home, &role, now))?,
+            json,
+        ),
+        CredsCommand::Inspect { file, json } => (commands::creds_inspect(home, &file, now)?, json),
+    })
 }
 
 fn print(output: &Output, json: bool) -> anyhow::Result<()> {
@@ -657,7 +665,7 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
 }
 
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
-    use zester::appliance::keys::KeyState;
+    use zester::wire::record::KeyState;
     let act = |to: Option<KeyState>, from: Option<KeyState>, args: KeyActionArgs| {
         let KeyActionArgs { target, options } = args;
         (
@@ -779,8 +787,8 @@ fn secret_command(home: &Home, command: SecretCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_state(text: &str) -> anyhow::Result<zester::appliance::keys::KeyState> {
-    use zester::appliance::keys::KeyState;
+fn parse_state(text: &str) -> anyhow::Result<zester::wire::record::KeyState> {
+    use zester::wire::record::KeyState;
     Ok(match text {
         "pending" => KeyState::Pending,
         "accepted" => KeyState::Accepted,
