@@ -131,51 +131,78 @@ pub fn check_ca_pin(ca: &Path, pin: &str) -> Result<(), PeelEnrolError> {
 }
 
 /// The peel side: make (or reuse) the keys in `options.dir`, enrol, and with `wait` poll until
-/// an admin decides; writes `<dir>/<id>.creds` once accepted. `progress` hears each step.
+/// an admin decides; writes `<dir>/<id>.creds` (and the profile) once accepted. `progress`
+/// hears each step.
 pub async fn enrol(
     options: &EnrolOptions,
     progress: impl Fn(&str),
 ) -> Result<EnrolOutcome, PeelEnrolError> {
     let id = PeelId::parse(&options.id)?;
     home::create_private_dir(&options.dir)?;
-    let seed_path = options.dir.join(format!("{id}.nk"));
+    let (key, xkey) = peel_keys(&options.dir, &id)?;
+    let nkey = key.public_key();
+    let fingerprint = crate::wire::record::fingerprint(&nkey);
+    progress(&format!("key {nkey} (fingerprint {fingerprint})"));
+    let ca_pin = ca_pin_of(options)?;
+    let client = connect_enrolling(options, &id, &key, &progress).await?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let request = |op: Op| EnrolRequest {
+        op,
+        id: id.to_string(),
+        nkey: nkey.clone(),
+        xkey: Some(xkey.clone()),
+        hostname: hostname.clone(),
+        at: now_unix(),
+    };
+    let enrolled = ask(&client, &key, &request(Op::Enrol)).await?;
+    progress(&format!("enrolment recorded: {}", enrolled["state"]));
+    loop {
+        let fetched = ask(&client, &key, &request(Op::Fetch)).await?;
+        match fetched["state"].as_str() {
+            Some("accepted") => {
+                let creds = write_enrolled(options, &id, key, &fetched, &ca_pin)?;
+                return Ok(EnrolOutcome::Enrolled { creds });
+            }
+            Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),
+            _ if !options.wait => return Ok(EnrolOutcome::Pending { fingerprint }),
+            _ => {
+                progress(&format!(
+                    "waiting for approval: on the master run `zester key accept {id} --fingerprint {fingerprint}`"
+                ));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// The peel's nkey and curve public key, made on first use and kept in `dir` (`<id>.nk`,
+/// `<id>.xk`, seeds 0600).
+fn peel_keys(dir: &Path, id: &PeelId) -> Result<(KeyPair, String), PeelEnrolError> {
+    let seed_path = dir.join(format!("{id}.nk"));
+    let xkey_path = dir.join(format!("{id}.xk"));
     let seed = load_or_create_seed(
         &seed_path,
         || KeyPair::new_user().seed().unwrap_or_default(),
         |s| keys::pair_from_seed(s, &[KeyRole::User]).is_ok(),
     )?;
     let xkey_seed = load_or_create_seed(
-        &options.dir.join(format!("{id}.xk")),
+        &xkey_path,
         || XKey::new().seed().unwrap_or_default(),
         |s| XKey::from_seed(s).is_ok(),
     )?;
-    let key =
-        keys::pair_from_seed(&seed, &[KeyRole::User]).map_err(|_| PeelEnrolError::BadSeed {
-            path: seed_path.clone(),
-        })?;
+    let key = keys::pair_from_seed(&seed, &[KeyRole::User])
+        .map_err(|_| PeelEnrolError::BadSeed { path: seed_path })?;
     let xkey = XKey::from_seed(&xkey_seed)
         .map(|x| x.public_key())
-        .map_err(|_| PeelEnrolError::BadSeed {
-            path: options.dir.join(format!("{id}.xk")),
-        })?;
-    let nkey = key.public_key();
-    progress(&format!(
-        "key {nkey} (fingerprint {})",
-        crate::wire::record::fingerprint(&nkey)
-    ));
+        .map_err(|_| PeelEnrolError::BadSeed { path: xkey_path })?;
+    Ok((key, xkey))
+}
 
-    let connect_error = |reason: String| {
-        let hint = if reason.to_lowercase().contains("authorization violation") {
-            " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
-        } else {
-            ""
-        };
-        PeelEnrolError::Connect {
-            url: options.server.clone(),
-            reason: format!("{reason}{hint}"),
-        }
-    };
-    let ca_pin = match (&options.pin, &options.ca) {
+/// The pin of the CA the peel trusts, for its profile: `--pin`, else the pin of `--ca`.
+fn ca_pin_of(options: &EnrolOptions) -> Result<String, PeelEnrolError> {
+    Ok(match (&options.pin, &options.ca) {
         (Some(pin), _) => pin.trim().to_string(),
         (None, Some(ca)) => {
             let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
@@ -187,8 +214,29 @@ pub async fn enrol(
                 .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?
         }
         (None, None) => String::new(),
+    })
+}
+
+/// Connects with the nkey alone, trusting the CA file or the pinned CA; with `--wait` a
+/// master that is down (or not up yet) is waited for, like an admin's decision.
+async fn connect_enrolling(
+    options: &EnrolOptions,
+    id: &PeelId,
+    key: &KeyPair,
+    progress: &impl Fn(&str),
+) -> Result<async_nats::Client, PeelEnrolError> {
+    let connect_error = |reason: String| {
+        let hint = if reason.to_lowercase().contains("authorization violation") {
+            " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
+        } else {
+            ""
+        };
+        PeelEnrolError::Connect {
+            url: options.server.clone(),
+            reason: format!("{reason}{hint}"),
+        }
     };
-    let trust = async_nats::ConnectOptions::with_nkey(seed.clone());
+    let trust = async_nats::ConnectOptions::with_nkey(key.seed().unwrap_or_default());
     let trust = match (&options.ca, &options.pin) {
         (Some(ca), pin) => {
             if let Some(pin) = pin {
@@ -209,15 +257,14 @@ pub async fn enrol(
     let trust = trust
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
-        .custom_inbox_prefix(format!("_INBOX.{nkey}"))
+        .custom_inbox_prefix(format!("_INBOX.{}", key.public_key()))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(Some(3));
-    // With --wait a master that is down (or not up yet) is waited for, like an admin's decision.
     let mut pause = Duration::from_secs(2);
     let mut said: Option<std::time::Instant> = None;
-    let client = loop {
+    loop {
         match trust.clone().connect(options.server.as_str()).await {
-            Ok(client) => break client,
+            Ok(client) => return Ok(client),
             Err(e)
                 if options.wait
                     && !matches!(
@@ -239,75 +286,57 @@ pub async fn enrol(
             }
             Err(e) => return Err(connect_error(e.to_string())),
         }
-    };
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let ask = |op: Op| {
-        let request = EnrolRequest {
-            op,
-            id: id.to_string(),
-            nkey: nkey.clone(),
-            xkey: Some(xkey.clone()),
-            hostname: hostname.clone(),
-            at: now_unix(),
-        };
-        let client = client.clone();
-        let key = &key;
-        async move {
-            let signed =
-                sign_request(key, &request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
-            let body = serde_json::to_vec(&signed).unwrap_or_default();
-            let reply = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.request(subjects::enrol(&request.nkey), body.into()),
-            )
-            .await
-            .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?
-            .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
-            let answer: Value = serde_json::from_slice(&reply.payload)
-                .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
-            if let Some(error) = answer.get("error").and_then(Value::as_str) {
-                return Err(PeelEnrolError::Refused(error.to_string()));
-            }
-            Ok(answer["ok"].clone())
-        }
-    };
-    let enrolled = ask(Op::Enrol).await?;
-    let fingerprint = crate::wire::record::fingerprint(&nkey);
-    progress(&format!("enrolment recorded: {}", enrolled["state"]));
-    loop {
-        let fetched = ask(Op::Fetch).await?;
-        match fetched["state"].as_str() {
-            Some("accepted") => {
-                let jwt_text = fetched["jwt"].as_str().unwrap_or_default();
-                let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
-                    .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
-                let creds =
-                    Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
-                let path = options.dir.join(format!("{id}.creds"));
-                home::write_creds(&path, &creds)?;
-                if let Some(master_xkey) = fetched["master_xkey"].as_str() {
-                    let profile = crate::peel::PeelProfile {
-                        id: id.to_string(),
-                        servers: vec![options.server.clone()],
-                        ca_pin: ca_pin.clone(),
-                        master_xkey: master_xkey.to_string(),
-                    };
-                    let at = crate::peel::PeelProfile::path_in(&options.dir, id.as_str());
-                    crate::peel::profile::write(&profile, &at)
-                        .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
-                }
-                return Ok(EnrolOutcome::Enrolled { creds: path });
-            }
-            Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),
-            _ if !options.wait => return Ok(EnrolOutcome::Pending { fingerprint }),
-            _ => {
-                progress(&format!(
-                    "waiting for approval: on the master run `zester key accept {id} --fingerprint {fingerprint}`"
-                ));
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
     }
+}
+
+/// Sends one signed request and unwraps the `{"ok": …}` / `{"error": …}` answer.
+async fn ask(
+    client: &async_nats::Client,
+    key: &KeyPair,
+    request: &EnrolRequest,
+) -> Result<Value, PeelEnrolError> {
+    let signed = sign_request(key, request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+    let body = serde_json::to_vec(&signed).unwrap_or_default();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subjects::enrol(&request.nkey), body.into()),
+    )
+    .await
+    .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?
+    .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+    let answer: Value = serde_json::from_slice(&reply.payload)
+        .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        return Err(PeelEnrolError::Refused(error.to_string()));
+    }
+    Ok(answer["ok"].clone())
+}
+
+/// Once accepted: the creds from the JWT the master handed out and this key, and the profile
+/// (server, CA pin, the master's curve key) beside them. Returns the creds file.
+fn write_enrolled(
+    options: &EnrolOptions,
+    id: &PeelId,
+    key: KeyPair,
+    fetched: &Value,
+    ca_pin: &str,
+) -> Result<PathBuf, PeelEnrolError> {
+    let jwt_text = fetched["jwt"].as_str().unwrap_or_default();
+    let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
+        .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+    let creds = Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+    let path = options.dir.join(format!("{id}.creds"));
+    home::write_creds(&path, &creds)?;
+    if let Some(master_xkey) = fetched["master_xkey"].as_str() {
+        let profile = crate::peel::PeelProfile {
+            id: id.to_string(),
+            servers: vec![options.server.clone()],
+            ca_pin: ca_pin.to_string(),
+            master_xkey: master_xkey.to_string(),
+        };
+        let at = crate::peel::PeelProfile::path_in(&options.dir, id.as_str());
+        crate::peel::profile::write(&profile, &at)
+            .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
+    }
+    Ok(path)
 }
