@@ -370,7 +370,7 @@ pub fn issue_server_cert(
     Ok((cert_pem, key_pem))
 }
 
-/// "sha256:<lowercase hex>" of the DER SubjectPublicKeyInfo of the CA key (the standard SPKI pin,
+/// `sha256:<lowercase hex>` of the DER SubjectPublicKeyInfo of the CA key (the standard SPKI pin,
 /// like HPKP / curl --pinnedpubkey sha256 but in hex). Computed from the key PEM.
 pub fn spki_pin_from_key_pem(key_pem: &str) -> Result<String, PkiError> {
     Ok(spki_pin(&load_key(key_pem)?.subject_public_key_info()))

@@ -1,6 +1,6 @@
 //! Chain validation: user ← account ← operator, as nats-server checks it.
 //!
-//! Each link is a signature-verified [`Jwt`]; this module checks who signed whom: an account must
+//! Each link is a signature-verified `Jwt`; this module checks who signed whom: an account must
 //! be signed by the operator (identity key, or a listed signing key — only the latter when the
 //! operator sets `strict_signing_key_usage`), a user by its account (identity key, or a listed
 //! signing key with `issuer_account` naming the account; again only a signing key when strict),

@@ -109,7 +109,7 @@ impl Presence {
         }
     }
 
-    /// True once the connection has been up for [`PRESENCE_SETTLE`].
+    /// True once the connection has been up for `PRESENCE_SETTLE`.
     pub fn is_settled(&self) -> bool {
         self.up_for().is_some_and(|up| up >= PRESENCE_SETTLE)
     }

@@ -240,7 +240,8 @@ pub fn sign_in(creds_path: &Path, expected: &PeelId, nonce: &[u8]) -> Result<Sig
 }
 
 /// Reads the creds and the peel id they are for.
-fn load_creds(path: &Path) -> Result<(Creds, PeelId), AgentError> {
+/// Reads a peel's creds file and the peel id its JWT names.
+pub fn load_creds(path: &Path) -> Result<(Creds, PeelId), AgentError> {
     let creds = home::read_creds(path).map_err(|source| AgentError::Creds {
         path: path.to_path_buf(),
         source,
@@ -542,12 +543,33 @@ pub async fn run_waiting(
     agent.stop().await
 }
 
-/// The client options of DESIGN §4/§6 for peel `id`.
+/// The client options of DESIGN §4/§6 for the agent of peel `id`: [`peel_options`] plus the
+/// agent's own connection events (facts after every connect, the closed signal).
 fn connect_options(
     options: &AgentOptions,
     id: &PeelId,
     connected: mpsc::Sender<()>,
     closed: watch::Sender<bool>,
+) -> ConnectOptions {
+    let events_id = id.clone();
+    let closed = Arc::new(closed);
+    let pacing = Arc::new(ReconnectPacing::default());
+    peel_options(options, id, pacing.clone()).event_callback(move |event| {
+        pacing.on_event(&event);
+        let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
+        async move { on_event(event, &id, &connected, &closed) }
+    })
+}
+
+/// What every client of peel `id` needs (DESIGN §4/§6): its creds read again at every
+/// (re)connect (so rotated creds just work), TLS required and trusted by the CA file or the
+/// pinned CA, the name `zester-peel-<id>`, the inbox prefix `_INBOX.<id>` (the only inbox its
+/// permissions let it read), and reconnects forever paced by `pacing` (whose
+/// [`ReconnectPacing::on_event`] the caller's event callback must feed).
+pub fn peel_options(
+    options: &AgentOptions,
+    id: &PeelId,
+    pacing: Arc<ReconnectPacing>,
 ) -> ConnectOptions {
     let creds = options.creds.clone();
     let signer = id.clone();
@@ -564,18 +586,10 @@ fn connect_options(
             Ok(auth)
         }
     });
-    let events_id = id.clone();
-    let closed = Arc::new(closed);
-    let pacing = Arc::new(ReconnectPacing::default());
-    let mut client_options = with_fleet_reconnects(auth, pacing.clone())
+    let mut client_options = with_fleet_reconnects(auth, pacing)
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
-        .custom_inbox_prefix(format!("_INBOX.{id}"))
-        .event_callback(move |event| {
-            pacing.on_event(&event);
-            let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
-            async move { on_event(event, &id, &connected, &closed) }
-        });
+        .custom_inbox_prefix(format!("_INBOX.{id}"));
     match (&options.ca, &options.pin) {
         (Some(ca), _) => client_options = client_options.add_root_certificates(ca.clone()),
         (None, Some(pin)) => match crate::net::tls::pinned_client_config(pin) {
@@ -596,7 +610,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// anything after CONNECT: nats-server pings a client 2 s after its CONNECT even while the
 /// callout is still deciding. Under a storm its count would start over at every attempt and
 /// the backoff would never grow, so a connection only resets the count once it has lasted
-/// [`STABLE_AFTER`].
+/// `STABLE_AFTER`.
 #[derive(Debug, Default)]
 pub struct ReconnectPacing {
     attempted: AtomicBool,

@@ -62,7 +62,7 @@ impl Facts {
     }
 }
 
-/// The host name from the first of [`HOSTNAME_FILES`] that holds one.
+/// The host name from the first of `HOSTNAME_FILES` that holds one.
 pub fn hostname() -> Option<String> {
     HOSTNAME_FILES.iter().find_map(|path| {
         std::fs::read_to_string(path)
@@ -77,7 +77,7 @@ pub fn parse_hostname(text: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Total memory from [`MEMINFO_FILE`].
+/// Total memory from `MEMINFO_FILE`.
 pub fn memory_bytes() -> Option<u64> {
     std::fs::read_to_string(MEMINFO_FILE)
         .ok()

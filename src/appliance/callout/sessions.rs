@@ -279,7 +279,7 @@ pub struct StatsSnapshot {
 }
 
 impl CalloutStats {
-    /// Counts one request dropped unanswered (see [`CalloutStats::shed`]).
+    /// Counts one request dropped unanswered (see `CalloutStats::shed`).
     pub fn record_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
         *self.last_shed.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
