@@ -92,13 +92,6 @@ fn gone(pid: u32) -> bool {
     !common::process_alive(pid)
 }
 
-fn sigkill(pid: u32) {
-    // SAFETY: plain syscall; an error only means it is already gone.
-    unsafe {
-        libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGKILL);
-    }
-}
-
 /// The first line a NATS server sends.
 async fn info_line(addr: SocketAddr) -> String {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -193,7 +186,7 @@ async fn a_killed_child_is_restarted_with_the_same_config() {
         .expect("nats-server starts");
     let first = supervisor.info();
 
-    sigkill(first.pid);
+    common::sigkill(first.pid);
     wait_until("a new child is up", Duration::from_secs(20), || {
         supervisor.info().pid != first.pid
     })
@@ -227,7 +220,7 @@ async fn a_fixed_port_stays_the_same_after_a_restart() {
     let first = supervisor.info();
     assert_eq!(first.ports.client.to_string(), listen);
 
-    sigkill(first.pid);
+    common::sigkill(first.pid);
     wait_until("a new child is up", Duration::from_secs(20), || {
         supervisor.info().pid != first.pid
     })
@@ -326,7 +319,7 @@ async fn a_crash_loop_is_given_up_with_the_output() {
     let first = supervisor.info();
     let gave_up = supervisor.gave_up();
 
-    sigkill(first.pid);
+    common::sigkill(first.pid);
     let error = tokio::time::timeout(Duration::from_secs(20), gave_up)
         .await
         .expect("the supervisor gives up within 20 s");
@@ -431,7 +424,7 @@ fn no_orphan_when_the_parent_is_killed() {
     }
     let orphaned = !gone(pid);
     if orphaned {
-        sigkill(pid);
+        common::sigkill(pid);
     }
     assert!(!orphaned, "nats-server {pid} outlived its SIGKILLed parent");
 }

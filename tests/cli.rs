@@ -1,20 +1,12 @@
 //! The `zester` binary as users and scripts run it: init, creds issue, creds inspect, their
 //! `--json` output, exit codes, file modes, and clear errors for bad input.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
-fn zester(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("ZESTER_HOME")
-        .output()
-        .expect("run zester")
-}
+use common::{mode, zester};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -27,10 +19,6 @@ fn stderr(out: &Output) -> String {
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
-}
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 /// No seed (S + role letter + 56 base32 characters) may ever be printed.

@@ -8,6 +8,9 @@
 //! Everything runs as real processes: the `zester` binary and the nats-server it supervises.
 //! Random moments come from seeded RNGs, so a failing round can be replayed.
 
+mod common;
+
+use common::mode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -111,10 +114,6 @@ fn kill_after(mut command: Command, micros: u64) {
     let _ = child.wait();
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
 #[test]
 fn kill_9_at_random_moments_leaves_whole_files() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -184,12 +183,7 @@ fn kill_9_at_random_moments_leaves_whole_files() {
 
 /// Runs a short `zester` command (no appliance start) to completion.
 fn run(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap()
+    common::zester(home, args)
 }
 
 fn spawn_quiet(home: &Path, args: &[&str]) -> Child {

@@ -16,16 +16,6 @@ fn zester_bin() -> &'static str {
     env!("CARGO_BIN_EXE_zester")
 }
 
-/// Runs `zester --home HOME ARGS…` to completion.
-fn zester_on(home: &Path, args: &[&str]) -> Output {
-    Command::new(zester_bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .expect("run zester")
-}
-
 fn ok(out: &Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -114,7 +104,7 @@ async fn creds_issued_while_up_runs_are_admitted_when_the_command_returns() {
 async fn a_peel_that_boots_before_its_master_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let run = |args: &[&str]| zester_on(&home, args);
+    let run = |args: &[&str]| common::zester(&home, args);
     ok(&run(&["init"]), "init");
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -165,7 +155,7 @@ async fn a_peel_that_boots_before_its_master_waits_for_it() {
 fn a_peel_run_that_cannot_connect_gives_up_only_when_told() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let run = |args: &[&str]| zester_on(&home, args);
+    let run = |args: &[&str]| common::zester(&home, args);
     ok(&run(&["init"]), "init");
     ok(&run(&["creds", "issue", "lonely"]), "creds issue");
     let started = Instant::now();

@@ -55,13 +55,13 @@ tls {{
   min_version: "1.3"
 }}
 "#,
-        operator = quote(&home.operator_jwt()),
+        operator = common::quote(&home.operator_jwt()),
         sys = authority.sys.public_key(),
         sys_jwt = authority.sys_jwt.token(),
         zester = authority.zester.public_key(),
         zester_jwt = zester.token(),
-        cert = quote(&home.server_cert()),
-        key = quote(&home.server_key()),
+        cert = common::quote(&home.server_cert()),
+        key = common::quote(&home.server_key()),
     );
     let server = NatsServer::start(&config);
     Setup {
@@ -70,10 +70,6 @@ tls {{
         authority,
         server,
     }
-}
-
-fn quote(path: &Path) -> String {
-    serde_json::to_string(path.to_str().unwrap()).unwrap()
 }
 
 /// Connects with `creds` over TLS, collecting the server's async errors.

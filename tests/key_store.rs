@@ -32,16 +32,12 @@ fn log_to_test_output() {
         .try_init();
 }
 
-fn quote(path: &Path) -> String {
-    serde_json::to_string(path.to_str().unwrap()).unwrap()
-}
-
 /// A server with JetStream whose store lives in `store_dir` (outside the server's own temp dir,
 /// so a second server can reopen it).
 fn jetstream_server(store_dir: &Path) -> NatsServer {
     NatsServer::start(&format!(
         "jetstream {{ store_dir: {} }}\n",
-        quote(store_dir)
+        common::quote(store_dir)
     ))
 }
 

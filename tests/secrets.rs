@@ -115,18 +115,9 @@ fn keys_made_by_nkeys_js_work_here() {
 }
 
 /// Runs `zester --home HOME ARGS` with `stdin`.
+/// Runs zester with `stdin` fed to it.
 fn zester(home: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run zester");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    common::zester_with(home, args, &[], Some(stdin))
 }
 
 fn write_seed(path: &Path, key: &XKey) {

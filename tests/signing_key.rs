@@ -3,18 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::appliance;
 use zester::home::Home;
 
 fn zester(home: &Home, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(home.root())
-        .args(args)
-        .output()
-        .expect("run zester")
+    common::zester(home.root(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

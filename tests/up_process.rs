@@ -70,13 +70,7 @@ async fn an_expired_session_reconnects_through_the_callout_keeping_its_subscript
 
 /// True when `pid` is gone (or a zombie waiting to be reaped by init).
 fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-    }
+    !common::process_alive(u32::try_from(pid).unwrap_or(0))
 }
 
 fn port_of(url: &str) -> u16 {

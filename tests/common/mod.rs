@@ -194,7 +194,7 @@ fn render_config(config: &str, dir: &Path) -> String {
 }
 
 /// A double-quoted nats-server config string (JSON escaping is a subset it accepts).
-fn quote(path: &Path) -> String {
+pub fn quote(path: &Path) -> String {
     let text = path
         .to_str()
         .unwrap_or_else(|| panic!("temp path is not UTF-8: {}", path.display()));
@@ -359,4 +359,64 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
+}
+
+/// Runs `zester --home HOME ARGS…` (the binary cargo built for the tests) to completion, with
+/// `ZESTER_HOME` unset so that only `--home` counts.
+pub fn zester(home: &Path, args: &[&str]) -> std::process::Output {
+    zester_with(home, args, &[], None)
+}
+
+/// [`zester`] with extra environment variables and, when given, `stdin` fed to it.
+pub fn zester_with(
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zester"));
+    command
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("ZESTER_HOME")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run zester");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input)
+            .expect("feed zester's stdin");
+    }
+    child.wait_with_output().expect("zester ran")
+}
+
+/// The permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path)
+        .expect("the file exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Sends SIGKILL to `pid` (an error only means it is already gone).
+pub fn sigkill(pid: u32) {
+    // SAFETY: a plain syscall; it touches no memory of ours.
+    unsafe {
+        libc::kill(libc::pid_t::try_from(pid).unwrap_or(0), libc::SIGKILL);
+    }
 }
