@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::appliance::callout::audit::AuditSink;
+use crate::appliance::callout::audit::Source;
 use crate::appliance::callout::decide::Trust;
 use crate::appliance::callout::service::CalloutState;
 use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
@@ -113,7 +114,7 @@ impl AdminService {
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 let Some(reply) =
-                    respond::checked_reply(&request, Asker::Admin, "admin", &self.audit)
+                    respond::checked_reply(&request, Asker::Admin, Source::Admin, &self.audit)
                 else {
                     continue;
                 };

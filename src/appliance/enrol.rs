@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use data_encoding::BASE64URL_NOPAD;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
 
-use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::audit::{AuditRecord, AuditSink, Source, Verdict};
 use crate::appliance::callout::service::CalloutState;
 use crate::appliance::callout::sessions::EnrolLimiter;
 use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
@@ -23,7 +22,7 @@ use crate::home::now_unix;
 use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
 pub use crate::wire::enrol::RequestError;
-use crate::wire::enrol::{verify_request, EnrolRequest, Op, SignedRequest};
+use crate::wire::enrol::{verify_request, EnrolAnswer, EnrolRequest, Op, SignedRequest};
 use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
@@ -158,9 +157,12 @@ impl EnrolService {
                     continue;
                 };
                 let nkey = nkey.to_string();
-                let Some(reply) =
-                    respond::checked_reply(&message, Asker::Enrolling(&nkey), "enrol", &self.audit)
-                else {
+                let Some(reply) = respond::checked_reply(
+                    &message,
+                    Asker::Enrolling(&nkey),
+                    Source::Enrol,
+                    &self.audit,
+                ) else {
                     continue;
                 };
                 let service = self.clone();
@@ -205,7 +207,12 @@ impl EnrolService {
     }
 
     /// Handles one request from `nkey` at `now`.
-    pub async fn handle(&self, payload: &[u8], nkey: &str, now: i64) -> Result<Value, EnrolError> {
+    pub async fn handle(
+        &self,
+        payload: &[u8],
+        nkey: &str,
+        now: i64,
+    ) -> Result<EnrolAnswer, EnrolError> {
         let request = verify_request(payload, nkey, now)?;
         let id = PeelId::parse(&request.id)?;
         let existing = self.keys.get(&id).await?;
@@ -218,7 +225,7 @@ impl EnrolService {
                             state: record.state,
                         });
                     }
-                    return Ok(json!({ "state": record.state }));
+                    return Ok(EnrolAnswer::state(record.state));
                 }
                 // One creation at a time, each visible in the cache before the next is
                 // checked: otherwise concurrent requests all pass the checks below.
@@ -226,7 +233,7 @@ impl EnrolService {
                 let cache = self.keys.cache();
                 if let Some(held) = cache.lookup_nkey(&request.nkey) {
                     if held.id == id {
-                        return Ok(json!({ "state": held.state }));
+                        return Ok(EnrolAnswer::state(held.state));
                     }
                     return Err(EnrolError::KeyInUse {
                         id: held.id.to_string(),
@@ -267,12 +274,15 @@ impl EnrolService {
                     tracing::warn!(peel = %id, "the key store's cache did not show a new enrolment within 2 s");
                 }
                 tracing::info!(target: "audit", peel = %id, state = %record.state, fingerprint = %record.fingerprint(), "key enrolled");
-                Ok(json!({ "state": record.state, "fingerprint": record.fingerprint() }))
+                Ok(EnrolAnswer {
+                    fingerprint: Some(record.fingerprint()),
+                    ..EnrolAnswer::state(record.state)
+                })
             }
             Op::Fetch => match existing {
                 Some((record, _)) if record.nkey == request.nkey => {
                     if record.state != KeyState::Accepted {
-                        return Ok(json!({ "state": record.state }));
+                        return Ok(EnrolAnswer::state(record.state));
                     }
                     let jwt = self.authority.issue_user(
                         &record.nkey,
@@ -283,11 +293,11 @@ impl EnrolService {
                     )?;
                     // The master's curve key goes into the peel's profile: the sender of
                     // every secret sealed for it.
-                    Ok(json!({
-                        "state": record.state,
-                        "jwt": jwt.token(),
-                        "master_xkey": self.authority.master_xkey.public_key(),
-                    }))
+                    Ok(EnrolAnswer {
+                        jwt: Some(jwt.token().to_string()),
+                        master_xkey: Some(self.authority.master_xkey.public_key()),
+                        ..EnrolAnswer::state(record.state)
+                    })
                 }
                 _ => Err(EnrolError::NotEnrolled { id: id.to_string() }),
             },
@@ -326,7 +336,7 @@ impl EnrolError {
 /// The audit record of one enrolment request (the id is read unverified for a refusal, to say
 /// what was asked for).
 fn enrol_audit(
-    outcome: &Result<Value, EnrolError>,
+    outcome: &Result<EnrolAnswer, EnrolError>,
     payload: &[u8],
     nkey: &str,
     now: i64,
@@ -336,20 +346,20 @@ fn enrol_audit(
         .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
         .and_then(|b| serde_json::from_slice::<EnrolRequest>(&b).ok());
     let mut record = match outcome {
-        Ok(value) => {
-            let mut record = AuditRecord::at(now, "enrol", "allow");
+        Ok(answer) => {
+            let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Allow);
             record.reason = format!(
                 "{} request answered: {}",
                 asked.as_ref().map_or("enrolment", |a| match a.op {
                     Op::Enrol => "enrol",
                     Op::Fetch => "fetch",
                 }),
-                value["state"].as_str().unwrap_or("?")
+                answer.state
             );
             record
         }
         Err(e) => {
-            let mut record = AuditRecord::at(now, "enrol", "refuse");
+            let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Refuse);
             record.code = e.code().to_string();
             record.reason = e.to_string();
             record

@@ -10,7 +10,7 @@
 use async_nats::{Message, Subject};
 use serde_json::{json, Value};
 
-use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::audit::{AuditRecord, AuditSink, Source, Verdict};
 use crate::home::now_unix;
 use crate::wire::reply::{self, Asker};
 
@@ -19,14 +19,14 @@ use crate::wire::reply::{self, Asker};
 pub fn checked_reply(
     message: &Message,
     asker: Asker<'_>,
-    service: &'static str,
+    service: Source,
     audit: &AuditSink,
 ) -> Option<Subject> {
     let reply = message.reply.as_ref()?;
     match reply::check(asker, reply.as_str()) {
         Ok(()) => Some(reply.clone()),
         Err(refused) => {
-            let mut record = AuditRecord::at(now_unix(), service, "refuse");
+            let mut record = AuditRecord::at(now_unix(), service, Verdict::Refuse);
             record.code = "reply_refused".into();
             record.reason = format!("{refused} (request on {} not acted on)", message.subject);
             match asker {
@@ -49,10 +49,10 @@ pub fn checked_reply(
 
 /// Publishes `outcome` to `reply` (a subject [`checked_reply`] let through) as `{"ok": …}` or
 /// `{"error": "…"}`.
-pub async fn answer<E: std::fmt::Display>(
+pub async fn answer<T: serde::Serialize, E: std::fmt::Display>(
     client: &async_nats::Client,
     reply: Subject,
-    outcome: Result<Value, E>,
+    outcome: Result<T, E>,
     what: &str,
 ) {
     let document = match outcome {

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::appliance::admin::AdminService;
-use crate::appliance::callout::audit::{AuditRecord, AuditSink};
+use crate::appliance::callout::audit::{AuditRecord, AuditSink, Source, Verdict};
 use crate::appliance::keys::{KeyState, KeyStore};
 use crate::appliance::respond;
 use crate::authority::Authority;
@@ -91,7 +91,7 @@ impl RotateService {
                 };
                 let id = id.to_string();
                 let Some(reply) =
-                    respond::checked_reply(&message, Asker::Peel(&id), "rotate", &self.audit)
+                    respond::checked_reply(&message, Asker::Peel(&id), Source::Rotate, &self.audit)
                 else {
                     continue;
                 };
@@ -105,7 +105,7 @@ impl RotateService {
                         service.rotate(&message.payload, &id, now).await
                     };
                     if let Err(e) = &outcome {
-                        let mut record = AuditRecord::at(now, "rotate", "refuse");
+                        let mut record = AuditRecord::at(now, Source::Rotate, Verdict::Refuse);
                         record.code = if notice {
                             "rotated_refused"
                         } else {

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::appliance::callout::audit::AuditSink;
+use crate::appliance::callout::audit::Source;
 use crate::appliance::respond;
 use crate::identity::peel_id::PeelId;
 use crate::wire::reply::Asker;
@@ -127,7 +128,8 @@ pub async fn serve_peels(
             let Some(id) = subjects::event_peel(message.subject.as_str()) else {
                 continue;
             };
-            let Some(reply) = respond::checked_reply(&message, Asker::Peel(id), "settings", &audit)
+            let Some(reply) =
+                respond::checked_reply(&message, Asker::Peel(id), Source::Settings, &audit)
             else {
                 continue;
             };

@@ -21,7 +21,7 @@ use crate::appliance::admin::AdminService;
 use crate::appliance::broker::binary::{self, BinaryError};
 use crate::appliance::broker::config::{self as server_config, HostPort};
 use crate::appliance::broker::supervisor::{Supervisor, SupervisorSettings};
-use crate::appliance::callout::audit::{self, AuditRecord, AuditSink};
+use crate::appliance::callout::audit::{self, AuditRecord, AuditSink, Source, Verdict};
 use crate::appliance::callout::decide::{self, KeyLookup, Trust};
 use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::enrol::EnrolService;
@@ -850,7 +850,7 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
     let unanswered = held.is_some_and(|held| held >= decide::NO_ANSWER_AFTER)
         && state.may_have_missed_requests();
     let refusal = decide::diagnose(presented, &state.trust(), now, unanswered);
-    let mut record = AuditRecord::at(now, "server", "refuse");
+    let mut record = AuditRecord::at(now, Source::Server, Verdict::Refuse);
     record.code = refusal.code().to_string();
     record.reason = format!(
         "{refusal} (refused by nats-server: {})",
@@ -987,9 +987,12 @@ async fn serve_status(
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
     Ok(tokio::spawn(async move {
         while let Some(request) = requests.next().await {
-            let Some(reply) =
-                crate::appliance::respond::checked_reply(&request, Asker::Admin, "status", &audit)
-            else {
+            let Some(reply) = crate::appliance::respond::checked_reply(
+                &request,
+                Asker::Admin,
+                Source::Status,
+                &audit,
+            ) else {
                 continue;
             };
             crate::appliance::respond::publish(

@@ -14,7 +14,8 @@ use crate::home::{self, now_unix};
 use crate::identity::creds::Creds;
 use crate::identity::keys::{self, KeyRole};
 use crate::identity::peel_id::PeelId;
-use crate::wire::enrol::{sign_request, EnrolRequest, Op};
+use crate::wire::enrol::{sign_request, EnrolAnswer, EnrolRequest, Op};
+use crate::wire::record::KeyState;
 use crate::wire::subjects;
 
 /// What `zester peel enrol` needs.
@@ -157,15 +158,15 @@ pub async fn enrol(
         at: now_unix(),
     };
     let enrolled = ask(&client, &key, &request(Op::Enrol)).await?;
-    progress(&format!("enrolment recorded: {}", enrolled["state"]));
+    progress(&format!("enrolment recorded: {}", enrolled.state));
     loop {
         let fetched = ask(&client, &key, &request(Op::Fetch)).await?;
-        match fetched["state"].as_str() {
-            Some("accepted") => {
+        match fetched.state {
+            KeyState::Accepted => {
                 let creds = write_enrolled(options, &id, key, &fetched, &ca_pin)?;
                 return Ok(EnrolOutcome::Enrolled { creds });
             }
-            Some("rejected") | Some("revoked") => return Ok(EnrolOutcome::Rejected),
+            KeyState::Rejected | KeyState::Revoked => return Ok(EnrolOutcome::Rejected),
             _ if !options.wait => return Ok(EnrolOutcome::Pending { fingerprint }),
             _ => {
                 progress(&format!(
@@ -294,7 +295,7 @@ async fn ask(
     client: &async_nats::Client,
     key: &KeyPair,
     request: &EnrolRequest,
-) -> Result<Value, PeelEnrolError> {
+) -> Result<EnrolAnswer, PeelEnrolError> {
     let signed = sign_request(key, request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
     let body = serde_json::to_vec(&signed).unwrap_or_default();
     let reply = tokio::time::timeout(
@@ -309,7 +310,11 @@ async fn ask(
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         return Err(PeelEnrolError::Refused(error.to_string()));
     }
-    Ok(answer["ok"].clone())
+    serde_json::from_value(answer["ok"].clone()).map_err(|e| {
+        PeelEnrolError::Refused(format!(
+            "the master's answer is not an enrolment answer: {e}"
+        ))
+    })
 }
 
 /// Once accepted: the creds from the JWT the master handed out and this key, and the profile
@@ -318,16 +323,16 @@ fn write_enrolled(
     options: &EnrolOptions,
     id: &PeelId,
     key: KeyPair,
-    fetched: &Value,
+    fetched: &EnrolAnswer,
     ca_pin: &str,
 ) -> Result<PathBuf, PeelEnrolError> {
-    let jwt_text = fetched["jwt"].as_str().unwrap_or_default();
+    let jwt_text = fetched.jwt.as_deref().unwrap_or_default();
     let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
         .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
     let creds = Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
     let path = options.dir.join(format!("{id}.creds"));
     home::write_creds(&path, &creds)?;
-    if let Some(master_xkey) = fetched["master_xkey"].as_str() {
+    if let Some(master_xkey) = &fetched.master_xkey {
         let profile = crate::peel::PeelProfile {
             id: id.to_string(),
             servers: vec![options.server.clone()],

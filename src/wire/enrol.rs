@@ -8,6 +8,7 @@ use nkeys::{KeyPair, XKey};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::keys::{self, KeyRole};
+use crate::wire::record::KeyState;
 
 /// How far a request's time may be from the appliance's clock.
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -46,6 +47,34 @@ pub struct SignedRequest {
     pub request: String,
     /// base64url(Ed25519 signature of the decoded `request` bytes by `nkey`).
     pub sig: String,
+}
+
+/// The appliance's answer to an enrolment request (inside `{"ok": …}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolAnswer {
+    /// Where the key stands.
+    pub state: KeyState,
+    /// The key's fingerprint (when just recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The peel's user JWT (a fetch by an accepted key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<String>,
+    /// The master's curve public key, for the peel's profile (with the JWT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_xkey: Option<String>,
+}
+
+impl EnrolAnswer {
+    /// An answer that only says where the key stands.
+    pub fn state(state: KeyState) -> EnrolAnswer {
+        EnrolAnswer {
+            state,
+            fingerprint: None,
+            jwt: None,
+            master_xkey: None,
+        }
+    }
 }
 
 /// Why an enrolment request is not acceptable as a request (before any key-store decision).

@@ -14,15 +14,60 @@ use crate::identity::time::rfc3339;
 /// How many records may wait for the writer before new ones are dropped (and counted).
 pub const QUEUE: usize = 8192;
 
+/// Who decided: the callout, nats-server itself, or one of zester's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The callout's admission decision.
+    Callout,
+    /// A refusal nats-server made itself, before the callout saw the client.
+    Server,
+    /// The enrolment service.
+    Enrol,
+    /// The rotation service.
+    Rotate,
+    /// The settings service.
+    Settings,
+    /// The admin API.
+    Admin,
+    /// The status endpoint.
+    Status,
+}
+
+impl Source {
+    /// The name written in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Callout => "callout",
+            Source::Server => "server",
+            Source::Enrol => "enrol",
+            Source::Rotate => "rotate",
+            Source::Settings => "settings",
+            Source::Admin => "admin",
+            Source::Status => "status",
+        }
+    }
+}
+
+/// What was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Let in, or acted on.
+    Allow,
+    /// Refused.
+    Refuse,
+}
+
 /// One audited decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
     /// RFC 3339 time.
     pub time: String,
-    /// "callout" (our decision) or "server" (a refusal nats-server made itself).
-    pub source: &'static str,
-    /// "allow" or "refuse".
-    pub decision: &'static str,
+    /// Who decided.
+    pub source: Source,
+    /// `allow` or `refuse`.
+    pub decision: Verdict,
     /// Stable reason code ("key_unknown", "jwt_expired"…); empty when allowed.
     pub code: String,
     /// Why, for people.
@@ -47,7 +92,7 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record stamped at `now`, all other fields empty.
-    pub fn at(now: i64, source: &'static str, decision: &'static str) -> AuditRecord {
+    pub fn at(now: i64, source: Source, decision: Verdict) -> AuditRecord {
         AuditRecord {
             time: rfc3339(now),
             source,
@@ -91,10 +136,10 @@ impl AuditSink {
     pub fn record(&self, record: AuditRecord) {
         // Names, ids and reasons quote what clients chose: Debug formatting escapes quotes,
         // newlines and control characters, so a client cannot forge a line of the text log.
-        if record.decision == "allow" {
+        if record.decision == Verdict::Allow {
             tracing::info!(target: "audit", peel = ?record.peel_id, role = %record.role, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "allowed");
         } else {
-            tracing::warn!(target: "audit", source = record.source, code = %record.code, reason = ?record.reason, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "refused");
+            tracing::warn!(target: "audit", source = record.source.as_str(), code = %record.code, reason = ?record.reason, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "refused");
         }
         if self.sender.try_send(record).is_err() {
             tracing::error!(target: "audit", "audit queue full or closed: a record was not written to audit.log");
@@ -155,10 +200,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let (sink, task) = start(&path);
-        let mut record = AuditRecord::at(0, "callout", "refuse");
+        let mut record = AuditRecord::at(0, Source::Callout, Verdict::Refuse);
         record.code = "key_unknown".into();
         sink.record(record.clone());
-        sink.record(AuditRecord::at(1, "callout", "allow"));
+        sink.record(AuditRecord::at(1, Source::Callout, Verdict::Allow));
         drop(sink);
         task.await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

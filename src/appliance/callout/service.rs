@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
-use super::audit::{AuditRecord, AuditSink};
+use super::audit::{AuditRecord, AuditSink, Source, Verdict};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
@@ -76,7 +76,7 @@ impl Outcome {
     /// A request that cannot be answered at all (it does not open or verify): audited, and
     /// left for the server to time out, since there is no user key to answer to.
     fn unanswerable(now: i64, error: ProtocolError) -> Outcome {
-        let mut audit = AuditRecord::at(now, "callout", "refuse");
+        let mut audit = AuditRecord::at(now, Source::Callout, Verdict::Refuse);
         audit.code = "bad_request".into();
         audit.reason = error.to_string();
         Outcome {
@@ -176,7 +176,7 @@ impl CalloutState {
             Err(e) => return Outcome::unanswerable(now, e),
         };
         let request = &request.claims().nats;
-        let mut audit = AuditRecord::at(now, "callout", "refuse");
+        let mut audit = AuditRecord::at(now, Source::Callout, Verdict::Refuse);
         audit.client_ip = request.client_info.host.clone();
         audit.client_id = request.client_info.id;
         audit.connection_name = request.client_info.name.clone();
@@ -222,7 +222,7 @@ impl CalloutState {
                     exp,
                 ) {
                     Ok(session) => {
-                        audit.decision = "allow";
+                        audit.decision = Verdict::Allow;
                         audit.nkey = admission.nkey.clone();
                         audit.peel_id = peel;
                         audit.role = admission.role.name().to_string();
@@ -269,7 +269,7 @@ impl CalloutState {
                 allowed,
             },
             Err(e) => {
-                audit.decision = "refuse";
+                audit.decision = Verdict::Refuse;
                 audit.code = "internal".into();
                 audit.reason = e.to_string();
                 Outcome {
