@@ -1,9 +1,11 @@
 //! The in-process NATS auth-callout service (DESIGN §5).
 //!
-//! `protocol` opens requests and seals answers, `decide` is the pure decision, `service` wires
+//! `protocol` opens requests and seals answers, `decide` is the pure decision, `admission` the
+//! pure admission step around it (rate, filing, audit fields), `service` wires
 //! them to a NATS subscription, `sessions` remembers who is connected where (for kicks) and
 //! counts decisions, `audit` writes one line per decision.
 
+pub mod admission;
 pub mod audit;
 pub mod decide;
 pub mod protocol;

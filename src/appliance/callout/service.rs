@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use super::admission;
 use super::audit::{AuditRecord, AuditSink, Source, Verdict};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
@@ -18,7 +19,7 @@ use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable}
 use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::net::connect::Presence;
-use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
+use crate::permissions::AUTH_CALLOUT_SUBJECT;
 use crate::wire::AUTH_TIMEOUT_SECS;
 
 /// The queue group every zester callout joins (several nodes share the load, DESIGN §9).
@@ -176,47 +177,25 @@ impl CalloutState {
             Err(e) => return Outcome::unanswerable(now, e),
         };
         let request = &request.claims().nats;
-        let mut audit = AuditRecord::at(now, Source::Callout, Verdict::Refuse);
-        audit.client_ip = request.client_info.host.clone();
-        audit.client_id = request.client_info.id;
-        audit.connection_name = request.client_info.name.clone();
-        audit.server_id = request.server.id.clone();
         self.recent
             .remember(&request.server.id, request.client_info.id);
-
-        let mut decision = decide::decide(request, &trust, self.keys().as_ref(), now);
-        if let Decision::Allow(admission) = &decision {
-            let per_minute = self
-                .enrol_per_minute
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let ip = &request.client_info.host;
-            if matches!(admission.role, Role::Enrolling { .. })
-                && !self.enrol_limiter.allow(ip, now, per_minute)
-            {
-                decision = Decision::Refuse {
-                    refusal: decide::Refusal::EnrolRateLimited { ip: ip.clone() },
-                    nkey: Some(admission.nkey.clone()),
-                };
-            }
-        }
-        let (verdict, allowed) = match &decision {
-            Decision::Allow(admission) => {
-                // Sessions are filed under the peel id, the enrolling key itself (so that its
-                // requests can be limited per address), or the service's role name; peel ids
-                // can be none of the others.
-                let (name, peel, ip) = match &admission.role {
-                    Role::Peel(id) => (id.to_string(), id.to_string(), None),
-                    Role::Enrolling { nkey } => (
-                        nkey.clone(),
-                        String::new(),
-                        Some(request.client_info.host.as_str()),
-                    ),
-                    other => (other.name().to_string(), String::new(), None),
-                };
+        let per_minute = self
+            .enrol_per_minute
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let admitted = admission::admit(
+            request,
+            &trust,
+            self.keys().as_ref(),
+            |ip| self.enrol_limiter.allow(ip, now, per_minute),
+            now,
+        );
+        let mut audit = admitted.audit;
+        let (verdict, allowed) = match (&admitted.decision, admitted.filing) {
+            (Decision::Allow(admission), Some(filing)) => {
                 let exp = decide::session_expiry(admission.expires, self.session_ttl, now);
                 match self.authority.issue_session(
                     &request.user_nkey,
-                    &name,
+                    &filing.identity,
                     &admission.role,
                     now,
                     exp,
@@ -224,15 +203,15 @@ impl CalloutState {
                     Ok(session) => {
                         audit.decision = Verdict::Allow;
                         audit.nkey = admission.nkey.clone();
-                        audit.peel_id = peel;
+                        audit.peel_id = filing.peel;
                         audit.role = admission.role.name().to_string();
                         self.sessions.insert(
-                            &name,
+                            &filing.identity,
                             &request.server.id,
                             request.client_info.id,
                             admission.nkey.clone(),
                             now,
-                            ip,
+                            filing.ip.as_deref(),
                         );
                         (Ok(session.token().to_string()), true)
                     }
@@ -243,12 +222,7 @@ impl CalloutState {
                     }
                 }
             }
-            Decision::Refuse { refusal, nkey } => {
-                audit.code = refusal.code().to_string();
-                audit.reason = refusal.to_string();
-                audit.nkey = nkey.clone().unwrap_or_default();
-                (Err(audit.reason.clone()), false)
-            }
+            _ => (Err(audit.reason.clone()), false),
         };
         let verdict = match &verdict {
             Ok(jwt) => Ok(jwt.as_str()),
