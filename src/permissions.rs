@@ -82,18 +82,18 @@ pub fn permissions_for(role: &Role) -> Permissions {
     match role {
         Role::Peel(id) => Permissions {
             publish: allow(&[
-                format!("zester.event.{id}.>"),
-                format!("zester.fact.{id}"),
-                format!("zester.job.*.ack.{id}"),
-                format!("zester.job.*.return.{id}"),
+                subjects::events(id.as_str()),
+                subjects::fact(id.as_str()),
+                subjects::job_acks(id.as_str()),
+                subjects::job_returns(id.as_str()),
                 // Nothing of `$JS.` or `$KV.`: a JetStream request's answer goes wherever the
                 // requester says, sent from inside the account. Settings come from a service
                 // request on `zester.event.<id>.settings`, answered to this peel's inbox only.
             ]),
             subscribe: allow(&[
-                format!("zester.cmd.{id}"),
-                format!("zester.cmd.{id}.>"),
-                "zester.job.*.cancel".to_string(),
+                subjects::cmd(id.as_str()),
+                subjects::cmd_below(id.as_str()),
+                subjects::JOB_CANCELS.to_string(),
                 format!("_INBOX.{id}.>"),
             ]),
             resp: Some(ONE_REPLY),
@@ -126,7 +126,7 @@ pub fn permissions_for(role: &Role) -> Permissions {
             resp: None,
         },
         Role::Enrolling { nkey } => Permissions {
-            publish: allow(&[format!("zester.enrol.{nkey}")]),
+            publish: allow(&[subjects::enrol(nkey)]),
             subscribe: allow(&[format!("_INBOX.{nkey}.>")]),
             resp: None,
         },

@@ -107,7 +107,7 @@ impl AdminService {
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
         let keys = client.subscribe(KEY_SUBJECTS).await?;
         let creds = client.subscribe(CREDS_ROTATE).await?;
-        let settings = client.subscribe("zester.admin.settings.*").await?;
+        let settings = client.subscribe(SETTINGS_REQUESTS).await?;
         let mut requests =
             futures_util::stream::select(futures_util::stream::select(keys, creds), settings);
         client.flush().await?;

@@ -81,7 +81,7 @@ async fn ask(client: &async_nats::Client, id: &str, payload: &str, timeout: Dura
         if left.is_zero() {
             return Reply::NoAnswer;
         }
-        let request = client.request(format!("zester.cmd.{id}"), payload.to_string().into());
+        let request = client.request(crate::wire::subjects::cmd(id), payload.to_string().into());
         match tokio::time::timeout(left, request).await {
             Ok(Ok(message)) => {
                 return Reply::Answer(serde_json::from_slice(&message.payload).unwrap_or_else(

@@ -339,7 +339,7 @@ impl Agent {
             })?;
         tracing::info!(peel = %id, url = %options.server, "peel agent connected");
 
-        let subject = format!("zester.cmd.{id}");
+        let subject = crate::wire::subjects::cmd(id.as_str());
         let subscriber = client
             .subscribe(subject.clone())
             .await
@@ -351,7 +351,7 @@ impl Agent {
         // hears `start` can already command the peel.
         let start =
             json!({"id": id.as_str(), "zester_version": ZESTER_VERSION, "at": rfc3339(now_unix())});
-        let start_subject = format!("zester.event.{id}.start");
+        let start_subject = crate::wire::subjects::event(id.as_str(), "start");
         client
             .publish(start_subject.clone(), start.to_string().into())
             .await
@@ -703,7 +703,7 @@ async fn publish_facts(
     mut stop: oneshot::Receiver<()>,
     settings: Option<((nkeys::XKey, String), Arc<PeelState>)>,
 ) {
-    let subject = format!("zester.fact.{id}");
+    let subject = crate::wire::subjects::fact(id.as_str());
     loop {
         tokio::select! {
             _ = &mut stop => return,

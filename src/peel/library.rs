@@ -86,7 +86,8 @@ impl Peel {
 
     fn resolve(inputs: RunInputs) -> Result<Peel, RunSetupError> {
         let (options, settings_key) = resolve_run(inputs)?;
-        let (_, id) = load_creds(&options.creds).map_err(|e| RunSetupError::NoServer {
+        let (_, id) = load_creds(&options.creds).map_err(|e| RunSetupError::NotAPeel {
+            path: options.creds.display().to_string(),
             reason: e.to_string(),
         })?;
         Ok(Peel {
@@ -108,7 +109,7 @@ impl Peel {
 
     /// Where commands for this peel arrive: `zester.cmd.<id>`.
     pub fn command_subject(&self) -> String {
-        format!("zester.cmd.{}", self.id)
+        crate::wire::subjects::cmd(self.id.as_str())
     }
 
     /// True when a command's reply subject may be answered: only the admin's and the master's

@@ -108,6 +108,14 @@ pub enum RunSetupError {
     /// The creds cannot be read.
     #[error(transparent)]
     Creds(#[from] HomeError),
+    /// The creds are not a peel's.
+    #[error("{path}: {reason}")]
+    NotAPeel {
+        /// The creds file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The peel id a creds file is for (its JWT's name).

@@ -24,6 +24,8 @@ pub const KEY_REGISTER: &str = "zester.admin.key.register";
 pub const SETTINGS_SET: &str = "zester.admin.settings.set";
 /// Read a peel's settings document (`{"id"}`).
 pub const SETTINGS_GET: &str = "zester.admin.settings.get";
+/// Both settings subjects.
+pub const SETTINGS_REQUESTS: &str = "zester.admin.settings.*";
 /// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
 pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
 

@@ -31,6 +31,44 @@ pub const STORE_INBOX_PREFIX: &str = "_INBOX._store";
 /// The inbox prefix of zester's own service connection (it asks nothing, so it never has one).
 pub const SERVICE_INBOX_PREFIX: &str = "_INBOX._service";
 
+/// Job cancels every peel hears (`zester.job.<jid>.cancel`).
+pub const JOB_CANCELS: &str = "zester.job.*.cancel";
+
+/// `zester.cmd.<id>`: where commands for peel `id` arrive.
+pub fn cmd(id: &str) -> String {
+    format!("zester.cmd.{id}")
+}
+
+/// `zester.cmd.<id>.>`: the peel's sub-command subjects.
+pub fn cmd_below(id: &str) -> String {
+    format!("zester.cmd.{id}.>")
+}
+
+/// `zester.event.<id>.>`: everything peel `id` reports (and asks: rotate, settings).
+pub fn events(id: &str) -> String {
+    format!("zester.event.{id}.>")
+}
+
+/// `zester.event.<id>.<name>`: one event of peel `id`.
+pub fn event(id: &str, name: &str) -> String {
+    format!("zester.event.{id}.{name}")
+}
+
+/// `zester.fact.<id>`: peel `id`'s facts.
+pub fn fact(id: &str) -> String {
+    format!("zester.fact.{id}")
+}
+
+/// `zester.job.*.ack.<id>`: peel `id` acknowledging any job.
+pub fn job_acks(id: &str) -> String {
+    format!("zester.job.*.ack.{id}")
+}
+
+/// `zester.job.*.return.<id>`: peel `id` returning any job's result.
+pub fn job_returns(id: &str) -> String {
+    format!("zester.job.*.return.{id}")
+}
+
 /// `zester.enrol.<nkey>`: the one subject an enrolling key may publish on.
 pub fn enrol(nkey: &str) -> String {
     format!("zester.enrol.{nkey}")
@@ -38,17 +76,17 @@ pub fn enrol(nkey: &str) -> String {
 
 /// `zester.event.<id>.rotate`.
 pub fn rotate(id: &str) -> String {
-    format!("zester.event.{id}.rotate")
+    event(id, "rotate")
 }
 
 /// `zester.event.<id>.rotated`.
 pub fn rotated(id: &str) -> String {
-    format!("zester.event.{id}.rotated")
+    event(id, "rotated")
 }
 
 /// `zester.event.<id>.settings`: a peel asks for its own settings document here.
 pub fn settings(id: &PeelId) -> String {
-    format!("zester.event.{id}.settings")
+    event(id.as_str(), "settings")
 }
 
 /// The inbox prefix of peel `id`: `_INBOX.<id>`.
