@@ -324,3 +324,61 @@ async fn a_restarted_child_leaves_no_ghost_sessions() {
         "sessions counted twice after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrol_wait_waits_for_a_master_that_is_not_up_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(&common::zester(&home, &["init"]), "init");
+    let config = std::fs::read_to_string(home.join("zester.toml")).unwrap();
+    std::fs::write(
+        home.join("zester.toml"),
+        config.replace("accept = \"manual\"", "accept = \"auto-all\""),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let peel_dir = dir.path().join("peel");
+    let enrol = Command::new(zester_bin())
+        .args([
+            "peel",
+            "enrol",
+            "--server",
+            &format!("tls://{listen}"),
+            "--id",
+            "early-bird",
+        ])
+        .arg("--ca")
+        .arg(home.join("pki/ca.pem"))
+        .arg("--dir")
+        .arg(&peel_dir)
+        .arg("--wait")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The master comes up 3 s after the peel started enrolling.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut up = Command::new(zester_bin())
+        .arg("--home")
+        .arg(&home)
+        .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || enrol.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let _ = up.kill();
+    let _ = up.wait();
+    let stdout = ok(&out, "peel enrol --wait");
+    assert!(stdout.contains("enrolled as early-bird"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("yet"),
+        "it said it was waiting: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(peel_dir.join("early-bird.creds").exists());
+    assert!(peel_dir.join("early-bird.json").exists());
+}
