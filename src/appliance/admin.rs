@@ -353,32 +353,13 @@ impl AdminService {
             .into_iter()
             .map(|s| (s.server_id.to_string(), s.client_id))
             .collect();
-        let mut found = Vec::new();
-        let mut offset = 0u64;
-        loop {
-            let body = json!({ "auth": true, "user": id, "offset": offset, "limit": CONNZ_PAGE });
-            let subject = format!("$SYS.REQ.ACCOUNT.{account}.CONNZ");
-            let asked = self.sys.request(subject, body.to_string().into());
-            let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
-                tracing::warn!("listing the account's connections for a revocation: no answer");
-                break;
-            };
-            let page: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
-            let data = &page["data"];
-            let server = data["server_id"].as_str().unwrap_or_default().to_string();
-            let connections = data["connections"].as_array().cloned().unwrap_or_default();
-            for connection in &connections {
-                let cid = connection["cid"].as_u64().unwrap_or_default();
-                if connection["authorized_user"] == id && !listed.contains(&(server.clone(), cid)) {
-                    found.push((server.clone(), cid));
-                }
-            }
-            let total = data["total"].as_u64().unwrap_or_default();
-            offset += connections.len() as u64;
-            if connections.is_empty() || offset >= total {
-                break;
-            }
-        }
+        let connections = crate::appliance::connz::list(&self.sys, &account, Some(id))
+            .await
+            .unwrap_or_default();
+        let found = connections
+            .into_iter()
+            .filter(|c| c.user == id && !listed.contains(&(c.server_id.clone(), c.cid)))
+            .map(|c| (c.server_id, c.cid));
         let kicks = found
             .into_iter()
             .map(|(server, cid)| kick_one(&self.sys, server, cid));
@@ -435,9 +416,6 @@ impl AdminService {
         Ok(())
     }
 }
-
-/// How many connections one CONNZ page lists.
-const CONNZ_PAGE: u64 = 256;
 
 /// Refuses to put anything but a peel's user key into the account's revocations: `*` would
 /// cut off every user of the account, zester's own included, and a service key zester itself.

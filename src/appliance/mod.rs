@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod broker;
 pub mod callout;
+pub mod connz;
 pub mod enrol;
 pub mod keys;
 pub mod respond;

@@ -758,6 +758,38 @@ async fn connect_own(
     Ok(client)
 }
 
+/// How often the session table is checked against the server's own list of connections.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// How soon after a restart of the child it is checked (the system connection is back).
+const RECONCILE_AFTER_RESTART: Duration = Duration::from_secs(1);
+
+/// Forgets the sessions on `server` that the server no longer lists (their disconnect events
+/// were missed). Sessions admitted within the server's auth timeout are kept: under load the
+/// server may not list yet a connection whose answer it is still processing.
+async fn reconcile_sessions(
+    sys: async_nats::Client,
+    state: Arc<CalloutState>,
+    account: String,
+    server: String,
+) {
+    let listed_at = now_unix() - i64::from(crate::wire::AUTH_TIMEOUT_SECS);
+    let Some(connections) = crate::appliance::connz::list(&sys, &account, None).await else {
+        return;
+    };
+    let live: std::collections::HashSet<u64> = connections
+        .iter()
+        .filter(|c| c.server_id == server)
+        .map(|c| c.cid)
+        .collect();
+    let dropped = state.sessions.reconcile(&server, &live, listed_at);
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "forgot sessions the server no longer has (missed disconnect events)"
+        );
+    }
+}
+
 /// How often the system connection's server id is compared with the last one seen.
 const SERVER_CHECK: Duration = Duration::from_millis(250);
 
@@ -801,6 +833,8 @@ async fn watch_server_events(
         .map_err(|e| nats_error("subscribing to server events")(e.into()))?;
     let mut server_check = tokio::time::interval(SERVER_CHECK);
     let mut live_server = sys.server_info().server_id;
+    let mut next_reconcile = std::time::Instant::now() + RECONCILE_EVERY;
+    let mut follow_up: Option<std::time::Instant> = None;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -812,6 +846,28 @@ async fn watch_server_events(
                         let dropped = state.sessions.retain_servers(&[now_on.as_str()]);
                         tracing::info!(dropped, "nats-server restarted: forgot the old server's sessions");
                         live_server = now_on;
+                        // Disconnects of the new server while this connection was still away
+                        // were never heard: check the table against the server soon, and once
+                        // more when those sessions are past the grace of the check.
+                        next_reconcile = std::time::Instant::now() + RECONCILE_AFTER_RESTART;
+                        follow_up = Some(
+                            std::time::Instant::now()
+                                + RECONCILE_AFTER_RESTART
+                                + Duration::from_secs(u64::from(crate::wire::AUTH_TIMEOUT_SECS) + 1),
+                        );
+                    }
+                    if follow_up.is_some_and(|at| std::time::Instant::now() >= at) {
+                        follow_up = None;
+                        next_reconcile = std::time::Instant::now();
+                    }
+                    if std::time::Instant::now() >= next_reconcile {
+                        next_reconcile = std::time::Instant::now() + RECONCILE_EVERY;
+                        tokio::spawn(reconcile_sessions(
+                            sys.clone(),
+                            state.clone(),
+                            account.clone(),
+                            live_server.clone(),
+                        ));
                     }
                 }
                 Some(message) = auth_errors.next() => {

@@ -150,6 +150,33 @@ impl SessionTable {
         before - sessions.by_connection.len()
     }
 
+    /// Forgets the sessions on `server_id` that the server no longer has (`live` client ids),
+    /// except those admitted at or after `listed_at` (the server may not list a connection it
+    /// is still letting in); returns how many went. Disconnect events missed while the system
+    /// connection was away leave such ghosts.
+    pub fn reconcile(&self, server_id: &str, live: &HashSet<u64>, listed_at: i64) -> usize {
+        let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<((Arc<str>, u64), Arc<str>)> = sessions
+            .by_identity
+            .iter()
+            .flat_map(|(identity, list)| {
+                list.iter()
+                    .filter(|s| {
+                        &*s.server_id == server_id
+                            && !live.contains(&s.client_id)
+                            && s.since < listed_at
+                    })
+                    .map(|s| ((s.server_id.clone(), s.client_id), identity.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (connection, identity) in &gone {
+            sessions.by_connection.remove(connection);
+            sessions.forget(identity, connection);
+        }
+        gone.len()
+    }
+
     /// The live sessions of `identity`.
     pub fn of(&self, identity: &str) -> Vec<Session> {
         let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -387,6 +414,27 @@ mod tests {
             98,
             "the same connection is one session"
         );
+    }
+
+    #[test]
+    fn sessions_the_server_no_longer_has_are_forgotten_unless_just_admitted() {
+        let table = SessionTable::default();
+        table.insert("web-01", "N1", 1, "U".into(), 100, None);
+        table.insert("web-02", "N1", 2, "U".into(), 100, None);
+        table.insert("web-03", "N1", 3, "U".into(), 200, None);
+        table.insert("web-04", "N2", 4, "U".into(), 100, None);
+        let live: HashSet<u64> = [1].into_iter().collect();
+        assert_eq!(table.reconcile("N1", &live, 150), 1);
+        assert_eq!(table.of("web-01").len(), 1);
+        assert!(table.of("web-02").is_empty(), "gone from the server");
+        assert_eq!(
+            table.of("web-03").len(),
+            1,
+            "admitted after the list was taken"
+        );
+        assert_eq!(table.of("web-04").len(), 1, "another server");
+        table.remove("N1", 2);
+        assert_eq!(table.len(), 3);
     }
 
     #[test]
