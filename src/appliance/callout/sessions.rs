@@ -45,6 +45,9 @@ pub struct SessionTable {
     inner: Mutex<Sessions>,
 }
 
+/// A connection: its server id (shared) and client id there.
+type Connection = (Arc<str>, u64);
+
 #[derive(Debug, Default)]
 struct Sessions {
     by_identity: HashMap<Arc<str>, VecDeque<Session>>,
@@ -156,7 +159,7 @@ impl SessionTable {
     /// connection was away leave such ghosts.
     pub fn reconcile(&self, server_id: &str, live: &HashSet<u64>, listed_at: i64) -> usize {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<((Arc<str>, u64), Arc<str>)> = sessions
+        let gone: Vec<(Connection, Arc<str>)> = sessions
             .by_identity
             .iter()
             .flat_map(|(identity, list)| {
