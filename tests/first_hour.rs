@@ -52,6 +52,20 @@ impl Drop for Agent {
     }
 }
 
+/// `zester up` on `home`, listening on `listen` (a port fixed before it starts), in the
+/// background; the caller kills it.
+fn spawn_up(home: &Path, listen: &str) -> Child {
+    Command::new(zester_bin())
+        .arg("--home")
+        .arg(home)
+        .args(["up", "--listen", listen, "--monitor", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zester up")
+}
+
 fn creds_of(up: &Up, id: &str) -> PathBuf {
     up.home().join(format!("peels/{id}.creds"))
 }
@@ -125,15 +139,7 @@ async fn a_peel_that_boots_before_its_master_waits_for_it() {
     );
     // The peel's machine booted first: its master comes up 3 s later.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut up = Command::new(zester_bin())
-        .arg("--home")
-        .arg(&home)
-        .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut up = spawn_up(&home, &listen);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !home.join("nats/runtime.json").exists() {
         assert!(Instant::now() < deadline, "zester up did not get ready");
@@ -369,15 +375,7 @@ async fn enrol_wait_waits_for_a_master_that_is_not_up_yet() {
         .unwrap();
     // The master comes up 3 s after the peel started enrolling.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut up = Command::new(zester_bin())
-        .arg("--home")
-        .arg(&home)
-        .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut up = spawn_up(&home, &listen);
     let out = tokio::task::spawn_blocking(move || enrol.wait_with_output().unwrap())
         .await
         .unwrap();

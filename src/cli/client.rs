@@ -122,3 +122,16 @@ pub enum StatusError {
     #[error("zester answered with an unreadable status: {0}")]
     Malformed(String),
 }
+
+/// The admin API's `key show` for peel `id`: its record, fingerprint, revision and sessions.
+pub async fn key_show(client: &async_nats::Client, id: &str) -> Result<Value, StatusError> {
+    admin_request(
+        client,
+        crate::wire::admin::KEY_SHOW,
+        &crate::wire::admin::KeyRequest {
+            id: id.to_string(),
+            fingerprint: None,
+        },
+    )
+    .await
+}

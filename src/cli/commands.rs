@@ -459,15 +459,7 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
 /// `zester key show ID`.
 pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
     let client = crate::cli::client::admin_connect(home).await?;
-    let shown = crate::cli::client::admin_request(
-        &client,
-        crate::wire::admin::KEY_SHOW,
-        &crate::wire::admin::KeyRequest {
-            id: id.to_string(),
-            fingerprint: None,
-        },
-    )
-    .await?;
+    let shown = crate::cli::client::key_show(&client, id).await?;
     let record = &shown["record"];
     let mut human = format!(
         "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nsessions     {}\nhistory:\n",

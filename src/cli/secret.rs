@@ -104,15 +104,7 @@ pub async fn peel_xkey(home: &crate::home::Home, id: &str) -> Result<String, Sec
     let client = crate::cli::client::admin_connect(home)
         .await
         .map_err(|source| SecretFileError::NoAppliance { source })?;
-    let shown = crate::cli::client::admin_request(
-        &client,
-        crate::wire::admin::KEY_SHOW,
-        &crate::wire::admin::KeyRequest {
-            id: id.to_string(),
-            fingerprint: None,
-        },
-    )
-    .await?;
+    let shown = crate::cli::client::key_show(&client, id).await?;
     match shown["record"]["xkey"].as_str() {
         Some(xkey) if !xkey.is_empty() => Ok(xkey.to_string()),
         _ => Err(SecretFileError::NoCurveKey { id: id.to_string() }),
