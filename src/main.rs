@@ -310,7 +310,7 @@ enum PeelCommand {
 #[derive(Debug, Subcommand)]
 enum CredsCommand {
     /// Replace the master's or the admin's creds with a new key. With the appliance running it
-    /// does it (the old key is cut off, zester's own master connection follows by itself);
+    /// does it (the old key's sessions are cut off; zester's own services never use these creds);
     /// otherwise the file is replaced and the next `zester up` uses it.
     ///
     /// `signing-key` rotates the ZESTER account signing key (with zester stopped): a new key

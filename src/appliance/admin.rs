@@ -293,8 +293,9 @@ impl AdminService {
     }
 
     /// Replaces the master's or the admin's creds: a new key, the file rewritten atomically,
-    /// the callout told, and the old key's sessions kicked a moment later (zester's own master
-    /// connection re-reads the file and comes back with the new key).
+    /// the callout told, and the old key's sessions kicked a moment later (a client that
+    /// re-reads the file at reconnect comes back with the new key; zester's own services use
+    /// their own per-run users).
     async fn rotate_service_creds(&self, role_name: &str) -> Result<Value, AdminError> {
         let role = match role_name {
             "master" => Role::Master,

@@ -4,9 +4,9 @@
 //! [`Appliance::start`] walks the steps in order and each one fails with an error naming the
 //! fix: initialise the home if needed, find and check the binary, render the server config,
 //! start the child, connect the callout user (which bypasses the callout) and subscribe, then
-//! the system user (kicks, auth-error and disconnect events) and the master (through the
-//! callout, like everyone else), open the key store and import the offline journal. Only then
-//! is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last, so that
+//! the system user (kicks, auth-error and disconnect events), then zester's own store and
+//! service users (through the callout, like everyone else, with least privilege), open the key
+//! store, import the offline journal and serve the services. Only then is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last, so that
 //! no client is ever left without an answer while the server still runs.
 
 use std::path::PathBuf;

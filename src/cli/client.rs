@@ -108,9 +108,9 @@ pub enum StatusError {
     /// Connected, but no answer.
     #[error("zester is running but did not answer within 10 s (restarting nats-server? try again in a moment)")]
     NoAnswer,
-    /// Connected, but nothing listens on the subject: zester's master connection, which serves
-    /// the admin API, is reconnecting (after a restart of nats-server or a creds rotation).
-    #[error("zester is running but nothing serves {subject} right now (its master connection is reconnecting, e.g. after a restart of nats-server or `zester creds rotate master`): try again in a moment")]
+    /// Connected, but nothing listens on the subject: zester's service connection, which serves
+    /// the admin API, is reconnecting (after a restart of nats-server).
+    #[error("zester is running but nothing serves {subject} right now (its service connection is reconnecting, e.g. after a restart of nats-server): try again in a moment")]
     NotServing {
         /// The request subject.
         subject: String,

@@ -6,7 +6,7 @@
 //! a rotated creds file is picked up and no secret is duplicated. `inbox_prefix` matters for
 //! the admin: zester lets it subscribe only to `_INBOX._admin.>`, so on a client's default
 //! inbox every request fails with a permission violation. The master may use any inbox; it
-//! gets `_INBOX._master`, the prefix zester's own master connection uses.
+//! gets `_INBOX._master`, the master's prefix (the one peels answer commands into).
 //!
 //! Deciding the document (URL, fields, where it goes) is pure and unit-tested; [`export`] only
 //! reads the home and writes the file.
