@@ -66,16 +66,36 @@ pub enum PeelEnrolError {
         path: PathBuf,
     },
     /// Connecting failed.
-    #[error("cannot connect to {url} to enrol: {reason}")]
+    #[error("cannot connect to {url} to enrol: {source}{hint}")]
     Connect {
         /// The URL.
         url: String,
-        /// Why.
-        reason: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+        /// What a refusal of this key means (empty otherwise).
+        hint: &'static str,
     },
-    /// The master refused or did not answer.
+    /// The master refused the request, in its own words.
     #[error("enrolment refused: {0}")]
     Refused(String),
+    /// No answer in time.
+    #[error("the master did not answer the enrolment request within {} s", after.as_secs())]
+    NoAnswer {
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The request could not be sent.
+    #[error("sending the enrolment request: {0}")]
+    Request(#[from] async_nats::RequestError),
+    /// The request could not be signed.
+    #[error(transparent)]
+    Sign(#[from] crate::wire::enrol::RequestError),
+    /// The profile could not be written.
+    #[error(transparent)]
+    Profile(#[from] crate::peel::profile::ProfileError),
+    /// The answer is not an enrolment answer.
+    #[error("the master's answer is not an enrolment answer: {0}")]
+    BadAnswer(#[from] serde_json::Error),
     /// A bad id.
     #[error(transparent)]
     PeelId(#[from] crate::identity::peel_id::PeelIdError),
@@ -226,15 +246,20 @@ async fn connect_enrolling(
     key: &KeyPair,
     progress: &impl Fn(&str),
 ) -> Result<async_nats::Client, PeelEnrolError> {
-    let connect_error = |reason: String| {
-        let hint = if reason.to_lowercase().contains("authorization violation") {
-            " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
-        } else {
-            ""
-        };
+    let connect_error = |source: async_nats::ConnectError| {
+        let refused = matches!(
+            source.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication
+        );
         PeelEnrolError::Connect {
             url: options.server.clone(),
-            reason: format!("{reason}{hint}"),
+            source,
+            hint: if refused {
+                " (the master refused this key: it was rejected or revoked, or this address made too many enrolment attempts; see the master's audit log)"
+            } else {
+                ""
+            },
         }
     };
     let trust = async_nats::ConnectOptions::with_nkey(key.seed().unwrap_or_default());
@@ -285,7 +310,7 @@ async fn connect_enrolling(
                 tokio::time::sleep(pause + jitter).await;
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(connect_error(e.to_string())),
+            Err(e) => return Err(connect_error(e)),
         }
     }
 }
@@ -296,25 +321,20 @@ async fn ask(
     key: &KeyPair,
     request: &EnrolRequest,
 ) -> Result<EnrolAnswer, PeelEnrolError> {
-    let signed = sign_request(key, request).map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
-    let body = serde_json::to_vec(&signed).unwrap_or_default();
+    let signed = sign_request(key, request)?;
+    let body = serde_json::to_vec(&signed)?;
+    let wait = Duration::from_secs(10);
     let reply = tokio::time::timeout(
-        Duration::from_secs(10),
+        wait,
         client.request(subjects::enrol(&request.nkey), body.into()),
     )
     .await
-    .map_err(|_| PeelEnrolError::Refused("the master did not answer within 10 s".into()))?
-    .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
-    let answer: Value = serde_json::from_slice(&reply.payload)
-        .map_err(|e| PeelEnrolError::Refused(e.to_string()))?;
+    .map_err(|_| PeelEnrolError::NoAnswer { after: wait })??;
+    let answer: Value = serde_json::from_slice(&reply.payload)?;
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         return Err(PeelEnrolError::Refused(error.to_string()));
     }
-    serde_json::from_value(answer["ok"].clone()).map_err(|e| {
-        PeelEnrolError::Refused(format!(
-            "the master's answer is not an enrolment answer: {e}"
-        ))
-    })
+    Ok(serde_json::from_value(answer["ok"].clone())?)
 }
 
 /// Once accepted: the creds from the JWT the master handed out and this key, and the profile
@@ -340,8 +360,7 @@ fn write_enrolled(
             master_xkey: master_xkey.to_string(),
         };
         let at = crate::peel::PeelProfile::path_in(&options.dir, id.as_str());
-        crate::peel::profile::write(&profile, &at)
-            .map_err(|e| PeelEnrolError::Trust(e.to_string()))?;
+        crate::peel::profile::write(&profile, &at)?;
     }
     Ok(path)
 }
