@@ -352,7 +352,7 @@ async fn one_key_enrolling_many_ids_gets_at_most_one_pending_record() {
             id: format!("squat-{n}"),
             nkey: nkey.clone(),
             xkey: None,
-            hostname: "attacker".into(),
+            hostname: "attacker\u{1b}[2J\nINFO forged".into(),
             at: now_unix(),
         };
         let body = serde_json::to_vec(&sign_request(&key, &request).unwrap()).unwrap();
@@ -380,6 +380,13 @@ async fn one_key_enrolling_many_ids_gets_at_most_one_pending_record() {
         .collect();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].state, KeyState::Pending);
+    // The hostname the client chose reaches the admin's terminal (`key show`) escaped.
+    let reason = &records[0].history[0].reason;
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    assert!(
+        reason.contains("attacker\\u{1b}[2J\\nINFO forged"),
+        "{reason:?}"
+    );
     t.stop().await;
 }
 

@@ -252,7 +252,13 @@ impl EnrolService {
                         max: self.max_pending,
                     });
                 }
-                let reason = format!("enrolled from {}", request.hostname);
+                // The hostname is the client's word: kept short and with its control
+                // characters escaped, since `zester key show` prints it in a terminal.
+                let hostname: String = request.hostname.chars().take(253).collect();
+                let reason = format!(
+                    "enrolled from {}",
+                    crate::appliance::callout::audit::escape_control(&hostname)
+                );
                 let mut record = KeyRecord::new_pending(
                     id.clone(),
                     &request.nkey,
