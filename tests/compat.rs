@@ -72,7 +72,7 @@ fn jwt_js_fixtures_decode_and_chain_here() {
     assert_eq!(peel.exp, expected["exp"].as_i64().unwrap());
     assert_eq!(peel.nats.issuer_account, keys["zester"]);
     let verified = chain::verify_user(&operator, &zester, creds.jwt(), now).unwrap();
-    assert_eq!(verified.user_signer, keys["zester_signing_key"]);
+    assert_eq!(verified.user_signer(), keys["zester_signing_key"]);
 
     let bearer: UserJwt = jwt::decode(fixture("bearer.jwt").trim(), now).unwrap();
     assert!(bearer.claims().nats.bearer_token);

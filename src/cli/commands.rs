@@ -328,18 +328,18 @@ fn check_chain(home: &Home, creds: &Creds, now: i64) -> (String, Value, bool) {
         Ok(verified) => (
             format!(
                 "valid: user {} ← account {} ({}) ← operator {} ({})",
-                verified.user,
+                verified.user(),
                 account.claims().name,
-                verified.account,
+                verified.account(),
                 authority.operator_jwt.claims().name,
-                verified.operator
+                verified.operator()
             ),
             json!({
                 "verified": true,
                 "home": home.root(),
-                "operator": verified.operator,
-                "account": verified.account,
-                "signer": verified.user_signer,
+                "operator": verified.operator(),
+                "account": verified.account(),
+                "signer": verified.user_signer(),
             }),
             true,
         ),

@@ -80,14 +80,32 @@ pub enum ChainError {
 /// A user whose whole chain up to the trusted operator has been verified at some `now`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {
+    operator: String,
+    account: String,
+    user: String,
+    user_signer: String,
+}
+
+impl VerifiedChain {
     /// The operator's identity key.
-    pub operator: String,
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
     /// The account's identity key.
-    pub account: String,
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
     /// The user's key.
-    pub user: String,
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// The key that signed the user (the account or one of its signing keys).
-    pub user_signer: String,
+    pub fn user_signer(&self) -> &str {
+        &self.user_signer
+    }
 }
 
 fn in_time<N>(link: &'static str, jwt: &super::jwt::Jwt<N>, now: i64) -> Result<(), ChainError> {
