@@ -47,15 +47,15 @@ impl StopSignals {
     /// Installs the handlers (inside a tokio runtime).
     pub fn install() -> Result<StopSignals, UpError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let handler = |kind, what| {
-            signal(kind).map_err(|e| UpError::Nats {
-                what,
-                reason: e.to_string(),
+        let handler = |kind, signal_name| {
+            signal(kind).map_err(|source| UpError::Signal {
+                signal_name,
+                source,
             })
         };
         Ok(StopSignals {
-            interrupt: handler(SignalKind::interrupt(), "installing the SIGINT handler")?,
-            terminate: handler(SignalKind::terminate(), "installing the SIGTERM handler")?,
+            interrupt: handler(SignalKind::interrupt(), "SIGINT")?,
+            terminate: handler(SignalKind::terminate(), "SIGTERM")?,
         })
     }
 }
@@ -92,12 +92,23 @@ pub enum UpError {
         source: connect::ConnectError,
     },
     /// A NATS operation failed.
-    #[error("{what}: {reason}")]
+    #[error("{what}: {source}")]
     Nats {
         /// What was being done.
         what: &'static str,
         /// The client's error.
-        reason: String,
+        source: async_nats::Error,
+    },
+    /// The settings bucket could not be opened.
+    #[error(transparent)]
+    Settings(#[from] crate::appliance::settings::SettingsError),
+    /// A signal handler could not be installed.
+    #[error("installing the {signal_name} handler: {source}")]
+    Signal {
+        /// `SIGINT` or `SIGTERM`.
+        signal_name: &'static str,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// The key store.
     #[error("key store: {0}")]
@@ -108,10 +119,7 @@ pub enum UpError {
 }
 
 fn nats_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> UpError {
-    move |e| UpError::Nats {
-        what,
-        reason: e.to_string(),
-    }
+    move |source| UpError::Nats { what, source }
 }
 
 /// Command-line overrides of `zester.toml`.
@@ -607,14 +615,7 @@ async fn serve_services(
             .await
             .map_err(nats_error("subscribing to the enrolment subjects"))?,
     );
-    let settings = Arc::new(
-        crate::appliance::settings::SettingsStore::open(store.clone())
-            .await
-            .map_err(|e| UpError::Nats {
-                what: "opening the settings bucket",
-                reason: e.to_string(),
-            })?,
-    );
+    let settings = Arc::new(crate::appliance::settings::SettingsStore::open(store.clone()).await?);
     tasks.push(
         crate::appliance::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
             .await
