@@ -176,12 +176,20 @@ pub enum AgentError {
         source: async_nats::ConnectError,
     },
     /// A NATS operation failed after connecting.
-    #[error("{what}: {reason}")]
+    #[error("{what}: {source}")]
     Nats {
         /// What was being done.
         what: String,
-        /// The client's message.
-        reason: String,
+        /// The client's error.
+        source: async_nats::Error,
+    },
+    /// The curve seed (for settings) cannot be used.
+    #[error("reading the curve seed {}: {}", path.display(), source.as_ref().map_or_else(|| "not a curve seed".to_string(), |e| e.to_string()))]
+    Seed {
+        /// The file.
+        path: PathBuf,
+        /// The OS error, or none when the file holds no curve seed.
+        source: Option<std::io::Error>,
     },
     /// A signal handler could not be installed.
     #[error("cannot install the {signal} handler: {source}")]
@@ -287,13 +295,13 @@ impl Agent {
         let secret_key = match &settings_key {
             Some(key) => {
                 let text =
-                    std::fs::read_to_string(&key.xkey_seed).map_err(|e| AgentError::Nats {
-                        what: format!("reading the curve seed {}", key.xkey_seed.display()),
-                        reason: e.to_string(),
+                    std::fs::read_to_string(&key.xkey_seed).map_err(|source| AgentError::Seed {
+                        path: key.xkey_seed.clone(),
+                        source: Some(source),
                     })?;
-                let xkey = nkeys::XKey::from_seed(text.trim()).map_err(|_| AgentError::Nats {
-                    what: format!("reading the curve seed {}", key.xkey_seed.display()),
-                    reason: "not a curve seed".into(),
+                let xkey = nkeys::XKey::from_seed(text.trim()).map_err(|_| AgentError::Seed {
+                    path: key.xkey_seed.clone(),
+                    source: None,
                 })?;
                 Some((xkey, key.master_xkey.clone()))
             }
@@ -345,7 +353,7 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Nats {
                 what: format!("subscribing to {subject}"),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         // The subscription is sent before the start event on the same connection, so whoever
         // hears `start` can already command the peel.
@@ -357,11 +365,11 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Nats {
                 what: format!("publishing {start_subject}"),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         client.flush().await.map_err(|e| AgentError::Nats {
             what: format!("flushing {start_subject}"),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
 
         let (stop_facts, facts_stopped) = oneshot::channel();
@@ -425,7 +433,7 @@ impl Agent {
             let _ = (&mut facts).await;
             client.drain().await.map_err(|e| AgentError::Nats {
                 what: "draining the connection".to_string(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             let _ = (&mut commands).await;
             // An error means the client is gone altogether, which is closed too.
