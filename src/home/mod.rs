@@ -190,6 +190,16 @@ fn read_text(path: &Path) -> Result<String, HomeError> {
     fs::read_to_string(path).map_err(io_error("read", path))
 }
 
+/// The SPKI pin (`sha256:<hex>`) of the certificate in the PEM file `path`.
+pub fn cert_file_pin(path: &Path) -> Result<String, HomeError> {
+    let pem = fs::read_to_string(path).map_err(|source| HomeError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(crate::pki::spki_pin_from_cert_pem(&pem)?)
+}
+
 /// Reads and parses a `.creds` file; errors name the file.
 pub fn read_creds(path: &Path) -> Result<Creds, HomeError> {
     let text = read_text(path)?;
@@ -337,13 +347,7 @@ impl Home {
     }
     /// The SPKI pin of this home's CA (`sha256:<hex>`), as `init` printed it.
     pub fn ca_pin(&self) -> Result<String, HomeError> {
-        let path = self.ca_cert();
-        let pem = fs::read_to_string(&path).map_err(|source| HomeError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(crate::pki::spki_pin_from_cert_pem(&pem)?)
+        cert_file_pin(&self.ca_cert())
     }
     /// The server certificate.
     pub fn server_cert(&self) -> PathBuf {

@@ -134,13 +134,7 @@ fn load_or_create_seed(
 
 /// Refuses a CA file whose pin is not `pin`.
 pub fn check_ca_pin(ca: &Path, pin: &str) -> Result<(), PeelEnrolError> {
-    let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
-        action: "read",
-        path: ca.to_path_buf(),
-        source,
-    })?;
-    let found = crate::pki::spki_pin_from_cert_pem(&pem)
-        .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?;
+    let found = pin_of_ca_file(ca)?;
     if found.eq_ignore_ascii_case(pin.trim()) {
         Ok(())
     } else {
@@ -225,16 +219,16 @@ fn peel_keys(dir: &Path, id: &PeelId) -> Result<(KeyPair, String), PeelEnrolErro
 fn ca_pin_of(options: &EnrolOptions) -> Result<String, PeelEnrolError> {
     Ok(match (&options.pin, &options.ca) {
         (Some(pin), _) => pin.trim().to_string(),
-        (None, Some(ca)) => {
-            let pem = std::fs::read_to_string(ca).map_err(|source| home::HomeError::Io {
-                action: "read",
-                path: ca.clone(),
-                source,
-            })?;
-            crate::pki::spki_pin_from_cert_pem(&pem)
-                .map_err(|e| PeelEnrolError::Trust(format!("{}: {e}", ca.display())))?
-        }
+        (None, Some(ca)) => pin_of_ca_file(ca)?,
         (None, None) => String::new(),
+    })
+}
+
+/// The pin of the CA certificate in `ca`; a file that is not one is a trust problem.
+fn pin_of_ca_file(ca: &Path) -> Result<String, PeelEnrolError> {
+    home::cert_file_pin(ca).map_err(|e| match e {
+        home::HomeError::Pki(e) => PeelEnrolError::Trust(format!("{}: {e}", ca.display())),
+        other => PeelEnrolError::Home(other),
     })
 }
 
