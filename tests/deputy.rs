@@ -307,7 +307,7 @@ async fn one_revoke_cuts_every_session_even_those_the_table_lost() {
         t.appliance
             .callout()
             .sessions
-            .remove(&session.server_id, session.client_id);
+            .remove(session.server_id.as_str(), session.client_id);
     }
     let admin = admin_connect(&t.home).await.expect("admin connects");
     let reply = admin_request(

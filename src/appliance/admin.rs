@@ -23,6 +23,7 @@ use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
 use crate::appliance::respond;
 use crate::authority::Authority;
 use crate::home::{self, now_unix, Home};
+use crate::identity::keys::UserKey;
 use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
 use crate::wire::reply::Asker;
@@ -73,9 +74,38 @@ pub enum AdminError {
     /// A state change that is not allowed.
     #[error(transparent)]
     Record(#[from] crate::appliance::keys::KeyError),
-    /// Updating the account JWT failed.
+    /// A key is not of the kind it must be.
+    #[error(transparent)]
+    Key(#[from] crate::identity::keys::KeyError),
+    /// A file of the home could not be read or written.
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    /// Creds or the account JWT could not be signed.
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
+    /// The claim update could not be sent to the server.
     #[error("updating the ZESTER account: {0}")]
-    Account(String),
+    AccountRequest(#[from] async_nats::RequestError),
+    /// The server did not answer the claim update.
+    #[error("updating the ZESTER account: the server did not answer within {} s", after.as_secs())]
+    AccountNoAnswer {
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The server refused the claim update, in its own words.
+    #[error("updating the ZESTER account: the server refused the update: {0}")]
+    AccountRefused(String),
+    /// The key must not go into the account's revocations.
+    #[error(
+        "updating the ZESTER account: refusing to revoke {:?}: {why}",
+        crate::identity::keys::shorten(nkey)
+    )]
+    NotRevocable {
+        /// The key.
+        nkey: String,
+        /// Why not.
+        why: &'static str,
+    },
 }
 
 /// What the admin service needs.
@@ -307,18 +337,21 @@ impl AdminService {
             }
         };
         let path = self.home.service_creds(role_name);
-        let old = home::read_creds(&path).map_err(|e| AdminError::Account(e.to_string()))?;
+        let old = home::read_creds(&path)?;
         let old_key = old.key().public_key();
-        let creds = self
-            .authority
-            .issue_creds(nkeys::KeyPair::new_user(), role_name, &role, now_unix(), 0)
-            .map_err(|e| AdminError::Account(e.to_string()))?;
+        let creds = self.authority.issue_creds(
+            nkeys::KeyPair::new_user(),
+            role_name,
+            &role,
+            now_unix(),
+            0,
+        )?;
         let new_key = creds.key().public_key();
-        home::write_creds(&path, &creds).map_err(|e| AdminError::Account(e.to_string()))?;
+        home::write_creds(&path, &creds)?;
         let trust = self.callout.trust();
         let mut services = trust.services.clone();
-        services.remove(&old_key);
-        services.insert(new_key.clone(), role);
+        services.remove(old_key.as_str());
+        services.insert(UserKey::parse(&new_key)?, role);
         self.callout.set_trust(Trust {
             services,
             ..(*trust).clone()
@@ -385,31 +418,25 @@ impl AdminService {
         let mut claims = trust.account.claims().clone();
         claims.nats.revocations.insert(nkey.to_string(), now);
         claims.iat = now.max(claims.iat + 1);
-        let account = self
-            .authority
-            .sign_account(claims)
-            .map_err(|e| AdminError::Account(e.to_string()))?;
+        let account = self.authority.sign_account(claims)?;
         let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", account.subject());
+        let after = Duration::from_secs(5);
         let answer = tokio::time::timeout(
-            Duration::from_secs(5),
+            after,
             self.sys
                 .request(subject, account.token().as_bytes().to_vec().into()),
         )
         .await
-        .map_err(|_| AdminError::Account("the server did not answer the claim update".into()))?
-        .map_err(|e| AdminError::Account(e.to_string()))?;
+        .map_err(|_| AdminError::AccountNoAnswer { after })??;
         let answer: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
         if let Some(error) = answer.get("error") {
-            return Err(AdminError::Account(format!(
-                "the server refused the update: {error}"
-            )));
+            return Err(AdminError::AccountRefused(error.to_string()));
         }
         home::write_atomic(
             &self.home.auth_dir().join("zester.jwt"),
             format!("{}\n", account.token()).as_bytes(),
             home::PUBLIC_MODE,
-        )
-        .map_err(|e| AdminError::Account(e.to_string()))?;
+        )?;
         self.callout.set_trust(Trust {
             account,
             ..(*trust).clone()
@@ -421,11 +448,11 @@ impl AdminService {
 /// Refuses to put anything but a peel's user key into the account's revocations: `*` would
 /// cut off every user of the account, zester's own included, and a service key zester itself.
 pub fn check_revocable(nkey: &str, trust: &Trust) -> Result<(), AdminError> {
-    let refuse = |why: &str| {
-        Err(AdminError::Account(format!(
-            "refusing to revoke {:?}: {why}",
-            crate::identity::keys::shorten(nkey)
-        )))
+    let refuse = |why: &'static str| {
+        Err(AdminError::NotRevocable {
+            nkey: nkey.to_string(),
+            why,
+        })
     };
     if crate::identity::keys::expect_role(nkey, &[crate::identity::keys::KeyRole::User]).is_err() {
         return refuse("not a user key");
@@ -467,7 +494,7 @@ async fn kick_sessions(
     let sessions = callout.sessions.of(id);
     let kicks = sessions
         .iter()
-        .filter(|session| nkey.is_none_or(|k| session.nkey == k))
+        .filter(|session| nkey.is_none_or(|k| session.nkey.as_str() == k))
         .map(|session| kick_one(sys, session.server_id.to_string(), session.client_id));
     futures_util::future::join_all(kicks)
         .await

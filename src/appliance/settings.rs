@@ -32,14 +32,30 @@ const MAX_DOCUMENT: i32 = 256 * 1024;
 pub enum SettingsError {
     /// The bucket could not be opened or created.
     #[error("settings bucket {BUCKET}: {0}")]
-    Bucket(String),
-    /// A read or write failed.
-    #[error("settings of peel {id}: {reason}")]
-    Kv {
+    Bucket(#[from] async_nats::jetstream::context::CreateKeyValueError),
+    /// A write failed.
+    #[error("settings of peel {id}: {source}")]
+    Put {
         /// The peel.
         id: String,
-        /// Why.
-        reason: String,
+        /// The bucket's error.
+        source: async_nats::jetstream::kv::PutError,
+    },
+    /// A read failed.
+    #[error("settings of peel {id}: {source}")]
+    Get {
+        /// The peel.
+        id: String,
+        /// The bucket's error.
+        source: async_nats::jetstream::kv::EntryError,
+    },
+    /// The stored document is not JSON.
+    #[error("settings of peel {id}: the stored document is not JSON: {source}")]
+    Stored {
+        /// The peel.
+        id: String,
+        /// The parser's error.
+        source: serde_json::Error,
     },
     /// Not a JSON object.
     #[error("settings of peel {id} must be a JSON object: {reason}")]
@@ -62,8 +78,8 @@ impl SettingsStore {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(BUCKET).await {
             Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
+            Err(_) => {
+                js.create_key_value(kv::Config {
                     bucket: BUCKET.to_string(),
                     description:
                         "zester: per-peel settings; the master writes, each peel reads its own"
@@ -73,8 +89,8 @@ impl SettingsStore {
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
-                .await
-                .map_err(|e| SettingsError::Bucket(e.to_string()))?,
+                .await?
+            }
         };
         Ok(SettingsStore { kv })
     }
@@ -91,24 +107,28 @@ impl SettingsStore {
         self.kv
             .put(id.as_str(), bytes.into())
             .await
-            .map_err(|e| SettingsError::Kv {
+            .map_err(|source| SettingsError::Put {
                 id: id.to_string(),
-                reason: e.to_string(),
+                source,
             })
     }
 
     /// The settings of `id`, if any.
     pub async fn get(&self, id: &PeelId) -> Result<Option<Value>, SettingsError> {
-        let kv_error = |reason: String| SettingsError::Kv {
-            id: id.to_string(),
-            reason,
-        };
         match self.kv.get(id.as_str()).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| kv_error(format!("stored document is not JSON: {e}"))),
+            Ok(Some(bytes)) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| SettingsError::Stored {
+                        id: id.to_string(),
+                        source,
+                    })
+            }
             Ok(None) => Ok(None),
-            Err(e) => Err(kv_error(e.to_string())),
+            Err(source) => Err(SettingsError::Get {
+                id: id.to_string(),
+                source,
+            }),
         }
     }
 }

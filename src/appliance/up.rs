@@ -29,6 +29,7 @@ use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::rotate::RotateService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
+use crate::identity::keys::UserKey;
 use crate::identity::peel_id::PeelId;
 use crate::net::connect::{self, ClientSpec, ConnectionOrder, Endpoint};
 use crate::permissions::{Role, ADMIN_INBOX_PREFIX};
@@ -77,6 +78,9 @@ pub enum UpError {
     /// The nats-server binary.
     #[error(transparent)]
     Binary(#[from] BinaryError),
+    /// A creds file whose key is not a user's.
+    #[error("a creds file of zester's own users: {0}")]
+    Key(#[from] crate::identity::keys::KeyError),
     /// The server config could not be rendered.
     #[error("nats-server configuration: {0}")]
     Render(#[from] server_config::ConfigRenderError),
@@ -304,7 +308,7 @@ struct Prepared {
     authority: Arc<crate::authority::Authority>,
     /// zester's own users by key (master and admin from the home; service and store added
     /// by [`OwnUsers::issue`]), never by what they claim.
-    services: std::collections::HashMap<String, Role>,
+    services: std::collections::HashMap<UserKey, Role>,
     session_ttl: i64,
     sentinel: crate::identity::jwt::UserJwt,
 }
@@ -465,12 +469,12 @@ impl OwnUsers {
     /// Step 3: signs both users and trusts their keys in `services`.
     fn issue(
         authority: &crate::authority::Authority,
-        services: &mut std::collections::HashMap<String, Role>,
+        services: &mut std::collections::HashMap<UserKey, Role>,
         now: i64,
     ) -> Result<OwnUsers, UpError> {
         let mut issue = |name: &str, role: Role| -> Result<Arc<Creds>, UpError> {
             let creds = authority.issue_creds(nkeys::KeyPair::new_user(), name, &role, now, 0)?;
-            services.insert(creds.key().public_key(), role);
+            services.insert(UserKey::parse(&creds.key().public_key())?, role);
             Ok(Arc::new(creds))
         };
         Ok(OwnUsers {
@@ -690,7 +694,7 @@ fn join_host_port(host: &str, port: u16) -> String {
 fn repair_revocations(
     home: &Home,
     mut authority: crate::authority::Authority,
-    own_users: &std::collections::HashMap<String, Role>,
+    own_users: &std::collections::HashMap<UserKey, Role>,
     now: i64,
 ) -> Result<crate::authority::Authority, UpError> {
     let claims = authority.zester_jwt.claims();
@@ -700,7 +704,9 @@ fn repair_revocations(
         .revocations
         .keys()
         .filter(|key| {
-            key.as_str() == "*" || own_users.contains_key(*key) || callout_keys.contains(key)
+            key.as_str() == "*"
+                || own_users.contains_key(key.as_str())
+                || callout_keys.contains(key)
         })
         .cloned()
         .collect();
@@ -727,11 +733,11 @@ fn repair_revocations(
 }
 
 /// Master and admin are recognised by their keys in the home, never by what they claim.
-fn service_roles(home: &Home) -> Result<std::collections::HashMap<String, Role>, UpError> {
+fn service_roles(home: &Home) -> Result<std::collections::HashMap<UserKey, Role>, UpError> {
     let mut services = std::collections::HashMap::new();
     for (name, role) in [("master", Role::Master), ("admin", Role::Admin)] {
         let creds = home::read_creds(&home.service_creds(name))?;
-        services.insert(creds.key().public_key(), role);
+        services.insert(UserKey::parse(&creds.key().public_key())?, role);
     }
     Ok(services)
 }

@@ -55,7 +55,7 @@ pub async fn admin_request(
     subject: &str,
     body: &impl Serialize,
 ) -> Result<Value, StatusError> {
-    let body = serde_json::to_vec(body).map_err(|e| StatusError::Malformed(e.to_string()))?;
+    let body = serde_json::to_vec(body).map_err(StatusError::Malformed)?;
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
         client.request(subject.to_string(), body.into()),
@@ -71,8 +71,8 @@ pub async fn admin_request(
             reason: e.to_string(),
         },
     })?;
-    let mut answer: Value = serde_json::from_slice(&reply.payload)
-        .map_err(|e| StatusError::Malformed(e.to_string()))?;
+    let mut answer: Value =
+        serde_json::from_slice(&reply.payload).map_err(StatusError::Malformed)?;
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         return Err(StatusError::Refused(error.to_string()));
     }
@@ -120,7 +120,7 @@ pub enum StatusError {
     Refused(String),
     /// An answer that is not JSON.
     #[error("zester answered with an unreadable status: {0}")]
-    Malformed(String),
+    Malformed(#[from] serde_json::Error),
 }
 
 /// The admin API's `key show` for peel `id`: its record, fingerprint, revision and sessions.

@@ -55,7 +55,7 @@ pub async fn run(
     let keys: Vec<KeySummary> = serde_json::from_value(
         admin_request(&client, KEY_LIST, &json!({ "state": KeyState::Accepted })).await?,
     )
-    .map_err(|e| StatusError::Malformed(e.to_string()))?;
+    .map_err(StatusError::Malformed)?;
     let mut ids: Vec<String> = keys
         .into_iter()
         .map(|k| k.id)

@@ -37,12 +37,32 @@ pub enum CommandError {
         /// The file.
         path: PathBuf,
     },
-    /// The running appliance refused or failed.
+    /// The running appliance could not be reached, or refused.
     #[error("the running appliance: {0}")]
-    Appliance(String),
+    Appliance(#[from] crate::cli::client::StatusError),
+    /// The running appliance refused to register the key.
+    #[error("the running appliance: registering the key: {0}")]
+    RegisterRefused(crate::cli::client::StatusError),
+    /// The key was registered but its files could not be written.
+    #[error("the key is registered, but {source}; revoke and delete it (`zester key revoke {id}`, `zester key delete {id}`) and issue again")]
+    RegisteredNotWritten {
+        /// The peel.
+        id: PeelId,
+        /// Why the files were not written.
+        source: HomeError,
+    },
+    /// The key record could not be made.
+    #[error("the key record: {0}")]
+    Record(#[from] crate::wire::record::KeyError),
     /// The key could not be registered for the appliance.
     #[error("creds were written, but the key could not be registered: {0}")]
-    Register(String),
+    Register(#[from] crate::home::journal::JournalError),
+    /// The server URL for the profile.
+    #[error(transparent)]
+    Context(#[from] crate::cli::context::ContextError),
+    /// The command needs the appliance stopped.
+    #[error("zester up is running: stop it first (it restarts in well under a second), rotate, then start it again")]
+    Running,
     /// Issuing failed.
     #[error("could not issue creds: {0}")]
     Issue(crate::authority::AuthorityError),
@@ -143,8 +163,7 @@ pub async fn creds_issue(
         "zester creds issue",
         "creds signed by this node",
         now,
-    )
-    .map_err(|e| CommandError::Register(e.to_string()))?;
+    )?;
     record.xkey = Some(curve.public_key());
     let curve_path = path.with_file_name(format!("{id}.xk"));
     let write_files = || -> Result<(), HomeError> {
@@ -159,22 +178,19 @@ pub async fn creds_issue(
     let running = crate::home::runtime::RuntimeInfo::live(home);
     let registered = match &running {
         Some(_) => {
-            let client = crate::cli::client::admin_connect(home)
-                .await
-                .map_err(|e| CommandError::Appliance(e.to_string()))?;
+            let client = crate::cli::client::admin_connect(home).await?;
             crate::cli::client::admin_request(&client, crate::wire::admin::KEY_REGISTER, &record)
                 .await
-                .map_err(|e| CommandError::Appliance(format!("registering the key: {e}")))?;
-            write_files().map_err(|e| {
-                CommandError::Appliance(format!(
-                    "the key is registered, but {e}; revoke and delete it (`zester key revoke {id}`, `zester key delete {id}`) and issue again"
-                ))
+                .map_err(CommandError::RegisterRefused)?;
+            write_files().map_err(|source| CommandError::RegisteredNotWritten {
+                id: id.clone(),
+                source,
             })?;
             "appliance"
         }
         None => {
             write_files()?;
-            journal::record(home, &record).map_err(|e| CommandError::Register(e.to_string()))?;
+            journal::record(home, &record)?;
             "journal"
         }
     };
@@ -184,8 +200,7 @@ pub async fn creds_issue(
         servers: vec![crate::cli::context::client_url(
             running.as_ref().map(|r| r.url.as_str()),
             &config.server.listen,
-        )
-        .map_err(|e| CommandError::Appliance(e.to_string()))?],
+        )?],
         ca_pin: home.ca_pin()?,
         master_xkey: authority.master_xkey.public_key(),
     };
@@ -589,13 +604,14 @@ pub async fn key_act(
 /// callout learns the new key at once), else directly in the home.
 pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, CommandError> {
     let rotated = match crate::cli::client::admin_connect(home).await {
-        Ok(client) => crate::cli::client::admin_request(
-            &client,
-            crate::wire::admin::CREDS_ROTATE,
-            &json!({ "role": role }),
-        )
-        .await
-        .map_err(|e| CommandError::Appliance(e.to_string()))?,
+        Ok(client) => {
+            crate::cli::client::admin_request(
+                &client,
+                crate::wire::admin::CREDS_ROTATE,
+                &json!({ "role": role }),
+            )
+            .await?
+        }
         Err(crate::cli::client::StatusError::NotRunning { .. }) => {
             let authority = home.load_authority()?;
             let role_value = match role {
@@ -613,7 +629,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
                 "fingerprint": crate::wire::record::fingerprint(&creds.key().public_key()),
             })
         }
-        Err(e) => return Err(CommandError::Appliance(e.to_string())),
+        Err(e) => return Err(CommandError::Appliance(e)),
     };
     Ok(Output {
         human: format!(
@@ -630,9 +646,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
     if crate::home::runtime::RuntimeInfo::live(home).is_some() {
-        return Err(CommandError::Appliance(
-            "zester up is running: stop it first (it restarts in well under a second), rotate, then start it again".into(),
-        ));
+        return Err(CommandError::Running);
     }
     let signer = home.rotate_signing_key(finish, now)?;
     let human = if finish {

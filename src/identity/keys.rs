@@ -8,6 +8,94 @@ use std::fmt;
 
 use nkeys::KeyPair;
 
+/// A user's public key (`U…`), checked when made: a peel's, the master's, an admin's or one of
+/// zester's own users'. Compares and hashes as its text, so maps keyed by it are looked up
+/// with a `&str`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct UserKey(String);
+
+impl UserKey {
+    /// Checks that `key` is a user's public key.
+    pub fn parse(key: &str) -> Result<UserKey, KeyError> {
+        expect_role(key, &[KeyRole::User])?;
+        Ok(UserKey(key.to_string()))
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserKey {
+    type Error = KeyError;
+    fn try_from(key: String) -> Result<UserKey, KeyError> {
+        expect_role(&key, &[KeyRole::User])?;
+        Ok(UserKey(key))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UserKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UserKey, D::Error> {
+        UserKey::try_from(String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::borrow::Borrow<str> for UserKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A nats-server's id (its `N…` public key, as the server reports it in authorization
+/// requests and events): the half of a connection's address that kicks need. Cheap to clone
+/// (every session on a server shares one copy); compares and hashes as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ServerId(std::sync::Arc<str>);
+
+impl ServerId {
+    /// The id as the server gave it (not checked: servers are trusted to name themselves, and
+    /// the id is only ever used to address that server).
+    pub fn new(id: &str) -> ServerId {
+        ServerId(std::sync::Arc::from(id))
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when both are the same shared copy (not just equal).
+    pub fn is_same_copy(&self, other: &ServerId) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// How many copies of this id are held (the session table drops ids only it holds).
+    pub fn holders(&self) -> usize {
+        std::sync::Arc::strong_count(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for ServerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The role a NATS public key plays, read from its prefix letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyRole {

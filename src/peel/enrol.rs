@@ -99,12 +99,36 @@ pub enum PeelEnrolError {
     /// A bad id.
     #[error(transparent)]
     PeelId(#[from] crate::identity::peel_id::PeelIdError),
-    /// How to trust the master is missing or wrong.
-    #[error("{0}")]
-    Trust(String),
+    /// Neither a CA file nor a pin says how to trust the master.
+    #[error("give the master's CA file (--ca) or its pin (--pin sha256:…)")]
+    NoTrust,
+    /// The CA file is not the pinned CA.
+    #[error("{} has pin {found}, not {pin}: do not trust this CA file", ca.display())]
+    PinMismatch {
+        /// The CA file.
+        ca: PathBuf,
+        /// Its pin.
+        found: String,
+        /// The pin given.
+        pin: String,
+    },
+    /// The CA file is not a certificate.
+    #[error("{}: {source}", ca.display())]
+    NotACa {
+        /// The file.
+        ca: PathBuf,
+        /// Why.
+        source: crate::pki::PkiError,
+    },
+    /// The pinned TLS configuration could not be made.
+    #[error("TLS with the pinned CA: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The JWT handed out is not a user JWT.
+    #[error("the master handed out an invalid JWT: {0}")]
+    BadJwt(#[from] crate::identity::jwt::JwtError),
     /// The JWT handed out does not fit the key.
     #[error("the master handed out creds that do not fit this key: {0}")]
-    BadCreds(String),
+    BadCreds(#[from] crate::identity::creds::CredsError),
 }
 
 fn load_or_create_seed(
@@ -138,10 +162,11 @@ pub fn check_ca_pin(ca: &Path, pin: &str) -> Result<(), PeelEnrolError> {
     if found.eq_ignore_ascii_case(pin.trim()) {
         Ok(())
     } else {
-        Err(PeelEnrolError::Trust(format!(
-            "{} has pin {found}, not {pin}: do not trust this CA file",
-            ca.display()
-        )))
+        Err(PeelEnrolError::PinMismatch {
+            ca: ca.to_path_buf(),
+            found,
+            pin: pin.to_string(),
+        })
     }
 }
 
@@ -227,7 +252,10 @@ fn ca_pin_of(options: &EnrolOptions) -> Result<String, PeelEnrolError> {
 /// The pin of the CA certificate in `ca`; a file that is not one is a trust problem.
 fn pin_of_ca_file(ca: &Path) -> Result<String, PeelEnrolError> {
     home::cert_file_pin(ca).map_err(|e| match e {
-        home::HomeError::Pki(e) => PeelEnrolError::Trust(format!("{}: {e}", ca.display())),
+        home::HomeError::Pki(source) => PeelEnrolError::NotACa {
+            ca: ca.to_path_buf(),
+            source,
+        },
         other => PeelEnrolError::Home(other),
     })
 }
@@ -264,15 +292,8 @@ async fn connect_enrolling(
             }
             trust.add_root_certificates(ca.clone())
         }
-        (None, Some(pin)) => trust.tls_client_config(
-            crate::net::tls::pinned_client_config(pin)
-                .map_err(|e| PeelEnrolError::Trust(e.to_string()))?,
-        ),
-        (None, None) => {
-            return Err(PeelEnrolError::Trust(
-                "give the master's CA file (--ca) or its pin (--pin sha256:…)".into(),
-            ))
-        }
+        (None, Some(pin)) => trust.tls_client_config(crate::net::tls::pinned_client_config(pin)?),
+        (None, None) => return Err(PeelEnrolError::NoTrust),
     };
     let trust = trust
         .require_tls(true)
@@ -341,9 +362,8 @@ fn write_enrolled(
     ca_pin: &str,
 ) -> Result<PathBuf, PeelEnrolError> {
     let jwt_text = fetched.jwt.as_deref().unwrap_or_default();
-    let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)
-        .map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
-    let creds = Creds::new(jwt, key).map_err(|e| PeelEnrolError::BadCreds(e.to_string()))?;
+    let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)?;
+    let creds = Creds::new(jwt, key)?;
     let path = options.dir.join(format!("{id}.creds"));
     home::write_creds(&path, &creds)?;
     if let Some(master_xkey) = &fetched.master_xkey {

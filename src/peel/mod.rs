@@ -6,10 +6,12 @@
 //! - `library`: [`Peel`], the same connection for an application that runs as a peel with its
 //!   own code (see `examples/peel.rs`);
 //! - `enrol`, `rotate`, `settings`: the peel's halves of enrolment, key rotation and settings;
+//!   `ask`: the request-and-answer they share;
 //! - `profile`: the public `<id>.json` beside the creds that says how to reach and trust the
 //!   master; `facts`: what the peel tells the master about its host on every (re)connect.
 
 pub mod agent;
+pub mod ask;
 pub mod enrol;
 pub mod facts;
 pub mod library;

@@ -5,14 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nkeys::KeyPair;
-use serde_json::Value;
-
 use crate::home::{self, now_unix};
-use crate::identity::creds::Creds;
+use crate::identity::creds::{Creds, CredsError};
+use crate::identity::jwt::JwtError;
 use crate::identity::peel_id::PeelId;
+use crate::net::connect::ConnectError;
+use crate::peel::ask::{ask, AskError};
 use crate::wire::rotate::{sign_rotation, InvalidRotation, Rotation, SignedRotation};
 use crate::wire::subjects;
+use nkeys::KeyPair;
 
 /// Why `zester peel rotate` failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,18 @@ pub enum RotateError {
     /// Files on the peel.
     #[error(transparent)]
     Home(#[from] home::HomeError),
-    /// Talking to the appliance.
-    #[error("{0}")]
-    Master(String),
+    /// The appliance could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The appliance did not answer or refused.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    /// The JWT the appliance handed out is not a user JWT.
+    #[error("the master's JWT is invalid: {0}")]
+    BadJwt(#[from] JwtError),
+    /// The JWT the appliance handed out is not for the new key.
+    #[error("the master's JWT does not fit the new key: {0}")]
+    BadCreds(#[from] CredsError),
 }
 
 /// What `zester peel rotate` needs.
@@ -39,44 +49,36 @@ pub struct RotateOptions {
     pub ca: PathBuf,
 }
 
+/// How long the appliance has to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn connect(
     options: &RotateOptions,
     creds: &Creds,
     id: &str,
-) -> Result<async_nats::Client, RotateError> {
+) -> Result<async_nats::Client, ConnectError> {
+    let url = options.server.as_str();
     async_nats::ConnectOptions::with_credentials(&creds.to_text())
-        .map_err(|e| RotateError::Master(e.to_string()))?
+        .map_err(|source| ConnectError::Creds {
+            path: options.creds.clone(),
+            source,
+        })?
         .add_root_certificates(options.ca.clone())
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
         .custom_inbox_prefix(format!("_INBOX.{id}"))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(Some(3))
-        .connect(options.server.as_str())
+        .connect(url)
         .await
-        .map_err(|e| RotateError::Master(format!("cannot connect to {}: {e}", options.server)))
+        .map_err(|source| ConnectError::Connect {
+            url: url.to_string(),
+            source,
+        })
 }
 
-async fn ask(
-    client: &async_nats::Client,
-    subject: String,
-    body: &SignedRotation,
-) -> Result<Value, RotateError> {
-    let body = serde_json::to_vec(body)
-        .map_err(|e| RotateError::Invalid(InvalidRotation(e.to_string())))?;
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject, body.into()),
-    )
-    .await
-    .map_err(|_| RotateError::Master("the master did not answer within 10 s".into()))?
-    .map_err(|e| RotateError::Master(e.to_string()))?;
-    let answer: Value =
-        serde_json::from_slice(&reply.payload).map_err(|e| RotateError::Master(e.to_string()))?;
-    if let Some(error) = answer.get("error").and_then(Value::as_str) {
-        return Err(RotateError::Master(error.to_string()));
-    }
-    Ok(answer["ok"].clone())
+fn body(signed: &SignedRotation) -> Result<Vec<u8>, RotateError> {
+    serde_json::to_vec(signed).map_err(|e| RotateError::Invalid(InvalidRotation(e.to_string())))
 }
 
 /// The peel side: rotate the key of the creds in `options.creds`; returns the new fingerprint.
@@ -95,12 +97,17 @@ pub async fn rotate(options: &RotateOptions) -> Result<String, RotateError> {
     };
     let client = connect(options, &old, &id).await?;
     let signed = sign_rotation(&rotation, Some(old.key()), &new_key)?;
-    let answer = ask(&client, subjects::rotate(&id), &signed).await?;
+    let answer = ask(
+        &client,
+        subjects::rotate(&id),
+        body(&signed)?,
+        ANSWER_TIMEOUT,
+    )
+    .await?;
     let jwt =
-        crate::identity::jwt::decode_ignoring_time(answer["jwt"].as_str().unwrap_or_default())
-            .map_err(|e| RotateError::Master(format!("the master's JWT is invalid: {e}")))?;
+        crate::identity::jwt::decode_ignoring_time(answer["jwt"].as_str().unwrap_or_default())?;
     let new_seed = new_key.seed().unwrap_or_default();
-    let creds = Creds::new(jwt, new_key).map_err(|e| RotateError::Master(e.to_string()))?;
+    let creds = Creds::new(jwt, new_key)?;
     home::write_creds(&options.creds, &creds)?;
     replace_seed_file(&options.creds, &id, &new_seed)?;
     drop(client);
@@ -111,10 +118,12 @@ pub async fn rotate(options: &RotateOptions) -> Result<String, RotateError> {
         at: now_unix(),
         ..rotation
     };
+    let signed = sign_rotation(&notice, None, creds.key())?;
     ask(
         &client,
         subjects::rotated(&id),
-        &sign_rotation(&notice, None, creds.key())?,
+        body(&signed)?,
+        ANSWER_TIMEOUT,
     )
     .await?;
     Ok(answer["fingerprint"]

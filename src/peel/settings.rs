@@ -7,19 +7,20 @@ use nkeys::XKey;
 use serde_json::Value;
 
 use crate::identity::peel_id::PeelId;
+use crate::peel::ask::{ask, AskError};
 use crate::secrets;
 use crate::wire::subjects;
 
 /// Why the settings could not be fetched or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// The request failed or the answer is not a document.
-    #[error("settings of peel {id}: {reason}")]
-    Kv {
+    /// The request failed or the appliance refused it.
+    #[error("settings of peel {id}: {source}")]
+    Fetch {
         /// The peel.
         id: String,
         /// Why.
-        reason: String,
+        source: AskError,
     },
     /// A secret in the document does not open on this peel.
     #[error("settings value {path}: {source}")]
@@ -36,25 +37,20 @@ pub async fn fetch(
     client: &async_nats::Client,
     id: &PeelId,
 ) -> Result<Option<Value>, SettingsError> {
-    let kv_error = |reason: String| SettingsError::Kv {
-        id: id.to_string(),
-        reason,
-    };
-    let reply = tokio::time::timeout(
+    match ask(
+        client,
+        subjects::settings(id),
+        Vec::new(),
         Duration::from_secs(5),
-        client.request(subjects::settings(id), "".into()),
     )
     .await
-    .map_err(|_| kv_error("no answer within 5 s".into()))?
-    .map_err(|e| kv_error(e.to_string()))?;
-    let mut answer: Value = serde_json::from_slice(&reply.payload)
-        .map_err(|e| kv_error(format!("the answer is not JSON: {e}")))?;
-    if let Some(error) = answer.get("error").and_then(Value::as_str) {
-        return Err(kv_error(error.to_string()));
-    }
-    match answer.get_mut("ok").map(Value::take) {
-        Some(Value::Null) | None => Ok(None),
-        Some(document) => Ok(Some(document)),
+    {
+        Ok(Value::Null) => Ok(None),
+        Ok(document) => Ok(Some(document)),
+        Err(source) => Err(SettingsError::Fetch {
+            id: id.to_string(),
+            source,
+        }),
     }
 }
 

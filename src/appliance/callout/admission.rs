@@ -53,7 +53,7 @@ pub fn admit(
         if matches!(admission.role, Role::Enrolling { .. }) && !may_enrol(ip) {
             decision = Decision::Refuse {
                 refusal: Refusal::EnrolRateLimited { ip: ip.clone() },
-                nkey: Some(admission.nkey.clone()),
+                nkey: Some(admission.nkey.to_string()),
             };
         }
     }

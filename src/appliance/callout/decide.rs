@@ -17,7 +17,7 @@ use crate::appliance::keys::KeyState;
 use crate::identity::chain::{self, ChainError};
 use crate::identity::claims::{AuthRequestNats, UserNats};
 use crate::identity::jwt::{self, AccountJwt, JwtError, OperatorJwt};
-use crate::identity::keys;
+use crate::identity::keys::{self, UserKey};
 use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
 
@@ -43,7 +43,7 @@ pub struct Trust {
     /// The `default_sentinel` token given to clients without a JWT.
     pub sentinel: String,
     /// Service users of this node by nkey (master, admin).
-    pub services: HashMap<String, Role>,
+    pub services: HashMap<UserKey, Role>,
 }
 
 /// Why a client was refused. `code` is stable for scripts; `Display` is for people.
@@ -161,8 +161,8 @@ impl Refusal {
 pub struct Admission {
     /// Its role (a peel carries its id).
     pub role: Role,
-    /// The key it proved (the identity JWT's subject).
-    pub nkey: String,
+    /// The key it proved (the identity JWT's subject, or the enrolling nkey).
+    pub nkey: UserKey,
     /// The identity JWT's `exp` (0 = none): the session must not outlive it.
     pub expires: i64,
 }
@@ -220,6 +220,8 @@ fn admit_user_jwt(
 ) -> Result<Admission, (Refusal, Option<String>)> {
     let opts = &request.connect_opts;
     let user = jwt::decode::<UserNats>(&opts.jwt, now).map_err(|e| (Refusal::Jwt(e), None))?;
+    let user_key = UserKey::parse(user.subject())
+        .map_err(|e| (Refusal::Jwt(jwt::JwtError::Subject(e)), None))?;
     let nkey = user.subject().to_string();
     let fail = |refusal: Refusal| (refusal, Some(nkey.clone()));
     chain::verify_user(&trust.operator, &trust.account, &user, now)
@@ -228,7 +230,7 @@ fn admit_user_jwt(
         return Err(fail(Refusal::Bearer));
     }
     verify_nonce(&request.client_info.nonce, &opts.signed_nonce, &nkey).map_err(fail)?;
-    let role = match trust.services.get(&nkey) {
+    let role = match trust.services.get(nkey.as_str()) {
         Some(role) => role.clone(),
         None => match keys.peel_key(&nkey) {
             Some((id, KeyState::Accepted)) => Role::Peel(id),
@@ -239,7 +241,7 @@ fn admit_user_jwt(
     Ok(Admission {
         role,
         expires: user.claims().exp,
-        nkey,
+        nkey: user_key,
     })
 }
 
@@ -291,9 +293,9 @@ fn admit_enrolling(
         refusal,
         nkey: Some(nkey.clone()),
     };
-    if keys::expect_role(&nkey, &[keys::KeyRole::User]).is_err() {
+    let Ok(user_key) = UserKey::parse(&nkey) else {
         return refuse(Refusal::NkeyWithoutJwt);
-    }
+    };
     if let Err(refusal) = verify_nonce(
         &request.client_info.nonce,
         &request.connect_opts.signed_nonce,
@@ -305,8 +307,8 @@ fn admit_enrolling(
         return refuse(Refusal::KeyNotAccepted { id, standing });
     }
     Decision::Allow(Admission {
-        role: Role::Enrolling { nkey: nkey.clone() },
-        nkey,
+        role: Role::Enrolling { nkey },
+        nkey: user_key,
         expires: now + ENROLLING_SESSION_SECS,
     })
 }
@@ -358,7 +360,10 @@ mod tests {
     fn world() -> World {
         let (authority, users) = Authority::generate(NOW).unwrap();
         let mut services = HashMap::new();
-        services.insert(users.master.key().public_key(), Role::Master);
+        services.insert(
+            UserKey::parse(&users.master.key().public_key()).unwrap(),
+            Role::Master,
+        );
         let trust = Trust {
             operator: authority.operator_jwt.clone(),
             account: authority.zester_jwt.clone(),
@@ -428,7 +433,7 @@ mod tests {
         match decide(&request(&token, Some(&key)), &w.trust, &w.keys, NOW) {
             Decision::Allow(a) => {
                 assert_eq!(a.role, Role::Peel(PeelId::parse("web-01").unwrap()));
-                assert_eq!(a.nkey, key.public_key());
+                assert_eq!(a.nkey.as_str(), key.public_key());
                 assert_eq!(a.expires, NOW + 3600);
             }
             d => panic!("{d:?}"),
@@ -452,7 +457,7 @@ mod tests {
         let w = world();
         let master = KeyPair::new_user();
         let mut services = w.trust.services.clone();
-        services.insert(master.public_key(), Role::Master);
+        services.insert(UserKey::parse(&master.public_key()).unwrap(), Role::Master);
         let trust = Trust {
             services,
             ..w.trust.clone()

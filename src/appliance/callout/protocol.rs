@@ -61,7 +61,7 @@ pub enum ProtocolError {
     Seal,
     /// Signing the answer failed.
     #[error("could not sign the answer: {0}")]
-    Sign(String),
+    Sign(#[from] crate::identity::jwt::JwtError),
 }
 
 /// The version tag of nkeys xkey envelopes: `xkv1` ‖ 24-byte nonce ‖ NaCl box.
@@ -189,7 +189,7 @@ pub fn answer(
         },
         ..Claims::default()
     };
-    let response = jwt::encode(claims, signer).map_err(|e| ProtocolError::Sign(e.to_string()))?;
+    let response = jwt::encode(claims, signer)?;
     match channel {
         Some(channel) => channel.seal(response.token().as_bytes()),
         None => Ok(response.token().as_bytes().to_vec()),

@@ -202,7 +202,7 @@ impl CalloutState {
                 ) {
                     Ok(session) => {
                         audit.decision = Verdict::Allow;
-                        audit.nkey = admission.nkey.clone();
+                        audit.nkey = admission.nkey.to_string();
                         audit.peel_id = filing.peel;
                         audit.role = admission.role.name().to_string();
                         self.sessions.insert(

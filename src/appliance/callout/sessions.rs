@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::identity::keys::{ServerId, UserKey};
+
 /// How many recent latencies the percentiles are computed over.
 const LATENCY_WINDOW: usize = 65_536;
 
@@ -18,11 +20,11 @@ const LATENCY_WINDOW: usize = 65_536;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Session {
     /// The server it is on (shared by every session on that server).
-    pub server_id: Arc<str>,
+    pub server_id: ServerId,
     /// Its client id there.
     pub client_id: u64,
     /// The identity key it proved.
-    pub nkey: String,
+    pub nkey: UserKey,
     /// When it was admitted (unix seconds).
     pub since: i64,
     /// The client's address, kept for enrolling keys only (their requests are rate-limited per
@@ -46,13 +48,13 @@ pub struct SessionTable {
 }
 
 /// A connection: its server id (shared) and client id there.
-type Connection = (Arc<str>, u64);
+type Connection = (ServerId, u64);
 
 #[derive(Debug, Default)]
 struct Sessions {
     by_identity: HashMap<Arc<str>, VecDeque<Session>>,
-    by_connection: HashMap<(Arc<str>, u64), Arc<str>>,
-    servers: HashSet<Arc<str>>,
+    by_connection: HashMap<Connection, Arc<str>>,
+    servers: HashSet<ServerId>,
 }
 
 /// Past this many known server ids, the ones no session is on any more are dropped.
@@ -60,21 +62,21 @@ const MAX_SERVERS: usize = 64;
 
 impl Sessions {
     /// The shared copy of a server id.
-    fn server(&mut self, server_id: &str) -> Arc<str> {
+    fn server(&mut self, server_id: &str) -> ServerId {
         if let Some(known) = self.servers.get(server_id) {
             return known.clone();
         }
         if self.servers.len() >= MAX_SERVERS {
             // Referenced only by this set: no session is on that server.
-            self.servers.retain(|id| Arc::strong_count(id) > 1);
+            self.servers.retain(|id| id.holders() > 1);
         }
-        let id: Arc<str> = Arc::from(server_id);
+        let id = ServerId::new(server_id);
         self.servers.insert(id.clone());
         id
     }
 
     /// Drops `connection` from the sessions of `identity` (and the identity once it has none).
-    fn forget(&mut self, identity: &str, connection: &(Arc<str>, u64)) {
+    fn forget(&mut self, identity: &str, connection: &Connection) {
         if let Some(list) = self.by_identity.get_mut(identity) {
             list.retain(|s| !(s.client_id == connection.1 && s.server_id == connection.0));
             if list.is_empty() {
@@ -92,7 +94,7 @@ impl SessionTable {
         identity: &str,
         server_id: &str,
         client_id: u64,
-        nkey: String,
+        nkey: UserKey,
         since: i64,
         ip: Option<&str>,
     ) {
@@ -144,12 +146,14 @@ impl SessionTable {
         let before = sessions.by_connection.len();
         sessions
             .by_connection
-            .retain(|(server, _), _| live.contains(&&**server));
+            .retain(|(server, _), _| live.contains(&server.as_str()));
         sessions.by_identity.retain(|_, list| {
-            list.retain(|s| live.contains(&&*s.server_id));
+            list.retain(|s| live.contains(&s.server_id.as_str()));
             !list.is_empty()
         });
-        sessions.servers.retain(|server| live.contains(&&**server));
+        sessions
+            .servers
+            .retain(|server| live.contains(&server.as_str()));
         before - sessions.by_connection.len()
     }
 
@@ -165,7 +169,7 @@ impl SessionTable {
             .flat_map(|(identity, list)| {
                 list.iter()
                     .filter(|s| {
-                        &*s.server_id == server_id
+                        s.server_id.as_str() == server_id
                             && !live.contains(&s.client_id)
                             && s.since < listed_at
                     })
@@ -379,11 +383,18 @@ impl CalloutStats {
 mod tests {
     use super::*;
 
+    /// One user key for sessions whose key does not matter.
+    fn key() -> UserKey {
+        static KEY: std::sync::OnceLock<UserKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| UserKey::parse(&nkeys::KeyPair::new_user().public_key()).unwrap())
+            .clone()
+    }
+
     fn session(server: &str, id: u64) -> Session {
         Session {
-            server_id: server.into(),
+            server_id: ServerId::new(server),
             client_id: id,
-            nkey: "U".into(),
+            nkey: key(),
             since: 0,
             ip: None,
         }
@@ -392,9 +403,9 @@ mod tests {
     #[test]
     fn sessions_come_and_go() {
         let table = SessionTable::default();
-        table.insert("web-01", "N1", 5, "U".into(), 0, None);
-        table.insert("web-01", "N1", 6, "U".into(), 0, None);
-        table.insert("web-02", "N1", 7, "U".into(), 0, None);
+        table.insert("web-01", "N1", 5, key(), 0, None);
+        table.insert("web-01", "N1", 6, key(), 0, None);
+        table.insert("web-02", "N1", 7, key(), 0, None);
         assert_eq!(table.of("web-01").len(), 2);
         table.remove("N1", 5);
         assert_eq!(table.of("web-01"), vec![session("N1", 6)]);
@@ -405,13 +416,13 @@ mod tests {
             "a client id on another server is another connection"
         );
         for i in 0..100 {
-            table.insert("busy", "N1", 100 + i, "U".into(), 0, None);
+            table.insert("busy", "N1", 100 + i, key(), 0, None);
         }
         assert_eq!(table.of("busy").len(), 100, "nothing is evicted silently");
         table.remove("N1", 100);
         table.remove("N1", 199);
         assert_eq!(table.of("busy").len(), 98);
-        table.insert("busy", "N1", 101, "U".into(), 0, None);
+        table.insert("busy", "N1", 101, key(), 0, None);
         assert_eq!(
             table.of("busy").len(),
             98,
@@ -422,10 +433,10 @@ mod tests {
     #[test]
     fn sessions_the_server_no_longer_has_are_forgotten_unless_just_admitted() {
         let table = SessionTable::default();
-        table.insert("web-01", "N1", 1, "U".into(), 100, None);
-        table.insert("web-02", "N1", 2, "U".into(), 100, None);
-        table.insert("web-03", "N1", 3, "U".into(), 200, None);
-        table.insert("web-04", "N2", 4, "U".into(), 100, None);
+        table.insert("web-01", "N1", 1, key(), 100, None);
+        table.insert("web-02", "N1", 2, key(), 100, None);
+        table.insert("web-03", "N1", 3, key(), 200, None);
+        table.insert("web-04", "N2", 4, key(), 100, None);
         let live: HashSet<u64> = [1].into_iter().collect();
         assert_eq!(table.reconcile("N1", &live, 150), 1);
         assert_eq!(table.of("web-01").len(), 1);
@@ -443,9 +454,9 @@ mod tests {
     #[test]
     fn sessions_of_a_server_that_is_gone_are_forgotten() {
         let table = SessionTable::default();
-        table.insert("web-01", "OLD", 1, "U".into(), 0, None);
-        table.insert("web-01", "NEW", 1, "U".into(), 0, None);
-        table.insert("web-02", "OLD", 2, "U".into(), 0, Some("10.0.0.9"));
+        table.insert("web-01", "OLD", 1, key(), 0, None);
+        table.insert("web-01", "NEW", 1, key(), 0, None);
+        table.insert("web-02", "OLD", 2, key(), 0, Some("10.0.0.9"));
         assert_eq!(table.retain_servers(&["NEW"]), 2);
         assert_eq!(table.of("web-01"), vec![session("NEW", 1)]);
         assert!(table.of("web-02").is_empty());
@@ -457,18 +468,18 @@ mod tests {
     #[test]
     fn server_ids_are_shared_and_forgotten_once_unused() {
         let table = SessionTable::default();
-        table.insert("web-01", "N1", 1, "U".into(), 0, None);
-        table.insert("web-02", "N1", 2, "U".into(), 0, None);
+        table.insert("web-01", "N1", 1, key(), 0, None);
+        table.insert("web-02", "N1", 2, key(), 0, None);
         let (a, b) = (table.of("web-01"), table.of("web-02"));
         assert!(
-            Arc::ptr_eq(&a[0].server_id, &b[0].server_id),
+            a[0].server_id.is_same_copy(&b[0].server_id),
             "one copy per server"
         );
         drop((a, b));
         // Servers come and go (restarts of the child): ids nobody is on any more are dropped.
         for server in 0..3 * MAX_SERVERS as u64 {
             let id = format!("S{server}");
-            table.insert("web-03", &id, server, "U".into(), 0, None);
+            table.insert("web-03", &id, server, key(), 0, None);
             table.remove(&id, server);
         }
         let known = table.inner.lock().unwrap().servers.len();
@@ -481,8 +492,8 @@ mod tests {
     #[test]
     fn a_connection_admitted_again_belongs_to_its_newest_identity() {
         let table = SessionTable::default();
-        table.insert("_enrolling", "N1", 9, "U".into(), 0, None);
-        table.insert("web-01", "N1", 9, "U".into(), 0, None);
+        table.insert("_enrolling", "N1", 9, key(), 0, None);
+        table.insert("web-01", "N1", 9, key(), 0, None);
         assert!(table.of("_enrolling").is_empty());
         table.remove("N1", 9);
         assert!(table.is_empty());
