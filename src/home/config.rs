@@ -49,6 +49,12 @@ pub enum ConfigError {
         /// The problem.
         source: SizeError,
     },
+    /// A lifetime that must not be "never".
+    #[error("{key} = \"0\": a certificate always expires; give a lifetime such as \"825d\"")]
+    NeverExpires {
+        /// The key.
+        key: &'static str,
+    },
     /// An unknown accept policy.
     #[error("keys.accept = {value:?}: use \"manual\", \"auto-trusted\" or \"auto-all\"")]
     AcceptPolicy {
@@ -69,6 +75,27 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `[jetstream]`.
     pub jetstream: JetStreamConfig,
+    /// `[service]`.
+    pub service: ServiceConfig,
+}
+
+/// `[service]`: zester's own users (master, admin, callout, sys).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Lifetime of their JWTs; `zester up` re-issues them at 2/3 of it ("0" = never expire).
+    pub expiry: String,
+}
+
+/// The default of `service.expiry`.
+pub const DEFAULT_SERVICE_EXPIRY: &str = "90d";
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            expiry: DEFAULT_SERVICE_EXPIRY.to_string(),
+        }
+    }
 }
 
 /// `[server]`: where nats-server listens and which binary runs.
@@ -83,7 +110,12 @@ pub struct ServerConfig {
     pub tls_names: Vec<String>,
     /// nats-server binary path ("" = search).
     pub nats_server: String,
+    /// Lifetime of the TLS server certificate; `zester up` renews it when a third is left.
+    pub cert_lifetime: String,
 }
+
+/// The default of `server.cert_lifetime`: 825 days, the longest Apple's TLS stack accepts.
+pub const DEFAULT_CERT_LIFETIME: &str = "825d";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -92,6 +124,7 @@ impl Default for ServerConfig {
             monitor: "127.0.0.1:8222".to_string(),
             tls_names: Vec::new(),
             nats_server: String::new(),
+            cert_lifetime: DEFAULT_CERT_LIFETIME.to_string(),
         }
     }
 }
@@ -100,20 +133,27 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeelsConfig {
-    /// Identity JWT lifetime.
+    /// Identity JWT lifetime (peels renew at 2/3 of it).
     pub expiry: String,
-    /// Session JWT lifetime ("0" = as long as the identity JWT).
+    /// Session JWT lifetime ("0" = until the client disconnects or its key is revoked).
     pub session_ttl: String,
 }
 
 impl Default for PeelsConfig {
     fn default() -> Self {
         PeelsConfig {
-            expiry: "180d".to_string(),
+            expiry: DEFAULT_PEEL_EXPIRY.to_string(),
             session_ttl: "0".to_string(),
         }
     }
 }
+
+/// The default of `peels.expiry`: 30 days. Agents renew at 2/3 of it (about day 20, with up to
+/// 3 days of jitter), so a peel that stops renewing (switched off, stolen, forgotten) loses its
+/// standing within a month rather than half a year, while a peel that is off for a long weekend
+/// or a holiday still has a week or more in hand; and one that comes back later re-fetches its
+/// creds by itself as long as its key is accepted.
+pub const DEFAULT_PEEL_EXPIRY: &str = "30d";
 
 /// How enrolling keys are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +398,8 @@ impl Config {
             .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
         config.peel_expiry()?;
         config.session_ttl()?;
+        config.service_expiry()?;
+        config.cert_lifetime()?;
         config.accept_policy()?;
         config.jetstream_limits()?;
         for (key, value) in [
@@ -377,7 +419,31 @@ impl Config {
         })
     }
 
-    /// Session JWT lifetime in seconds (0 = as long as the identity JWT).
+    /// Lifetime of zester's own users' JWTs in seconds (0 = never expire).
+    pub fn service_expiry(&self) -> Result<i64, ConfigError> {
+        parse_duration(&self.service.expiry).map_err(|source| ConfigError::Duration {
+            key: "service.expiry",
+            source,
+        })
+    }
+
+    /// Lifetime of the TLS server certificate in seconds (at least one second: a certificate
+    /// always expires).
+    pub fn cert_lifetime(&self) -> Result<i64, ConfigError> {
+        let seconds =
+            parse_duration(&self.server.cert_lifetime).map_err(|source| ConfigError::Duration {
+                key: "server.cert_lifetime",
+                source,
+            })?;
+        if seconds == 0 {
+            return Err(ConfigError::NeverExpires {
+                key: "server.cert_lifetime",
+            });
+        }
+        Ok(seconds)
+    }
+
+    /// Session JWT lifetime in seconds (0 = until the client disconnects or is revoked).
     pub fn session_ttl(&self) -> Result<i64, ConfigError> {
         parse_duration(&self.peels.session_ttl).map_err(|source| ConfigError::Duration {
             key: "peels.session_ttl",
