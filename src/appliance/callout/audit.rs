@@ -32,6 +32,9 @@ pub enum Source {
     Admin,
     /// The status endpoint.
     Status,
+    /// Renewal of a credential: a peel's identity JWT, zester's own users' creds, the TLS
+    /// server certificate.
+    Renew,
 }
 
 impl Source {
@@ -45,6 +48,7 @@ impl Source {
             Source::Settings => "settings",
             Source::Admin => "admin",
             Source::Status => "status",
+            Source::Renew => "renew",
         }
     }
 }
