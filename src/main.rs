@@ -239,6 +239,37 @@ enum PeelCommand {
         #[arg(long, value_name = "FILE")]
         ca: PathBuf,
     },
+    /// Renew this peel's identity JWT once, for peels whose clients are not `zester peel run`
+    /// (nats.py, cron): a request signed by its key over a connection with its creds, answered
+    /// with a fresh JWT for the same key while the key is accepted; the creds file is replaced
+    /// atomically (0600), the key stays. Creds that already expired are refreshed with the key
+    /// alone (the enrolment path). A running `zester peel run` renews by itself at 2/3 of the
+    /// lifetime; this is for everything else, e.g. daily from cron. Exit 1 when refused.
+    ///
+    /// What is not given comes from the peel's profile beside the creds, as for `peel run`.
+    Renew {
+        /// The peel's creds file (replaced atomically).
+        #[arg(long, value_name = "FILE", required_unless_present = "dir")]
+        creds: Option<PathBuf>,
+        /// The directory `zester peel enrol --dir` wrote.
+        #[arg(long, value_name = "DIR", conflicts_with = "creds")]
+        dir: Option<PathBuf>,
+        /// With --dir holding several peels: which one.
+        #[arg(long, value_name = "ID", requires = "dir")]
+        id: Option<String>,
+        /// The master's client URL. Default: the profile's.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// The master's CA certificate. Default: the profile's CA pin.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Trust only a CA with this pin in the server's chain.
+        #[arg(long, value_name = "sha256:HEX", conflicts_with = "ca")]
+        pin: Option<String>,
+        /// Print a JSON document (id, creds, expires_at, via) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the peel agent: connects with its creds (re-read from the file at every reconnect,
     /// so rotated creds are picked up), publishes its facts, answers commands (test.ping),
     /// reconnects forever. A server that is down, or a key not accepted yet, is waited for
@@ -340,7 +371,7 @@ enum CredsCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Lifetime of the JWT, e.g. 180d, 12h, 1y, or 0 for never.
-        /// Default: peels.expiry from zester.toml (180d).
+        /// Default: peels.expiry from zester.toml (30d; the peel renews it at 2/3).
         #[arg(long, value_name = "DURATION")]
         expiry: Option<String>,
         /// Replace an existing file.
@@ -545,6 +576,47 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        PeelCommand::Renew {
+            creds,
+            dir,
+            id,
+            server,
+            ca,
+            pin,
+            json,
+        } => {
+            let inputs = zester::peel::profile::RunInputs {
+                server,
+                creds,
+                ca,
+                pin,
+                dir,
+                id,
+                ..Default::default()
+            };
+            let (options, _) = zester::peel::profile::resolve_run(inputs)?;
+            let renewed = runtime()?.block_on(zester::peel::renew::renew_once(&options))?;
+            let until = match renewed.expires_at {
+                0 => "never expires".to_string(),
+                at => format!("valid until {}", zester::identity::time::rfc3339(at)),
+            };
+            let output = Output {
+                human: format!(
+                    "renewed peel {}: identity JWT {until}; creds replaced in {}\n",
+                    renewed.id,
+                    renewed.creds.display()
+                ),
+                json: serde_json::json!({
+                    "id": renewed.id.as_str(),
+                    "creds": renewed.creds,
+                    "expires_at": (renewed.expires_at > 0).then_some(renewed.expires_at),
+                    "via": renewed.via,
+                }),
+                exit_code: 0,
+            };
+            print(&output, json)?;
+            Ok(ExitCode::SUCCESS)
         }
         PeelCommand::Rotate { server, creds, ca } => {
             let options = zester::peel::rotate::RotateOptions { server, creds, ca };

@@ -153,6 +153,7 @@ pub fn permissions_for(role: &Role) -> Permissions {
                 subjects::ENROL_REQUESTS,
                 subjects::ROTATE_REQUESTS,
                 subjects::ROTATED_NOTICES,
+                subjects::RENEW_REQUESTS,
                 subjects::SETTINGS_REQUESTS,
                 subjects::ADMIN_REQUESTS,
             ])),

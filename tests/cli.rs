@@ -190,7 +190,7 @@ fn help_teaches() {
         .output()
         .unwrap();
     let text = stdout(&out);
-    for needle in ["--expiry", "--out", "180d", "peel id"] {
+    for needle in ["--expiry", "--out", "30d", "peel id"] {
         assert!(text.contains(needle), "help lacks {needle}: {text}");
     }
 }

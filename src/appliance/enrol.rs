@@ -286,7 +286,7 @@ impl EnrolService {
                 })
             }
             Op::Fetch => match existing {
-                Some((record, _)) if record.nkey == request.nkey => {
+                Some((record, revision)) if record.nkey == request.nkey => {
                     if record.state != KeyState::Accepted {
                         return Ok(EnrolAnswer::state(record.state));
                     }
@@ -297,6 +297,13 @@ impl EnrolService {
                         now,
                         self.peel_expiry,
                     )?;
+                    // A peel that had creds before and fetches again (back after its creds
+                    // expired) renews this way.
+                    let renewal = record.jwt_expires_at.is_some();
+                    let issued = record.jwt_issued(jwt.claims().exp, renewal, now);
+                    if let Err(e) = self.keys.update(&id, revision, &issued).await {
+                        tracing::warn!(peel = %id, "creds fetched, but the key record could not say when they expire: {e}");
+                    }
                     // The master's curve key goes into the peel's profile: the sender of
                     // every secret sealed for it.
                     Ok(EnrolAnswer {

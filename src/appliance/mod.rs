@@ -1,7 +1,8 @@
 //! What runs inside `zester up`: `up` starts and stops everything in order; `broker` supervises
 //! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
-//! cache; `admin` serves the admin API, `respond` is the one way every service answers (only
-//! into the asker's inbox).
+//! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
+//! peels' requests; `respond` is the one way every service answers (only into the asker's
+//! inbox).
 
 pub mod admin;
 pub mod broker;
@@ -9,6 +10,7 @@ pub mod callout;
 pub mod connz;
 pub mod enrol;
 pub mod keys;
+pub mod renew;
 pub mod respond;
 pub mod rotate;
 pub mod settings;

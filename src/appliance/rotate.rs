@@ -150,7 +150,16 @@ impl RotateService {
                 "the new key is already in use".into(),
             )));
         }
-        let rotated = record.rotate(&rotation.new_nkey, "peel rotation", now)?;
+        let jwt = self.authority.issue_user(
+            &rotation.new_nkey,
+            id,
+            &Role::Peel(peel.clone()),
+            now,
+            self.peel_expiry,
+        )?;
+        let rotated = record
+            .rotate(&rotation.new_nkey, "peel rotation", now)?
+            .jwt_issued(jwt.claims().exp, false, now);
         let new_revision = self.keys.update(&peel, revision, &rotated).await?;
         let _ = self
             .keys
@@ -165,13 +174,6 @@ impl RotateService {
             }
             tracing::info!(target: "audit", peel = id, kicked, "key of an unfinished earlier rotation revoked");
         }
-        let jwt = self.authority.issue_user(
-            &rotation.new_nkey,
-            id,
-            &Role::Peel(peel.clone()),
-            now,
-            self.peel_expiry,
-        )?;
         tracing::info!(target: "audit", peel = id, from = %record.fingerprint(), to = %rotated.fingerprint(), "key rotated");
         Ok(json!({ "jwt": jwt.token(), "fingerprint": rotated.fingerprint() }))
     }

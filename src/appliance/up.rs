@@ -655,6 +655,18 @@ async fn serve_services(
             .await
             .map_err(nats_error("subscribing to the rotation subjects"))?,
     );
+    let renew = Arc::new(crate::appliance::renew::RenewService {
+        authority: authority.clone(),
+        keys: keys.clone(),
+        peel_expiry,
+        audit: audit.clone(),
+    });
+    tasks.push(
+        renew
+            .serve(service.clone())
+            .await
+            .map_err(nats_error("subscribing to the renewal subjects"))?,
+    );
     tasks.push(tokio::spawn(import_journal_periodically(
         home.clone(),
         keys.clone(),

@@ -165,6 +165,7 @@ pub async fn creds_issue(
         now,
     )?;
     record.xkey = Some(curve.public_key());
+    let record = record.jwt_issued(creds.jwt().claims().exp, false, now);
     let curve_path = path.with_file_name(format!("{id}.xk"));
     let write_files = || -> Result<(), HomeError> {
         home::write_creds(&path, &creds)?;

@@ -56,20 +56,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest command name echoed back in an error answer.
 const MAX_ECHOED_NAME: usize = 128;
 
-/// Where and as whom the agent connects.
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    /// The server, `tls://host:port` (TLS is required whatever the scheme says).
-    pub server: String,
-    /// The peel's `.creds` file; read again on every reconnect.
-    pub creds: PathBuf,
-    /// The CA certificate (PEM) the server's certificate must chain to; `None` trusts the
-    /// system's roots (or the pinned CA).
-    pub ca: Option<PathBuf>,
-    /// Without `ca`: trust only a CA with this SPKI pin (`sha256:…`) in the server's chain, as
-    /// `zester peel enrol --pin` does.
-    pub pin: Option<String>,
-}
+pub use super::profile::AgentOptions;
 
 /// What the agent needs to open the secrets in its settings: its own curve key and the
 /// master's curve public key (printed by `zester init` as "master xkey").
@@ -131,13 +118,15 @@ pub enum AgentError {
         /// The id in the file now.
         found: String,
     },
-    /// The creds' JWT has expired.
-    #[error("{}: the creds expired at {at}; issue new ones", path.display())]
+    /// The creds' JWT has expired and fresh ones could not be fetched with the key alone.
+    #[error("{}: the creds expired at {at}, and fresh ones could not be fetched: {why}", path.display())]
     Expired {
         /// The creds file.
         path: PathBuf,
         /// When (RFC 3339).
         at: String,
+        /// Why the fetch failed (the master unreachable, or the key not accepted).
+        why: Box<crate::peel::renew::RenewError>,
     },
     /// The nonce could not be signed with the creds' key.
     #[error("{}: cannot sign the server's nonce: {reason}", path.display())]
@@ -274,6 +263,7 @@ pub struct Agent {
     client: Client,
     commands: JoinHandle<()>,
     facts: JoinHandle<()>,
+    renewal: JoinHandle<()>,
     stop_facts: oneshot::Sender<()>,
     closed: watch::Receiver<bool>,
 }
@@ -310,13 +300,10 @@ impl Agent {
         let state = Arc::new(PeelState::default());
         let (creds, id) = load_creds(&options.creds)?;
         let exp = creds.jwt().claims().exp;
-        if exp != 0 && exp <= now_unix() {
-            return Err(AgentError::Expired {
-                path: options.creds.clone(),
-                at: rfc3339(exp),
-            });
-        }
         drop(creds);
+        if exp != 0 && exp <= now_unix() {
+            refetch_expired(&options, &id, exp).await?;
+        }
         if let Some(ca) = &options.ca {
             std::fs::metadata(ca).map_err(|source| AgentError::Ca {
                 path: ca.clone(),
@@ -380,6 +367,10 @@ impl Agent {
             facts_stopped,
             secret_key.map(|key| (key, state.clone())),
         ));
+        let renewal = tokio::spawn(crate::peel::renew::renew_forever(
+            client.clone(),
+            options.creds.clone(),
+        ));
         let commands = tokio::spawn(serve_commands(
             client.clone(),
             id.clone(),
@@ -391,6 +382,7 @@ impl Agent {
             client,
             commands,
             facts,
+            renewal,
             stop_facts,
             closed,
         })
@@ -417,9 +409,11 @@ impl Agent {
             client,
             mut commands,
             mut facts,
+            renewal,
             stop_facts,
             mut closed,
         } = self;
+        renewal.abort();
         let _ = stop_facts.send(());
         // Cut off (revoked, or the server gone): nothing can be delivered, so there is
         // nothing to drain, and a person pressing Ctrl-C expects the agent to stop cleanly.
@@ -457,6 +451,23 @@ impl Agent {
     }
 }
 
+/// Creds that expired while the peel was off (or cut off): fresh ones are fetched with the key
+/// alone, as an enrolling key, while the key is accepted (DESIGN §11).
+async fn refetch_expired(options: &AgentOptions, id: &PeelId, exp: i64) -> Result<(), AgentError> {
+    tracing::warn!(peel = %id, "the creds expired at {}: fetching fresh ones with the key alone", rfc3339(exp));
+    match crate::peel::renew::refetch(options).await {
+        Ok(renewed) => {
+            tracing::info!(peel = %id, until = %rfc3339(renewed.expires_at), "fresh creds fetched");
+            Ok(())
+        }
+        Err(why) => Err(AgentError::Expired {
+            path: options.creds.clone(),
+            at: rfc3339(exp),
+            why: Box::new(why),
+        }),
+    }
+}
+
 /// Runs an agent until SIGINT or SIGTERM, then stops it (draining the connection).
 pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
     run_with_settings(options, None).await
@@ -479,7 +490,7 @@ impl AgentError {
     pub fn is_worth_retrying(&self) -> bool {
         matches!(
             self,
-            AgentError::Connect { .. } | AgentError::Refused { .. }
+            AgentError::Connect { .. } | AgentError::Refused { .. } | AgentError::Expired { .. }
         )
     }
 }
@@ -581,9 +592,26 @@ pub fn peel_options(
 ) -> ConnectOptions {
     let creds = options.creds.clone();
     let signer = id.clone();
+    let endpoint = options.clone();
     let auth = ConnectOptions::with_auth_callback(move |nonce: Vec<u8>| {
-        let (creds, id) = (creds.clone(), signer.clone());
+        let (creds, id, endpoint) = (creds.clone(), signer.clone(), endpoint.clone());
         async move {
+            // Expired while disconnected (a long outage): fetch fresh creds with the key alone
+            // first; if that fails the server refuses the old ones and the next attempt tries
+            // again.
+            if let Ok((old, _)) = load_creds(&creds) {
+                let exp = old.jwt().claims().exp;
+                if exp != 0 && exp <= now_unix() {
+                    // On a task of its own: the callback's future must be Sync, a connection's
+                    // is not.
+                    let peel = id.clone();
+                    let fetched =
+                        tokio::spawn(async move { refetch_expired(&endpoint, &peel, exp).await });
+                    if let Ok(Err(e)) = fetched.await {
+                        tracing::warn!(peel = %id, "{e}");
+                    }
+                }
+            }
             let signed = sign_in(&creds, &id, &nonce).map_err(|e| {
                 tracing::warn!(peel = %id, "cannot sign in: {e}");
                 AuthError::new(e)

@@ -5,7 +5,8 @@
 //!   commands on `zester.cmd.<id>`, waits for a server that is not up yet;
 //! - `library`: [`Peel`], the same connection for an application that runs as a peel with its
 //!   own code (see `examples/peel.rs`);
-//! - `enrol`, `rotate`, `settings`: the peel's halves of enrolment, key rotation and settings;
+//! - `enrol`, `rotate`, `renew`, `settings`: the peel's halves of enrolment, key rotation,
+//!   renewal of its identity JWT and settings;
 //!   `ask`: the request-and-answer they share;
 //! - `profile`: the public `<id>.json` beside the creds that says how to reach and trust the
 //!   master; `facts`: what the peel tells the master about its host on every (re)connect.
@@ -16,6 +17,7 @@ pub mod enrol;
 pub mod facts;
 pub mod library;
 pub mod profile;
+pub mod renew;
 pub mod rotate;
 pub mod settings;
 

@@ -54,6 +54,21 @@ pub fn write(profile: &PeelProfile, path: &Path) -> Result<(), ProfileError> {
     Ok(())
 }
 
+/// Where and as whom the agent connects.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The server, `tls://host:port` (TLS is required whatever the scheme says).
+    pub server: String,
+    /// The peel's `.creds` file; read again on every reconnect.
+    pub creds: PathBuf,
+    /// The CA certificate (PEM) the server's certificate must chain to; `None` trusts the
+    /// system's roots (or the pinned CA).
+    pub ca: Option<PathBuf>,
+    /// Without `ca`: trust only a CA with this SPKI pin (`sha256:…`) in the server's chain, as
+    /// `zester peel enrol --pin` does.
+    pub pin: Option<String>,
+}
+
 /// What `zester peel run` was given; everything is optional, the rest comes from the profile.
 #[derive(Debug, Clone, Default)]
 pub struct RunInputs {

@@ -1,6 +1,6 @@
 //! What both ends of a conversation share, pure: the subjects (`subjects`) and the rule for
-//! where a service may send its answer (`reply`); the signed requests of enrolment and
-//! rotation (`enrol`, `rotate`); the admin API's requests (`admin`); the key record (`record`)
+//! where a service may send its answer (`reply`); the signed requests of enrolment, rotation
+//! and renewal (`enrol`, `rotate`, `renew`); the admin API's requests (`admin`); the key record (`record`)
 //! and the peel's profile (`profile`); the timeouts both sides must agree on. No I/O here: the
 //! appliance, the peel and the CLI build on it.
 
@@ -8,6 +8,7 @@ pub mod admin;
 pub mod enrol;
 pub mod profile;
 pub mod record;
+pub mod renew;
 pub mod reply;
 pub mod rotate;
 pub mod subjects;

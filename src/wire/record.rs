@@ -201,6 +201,13 @@ pub struct KeyRecord {
     pub updated_at: i64,
     /// State changes, oldest first, at most [`HISTORY_CAP`].
     pub history: Vec<StateChange>,
+    /// When the identity JWT handed out last for this key expires (unix seconds; 0 = never;
+    /// `None` when zester has not recorded one, as in records older than renewal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_expires_at: Option<i64>,
+    /// When the peel last renewed its identity JWT (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<i64>,
 }
 
 fn serialize_peel_id<S: Serializer>(id: &PeelId, serializer: S) -> Result<S::Ok, S::Error> {
@@ -222,6 +229,10 @@ struct RecordWire {
     updated_at: i64,
     #[serde(default)]
     history: Vec<StateChange>,
+    #[serde(default)]
+    jwt_expires_at: Option<i64>,
+    #[serde(default)]
+    renewed_at: Option<i64>,
 }
 
 impl TryFrom<RecordWire> for KeyRecord {
@@ -281,6 +292,8 @@ impl KeyRecord {
                 state,
                 reason: reason.to_string(),
             }],
+            jwt_expires_at: None,
+            renewed_at: None,
         };
         record.validate()?;
         Ok(record)
@@ -386,6 +399,17 @@ impl KeyRecord {
         }
     }
 
+    /// The record once an identity JWT expiring at `expires_at` (0 = never) was handed out for
+    /// its key; `renewal` when the peel renewed (rather than enrolled, fetched or rotated). No
+    /// history entry: renewals would push the state changes out of it.
+    pub fn jwt_issued(&self, expires_at: i64, renewal: bool, now: i64) -> KeyRecord {
+        KeyRecord {
+            jwt_expires_at: Some(expires_at),
+            renewed_at: if renewal { Some(now) } else { self.renewed_at },
+            ..self.clone()
+        }
+    }
+
     /// The most recent change (who/why of the current state), if the history has any.
     pub fn last_change(&self) -> Option<&StateChange> {
         self.history.last()
@@ -440,6 +464,8 @@ impl KeyRecord {
             created_at: wire.created_at,
             updated_at: wire.updated_at,
             history: wire.history,
+            jwt_expires_at: wire.jwt_expires_at,
+            renewed_at: wire.renewed_at,
         };
         record.validate()?;
         Ok(record)

@@ -10,6 +10,8 @@ pub const ENROL_REQUESTS: &str = "zester.enrol.*";
 pub const ROTATE_REQUESTS: &str = "zester.event.*.rotate";
 /// Where "new key connected" notices arrive (`zester.event.<id>.rotated`).
 pub const ROTATED_NOTICES: &str = "zester.event.*.rotated";
+/// Where peels ask for a fresh identity JWT (`zester.event.<id>.renew`).
+pub const RENEW_REQUESTS: &str = "zester.event.*.renew";
 /// Where peels ask for their settings (`zester.event.<id>.settings`).
 pub const SETTINGS_REQUESTS: &str = "zester.event.*.settings";
 /// Every admin API subject.
@@ -44,7 +46,7 @@ pub fn cmd_below(id: &str) -> String {
     format!("zester.cmd.{id}.>")
 }
 
-/// `zester.event.<id>.>`: everything peel `id` reports (and asks: rotate, settings).
+/// `zester.event.<id>.>`: everything peel `id` reports (and asks: rotate, renew, settings).
 pub fn events(id: &str) -> String {
     format!("zester.event.{id}.>")
 }
@@ -77,6 +79,11 @@ pub fn enrol(nkey: &str) -> String {
 /// `zester.event.<id>.rotate`.
 pub fn rotate(id: &str) -> String {
     event(id, "rotate")
+}
+
+/// `zester.event.<id>.renew`.
+pub fn renew(id: &str) -> String {
+    event(id, "renew")
 }
 
 /// `zester.event.<id>.rotated`.

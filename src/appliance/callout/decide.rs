@@ -163,7 +163,11 @@ pub struct Admission {
     pub role: Role,
     /// The key it proved (the identity JWT's subject, or the enrolling nkey).
     pub nkey: UserKey,
-    /// The identity JWT's `exp` (0 = none): the session must not outlive it.
+    /// The latest the session may last (0 = no bound): an enrolling key's short session. A user
+    /// with an identity JWT is not bound by that JWT's `exp`: the JWT is checked when the
+    /// client connects, the peel renews it while connected (DESIGN §11), and a key that loses
+    /// its standing is kicked at once; ending the session at the old `exp` would only drop
+    /// every renewing peel once per lifetime.
     pub expires: i64,
 }
 
@@ -240,7 +244,7 @@ fn admit_user_jwt(
     };
     Ok(Admission {
         role,
-        expires: user.claims().exp,
+        expires: 0,
         nkey: user_key,
     })
 }
@@ -328,16 +332,17 @@ pub fn verify_nonce(nonce: &str, signature: &str, nkey: &str) -> Result<(), Refu
     })
 }
 
-/// The session's expiry: the identity JWT's, shortened to `now + session_ttl` when configured.
-pub fn session_expiry(identity_expires: i64, session_ttl: i64, now: i64) -> i64 {
+/// The session's expiry: the admission's bound (see [`Admission::expires`]), shortened to
+/// `now + session_ttl` when configured; 0 = none.
+pub fn session_expiry(bound: i64, session_ttl: i64, now: i64) -> i64 {
     if session_ttl <= 0 {
-        return identity_expires;
+        return bound;
     }
     let by_ttl = now.saturating_add(session_ttl);
-    if identity_expires == 0 {
+    if bound == 0 {
         by_ttl
     } else {
-        identity_expires.min(by_ttl)
+        bound.min(by_ttl)
     }
 }
 
@@ -434,7 +439,10 @@ mod tests {
             Decision::Allow(a) => {
                 assert_eq!(a.role, Role::Peel(PeelId::parse("web-01").unwrap()));
                 assert_eq!(a.nkey.as_str(), key.public_key());
-                assert_eq!(a.expires, NOW + 3600);
+                assert_eq!(
+                    a.expires, 0,
+                    "not bound by the identity JWT: peels renew it"
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -582,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn session_expiry_never_outlives_the_identity() {
+    fn session_expiry_keeps_the_bound_and_the_ttl() {
         assert_eq!(session_expiry(NOW + 100, 0, NOW), NOW + 100);
         assert_eq!(session_expiry(NOW + 100, 10, NOW), NOW + 10);
         assert_eq!(session_expiry(NOW + 5, 10, NOW), NOW + 5);
