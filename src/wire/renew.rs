@@ -201,10 +201,14 @@ mod tests {
             NOW,
         )
         .unwrap();
-        if state == KeyState::Pending {
-            record
-        } else {
-            record.transition(state, "admin", "test", NOW).unwrap()
+        match state {
+            KeyState::Pending => record,
+            KeyState::Revoked => record
+                .transition(KeyState::Accepted, "admin", "test", NOW)
+                .unwrap()
+                .transition(KeyState::Revoked, "admin", "test", NOW)
+                .unwrap(),
+            other => record.transition(other, "admin", "test", NOW).unwrap(),
         }
     }
 
