@@ -596,7 +596,16 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let (options, _) = zester::peel::profile::resolve_run(inputs)?;
-            let renewed = runtime()?.block_on(zester::peel::renew::renew_once(&options))?;
+            let renewed = match runtime()?.block_on(zester::peel::renew::renew_once(&options)) {
+                Ok(renewed) => renewed,
+                Err(e) => {
+                    eprintln!(
+                        "zester: {e}; the creds in {} are unchanged",
+                        options.creds.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            };
             let until = match renewed.expires_at {
                 0 => "never expires".to_string(),
                 at => format!("valid until {}", zester::identity::time::rfc3339(at)),

@@ -315,7 +315,8 @@ impl Agent {
         // happens while facts are pending is covered by the publish already queued.
         let (connected_tx, connected_rx) = mpsc::channel::<()>(1);
         let (closed_tx, closed) = watch::channel(false);
-        let client = connect_options(&options, &id, connected_tx, closed_tx)
+        let pacing = Arc::new(ReconnectPacing::default());
+        let client = connect_options(&options, &id, connected_tx, closed_tx, pacing.clone())
             .connect(options.server.as_str())
             .await
             .map_err(|source| match source.kind() {
@@ -367,10 +368,13 @@ impl Agent {
             facts_stopped,
             secret_key.map(|key| (key, state.clone())),
         ));
+        let (renewed_tx, renewed_rx) = mpsc::channel(1);
         let renewal = tokio::spawn(crate::peel::renew::renew_forever(
             client.clone(),
             options.creds.clone(),
+            renewed_tx,
         ));
+        tokio::spawn(reconnect_after_renewal(client.clone(), pacing, renewed_rx));
         let commands = tokio::spawn(serve_commands(
             client.clone(),
             id.clone(),
@@ -447,6 +451,26 @@ impl Agent {
                     after: STOP_TIMEOUT,
                 })
             }
+        }
+    }
+}
+
+/// After every renewal, reconnects at once with the fresh creds. nats-server ends a
+/// connection when the JWT it was opened with expires (it arms that timer when it checks the
+/// JWT, before it asks the callout, and the callout's answer cannot move it: `auth.go`,
+/// `setExpiration(juc.Claims(), …)`), so a peel that only renewed on disk would be dropped at
+/// the old expiry and wait out its reconnect pause. Reconnecting on purpose right away takes
+/// milliseconds and keeps the subscriptions (async-nats re-sends them); ends when the renewal
+/// task does.
+async fn reconnect_after_renewal(
+    client: Client,
+    pacing: Arc<ReconnectPacing>,
+    mut renewed: mpsc::Receiver<()>,
+) {
+    while renewed.recv().await.is_some() {
+        pacing.plan_immediate();
+        if let Err(e) = client.force_reconnect().await {
+            tracing::warn!("reconnecting with the renewed creds: {e}");
         }
     }
 }
@@ -569,10 +593,10 @@ fn connect_options(
     id: &PeelId,
     connected: mpsc::Sender<()>,
     closed: watch::Sender<bool>,
+    pacing: Arc<ReconnectPacing>,
 ) -> ConnectOptions {
     let events_id = id.clone();
     let closed = Arc::new(closed);
-    let pacing = Arc::new(ReconnectPacing::default());
     peel_options(options, id, pacing.clone()).event_callback(move |event| {
         pacing.on_event(&event);
         let (connected, closed, id) = (connected.clone(), closed.clone(), events_id.clone());
@@ -650,6 +674,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct ReconnectPacing {
     attempted: AtomicBool,
+    /// The next reconnect is the agent's own (fresh creds after a renewal): no pause.
+    planned: AtomicBool,
     streak: std::sync::atomic::AtomicU32,
     up_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -657,6 +683,9 @@ pub struct ReconnectPacing {
 impl ReconnectPacing {
     /// The pause before the next connect attempt (none before the very first).
     fn next_delay(&self) -> Duration {
+        if self.planned.swap(false, Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
         let first = !self.attempted.swap(true, Ordering::Relaxed);
         let streak = self
             .streak
@@ -664,6 +693,12 @@ impl ReconnectPacing {
             .saturating_add(1);
         let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
         reconnect_delay(first, streak as usize, jitter)
+    }
+
+    /// Makes the next reconnect immediate and not count as a failure: the agent reconnects on
+    /// purpose (see [`reconnect_after_renewal`]).
+    pub fn plan_immediate(&self) {
+        self.planned.store(true, Ordering::Relaxed);
     }
 
     /// Follows the client's connection events.

@@ -11,6 +11,7 @@
 //! - [`renew_once`]: `zester peel renew`, either way as the creds need.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -84,6 +85,14 @@ pub enum RenewError {
         /// What a refusal means.
         hint: &'static str,
     },
+    /// The server did not let the client in, in its own words (a refused key).
+    #[error("{url} did not let this peel in (the master refused this key: it was rejected or revoked; see the master's audit log): {said}")]
+    NotLetIn {
+        /// The URL.
+        url: String,
+        /// What the server said.
+        said: String,
+    },
     /// The pinned TLS configuration could not be made.
     #[error("TLS with the pinned CA: {0}")]
     Tls(#[from] rustls::Error),
@@ -151,8 +160,8 @@ fn write_renewed(path: &Path, creds: &Creds, jwt_text: &str) -> Result<i64, Rene
     Ok(expires_at)
 }
 
-/// Renews the JWT in `path` over `client` (connected as that peel).
-pub async fn renew(client: &async_nats::Client, path: &Path) -> Result<Renewed, RenewError> {
+/// The signed renewal request for the creds in `path`.
+fn renewal_request(path: &Path) -> Result<(Creds, PeelId, String, Vec<u8>), RenewError> {
     let (creds, id) = load_creds(path)?;
     let renewal = Renewal {
         id: id.to_string(),
@@ -160,9 +169,32 @@ pub async fn renew(client: &async_nats::Client, path: &Path) -> Result<Renewed, 
         at: now_unix(),
     };
     let body = serde_json::to_vec(&sign_renewal(&renewal, creds.key())?)?;
-    let answer = ask(client, subjects::renew(id.as_str()), body, ANSWER_TIMEOUT).await?;
+    let subject = subjects::renew(id.as_str());
+    Ok((creds, id, subject, body))
+}
+
+/// Renews the JWT in `path` over `client` (connected as that peel).
+pub async fn renew(client: &async_nats::Client, path: &Path) -> Result<Renewed, RenewError> {
+    let (creds, id, subject, body) = renewal_request(path)?;
+    let answer = ask(client, subject, body, ANSWER_TIMEOUT).await?;
+    finish_renewal(path, &creds, id, answer)
+}
+
+/// [`renew`] over a connection of `zester peel renew`.
+async fn renew_on(connection: &Connection, path: &Path) -> Result<Renewed, RenewError> {
+    let (creds, id, subject, body) = renewal_request(path)?;
+    let answer = connection.ask(subject, body).await?;
+    finish_renewal(path, &creds, id, answer)
+}
+
+fn finish_renewal(
+    path: &Path,
+    creds: &Creds,
+    id: PeelId,
+    answer: serde_json::Value,
+) -> Result<Renewed, RenewError> {
     let answer: RenewAnswer = serde_json::from_value(answer)?;
-    let expires_at = write_renewed(path, &creds, &answer.jwt)?;
+    let expires_at = write_renewed(path, creds, &answer.jwt)?;
     Ok(Renewed {
         id,
         creds: path.to_path_buf(),
@@ -201,7 +233,7 @@ pub async fn refetch(options: &AgentOptions) -> Result<Renewed, RenewError> {
         at: now_unix(),
     };
     let body = serde_json::to_vec(&sign_request(key, &request)?)?;
-    let answer = ask(&client, subjects::enrol(&nkey), body, ANSWER_TIMEOUT).await?;
+    let answer = client.ask(subjects::enrol(&nkey), body).await?;
     drop(client);
     let answer: EnrolAnswer = serde_json::from_value(answer)?;
     let Some(jwt) = answer.jwt.filter(|_| answer.state == KeyState::Accepted) else {
@@ -223,6 +255,44 @@ pub async fn refetch(options: &AgentOptions) -> Result<Renewed, RenewError> {
     })
 }
 
+/// A short-lived connection and what the server said against it.
+struct Connection {
+    client: async_nats::Client,
+    refused: Arc<Mutex<Option<String>>>,
+    url: String,
+}
+
+impl Connection {
+    /// [`ask`], or the server's refusal as soon as it comes.
+    async fn ask(&self, subject: String, body: Vec<u8>) -> Result<serde_json::Value, RenewError> {
+        let refusal = async {
+            loop {
+                if let Some(said) = self.said() {
+                    return said;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            answer = ask(&self.client, subject, body, ANSWER_TIMEOUT) => match answer {
+                Ok(answer) => Ok(answer),
+                Err(e) => Err(match self.said() {
+                    Some(said) => RenewError::NotLetIn { url: self.url.clone(), said },
+                    None => e.into(),
+                }),
+            },
+            said = refusal => Err(RenewError::NotLetIn { url: self.url.clone(), said }),
+        }
+    }
+
+    fn said(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// One short-lived connection of peel `id` (TLS trusted as `options` says; the inbox prefix
 /// its permissions allow).
 async fn connect_once(
@@ -230,8 +300,20 @@ async fn connect_once(
     id: &PeelId,
     auth: async_nats::ConnectOptions,
     inbox: String,
-) -> Result<async_nats::Client, RenewError> {
+) -> Result<Connection, RenewError> {
+    // async-nats calls a connection up as soon as the server says anything, also while the
+    // callout is still deciding; a refusal arrives later as the server's error.
+    let refused = Arc::new(Mutex::new(None));
+    let seen = refused.clone();
     let mut connect = auth
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            }
+        })
         .require_tls(true)
         .name(format!("zester-peel-{id}"))
         .custom_inbox_prefix(inbox)
@@ -246,7 +328,7 @@ async fn connect_once(
         }
         (None, None) => {}
     }
-    connect
+    let client = connect
         .connect(options.server.as_str())
         .await
         .map_err(|source| {
@@ -264,7 +346,12 @@ async fn connect_once(
                     ""
                 },
             }
-        })
+        })?;
+    Ok(Connection {
+        client,
+        refused,
+        url: options.server.clone(),
+    })
 }
 
 /// `zester peel renew`: renews over a connection with the creds while they are valid, else
@@ -282,18 +369,23 @@ pub async fn renew_once(options: &AgentOptions) -> Result<Renewed, RenewError> {
                 source,
             }
         })?;
-    let client = connect_once(options, &id, auth, format!("_INBOX.{id}")).await?;
-    let renewed = renew(&client, &options.creds).await;
-    let _ = client.drain().await;
+    let connection = connect_once(options, &id, auth, format!("_INBOX.{id}")).await?;
+    let renewed = renew_on(&connection, &options.creds).await;
+    let _ = connection.client.drain().await;
     renewed
 }
 
 /// The agent's renewal task: renews the creds in `path` over `client` at 2/3 of their
-/// lifetime plus up to a tenth of jitter, for as long as it runs. A failure (the appliance
+/// lifetime plus up to a tenth of jitter, for as long as it runs, and says so on `renewed`
+/// (the agent then reconnects with them). A failure (the appliance
 /// unreachable, slow, or refusing) is logged and retried sooner as expiry nears; a refusal
 /// keeps the current creds. Creds that never expire are looked at again once an hour (a
 /// rotation may bring ones that do).
-pub async fn renew_forever(client: async_nats::Client, path: PathBuf) {
+pub async fn renew_forever(
+    client: async_nats::Client,
+    path: PathBuf,
+    renewed: tokio::sync::mpsc::Sender<()>,
+) {
     const NEVER_EXPIRES_CHECK: Duration = Duration::from_secs(3600);
     let mut retry_at: Option<i64> = None;
     loop {
@@ -319,9 +411,10 @@ pub async fn renew_forever(client: async_nats::Client, path: PathBuf) {
             }
         }
         match renew(&client, &path).await {
-            Ok(renewed) => {
+            Ok(done) => {
                 retry_at = None;
-                tracing::info!(peel = %renewed.id, until = %rfc3339(renewed.expires_at), "identity JWT renewed");
+                tracing::info!(peel = %done.id, until = %rfc3339(done.expires_at), "identity JWT renewed");
+                let _ = renewed.try_send(());
             }
             Err(e) => {
                 let after = retry_after(iat, exp, now_unix());
