@@ -423,18 +423,43 @@ impl Authority {
 
     /// Issues the system-account user (no permission limits: it is the operator's own tool).
     pub fn issue_sys_creds(&self, now: i64) -> Result<Creds, AuthorityError> {
-        let key = KeyPair::new_user();
+        self.sys_creds(KeyPair::new_user(), now, 0)
+    }
+
+    /// The system-account user's creds for `key`, valid for `ttl` seconds (0 = no expiry).
+    fn sys_creds(&self, key: KeyPair, now: i64, ttl: i64) -> Result<Creds, AuthorityError> {
         let mut nats = UserNats::with_permissions(Permissions::default());
         nats.issuer_account = self.sys.public_key();
         let claims = Claims {
             sub: key.public_key(),
             name: "sys".to_string(),
             iat: now,
+            exp: if ttl > 0 { now + ttl } else { 0 },
             nats,
             ..Claims::default()
         };
         let jwt = sign(claims, &self.sys_signer, "sys user JWT")?;
         Creds::new(jwt, key).map_err(AuthorityError::Creds)
+    }
+
+    /// Fresh creds, for the same `key`, of one of zester's own users in the home (`master`,
+    /// `admin`, `callout` or `sys`), valid for `ttl` seconds (0 = no expiry); `None` for any
+    /// other name.
+    pub fn renew_own_user(
+        &self,
+        name: &str,
+        key: KeyPair,
+        now: i64,
+        ttl: i64,
+    ) -> Option<Result<Creds, AuthorityError>> {
+        let role = match name {
+            "sys" => return Some(self.sys_creds(key, now, ttl)),
+            "master" => Role::Master,
+            "admin" => Role::Admin,
+            "callout" => Role::Callout,
+            _ => return None,
+        };
+        Some(self.issue_creds(key, name, &role, now, ttl))
     }
 
     /// Re-signs the ZESTER account JWT with or without the auth-callout section.

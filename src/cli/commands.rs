@@ -452,16 +452,22 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
     let summaries: Vec<crate::wire::admin::KeySummary> =
         serde_json::from_value(list.clone()).unwrap_or_default();
     let mut human = format!(
-        "{:<24} {:<9} {:<48} {}\n",
-        "ID", "STATE", "FINGERPRINT", "CHANGED"
+        "{:<24} {:<9} {:<48} {:<20} {:<20} {}\n",
+        "ID", "STATE", "FINGERPRINT", "CHANGED", "EXPIRES", "RENEWED"
     );
     for s in &summaries {
         human.push_str(&format!(
-            "{:<24} {:<9} {:<48} {}\n",
+            "{:<24} {:<9} {:<48} {:<20} {:<20} {}\n",
             s.id,
             s.state.as_str(),
             s.fingerprint,
-            rfc3339(s.updated_at)
+            rfc3339(s.updated_at),
+            match s.jwt_expires_at {
+                None => "-".to_string(),
+                Some(0) => "never".to_string(),
+                Some(at) => rfc3339(at),
+            },
+            s.renewed_at.map_or_else(|| "-".to_string(), rfc3339),
         ));
     }
     human.push_str(&format!("{} key(s)\n", summaries.len()));
@@ -478,13 +484,21 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
     let shown = crate::cli::client::key_show(&client, id).await?;
     let record = &shown["record"];
     let mut human = format!(
-        "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nsessions     {}\nhistory:\n",
+        "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nexpires      {}\nrenewed      {}\nsessions     {}\nhistory:\n",
         record["id"].as_str().unwrap_or("?"),
         record["state"].as_str().unwrap_or("?"),
         record["nkey"].as_str().unwrap_or("?"),
         record["xkey"].as_str().unwrap_or("-"),
         shown["fingerprint"].as_str().unwrap_or("?"),
         rfc3339(record["created_at"].as_i64().unwrap_or(0)),
+        match record["jwt_expires_at"].as_i64() {
+            None => "- (not recorded)".to_string(),
+            Some(0) => "never".to_string(),
+            Some(at) => rfc3339(at),
+        },
+        record["renewed_at"]
+            .as_i64()
+            .map_or_else(|| "-".to_string(), rfc3339),
         shown["sessions"].as_array().map_or(0, Vec::len),
     );
     for change in record["history"].as_array().into_iter().flatten() {

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod journal;
+pub mod own_creds;
 pub mod runtime;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -582,7 +583,7 @@ impl Home {
 
 /// A key pair of its own made from the seed in `creds` (read from `path`), to issue new creds
 /// for the same key.
-fn owned_key(path: &Path, creds: &Creds) -> Result<nkeys::KeyPair, HomeError> {
+pub(crate) fn owned_key(path: &Path, creds: &Creds) -> Result<nkeys::KeyPair, HomeError> {
     nkeys::KeyPair::from_seed(&creds.key().seed().unwrap_or_default()).map_err(|_| {
         HomeError::Creds {
             path: path.to_path_buf(),

@@ -51,6 +51,12 @@ pub struct KeySummary {
     pub updated_at: i64,
     /// Who made the last change and why.
     pub last_change: Option<StateChange>,
+    /// When the identity JWT handed out last expires (0 = never; absent = not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_expires_at: Option<i64>,
+    /// When the peel last renewed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<i64>,
 }
 
 impl KeySummary {
@@ -63,6 +69,8 @@ impl KeySummary {
             state: record.state,
             updated_at: record.updated_at,
             last_change: record.last_change().cloned(),
+            jwt_expires_at: record.jwt_expires_at,
+            renewed_at: record.renewed_at,
         }
     }
 }

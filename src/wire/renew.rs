@@ -170,6 +170,17 @@ pub fn renew_at(issued_at: i64, expires_at: i64, jitter: f64) -> Option<i64> {
     Some(issued_at + lifetime * 2 / 3 + spread)
 }
 
+/// Whether creds of zester's own users issued at `issued_at`, expiring at `expires_at` (0 =
+/// never), are due for re-issue at `now` when the configured lifetime is `configured` (0 =
+/// never): at 2/3 of their lifetime (no jitter: there are four of them, not a fleet), or at
+/// once when they never expire but should.
+pub fn own_creds_due(issued_at: i64, expires_at: i64, configured: i64, now: i64) -> bool {
+    match renew_at(issued_at, expires_at, 0.0) {
+        Some(at) => now >= at,
+        None => configured > 0,
+    }
+}
+
 /// How long to wait before asking again after a failed attempt (the appliance unreachable, or
 /// a refusal): a thirtieth of the lifetime, between 1 s and 10 min, and never past the JWT's
 /// expiry when that is nearer.
@@ -275,6 +286,21 @@ mod tests {
         let thirty_days = 30 * 86_400;
         let at = renew_at(NOW, NOW + thirty_days, 0.5).unwrap();
         assert!(at > NOW + 20 * 86_400 && at < NOW + 22 * 86_400);
+    }
+
+    #[test]
+    fn own_creds_renew_at_two_thirds_or_when_they_should_expire_but_do_not() {
+        assert!(!own_creds_due(NOW, NOW + 90, 90, NOW + 59));
+        assert!(own_creds_due(NOW, NOW + 90, 90, NOW + 60));
+        assert!(
+            own_creds_due(NOW, NOW + 90, 0, NOW + 60),
+            "lifetime removed: at the next due"
+        );
+        assert!(own_creds_due(NOW, 0, 90, NOW), "given a lifetime");
+        assert!(
+            !own_creds_due(NOW, 0, 0, NOW + 1_000_000),
+            "never expires, as configured"
+        );
     }
 
     #[test]
