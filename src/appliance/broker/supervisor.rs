@@ -7,7 +7,10 @@
 //! followed by a restart with exponential [`Backoff`], until too many exits in a short window
 //! make it give up with [`BrokerError::CrashLoop`]. [`Supervisor::shutdown`] (or dropping the
 //! supervisor) stops the child with SIGTERM, then SIGKILL after `stop_timeout`, and nothing is
-//! restarted after that.
+//! restarted after that. [`Supervisor::reload`] sends the running child SIGHUP, on which
+//! nats-server reads its configuration and the files it names (the TLS certificate) again
+//! without dropping connections; the signal is sent by the task that waits for the child, so
+//! it can never reach a process that has already been reaped (and whose pid may be reused).
 //!
 //! If the *first* child exits before it is ready, [`Supervisor::start`] fails at once with
 //! [`BrokerError::StartFailed`] and its last output, without retrying: the config was just
@@ -39,7 +42,7 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc as mpsc_async, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -276,6 +279,17 @@ pub enum BrokerError {
         /// The OS error.
         source: io::Error,
     },
+    /// The child could not be sent SIGHUP.
+    #[error("could not tell nats-server (pid {pid}) to reload its configuration: {source}")]
+    Reload {
+        /// The child.
+        pid: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Supervision has ended (stopped, or given up after a crash loop): there is no child.
+    #[error("nats-server is not running under supervision any more")]
+    NotSupervised,
     /// The supervising task panicked or was cancelled (a bug; the child was killed with it).
     #[error("the nats-server supervisor task ended abnormally: {reason}")]
     TaskFailed {
@@ -305,7 +319,29 @@ pub struct Supervisor {
     info: InfoHandle,
     events: watch::Receiver<ChildEvent>,
     stop: watch::Sender<bool>,
+    reload: ReloadHandle,
     task: JoinHandle<Result<(), BrokerError>>,
+}
+
+/// A reload request: answered with the pid signalled.
+type ReloadRequest = oneshot::Sender<Result<u32, BrokerError>>;
+
+/// Asks the supervised child to reload from elsewhere (see [`Supervisor::reload_handle`]).
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(mpsc_async::Sender<ReloadRequest>);
+
+impl ReloadHandle {
+    /// Sends the current child SIGHUP and returns its pid. A child that is being restarted is
+    /// signalled once it is ready (it has read the files anew anyway). Fails with
+    /// [`BrokerError::NotSupervised`] once supervision has ended.
+    pub async fn reload(&self) -> Result<u32, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(reply)
+            .await
+            .map_err(|_| BrokerError::NotSupervised)?;
+        answer.await.map_err(|_| BrokerError::NotSupervised)?
+    }
 }
 
 impl Supervisor {
@@ -359,6 +395,7 @@ impl Supervisor {
             restarts: 0,
         });
         let (stop, stop_rx) = watch::channel(false);
+        let (reload, reloads) = mpsc_async::channel(4);
         let info = InfoHandle(Arc::new(Mutex::new(info)));
         let runner = Runner {
             policy: RestartPolicy::new(settings.backoff.clone()),
@@ -367,12 +404,14 @@ impl Supervisor {
             info: info.clone(),
             events: events_tx,
             stop: stop_rx,
+            reloads,
         };
         let task = tokio::spawn(runner.run(child));
         Ok(Supervisor {
             info,
             events,
             stop,
+            reload: ReloadHandle(reload),
             task,
         })
     }
@@ -385,6 +424,16 @@ impl Supervisor {
     /// A cheap handle that reads [`Supervisor::info`] from elsewhere (a status endpoint).
     pub fn info_handle(&self) -> InfoHandle {
         self.info.clone()
+    }
+
+    /// Tells the running child to reload its configuration (SIGHUP); see [`ReloadHandle::reload`].
+    pub async fn reload(&self) -> Result<u32, BrokerError> {
+        self.reload.reload().await
+    }
+
+    /// A handle that asks for [`Supervisor::reload`] from elsewhere (certificate renewal).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// Resolves with [`BrokerError::CrashLoop`] if and when the supervisor gives up; never
@@ -458,6 +507,7 @@ struct Runner {
     info: InfoHandle,
     events: watch::Sender<ChildEvent>,
     stop: watch::Receiver<bool>,
+    reloads: mpsc_async::Receiver<ReloadRequest>,
 }
 
 /// How one restart attempt went.
@@ -474,6 +524,11 @@ impl Runner {
             let exited = tokio::select! {
                 status = child.process.wait() => Some(status),
                 () = stop_requested(&mut self.stop) => None,
+                Some(reply) = self.reloads.recv() => {
+                    // The child is not reaped before `wait` returns, so its pid is still its own.
+                    let _ = reply.send(signal_reload(&child));
+                    continue;
+                }
             };
             let status = match exited {
                 None => return self.stop_child(child).await,
@@ -613,6 +668,32 @@ impl Runner {
         self.events.send_replace(ChildEvent::Stopped);
         Ok(())
     }
+}
+
+/// Sends SIGHUP to `child`, which has not been reaped yet.
+fn signal_reload(child: &RunningChild) -> Result<u32, BrokerError> {
+    let pid = child.pid;
+    let not_running = || BrokerError::Reload {
+        pid,
+        source: io::Error::from(io::ErrorKind::NotFound),
+    };
+    let target = child
+        .process
+        .id()
+        .and_then(|id| libc::pid_t::try_from(id).ok())
+        .ok_or_else(not_running)?;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        return Err(BrokerError::Reload {
+            pid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    tracing::info!(
+        pid,
+        "asked nats-server to reload its configuration (SIGHUP)"
+    );
+    Ok(pid)
 }
 
 /// Resolves when a stop is requested or the [`Supervisor`] is dropped.

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use data_encoding::{BASE64, BASE64URL, BASE64URL_NOPAD, BASE64_NOPAD};
 
+use super::readmit::IdentityJwt;
 use crate::appliance::keys::KeyState;
 use crate::identity::chain::{self, ChainError};
 use crate::identity::claims::{AuthRequestNats, UserNats};
@@ -165,6 +166,9 @@ pub struct Admission {
     pub nkey: UserKey,
     /// The identity JWT's `exp` (0 = none): the session must not outlive it.
     pub expires: i64,
+    /// The identity JWT presented (none for an enrolling key), remembered with the session so
+    /// that the connection can be decided on again without it ([`readmit`](super::readmit)).
+    pub identity: Option<IdentityJwt>,
 }
 
 /// The decision, with the identity key when one was seen (for the audit log).
@@ -242,6 +246,10 @@ fn admit_user_jwt(
         role,
         expires: user.claims().exp,
         nkey: user_key,
+        identity: Some(IdentityJwt {
+            issuer: user.issuer().to_string(),
+            issued_at: user.claims().iat,
+        }),
     })
 }
 
@@ -310,6 +318,7 @@ fn admit_enrolling(
         role: Role::Enrolling { nkey },
         nkey: user_key,
         expires: now + ENROLLING_SESSION_SECS,
+        identity: None,
     })
 }
 
