@@ -1,11 +1,12 @@
 //! What runs inside `zester up`: `up` starts and stops everything in order; `broker` supervises
 //! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
 //! cache; `admin` serves the admin API, `respond` is the one way every service answers (only
-//! into the asker's inbox).
+//! into the asker's inbox); `cert_renewal` keeps the child's TLS certificate valid.
 
 pub mod admin;
 pub mod broker;
 pub mod callout;
+pub mod cert_renewal;
 pub mod connz;
 pub mod enrol;
 pub mod keys;
