@@ -12,8 +12,8 @@
 //! - [`CertRenewal::spawn`]: sleeps until the certificate is due (at most [`MAX_WAIT`] at a
 //!   time, so that a suspended machine or a clock step is noticed), re-issues it
 //!   ([`Home::reissue_server_cert`]: key 0600, certificate and chain, each written atomically),
-//!   sends the child SIGHUP ([`ReloadHandle::reload`]) and checks with a TLS handshake that
-//!   nats-server now serves the new certificate. nats-server re-authorises every client on a
+//!   sends the child SIGHUP and waits for it to report the reload ([`ReloadHandle::reload`]),
+//!   then checks with a TLS handshake that nats-server now serves the new certificate. nats-server re-authorises every client on a
 //!   reload; the callout lets live connections in again ([`readmit`]), so nobody is dropped.
 //!
 //! Every renewal is logged (target `audit`) and audited (`Source::Renew`, code
@@ -324,7 +324,7 @@ impl CertRenewal {
     fn renewed(&self, cert: &CertSummary, how: &str) {
         let names = names_text(&cert.names);
         let until = rfc3339(unix_seconds(cert.not_after));
-        tracing::info!(target: "audit", serial = %cert.serial, not_after = %until, names = %names, "TLS server certificate renewed: {how}");
+        // The sink logs it too (target `audit`).
         let mut record = AuditRecord::at(crate::home::now_unix(), Source::Renew, Verdict::Allow);
         record.code = "cert_renewed".into();
         record.reason = format!(
@@ -335,10 +335,9 @@ impl CertRenewal {
     }
 
     fn failed(&self, error: &RenewError) {
-        tracing::warn!(target: "audit", "TLS server certificate renewal failed: {error}");
         let mut record = AuditRecord::at(crate::home::now_unix(), Source::Renew, Verdict::Refuse);
         record.code = "cert_renew_failed".into();
-        record.reason = error.to_string();
+        record.reason = format!("TLS server certificate renewal failed: {error}");
         self.audit.record(record);
     }
 }

@@ -9,8 +9,9 @@
 //! supervisor) stops the child with SIGTERM, then SIGKILL after `stop_timeout`, and nothing is
 //! restarted after that. [`Supervisor::reload`] sends the running child SIGHUP, on which
 //! nats-server reads its configuration and the files it names (the TLS certificate) again
-//! without dropping connections; the signal is sent by the task that waits for the child, so
-//! it can never reach a process that has already been reaped (and whose pid may be reused).
+//! without dropping connections, and waits for the child's log line saying it has done so (or
+//! why not). The signal is sent by the task that waits for the child, so it can never reach a
+//! process that has already been reaped (and whose pid may be reused).
 //!
 //! If the *first* child exits before it is ready, [`Supervisor::start`] fails at once with
 //! [`BrokerError::StartFailed`] and its last output, without retrying: the config was just
@@ -287,6 +288,22 @@ pub enum BrokerError {
         /// The OS error.
         source: io::Error,
     },
+    /// nats-server refused to reload its configuration.
+    #[error("nats-server (pid {pid}) did not reload its configuration: {reason}")]
+    ReloadFailed {
+        /// The child.
+        pid: u32,
+        /// What nats-server said.
+        reason: String,
+    },
+    /// nats-server did not say within the time that it had reloaded.
+    #[error("nats-server (pid {pid}) did not report a finished reload within {after:?}")]
+    ReloadTimedOut {
+        /// The child.
+        pid: u32,
+        /// How long was waited.
+        after: Duration,
+    },
     /// Supervision has ended (stopped, or given up after a crash loop): there is no child.
     #[error("nats-server is not running under supervision any more")]
     NotSupervised,
@@ -326,21 +343,44 @@ pub struct Supervisor {
 /// A reload request: answered with the pid signalled.
 type ReloadRequest = oneshot::Sender<Result<u32, BrokerError>>;
 
+/// How long a reload may take before [`ReloadHandle::reload`] gives up waiting: nats-server
+/// re-authorises every client on a reload, one after another, each through the callout.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Asks the supervised child to reload from elsewhere (see [`Supervisor::reload_handle`]).
 #[derive(Debug, Clone)]
-pub struct ReloadHandle(mpsc_async::Sender<ReloadRequest>);
+pub struct ReloadHandle {
+    requests: mpsc_async::Sender<ReloadRequest>,
+    seen: watch::Receiver<ReloadSeen>,
+}
 
 impl ReloadHandle {
-    /// Sends the current child SIGHUP and returns its pid. A child that is being restarted is
+    /// Sends the current child SIGHUP and waits until it says it has reloaded (its log line
+    /// "Reloaded server configuration"); returns its pid. A child that is being restarted is
     /// signalled once it is ready (it has read the files anew anyway). Fails with
+    /// [`BrokerError::ReloadFailed`] and nats-server's reason if it refused the new
+    /// configuration, [`BrokerError::ReloadTimedOut`] after [`RELOAD_TIMEOUT`], and
     /// [`BrokerError::NotSupervised`] once supervision has ended.
     pub async fn reload(&self) -> Result<u32, BrokerError> {
+        let mut seen = self.seen.clone();
+        seen.borrow_and_update();
         let (reply, answer) = oneshot::channel();
-        self.0
+        self.requests
             .send(reply)
             .await
             .map_err(|_| BrokerError::NotSupervised)?;
-        answer.await.map_err(|_| BrokerError::NotSupervised)?
+        let pid = answer.await.map_err(|_| BrokerError::NotSupervised)??;
+        match tokio::time::timeout(RELOAD_TIMEOUT, seen.changed()).await {
+            Err(_) => Err(BrokerError::ReloadTimedOut {
+                pid,
+                after: RELOAD_TIMEOUT,
+            }),
+            Ok(Err(_)) => Err(BrokerError::NotSupervised),
+            Ok(Ok(())) => match seen.borrow().failure.clone() {
+                None => Ok(pid),
+                Some(reason) => Err(BrokerError::ReloadFailed { pid, reason }),
+            },
+        }
     }
 }
 
@@ -396,6 +436,10 @@ impl Supervisor {
         });
         let (stop, stop_rx) = watch::channel(false);
         let (reload, reloads) = mpsc_async::channel(4);
+        let reload = ReloadHandle {
+            requests: reload,
+            seen: tail.reloads.subscribe(),
+        };
         let info = InfoHandle(Arc::new(Mutex::new(info)));
         let runner = Runner {
             policy: RestartPolicy::new(settings.backoff.clone()),
@@ -411,7 +455,7 @@ impl Supervisor {
             info,
             events,
             stop,
-            reload: ReloadHandle(reload),
+            reload,
             task,
         })
     }
@@ -1118,13 +1162,43 @@ fn parse_ports(json: &[u8]) -> Option<Ports> {
     })
 }
 
-/// The last lines of the child's output, shared by its readers and the error paths.
+/// The last lines of the child's output, shared by its readers and the error paths, and what
+/// the child said about its last configuration reload.
+#[derive(Debug, Clone)]
+struct LogTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    reloads: Arc<watch::Sender<ReloadSeen>>,
+}
+
+impl Default for LogTail {
+    fn default() -> LogTail {
+        LogTail {
+            lines: Arc::default(),
+            reloads: Arc::new(watch::channel(ReloadSeen::default()).0),
+        }
+    }
+}
+
+/// The child's last word on a reload: how many it reported, and why the last failed, if it did.
 #[derive(Debug, Clone, Default)]
-struct LogTail(Arc<Mutex<VecDeque<String>>>);
+struct ReloadSeen {
+    count: u64,
+    failure: Option<String>,
+}
+
+/// What a log message says about a reload: done, or failed with nats-server's reason.
+fn reload_result(message: &str) -> Option<Result<(), &str>> {
+    if let Some(reason) = message.strip_prefix("Failed to reload server configuration: ") {
+        return Some(Err(reason));
+    }
+    message
+        .starts_with("Reloaded server configuration")
+        .then_some(Ok(()))
+}
 
 impl LogTail {
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() == LOG_TAIL_LINES {
             lines.pop_front();
         }
@@ -1132,8 +1206,15 @@ impl LogTail {
     }
 
     fn lines(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         lines.iter().cloned().collect()
+    }
+
+    fn reloaded(&self, result: Result<(), &str>) {
+        self.reloads.send_modify(|seen| {
+            seen.count = seen.count.wrapping_add(1);
+            seen.failure = result.err().map(str::to_string);
+        });
     }
 }
 
@@ -1206,6 +1287,9 @@ where
                     emit(level, pid, message);
                 }
                 Admit::Hide => {}
+            }
+            if let Some(result) = reload_result(message) {
+                tail.reloaded(result);
             }
             tail.push(match level {
                 Some(level) => format!("{} {message}", tag_of(level)),
@@ -1447,6 +1531,30 @@ mod tests {
                 delay: Duration::from_millis(250)
             }
         );
+    }
+
+    #[test]
+    fn reload_reports_are_read_from_the_log() {
+        assert_eq!(
+            reload_result("Reloaded server configuration (sha256:ab12)"),
+            Some(Ok(()))
+        );
+        assert_eq!(
+            reload_result(
+                "Failed to reload server configuration: config reload not supported for HTTPPort: old=-1, new=8222"
+            ),
+            Some(Err(
+                "config reload not supported for HTTPPort: old=-1, new=8222"
+            ))
+        );
+        assert_eq!(reload_result("Reloaded: tls = enabled"), None);
+        let tail = LogTail::default();
+        let mut seen = tail.reloads.subscribe();
+        tail.reloaded(Err("no"));
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(seen.borrow_and_update().failure.as_deref(), Some("no"));
+        tail.reloaded(Ok(()));
+        assert_eq!(seen.borrow_and_update().failure, None);
     }
 
     #[test]
