@@ -855,7 +855,7 @@ mod tests {
         assert_eq!(
             home.ca_pin().unwrap(),
             pki::spki_pin_from_cert_pem(
-                &fs::read_to_string(home.server_chain())
+                fs::read_to_string(home.server_chain())
                     .unwrap()
                     .split_inclusive("-----END CERTIFICATE-----\n")
                     .nth(1)
