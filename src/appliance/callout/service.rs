@@ -15,7 +15,7 @@ use super::admission;
 use super::audit::{AuditRecord, AuditSink, Source, Verdict};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
-use super::readmit::Grant;
+use super::readmit::{self, Grant};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
@@ -183,9 +183,14 @@ impl CalloutState {
         let per_minute = self
             .enrol_per_minute
             .load(std::sync::atomic::Ordering::Relaxed);
-        let live = self
-            .sessions
-            .admitted(&request.server.id, request.client_info.id);
+        // Only a request that repeats a connection's nonce signature without a JWT can be
+        // nats-server asking again (a reload); only then is the session table looked at.
+        let live = readmit::is_asked_again(request, &trust)
+            .then(|| {
+                self.sessions
+                    .admitted(&request.server.id, request.client_info.id)
+            })
+            .flatten();
         let admitted = admission::admit(
             request,
             &trust,
