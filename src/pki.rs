@@ -36,8 +36,9 @@ pub const SERVER_COMMON_NAME: &str = "zester-nats";
 /// anchor that every peel pins during the life of an installation.
 pub const CA_VALIDITY: Duration = Duration::from_secs(3652 * 24 * 60 * 60);
 
-/// How long a server certificate is valid: 825 days, the longest lifetime Apple's TLS stack accepts
-/// for certificates from private CAs. Re-issuing is cheap (see [`issue_server_cert`]).
+/// How long a server certificate is valid by default (`[server] cert_lifetime`): 825 days, the
+/// longest lifetime Apple's TLS stack accepts for certificates from private CAs. Re-issuing is
+/// cheap (see [`issue_server_cert`]).
 pub const SERVER_VALIDITY: Duration = Duration::from_secs(825 * 24 * 60 * 60);
 
 /// How far before `now` certificates start to be valid, so that a peel whose clock is a little
@@ -299,12 +300,16 @@ fn normalize_dns_name(name: &str) -> Result<String, &'static str> {
 }
 
 /// ECDSA P-256 CA "zester CA" (10 years validity, CA:true, pathlen 0, key usages cert sign + crl
-/// sign) and a server certificate signed by it (SANs from `names`, EKU serverAuth, validity 825
-/// days, CN zester-nats).
+/// sign) and a server certificate signed by it (SANs from `names`, EKU serverAuth, valid until
+/// `now + server_lifetime`, CN zester-nats).
 ///
 /// Both certificates start [`CLOCK_SKEW`] before `now`. The server certificate also carries
 /// keyUsage digitalSignature, basicConstraints CA:false and an authority key identifier.
-pub fn generate(names: &ServerNames, now: SystemTime) -> Result<Pki, PkiError> {
+pub fn generate(
+    names: &ServerNames,
+    now: SystemTime,
+    server_lifetime: Duration,
+) -> Result<Pki, PkiError> {
     let sans = names.to_sans()?;
     let (not_before, not_after) = validity_window(now, CA_VALIDITY)?;
 
@@ -317,7 +322,8 @@ pub fn generate(names: &ServerNames, now: SystemTime) -> Result<Pki, PkiError> {
         .map_err(|source| PkiError::Signing { what: "CA", source })?;
 
     let issuer = Issuer::new(ca_params, &ca_key);
-    let (server_cert_pem, server_key_pem) = sign_server_cert(&issuer, sans, now, None)?;
+    let (server_cert_pem, server_key_pem) =
+        sign_server_cert(&issuer, sans, now, server_lifetime, None)?;
     Ok(Pki {
         ca_cert_pem: ca_cert.pem(),
         ca_key_pem: ca_key.serialize_pem(),
@@ -326,7 +332,8 @@ pub fn generate(names: &ServerNames, now: SystemTime) -> Result<Pki, PkiError> {
     })
 }
 
-/// Issues a fresh server certificate with the existing CA (for re-issuing when names change).
+/// Issues a fresh server certificate with the existing CA, valid until `now + lifetime` (for
+/// renewing it, or re-issuing when names change).
 ///
 /// Returns `(certificate PEM, private key PEM)`; the key is new every time. Checks first that the
 /// key belongs to the certificate ([`PkiError::CaKeyMismatch`]), that the CA is one zester made
@@ -337,6 +344,7 @@ pub fn issue_server_cert(
     ca_key_pem: &str,
     names: &ServerNames,
     now: SystemTime,
+    lifetime: Duration,
 ) -> Result<(String, String), PkiError> {
     let sans = names.to_sans()?;
     let ca_der = cert_der_from_pem(ca_cert_pem)?;
@@ -359,7 +367,8 @@ pub fn issue_server_cert(
         None => KeyIdMethod::Sha256,
     };
     let issuer = Issuer::new(ca_params(key_id), &ca_key);
-    let (cert_pem, key_pem) = sign_server_cert(&issuer, sans, now, Some(ca_not_after.time))?;
+    let (cert_pem, key_pem) =
+        sign_server_cert(&issuer, sans, now, lifetime, Some(ca_not_after.time))?;
 
     // rcgen writes the issuer name from our template; a client only chains the certificate to the
     // CA if that is byte for byte the CA's subject.
@@ -400,6 +409,8 @@ pub struct CertSummary {
     pub not_after: SystemTime,
     /// The SPKI pin of the certified key, as [`spki_pin_from_cert_pem`] computes it.
     pub spki_pin: String,
+    /// The serial number, lowercase hex of its DER content bytes (a certificate's name in logs).
+    pub serial: String,
 }
 
 /// Reads the names, validity and pin of a certificate PEM (the first CERTIFICATE block), e.g. to
@@ -414,6 +425,7 @@ pub fn inspect_cert_pem(cert_pem: &str) -> Result<CertSummary, PkiError> {
         not_before: not_before.time,
         not_after: not_after.time,
         spki_pin: spki_pin(cert.spki),
+        serial: HEXLOWER.encode(cert.serial),
     })
 }
 
@@ -431,14 +443,16 @@ fn ca_params(key_identifier_method: KeyIdMethod) -> CertificateParams {
     params
 }
 
-/// Generates a server key and signs its certificate; `cap` bounds notAfter (the CA's notAfter).
+/// Generates a server key and signs its certificate, valid from [`CLOCK_SKEW`] before `now` to
+/// `now + lifetime`; `cap` bounds notAfter (the CA's notAfter).
 fn sign_server_cert(
     issuer: &Issuer<'_, &KeyPair>,
     sans: Vec<SanType>,
     now: SystemTime,
+    lifetime: Duration,
     cap: Option<SystemTime>,
 ) -> Result<(String, String), PkiError> {
-    let (not_before, mut not_after) = validity_window(now, SERVER_VALIDITY)?;
+    let (not_before, mut not_after) = validity_window(now, lifetime)?;
     if let Some(cap) = cap {
         not_after = not_after.min(cap);
     }
@@ -689,6 +703,8 @@ struct CertTime {
 
 /// The parts of a certificate zester reads, borrowed from its DER.
 struct Cert<'a> {
+    /// The serialNumber INTEGER's content bytes.
+    serial: &'a [u8],
     /// The issuer Name, whole encoding.
     issuer: &'a [u8],
     /// The validity SEQUENCE's contents.
@@ -726,7 +742,7 @@ impl<'a> Cert<'a> {
                 return Err(malformed("version: not v1, v2 or v3"));
             }
         }
-        fields.expect(TAG_INTEGER, "serialNumber")?;
+        let serial = fields.expect(TAG_INTEGER, "serialNumber")?;
         fields.expect(TAG_SEQUENCE, "signature")?;
         let issuer = fields.expect(TAG_SEQUENCE, "issuer")?;
         let validity = fields.expect(TAG_SEQUENCE, "validity")?;
@@ -745,6 +761,7 @@ impl<'a> Cert<'a> {
         key.finish("subjectPublicKeyInfo")?;
 
         Ok(Cert {
+            serial: serial.value,
             issuer: issuer.raw,
             validity: validity.value,
             subject: subject.raw,
@@ -953,7 +970,7 @@ mod tests {
 
     #[test]
     fn ca_pin_from_key_equals_pin_from_cert() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let from_key = spki_pin_from_key_pem(&pki.ca_key_pem).unwrap();
         let from_cert = spki_pin_from_cert_pem(&pki.ca_cert_pem).unwrap();
         assert_pin_shape(&from_key);
@@ -963,7 +980,7 @@ mod tests {
 
     #[test]
     fn server_pin_differs_from_ca_pin_and_matches_server_key() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let ca = spki_pin_from_cert_pem(&pki.ca_cert_pem).unwrap();
         let server = spki_pin_from_cert_pem(&pki.server_cert_pem).unwrap();
         assert_ne!(server, ca);
@@ -972,7 +989,7 @@ mod tests {
 
     #[test]
     fn pin_is_sha256_of_the_spki_in_the_certificate() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let key = KeyPair::from_pem(&pki.ca_key_pem).unwrap();
         let spki = key.subject_public_key_info();
         let der = cert_der_from_pem(&pki.ca_cert_pem).unwrap();
@@ -984,7 +1001,7 @@ mod tests {
 
     #[test]
     fn server_certificate_carries_all_names() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let der = cert_der_from_pem(&pki.server_cert_pem).unwrap();
         // Raw bytes first (GeneralName tag, length, value), so this does not trust the walker.
         for (tag, value) in [
@@ -1017,13 +1034,36 @@ mod tests {
 
     #[test]
     fn validity_periods() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let ca = inspect_cert_pem(&pki.ca_cert_pem).unwrap();
         let server = inspect_cert_pem(&pki.server_cert_pem).unwrap();
         assert_eq!(ca.not_before, now() - CLOCK_SKEW);
         assert_eq!(ca.not_after, now() + CA_VALIDITY);
         assert_eq!(server.not_before, now() - CLOCK_SKEW);
         assert_eq!(server.not_after, now() + SERVER_VALIDITY);
+    }
+
+    #[test]
+    fn a_short_lifetime_ends_that_long_after_now_despite_the_backdated_start() {
+        let twenty = Duration::from_secs(20);
+        let pki = generate(&names(), now(), twenty).unwrap();
+        let first = inspect_cert_pem(&pki.server_cert_pem).unwrap();
+        assert_eq!(first.not_before, now() - CLOCK_SKEW);
+        assert_eq!(first.not_after, now() + twenty);
+        let later = now() + Duration::from_secs(13);
+        let (cert, _) = issue_server_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &first.names,
+            later,
+            twenty,
+        )
+        .unwrap();
+        let renewed = inspect_cert_pem(&cert).unwrap();
+        assert_eq!(renewed.not_after, later + twenty);
+        assert_eq!(renewed.names, first.names);
+        assert!(!renewed.serial.is_empty());
+        assert_ne!(renewed.serial, first.serial, "a new key, a new serial");
     }
 
     #[test]
@@ -1102,11 +1142,11 @@ mod tests {
             ips: vec![],
         };
         assert!(matches!(
-            generate(&bad, now()),
+            generate(&bad, now(), SERVER_VALIDITY),
             Err(PkiError::InvalidName { .. })
         ));
         assert!(matches!(
-            generate(&ServerNames::default(), now()),
+            generate(&ServerNames::default(), now(), SERVER_VALIDITY),
             Err(PkiError::NoNames)
         ));
     }
@@ -1115,7 +1155,7 @@ mod tests {
     fn clock_out_of_range_is_an_error() {
         let before_epoch = UNIX_EPOCH - Duration::from_secs(86_400);
         assert!(matches!(
-            generate(&names(), before_epoch),
+            generate(&names(), before_epoch, SERVER_VALIDITY),
             Err(PkiError::ClockOutOfRange {
                 unix_seconds: -86_400
             })
@@ -1123,14 +1163,14 @@ mod tests {
         // In 9995 the CA's ten years run past 9999-12-31.
         let far = UNIX_EPOCH + Duration::from_secs(253_300_000_000);
         assert!(matches!(
-            generate(&names(), far),
+            generate(&names(), far, SERVER_VALIDITY),
             Err(PkiError::ClockOutOfRange { .. })
         ));
     }
 
     #[test]
     fn truncated_or_garbage_certificates_are_malformed() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let der = cert_der_from_pem(&pki.ca_cert_pem).unwrap();
         for len in 0..der.len() {
             let result = spki_pin_from_cert_pem(&pem_of(&der[..len]));
@@ -1166,7 +1206,7 @@ mod tests {
 
     #[test]
     fn corrupted_bytes_never_panic() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let der = cert_der_from_pem(&pki.server_cert_pem).unwrap();
         for i in 0..der.len() {
             for flip in [0xff, 0x80, 0x01] {
@@ -1181,12 +1221,18 @@ mod tests {
 
     #[test]
     fn reissue_with_same_ca_gives_new_key_under_same_ca() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let mut more = names();
         more.add("new.example.com").unwrap();
         let later = now() + Duration::from_secs(86_400);
-        let (cert, key) =
-            issue_server_cert(&pki.ca_cert_pem, &pki.ca_key_pem, &more, later).unwrap();
+        let (cert, key) = issue_server_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &more,
+            later,
+            SERVER_VALIDITY,
+        )
+        .unwrap();
         assert_ne!(key, pki.server_key_pem);
         let pin = spki_pin_from_cert_pem(&cert).unwrap();
         assert_ne!(pin, pki.ca_pin().unwrap());
@@ -1217,27 +1263,51 @@ mod tests {
 
     #[test]
     fn reissue_checks_the_ca() {
-        let pki = generate(&names(), now()).unwrap();
-        let other = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
+        let other = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         assert!(matches!(
-            issue_server_cert(&pki.ca_cert_pem, &other.ca_key_pem, &names(), now()),
+            issue_server_cert(
+                &pki.ca_cert_pem,
+                &other.ca_key_pem,
+                &names(),
+                now(),
+                SERVER_VALIDITY
+            ),
             Err(PkiError::CaKeyMismatch)
         ));
         // The server certificate and its key match each other but are not a zester CA.
         assert!(matches!(
-            issue_server_cert(&pki.server_cert_pem, &pki.server_key_pem, &names(), now()),
+            issue_server_cert(
+                &pki.server_cert_pem,
+                &pki.server_key_pem,
+                &names(),
+                now(),
+                SERVER_VALIDITY
+            ),
             Err(PkiError::ForeignCa)
         ));
         assert!(matches!(
-            issue_server_cert(&pki.ca_cert_pem, "not a key", &names(), now()),
+            issue_server_cert(
+                &pki.ca_cert_pem,
+                "not a key",
+                &names(),
+                now(),
+                SERVER_VALIDITY
+            ),
             Err(PkiError::InvalidKeyPem { .. })
         ));
         assert!(matches!(
-            issue_server_cert("", &pki.ca_key_pem, &names(), now()),
+            issue_server_cert("", &pki.ca_key_pem, &names(), now(), SERVER_VALIDITY),
             Err(PkiError::MalformedCertificate { .. })
         ));
         let after_ca = now() + CA_VALIDITY + Duration::from_secs(1);
-        match issue_server_cert(&pki.ca_cert_pem, &pki.ca_key_pem, &names(), after_ca) {
+        match issue_server_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &names(),
+            after_ca,
+            SERVER_VALIDITY,
+        ) {
             Err(PkiError::CaExpired { at }) => assert_eq!(at, "2035-06-15T16:53:20Z"),
             other => panic!("expected CaExpired, got {other:?}"),
         }
@@ -1245,10 +1315,16 @@ mod tests {
 
     #[test]
     fn reissued_cert_never_outlives_the_ca() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let near_end = now() + CA_VALIDITY - Duration::from_secs(100 * 86_400);
-        let (cert, _) =
-            issue_server_cert(&pki.ca_cert_pem, &pki.ca_key_pem, &names(), near_end).unwrap();
+        let (cert, _) = issue_server_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &names(),
+            near_end,
+            SERVER_VALIDITY,
+        )
+        .unwrap();
         assert_eq!(
             inspect_cert_pem(&cert).unwrap().not_after,
             now() + CA_VALIDITY
@@ -1265,7 +1341,7 @@ mod tests {
 
     #[test]
     fn debug_hides_private_keys() {
-        let pki = generate(&names(), now()).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
         let shown = format!("{pki:?}");
         assert!(!shown.contains("PRIVATE KEY"));
         assert!(shown.contains("BEGIN CERTIFICATE"));

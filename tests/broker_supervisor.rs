@@ -1,5 +1,6 @@
 //! The nats-server supervisor against real processes: a config rendered from a real home runs
-//! under the real binary, a killed child is restarted, shutdown leaves nothing behind, a busy
+//! under the real binary, a killed child is restarted, a reload is reported by the child (and a
+//! refused one with nats-server's reason), shutdown leaves nothing behind, a busy
 //! port is refused before anything is spawned, a crash loop is given up on with the child's
 //! output, and a SIGKILLed parent takes nats-server with it (no orphans).
 //!
@@ -204,6 +205,44 @@ async fn a_killed_child_is_restarted_with_the_same_config() {
 
     supervisor.shutdown().await.expect("clean shutdown");
     assert!(gone(second.pid));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_is_reported_by_the_child_which_keeps_running() {
+    let setup = Setup::new("127.0.0.1:0", "127.0.0.1:0");
+    let binary = common::nats_server_path();
+    let supervisor = Supervisor::start(setup.settings(&binary, "127.0.0.1:0", "127.0.0.1:0"))
+        .await
+        .expect("nats-server starts");
+    let info = supervisor.info();
+    let handle = supervisor.reload_handle();
+    assert_eq!(
+        supervisor.reload().await.expect("nats-server reloads"),
+        info.pid
+    );
+    assert_eq!(supervisor.info(), info, "the same child, not a restart");
+
+    // A setting nats-server cannot change while running: it says so, and keeps running.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, format!("{text}\nserver_name: renamed\n")).unwrap();
+    match handle.reload().await {
+        Err(BrokerError::ReloadFailed { pid, reason }) => {
+            assert_eq!(pid, info.pid);
+            assert!(reason.contains("ServerName"), "{reason}");
+        }
+        other => panic!("expected ReloadFailed, got {other:?}"),
+    }
+    assert!(!gone(info.pid));
+    assert!(matches!(
+        *supervisor.subscribe().borrow(),
+        ChildEvent::Started { pid, restarts: 0, .. } if pid == info.pid
+    ));
+
+    supervisor.shutdown().await.expect("clean shutdown");
+    assert!(matches!(
+        handle.reload().await,
+        Err(BrokerError::NotSupervised)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,11 +2,12 @@
 //! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
 //! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
-//! inbox).
+//! inbox); `cert_renewal` keeps the child's TLS certificate valid.
 
 pub mod admin;
 pub mod broker;
 pub mod callout;
+pub mod cert_renewal;
 pub mod connz;
 pub mod enrol;
 pub mod keys;

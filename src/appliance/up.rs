@@ -2,12 +2,14 @@
 //! auth callout, the key store, the audit log and the admin status endpoint (DESIGN §1).
 //!
 //! [`Appliance::start`] walks the steps in order and each one fails with an error naming the
-//! fix: initialise the home if needed, find and check the binary, render the server config,
-//! start the child, connect the callout user (which bypasses the callout) and subscribe, then
-//! the system user (kicks, auth-error and disconnect events), then zester's own store and
-//! service users (through the callout, like everyone else, with least privilege), open the key
-//! store, import the offline journal and serve the services. Only then is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last, so that
-//! no client is ever left without an answer while the server still runs.
+//! fix: initialise the home if needed, renew the TLS certificate if it is due (and keep
+//! renewing it while running, see [`cert_renewal`](super::cert_renewal)), find and check the
+//! binary, render the server config, start the child, connect the callout user (which bypasses
+//! the callout) and subscribe, then the system user (kicks, auth-error and disconnect events),
+//! then zester's own store and service users (through the callout, like everyone else, with
+//! least privilege), open the key store, import the offline journal and serve the services.
+//! Only then is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last,
+//! so that no client is ever left without an answer while the server still runs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,10 +22,11 @@ use serde_json::{json, Value};
 use crate::appliance::admin::AdminService;
 use crate::appliance::broker::binary::{self, BinaryError};
 use crate::appliance::broker::config::{self as server_config, HostPort};
-use crate::appliance::broker::supervisor::{Supervisor, SupervisorSettings};
+use crate::appliance::broker::supervisor::{BrokerError, Supervisor, SupervisorSettings};
 use crate::appliance::callout::audit::{self, AuditRecord, AuditSink, Source, Verdict};
 use crate::appliance::callout::decide::{self, KeyLookup, Trust};
 use crate::appliance::callout::service::{self, CalloutState};
+use crate::appliance::cert_renewal::CertRenewal;
 use crate::appliance::enrol::EnrolService;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::rotate::RotateService;
@@ -164,15 +167,17 @@ pub struct Appliance {
 
 impl Appliance {
     /// Starts everything, step by step, and returns once the appliance is ready: the home
-    /// (initialised if needed, its account JWT repaired), the nats-server child, the callout
+    /// (initialised if needed, its account JWT repaired), the TLS certificate (renewed if
+    /// due), the nats-server child, the callout
     /// and the system connection, zester's own store and service connections, the key store,
     /// the services, and last `runtime.json` for the CLI.
     pub async fn start(home: Home, options: UpOptions) -> Result<Appliance, UpError> {
         let started = Instant::now();
         let started_at = now_unix();
         let mut prepared = prepare(&home, &options, started_at)?;
-        let broker = start_broker(&home, &prepared, &options).await?;
         let (audit, audit_task) = audit::start(&home.audit_log());
+        let renewal = renew_certificate(&home, &prepared, &audit)?;
+        let broker = start_broker(&home, &prepared, &options).await?;
         let own = OwnUsers::issue(&prepared.authority, &mut prepared.services, started_at)?;
         let state = Arc::new(CalloutState::new(
             prepared.authority.clone(),
@@ -214,6 +219,10 @@ impl Appliance {
             audit: &audit,
         };
         tasks.extend(serve_services(context, &service, status).await?);
+        tasks.push(renewal.spawn(
+            broker.supervisor.reload_handle(),
+            broker.supervisor.info_handle(),
+        ));
         announce_ready(&home, &keys, &runtime, ready_after).await?;
         Ok(Appliance {
             home,
@@ -366,6 +375,20 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
     })
 }
 
+/// Between steps 1 and 2, the TLS certificate: re-issued before the child starts if it is due, expired or does
+/// not match its key; then kept valid while running ([`CertRenewal::spawn`], started once the
+/// services are up, since a renewal's reload re-authorises every client through the callout).
+fn renew_certificate(
+    home: &Home,
+    prepared: &Prepared,
+    audit: &AuditSink,
+) -> Result<CertRenewal, UpError> {
+    let lifetime = home.cert_lifetime(&prepared.config)?;
+    let renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
+    renewal.at_start();
+    Ok(renewal)
+}
+
 /// The running nats-server child and how to reach it.
 struct Broker {
     supervisor: Supervisor,
@@ -421,18 +444,41 @@ async fn start_broker(
         )?;
         Ok(())
     };
+    // Checks the addresses (a monitor off loopback is refused) before anything is bound.
     render(&listen, &monitor)?;
 
     let listen_at = HostPort::parse("server.listen", &listen)?;
-    let monitor_at = HostPort::parse("server.monitor", &monitor)?;
-    let supervisor = Supervisor::start(SupervisorSettings::new(
-        binary.path.clone(),
-        home.nats_config_file(),
-        home.nats_dir(),
-        listen_at.clone(),
-        monitor_at.clone(),
-    ))
-    .await?;
+    let requested_monitor = HostPort::parse("server.monitor", &monitor)?;
+    let mut attempt = 0;
+    let (supervisor, monitor_at) = loop {
+        attempt += 1;
+        // nats-server keeps a monitor port of `-1` as -1 in its options, and refuses a reload
+        // whose config names the real port instead ("config reload not supported for
+        // HTTPPort"), so a monitor on port 0 gets its port picked here. Another process may
+        // take it before the child binds it; then the child says so and another is picked.
+        let monitor_at = pick_port(&requested_monitor)?;
+        render(&listen, &monitor_at.to_string())?;
+        let started = Supervisor::start(SupervisorSettings::new(
+            binary.path.clone(),
+            home.nats_config_file(),
+            home.nats_dir(),
+            listen_at.clone(),
+            monitor_at.clone(),
+        ))
+        .await;
+        match started {
+            Err(BrokerError::StartFailed { log_tail, .. })
+                if requested_monitor.port() == 0
+                    && attempt < PICK_PORT_ATTEMPTS
+                    && log_tail
+                        .iter()
+                        .any(|l| l.contains("address already in use")) =>
+            {
+                tracing::info!(monitor = %monitor_at, "the monitor port picked was taken meanwhile: picking another");
+            }
+            started => break (started?, monitor_at),
+        }
+    };
     let child = supervisor.info();
     if listen_at.port() == 0 || monitor_at.port() == 0 {
         let pin = |at: &HostPort, port: Option<u16>| match port {
@@ -688,6 +734,37 @@ async fn announce_ready(
     home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
     tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %runtime.url, "zester is ready");
     Ok(())
+}
+
+/// How many monitor ports [`start_broker`] picks before giving up.
+const PICK_PORT_ATTEMPTS: u32 = 3;
+
+/// `at` itself, or for port 0 `at`'s host with a port free a moment ago.
+fn pick_port(at: &HostPort) -> Result<HostPort, UpError> {
+    if at.port() != 0 {
+        return Ok(at.clone());
+    }
+    let key = "server.monitor";
+    let resolve = |source| BrokerError::Resolve {
+        key,
+        value: at.to_string(),
+        source,
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(at.host(), 0))
+        .map_err(resolve)?
+        .next()
+        .ok_or_else(|| resolve(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable)))?;
+    let cannot_listen = |source| BrokerError::CannotListen {
+        key,
+        flag: "--monitor",
+        addr,
+        source,
+    };
+    let port = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.local_addr())
+        .map_err(cannot_listen)?
+        .port();
+    Ok(HostPort::parse(key, &join_host_port(at.host(), port))?)
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

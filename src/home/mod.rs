@@ -7,7 +7,7 @@
 //!   zester.toml                  configuration (never overwritten by init)
 //!   auth/                  0700  operator.jwt, *.nk seeds, sys.jwt, zester.jwt, *.xk curve
 //!                                seeds, callout/master/admin/sys .creds
-//!   pki/                   0700  ca.pem, ca.key, server.pem, server.key
+//!   pki/                   0700  ca.pem, ca.key, server.pem, server.key, server-chain.pem
 //!   nats/                  0700  generated nats-server config, jetstream/, log
 //!   peels/                 0700  creds exported by `zester creds issue`
 //! ```
@@ -26,6 +26,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::authority::{Authority, AuthorityError, ServiceUsers, StoredAuthority};
 use crate::home::config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
@@ -227,6 +228,15 @@ pub struct Home {
     root: PathBuf,
 }
 
+/// The installed server certificate (see [`Home::server_cert_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerCertStatus {
+    /// Its names, validity, key pin and serial.
+    pub summary: pki::CertSummary,
+    /// Whether the key and the chain nats-server loads belong to this certificate.
+    pub consistent: bool,
+}
+
 /// What `init` made, for the caller to report (public material only).
 #[derive(Debug)]
 pub struct InitReport {
@@ -372,6 +382,65 @@ impl Home {
     pub fn server_key(&self) -> PathBuf {
         self.pki_dir().join("server.key")
     }
+    /// The CA's private key (only needed to issue server certificates).
+    pub fn ca_key(&self) -> PathBuf {
+        self.pki_dir().join("ca.key")
+    }
+
+    /// `[server] cert_lifetime` of `config` as a duration, errors naming this home's file.
+    pub fn cert_lifetime(&self, config: &Config) -> Result<Duration, HomeError> {
+        let seconds = config.cert_lifetime().map_err(|source| HomeError::Config {
+            path: self.config_file(),
+            source,
+        })?;
+        // Never 0 and never negative (`Config::cert_lifetime` refuses those).
+        Ok(Duration::from_secs(
+            u64::try_from(seconds).unwrap_or(1).max(1),
+        ))
+    }
+
+    /// The server certificate installed now, as nats-server would load it: the certificate's
+    /// names and validity, and whether `server.key` and the first certificate of
+    /// `server-chain.pem` (when it exists) belong to it. A pair that does not belong together
+    /// is what a renewal interrupted between two of its writes leaves.
+    pub fn server_cert_status(&self) -> Result<ServerCertStatus, HomeError> {
+        let summary = pki::inspect_cert_pem(&read_text(&self.server_cert())?)?;
+        let key_pin = pki::spki_pin_from_key_pem(&read_text(&self.server_key())?)?;
+        let chain_matches = match fs::read_to_string(self.server_chain()) {
+            Ok(chain) => pki::inspect_cert_pem(&chain)?.spki_pin == summary.spki_pin,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_error("read", &self.server_chain())(e)),
+        };
+        Ok(ServerCertStatus {
+            consistent: key_pin == summary.spki_pin && chain_matches,
+            summary,
+        })
+    }
+
+    /// Issues a new server certificate with this home's CA for `names`, valid until
+    /// `now + lifetime` (never past the CA), and installs it: `server.key` (0600), then
+    /// `server.pem` and `server-chain.pem` (0644), each written atomically. Until all three are
+    /// written nats-server must not be told to reload; a crash in between leaves a pair that
+    /// [`Home::server_cert_status`] reports as not consistent. Returns the new certificate.
+    pub fn reissue_server_cert(
+        &self,
+        names: &ServerNames,
+        lifetime: Duration,
+        now: std::time::SystemTime,
+    ) -> Result<pki::CertSummary, HomeError> {
+        let ca_cert = read_text(&self.ca_cert())?;
+        let ca_key = read_text(&self.ca_key())?;
+        let (cert_pem, key_pem) = pki::issue_server_cert(&ca_cert, &ca_key, names, now, lifetime)?;
+        let summary = pki::inspect_cert_pem(&cert_pem)?;
+        write_atomic(&self.server_key(), key_pem.as_bytes(), SECRET_MODE)?;
+        write_atomic(&self.server_cert(), cert_pem.as_bytes(), PUBLIC_MODE)?;
+        write_atomic(
+            &self.server_chain(),
+            format!("{cert_pem}{ca_cert}").as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        Ok(summary)
+    }
     /// The operator JWT.
     pub fn operator_jwt(&self) -> PathBuf {
         self.auth_dir().join(AUTH_FILES[2].0)
@@ -426,13 +495,14 @@ impl Home {
             write_atomic(&config_path, DEFAULT_CONFIG_TOML.as_bytes(), PUBLIC_MODE)?;
         }
         let config = self.load_config()?;
+        let cert_lifetime = self.cert_lifetime(&config)?;
         let names = ServerNames::defaults(hostname, &config.server.tls_names)?;
         let (authority, users) =
             Authority::generate(now).map_err(|source| HomeError::Authority {
                 dir: self.auth_dir(),
                 source: Box::new(source),
             })?;
-        let pki = pki::generate(&names, system_time(now))?;
+        let pki = pki::generate(&names, system_time(now), cert_lifetime)?;
 
         let auth_stage = self.root.join("auth.new");
         let pki_stage = self.root.join("pki.new");
@@ -755,6 +825,67 @@ mod tests {
             aside.join("operator.nk").exists(),
             "old keys are kept, not deleted"
         );
+    }
+
+    #[test]
+    fn init_and_reissue_use_the_configured_certificate_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        create_private_dir(home.root()).unwrap();
+        fs::write(home.config_file(), "[server]\ncert_lifetime = \"20s\"\n").unwrap();
+        let now = 1_800_000_000;
+        home.init(false, "h", now).unwrap();
+        let first = home.server_cert_status().unwrap();
+        assert!(first.consistent);
+        assert_eq!(first.summary.not_after, system_time(now + 20));
+
+        let lifetime = home.cert_lifetime(&home.load_config().unwrap()).unwrap();
+        assert_eq!(lifetime, Duration::from_secs(20));
+        let renewed = home
+            .reissue_server_cert(&first.summary.names, lifetime, system_time(now + 14))
+            .unwrap();
+        assert_eq!(renewed.not_after, system_time(now + 34));
+        assert_eq!(renewed.names, first.summary.names);
+        assert_ne!(renewed.serial, first.summary.serial);
+        assert_eq!(mode(&home.server_key()), 0o600);
+        assert_eq!(mode(&home.server_cert()), 0o644);
+        assert_eq!(mode(&home.server_chain()), 0o644);
+        let status = home.server_cert_status().unwrap();
+        assert!(status.consistent);
+        assert_eq!(status.summary, renewed);
+        assert_eq!(
+            home.ca_pin().unwrap(),
+            pki::spki_pin_from_cert_pem(
+                fs::read_to_string(home.server_chain())
+                    .unwrap()
+                    .split_inclusive("-----END CERTIFICATE-----\n")
+                    .nth(1)
+                    .unwrap()
+            )
+            .unwrap(),
+            "the chain still ends with the same CA"
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.init(false, "h", 1_800_000_000).unwrap();
+        // What a renewal killed after writing the new key leaves behind.
+        let other = pki::generate(
+            &ServerNames::defaults("h", &[]).unwrap(),
+            system_time(1_800_000_000),
+            pki::SERVER_VALIDITY,
+        )
+        .unwrap();
+        write_atomic(
+            &home.server_key(),
+            other.server_key_pem.as_bytes(),
+            SECRET_MODE,
+        )
+        .unwrap();
+        assert!(!home.server_cert_status().unwrap().consistent);
     }
 
     #[test]

@@ -420,3 +420,24 @@ pub fn sigkill(pid: u32) {
         libc::kill(libc::pid_t::try_from(pid).unwrap_or(0), libc::SIGKILL);
     }
 }
+
+/// GET `path` from `base` (`http://HOST:PORT`) over plain HTTP/1.0 and parse the JSON body.
+pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").expect("an http:// URL");
+    let mut stream = TcpStream::connect(addr).expect("connect to the monitoring port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response with a body");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+}

@@ -7,7 +7,11 @@
 //! followed by a restart with exponential [`Backoff`], until too many exits in a short window
 //! make it give up with [`BrokerError::CrashLoop`]. [`Supervisor::shutdown`] (or dropping the
 //! supervisor) stops the child with SIGTERM, then SIGKILL after `stop_timeout`, and nothing is
-//! restarted after that.
+//! restarted after that. [`Supervisor::reload`] sends the running child SIGHUP, on which
+//! nats-server reads its configuration and the files it names (the TLS certificate) again
+//! without dropping connections, and waits for the child's log line saying it has done so (or
+//! why not). The signal is sent by the task that waits for the child, so it can never reach a
+//! process that has already been reaped (and whose pid may be reused).
 //!
 //! If the *first* child exits before it is ready, [`Supervisor::start`] fails at once with
 //! [`BrokerError::StartFailed`] and its last output, without retrying: the config was just
@@ -39,7 +43,7 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc as mpsc_async, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -276,6 +280,33 @@ pub enum BrokerError {
         /// The OS error.
         source: io::Error,
     },
+    /// The child could not be sent SIGHUP.
+    #[error("could not tell nats-server (pid {pid}) to reload its configuration: {source}")]
+    Reload {
+        /// The child.
+        pid: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// nats-server refused to reload its configuration.
+    #[error("nats-server (pid {pid}) did not reload its configuration: {reason}")]
+    ReloadFailed {
+        /// The child.
+        pid: u32,
+        /// What nats-server said.
+        reason: String,
+    },
+    /// nats-server did not say within the time that it had reloaded.
+    #[error("nats-server (pid {pid}) did not report a finished reload within {after:?}")]
+    ReloadTimedOut {
+        /// The child.
+        pid: u32,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// Supervision has ended (stopped, or given up after a crash loop): there is no child.
+    #[error("nats-server is not running under supervision any more")]
+    NotSupervised,
     /// The supervising task panicked or was cancelled (a bug; the child was killed with it).
     #[error("the nats-server supervisor task ended abnormally: {reason}")]
     TaskFailed {
@@ -305,7 +336,52 @@ pub struct Supervisor {
     info: InfoHandle,
     events: watch::Receiver<ChildEvent>,
     stop: watch::Sender<bool>,
+    reload: ReloadHandle,
     task: JoinHandle<Result<(), BrokerError>>,
+}
+
+/// A reload request: answered with the pid signalled.
+type ReloadRequest = oneshot::Sender<Result<u32, BrokerError>>;
+
+/// How long a reload may take before [`ReloadHandle::reload`] gives up waiting: nats-server
+/// re-authorises every client on a reload, one after another, each through the callout.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks the supervised child to reload from elsewhere (see [`Supervisor::reload_handle`]).
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    requests: mpsc_async::Sender<ReloadRequest>,
+    seen: watch::Receiver<ReloadSeen>,
+}
+
+impl ReloadHandle {
+    /// Sends the current child SIGHUP and waits until it says it has reloaded (its log line
+    /// "Reloaded server configuration"); returns its pid. A child that is being restarted is
+    /// signalled once it is ready (it has read the files anew anyway). Fails with
+    /// [`BrokerError::ReloadFailed`] and nats-server's reason if it refused the new
+    /// configuration, [`BrokerError::ReloadTimedOut`] after [`RELOAD_TIMEOUT`], and
+    /// [`BrokerError::NotSupervised`] once supervision has ended.
+    pub async fn reload(&self) -> Result<u32, BrokerError> {
+        let mut seen = self.seen.clone();
+        seen.borrow_and_update();
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(reply)
+            .await
+            .map_err(|_| BrokerError::NotSupervised)?;
+        let pid = answer.await.map_err(|_| BrokerError::NotSupervised)??;
+        match tokio::time::timeout(RELOAD_TIMEOUT, seen.changed()).await {
+            Err(_) => Err(BrokerError::ReloadTimedOut {
+                pid,
+                after: RELOAD_TIMEOUT,
+            }),
+            Ok(Err(_)) => Err(BrokerError::NotSupervised),
+            Ok(Ok(())) => match seen.borrow().failure.clone() {
+                None => Ok(pid),
+                Some(reason) => Err(BrokerError::ReloadFailed { pid, reason }),
+            },
+        }
+    }
 }
 
 impl Supervisor {
@@ -359,6 +435,11 @@ impl Supervisor {
             restarts: 0,
         });
         let (stop, stop_rx) = watch::channel(false);
+        let (reload, reloads) = mpsc_async::channel(4);
+        let reload = ReloadHandle {
+            requests: reload,
+            seen: tail.reloads.subscribe(),
+        };
         let info = InfoHandle(Arc::new(Mutex::new(info)));
         let runner = Runner {
             policy: RestartPolicy::new(settings.backoff.clone()),
@@ -367,12 +448,14 @@ impl Supervisor {
             info: info.clone(),
             events: events_tx,
             stop: stop_rx,
+            reloads,
         };
         let task = tokio::spawn(runner.run(child));
         Ok(Supervisor {
             info,
             events,
             stop,
+            reload,
             task,
         })
     }
@@ -385,6 +468,16 @@ impl Supervisor {
     /// A cheap handle that reads [`Supervisor::info`] from elsewhere (a status endpoint).
     pub fn info_handle(&self) -> InfoHandle {
         self.info.clone()
+    }
+
+    /// Tells the running child to reload its configuration (SIGHUP); see [`ReloadHandle::reload`].
+    pub async fn reload(&self) -> Result<u32, BrokerError> {
+        self.reload.reload().await
+    }
+
+    /// A handle that asks for [`Supervisor::reload`] from elsewhere (certificate renewal).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// Resolves with [`BrokerError::CrashLoop`] if and when the supervisor gives up; never
@@ -458,6 +551,7 @@ struct Runner {
     info: InfoHandle,
     events: watch::Sender<ChildEvent>,
     stop: watch::Receiver<bool>,
+    reloads: mpsc_async::Receiver<ReloadRequest>,
 }
 
 /// How one restart attempt went.
@@ -474,6 +568,11 @@ impl Runner {
             let exited = tokio::select! {
                 status = child.process.wait() => Some(status),
                 () = stop_requested(&mut self.stop) => None,
+                Some(reply) = self.reloads.recv() => {
+                    // The child is not reaped before `wait` returns, so its pid is still its own.
+                    let _ = reply.send(signal_reload(&child));
+                    continue;
+                }
             };
             let status = match exited {
                 None => return self.stop_child(child).await,
@@ -613,6 +712,32 @@ impl Runner {
         self.events.send_replace(ChildEvent::Stopped);
         Ok(())
     }
+}
+
+/// Sends SIGHUP to `child`, which has not been reaped yet.
+fn signal_reload(child: &RunningChild) -> Result<u32, BrokerError> {
+    let pid = child.pid;
+    let not_running = || BrokerError::Reload {
+        pid,
+        source: io::Error::from(io::ErrorKind::NotFound),
+    };
+    let target = child
+        .process
+        .id()
+        .and_then(|id| libc::pid_t::try_from(id).ok())
+        .ok_or_else(not_running)?;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        return Err(BrokerError::Reload {
+            pid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    tracing::info!(
+        pid,
+        "asked nats-server to reload its configuration (SIGHUP)"
+    );
+    Ok(pid)
 }
 
 /// Resolves when a stop is requested or the [`Supervisor`] is dropped.
@@ -1037,13 +1162,43 @@ fn parse_ports(json: &[u8]) -> Option<Ports> {
     })
 }
 
-/// The last lines of the child's output, shared by its readers and the error paths.
+/// The last lines of the child's output, shared by its readers and the error paths, and what
+/// the child said about its last configuration reload.
+#[derive(Debug, Clone)]
+struct LogTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    reloads: Arc<watch::Sender<ReloadSeen>>,
+}
+
+impl Default for LogTail {
+    fn default() -> LogTail {
+        LogTail {
+            lines: Arc::default(),
+            reloads: Arc::new(watch::channel(ReloadSeen::default()).0),
+        }
+    }
+}
+
+/// The child's last word on a reload: how many it reported, and why the last failed, if it did.
 #[derive(Debug, Clone, Default)]
-struct LogTail(Arc<Mutex<VecDeque<String>>>);
+struct ReloadSeen {
+    count: u64,
+    failure: Option<String>,
+}
+
+/// What a log message says about a reload: done, or failed with nats-server's reason.
+fn reload_result(message: &str) -> Option<Result<(), &str>> {
+    if let Some(reason) = message.strip_prefix("Failed to reload server configuration: ") {
+        return Some(Err(reason));
+    }
+    message
+        .starts_with("Reloaded server configuration")
+        .then_some(Ok(()))
+}
 
 impl LogTail {
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() == LOG_TAIL_LINES {
             lines.pop_front();
         }
@@ -1051,8 +1206,15 @@ impl LogTail {
     }
 
     fn lines(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         lines.iter().cloned().collect()
+    }
+
+    fn reloaded(&self, result: Result<(), &str>) {
+        self.reloads.send_modify(|seen| {
+            seen.count = seen.count.wrapping_add(1);
+            seen.failure = result.err().map(str::to_string);
+        });
     }
 }
 
@@ -1125,6 +1287,9 @@ where
                     emit(level, pid, message);
                 }
                 Admit::Hide => {}
+            }
+            if let Some(result) = reload_result(message) {
+                tail.reloaded(result);
             }
             tail.push(match level {
                 Some(level) => format!("{} {message}", tag_of(level)),
@@ -1366,6 +1531,30 @@ mod tests {
                 delay: Duration::from_millis(250)
             }
         );
+    }
+
+    #[test]
+    fn reload_reports_are_read_from_the_log() {
+        assert_eq!(
+            reload_result("Reloaded server configuration (sha256:ab12)"),
+            Some(Ok(()))
+        );
+        assert_eq!(
+            reload_result(
+                "Failed to reload server configuration: config reload not supported for HTTPPort: old=-1, new=8222"
+            ),
+            Some(Err(
+                "config reload not supported for HTTPPort: old=-1, new=8222"
+            ))
+        );
+        assert_eq!(reload_result("Reloaded: tls = enabled"), None);
+        let tail = LogTail::default();
+        let mut seen = tail.reloads.subscribe();
+        tail.reloaded(Err("no"));
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(seen.borrow_and_update().failure.as_deref(), Some("no"));
+        tail.reloaded(Ok(()));
+        assert_eq!(seen.borrow_and_update().failure, None);
     }
 
     #[test]

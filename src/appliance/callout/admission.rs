@@ -6,6 +6,8 @@
 
 use super::audit::{AuditRecord, Source, Verdict};
 use super::decide::{self, Admission, Decision, KeyLookup, Refusal, Trust};
+use super::readmit;
+use super::sessions::Session;
 use crate::identity::claims::AuthRequestNats;
 use crate::permissions::Role;
 
@@ -34,12 +36,15 @@ pub struct Admitted {
 }
 
 /// Decides `request` at `now`. `may_enrol(ip)` says whether an enrolling key from that address
-/// is still within its rate (asked only for enrolling keys).
+/// is still within its rate (asked only for enrolling keys). `live` is the session already
+/// filed for the request's connection, if any: a request that only repeats the connection's
+/// nonce signature is then decided again from it ([`readmit`]).
 pub fn admit(
     request: &AuthRequestNats,
     trust: &Trust,
     keys: &dyn KeyLookup,
     may_enrol: impl FnOnce(&str) -> bool,
+    live: Option<&Session>,
     now: i64,
 ) -> Admitted {
     let mut audit = AuditRecord::at(now, Source::Callout, Verdict::Refuse);
@@ -47,6 +52,30 @@ pub fn admit(
     audit.client_id = request.client_info.id;
     audit.connection_name = request.client_info.name.clone();
     audit.server_id = request.server.id.clone();
+    let again = live
+        .and_then(|session| Some((&session.nkey, session.grant.as_deref()?)))
+        .filter(|_| readmit::is_asked_again(request, trust));
+    if let Some((nkey, grant)) = again {
+        let decision = readmit::readmit(request, nkey, grant, trust, keys, now);
+        let filing = match &decision {
+            Decision::Allow(admission) => {
+                audit.reason =
+                    "let in again: nats-server asked once more about this live connection (it does on a configuration reload)".into();
+                Some(filing(admission, request))
+            }
+            Decision::Refuse { refusal, nkey } => {
+                audit.code = refusal.code().to_string();
+                audit.reason = format!("asked again about a live connection: {refusal}");
+                audit.nkey = nkey.clone().unwrap_or_default();
+                None
+            }
+        };
+        return Admitted {
+            decision,
+            audit,
+            filing,
+        };
+    }
     let mut decision = decide::decide(request, trust, keys, now);
     if let Decision::Allow(admission) = &decision {
         let ip = &request.client_info.host;
@@ -150,6 +179,7 @@ mod tests {
             &trust(&authority, "SENTINEL"),
             &keys,
             |_| panic!("a peel is not rate-limited as an enrolling key"),
+            None,
             NOW,
         );
         assert!(matches!(admitted.decision, Decision::Allow(_)));
@@ -174,7 +204,7 @@ mod tests {
         let trust = trust(&authority, sentinel.token());
         let keys: HashMap<String, (PeelId, KeyState)> = HashMap::new();
         let ask = request(sentinel.token(), &key, true);
-        let admitted = admit(&ask, &trust, &keys, |ip| ip == "10.0.0.7", NOW);
+        let admitted = admit(&ask, &trust, &keys, |ip| ip == "10.0.0.7", None, NOW);
         assert_eq!(
             admitted.filing,
             Some(Filing {
@@ -183,11 +213,69 @@ mod tests {
                 ip: Some("10.0.0.7".into())
             })
         );
-        let limited = admit(&ask, &trust, &keys, |_| false, NOW);
+        let limited = admit(&ask, &trust, &keys, |_| false, None, NOW);
         assert!(limited.filing.is_none());
         assert_eq!(limited.audit.code, "enrol_rate_limited");
         assert_eq!(limited.audit.nkey, key.public_key());
         assert_eq!(limited.audit.decision, Verdict::Refuse);
+    }
+
+    #[test]
+    fn a_live_connection_asked_about_again_is_let_in_again_only_with_its_session() {
+        let (authority, _) = Authority::generate(NOW).unwrap();
+        let id = PeelId::parse("web-01").unwrap();
+        let creds = authority.issue_peel(&id, NOW, 3600).unwrap();
+        let key = KeyPair::from_seed(&creds.key().seed().unwrap()).unwrap();
+        let mut keys = HashMap::new();
+        keys.insert(key.public_key(), (id.clone(), KeyState::Accepted));
+        let trust = trust(&authority, "SENTINEL");
+        // What nats-server sends on a reload: the sentinel instead of the JWT it has dropped.
+        let again = request("SENTINEL", &key, false);
+        let first = admit(
+            &request(creds.jwt().token(), &key, false),
+            &trust,
+            &keys,
+            |_| true,
+            None,
+            NOW,
+        );
+        let Decision::Allow(admission) = &first.decision else {
+            panic!("{:?}", first.decision)
+        };
+        let table = crate::appliance::callout::sessions::SessionTable::default();
+        table.insert_granted(
+            "web-01",
+            ("NSERVER", 42),
+            admission.nkey.clone(),
+            NOW,
+            None,
+            Some(readmit::Grant {
+                role: admission.role.clone(),
+                expires: NOW + 600,
+                identity: admission.identity.clone(),
+            }),
+        );
+        let live = table.admitted("NSERVER", 42);
+        let readmitted = admit(
+            &again,
+            &trust,
+            &keys,
+            |_| panic!("not enrolling"),
+            live.as_ref(),
+            NOW,
+        );
+        assert!(matches!(
+            &readmitted.decision,
+            Decision::Allow(a) if a.expires == NOW + 600 && a.role == Role::Peel(id.clone())
+        ));
+        assert_eq!(readmitted.filing, first.filing);
+        assert!(readmitted.audit.reason.contains("again"));
+
+        let stranger = admit(&again, &trust, &keys, |_| true, None, NOW);
+        assert_eq!(
+            stranger.audit.code, "jwt_invalid",
+            "no session, no second chance"
+        );
     }
 
     #[test]
@@ -202,6 +290,7 @@ mod tests {
             &trust(&authority, "SENTINEL"),
             &keys,
             |_| true,
+            None,
             NOW,
         );
         assert!(admitted.filing.is_none());

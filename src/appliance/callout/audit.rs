@@ -140,7 +140,10 @@ impl AuditSink {
     pub fn record(&self, record: AuditRecord) {
         // Names, ids and reasons quote what clients chose: Debug formatting escapes quotes,
         // newlines and control characters, so a client cannot forge a line of the text log.
-        if record.decision == Verdict::Allow {
+        if record.decision == Verdict::Allow && !record.code.is_empty() {
+            // Something zester did itself (a certificate renewal): what, not who connected.
+            tracing::info!(target: "audit", source = record.source.as_str(), code = %record.code, reason = ?record.reason, "done");
+        } else if record.decision == Verdict::Allow {
             tracing::info!(target: "audit", peel = ?record.peel_id, role = %record.role, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "allowed");
         } else {
             tracing::warn!(target: "audit", source = record.source.as_str(), code = %record.code, reason = ?record.reason, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "refused");

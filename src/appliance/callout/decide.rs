@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use data_encoding::{BASE64, BASE64URL, BASE64URL_NOPAD, BASE64_NOPAD};
 
+use super::readmit::IdentityJwt;
 use crate::appliance::keys::KeyState;
 use crate::identity::chain::{self, ChainError};
 use crate::identity::claims::{AuthRequestNats, UserNats};
@@ -169,6 +170,9 @@ pub struct Admission {
     /// its standing is kicked at once; ending the session at the old `exp` would only drop
     /// every renewing peel once per lifetime.
     pub expires: i64,
+    /// The identity JWT presented (none for an enrolling key), remembered with the session so
+    /// that the connection can be decided on again without it ([`readmit`](super::readmit)).
+    pub identity: Option<IdentityJwt>,
 }
 
 /// The decision, with the identity key when one was seen (for the audit log).
@@ -246,6 +250,10 @@ fn admit_user_jwt(
         role,
         expires: 0,
         nkey: user_key,
+        identity: Some(IdentityJwt {
+            issuer: user.issuer().to_string(),
+            issued_at: user.claims().iat,
+        }),
     })
 }
 
@@ -314,6 +322,7 @@ fn admit_enrolling(
         role: Role::Enrolling { nkey },
         nkey: user_key,
         expires: now + ENROLLING_SESSION_SECS,
+        identity: None,
     })
 }
 

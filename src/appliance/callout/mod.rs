@@ -1,7 +1,8 @@
 //! The in-process NATS auth-callout service (DESIGN §5).
 //!
 //! `protocol` opens requests and seals answers, `decide` is the pure decision, `admission` the
-//! pure admission step around it (rate, filing, audit fields), `service` wires
+//! pure admission step around it (rate, filing, audit fields), `readmit` decides again on a
+//! live connection nats-server asks about a second time (after a reload), `service` wires
 //! them to a NATS subscription, `sessions` remembers who is connected where (for kicks) and
 //! counts decisions, `audit` writes one line per decision.
 
@@ -9,5 +10,6 @@ pub mod admission;
 pub mod audit;
 pub mod decide;
 pub mod protocol;
+pub mod readmit;
 pub mod service;
 pub mod sessions;

@@ -15,6 +15,7 @@ use super::admission;
 use super::audit::{AuditRecord, AuditSink, Source, Verdict};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
+use super::readmit::{self, Grant};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
@@ -182,11 +183,20 @@ impl CalloutState {
         let per_minute = self
             .enrol_per_minute
             .load(std::sync::atomic::Ordering::Relaxed);
+        // Only a request that repeats a connection's nonce signature without a JWT can be
+        // nats-server asking again (a reload); only then is the session table looked at.
+        let live = readmit::is_asked_again(request, &trust)
+            .then(|| {
+                self.sessions
+                    .admitted(&request.server.id, request.client_info.id)
+            })
+            .flatten();
         let admitted = admission::admit(
             request,
             &trust,
             self.keys().as_ref(),
             |ip| self.enrol_limiter.allow(ip, now, per_minute),
+            live.as_ref(),
             now,
         );
         let mut audit = admitted.audit;
@@ -205,13 +215,17 @@ impl CalloutState {
                         audit.nkey = admission.nkey.to_string();
                         audit.peel_id = filing.peel;
                         audit.role = admission.role.name().to_string();
-                        self.sessions.insert(
+                        self.sessions.insert_granted(
                             &filing.identity,
-                            &request.server.id,
-                            request.client_info.id,
+                            (&request.server.id, request.client_info.id),
                             admission.nkey.clone(),
                             now,
                             filing.ip.as_deref(),
+                            Some(Grant {
+                                role: admission.role.clone(),
+                                expires: exp,
+                                identity: admission.identity.clone(),
+                            }),
                         );
                         (Ok(session.token().to_string()), true)
                     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::readmit::Grant;
 use crate::identity::keys::{ServerId, UserKey};
 
 /// How many recent latencies the percentiles are computed over.
@@ -31,6 +32,10 @@ pub struct Session {
     /// address).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<Arc<str>>,
+    /// What it was let in with, to decide again when the server asks about it a second time
+    /// (see [`readmit`](super::readmit)); `None` for sessions filed without one.
+    #[serde(skip)]
+    pub grant: Option<Arc<Grant>>,
 }
 
 /// Sessions by identity (peel id, the nkey of an enrolling key, or the role name of a service
@@ -98,6 +103,19 @@ impl SessionTable {
         since: i64,
         ip: Option<&str>,
     ) {
+        self.insert_granted(identity, (server_id, client_id), nkey, since, ip, None);
+    }
+
+    /// [`SessionTable::insert`] with what the connection was let in with.
+    pub fn insert_granted(
+        &self,
+        identity: &str,
+        (server_id, client_id): (&str, u64),
+        nkey: UserKey,
+        since: i64,
+        ip: Option<&str>,
+        grant: Option<Grant>,
+    ) {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let session = Session {
             server_id: sessions.server(server_id),
@@ -105,6 +123,7 @@ impl SessionTable {
             nkey,
             since,
             ip: ip.map(Arc::from),
+            grant: grant.map(Arc::new),
         };
         let connection = (session.server_id.clone(), session.client_id);
         let identity: Arc<str> = match sessions.by_identity.get_key_value(identity) {
@@ -182,6 +201,19 @@ impl SessionTable {
             sessions.forget(identity, connection);
         }
         gone.len()
+    }
+
+    /// The live session of client `client_id` on `server_id`, if it was let in.
+    pub fn admitted(&self, server_id: &str, client_id: u64) -> Option<Session> {
+        let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let server = sessions.servers.get(server_id)?.clone();
+        let identity = sessions.by_connection.get(&(server, client_id))?;
+        sessions
+            .by_identity
+            .get(identity)?
+            .iter()
+            .find(|s| s.client_id == client_id && s.server_id.as_str() == server_id)
+            .cloned()
     }
 
     /// The live sessions of `identity`.
@@ -397,6 +429,7 @@ mod tests {
             nkey: key(),
             since: 0,
             ip: None,
+            grant: None,
         }
     }
 
@@ -487,6 +520,24 @@ mod tests {
         assert_eq!(table.len(), 2);
         table.remove("N1", 1);
         assert_eq!(table.of("web-02").len(), 1);
+    }
+
+    #[test]
+    fn a_live_connection_is_found_with_its_grant() {
+        let table = SessionTable::default();
+        let grant = Grant {
+            role: crate::permissions::Role::Master,
+            expires: 0,
+            identity: None,
+        };
+        table.insert_granted("master", ("N1", 3), key(), 5, None, Some(grant.clone()));
+        let found = table.admitted("N1", 3).expect("live");
+        assert_eq!(found.grant.as_deref(), Some(&grant));
+        assert_eq!(found.since, 5);
+        assert!(table.admitted("N1", 4).is_none());
+        assert!(table.admitted("N2", 3).is_none());
+        table.remove("N1", 3);
+        assert!(table.admitted("N1", 3).is_none());
     }
 
     #[test]
