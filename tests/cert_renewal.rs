@@ -1,8 +1,10 @@
-//! Issue 16, the TLS server certificate renews itself: a real `zester up` (the binary) on a home
-//! whose `[server] cert_lifetime` is seconds, with 50 peels connected over TLS, re-issues the
-//! certificate with the same CA and names once a third of its life is left, and nats-server
-//! serves the new one after a reload that drops none of the peels; a home whose certificate
-//! has expired gets a new one when `up` starts.
+//! Issue 16, zester's own credentials renew themselves: a real `zester up` (the binary) on a
+//! home whose `[server] cert_lifetime` is seconds, with 50 peels connected over TLS, re-issues
+//! the certificate with the same CA and names once a third of its life is left, and
+//! nats-server serves the new one after a reload that drops none of the peels; a home whose
+//! certificate has expired gets a new one when `up` starts; with `[service] expiry` of seconds
+//! the master, admin, callout and sys creds are re-issued again and again (same keys) while
+//! 50 peels stay connected and new clients keep getting in.
 //!
 //! Nothing here is timed: deadlines only bound the waiting, and every check that races a
 //! renewal (there is one every two thirds of a lifetime) looks again until the certificate on
@@ -365,5 +367,117 @@ async fn an_expired_certificate_is_renewed_when_up_starts() {
     master.flush().await.expect("a round trip over TLS");
     assert_eq!(disconnects.load(Ordering::SeqCst), 0);
     drop(master);
+    stop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_peels_keep_working_while_zesters_own_creds_renew() {
+    const LIFETIME: i64 = 6;
+    let mut up = home_with("[service]\nexpiry = \"6s\"\n");
+    let home = Home::at(up.home());
+    let ids: Vec<String> = (0..PEELS).map(|n| format!("own-{n:02}")).collect();
+    for id in &ids {
+        ok(
+            &common::zester(&up.home(), &["creds", "issue", id]),
+            "creds issue",
+        );
+    }
+    let own = ["master", "admin", "callout", "sys"];
+    let key_of = |name: &str| {
+        zester::home::read_creds(&home.service_creds(name))
+            .unwrap()
+            .key()
+            .public_key()
+    };
+    let keys_before: Vec<String> = own.iter().map(|n| key_of(n)).collect();
+    up.launch();
+    // `up` gave them a lifetime before anything connected.
+    for name in own {
+        let exp = zester::home::read_creds(&home.service_creds(name))
+            .unwrap()
+            .jwt()
+            .claims()
+            .exp;
+        assert!(exp > 0, "{name} creds got a lifetime");
+    }
+    let peels = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| peel(&up, id.clone(), home.peel_creds(id))),
+    )
+    .await;
+
+    // Three lifetimes: each of the four is re-issued at least three times, and the callout
+    // and system connections reconnect with the new files each time.
+    let renewed = |name: &str| {
+        audit(&home)
+            .iter()
+            .filter(|r| r["code"] == "service_renewed" && r["role"] == name)
+            .count()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while own.iter().any(|n| renewed(n) < 4) {
+        assert!(
+            Instant::now() < deadline,
+            "own creds were not renewed; zester log:\n{}",
+            up.log()
+        );
+        // Meanwhile new clients keep getting in through the callout, and the admin API (the
+        // service connection) and status (the system connection) keep answering.
+        let (master, _) = connect(
+            &up,
+            &home.service_creds("master"),
+            "renewal-master",
+            "_INBOX._master",
+        )
+        .await;
+        every_peel_answers(&master, &peels[..5]).await;
+        drop(master);
+        let status = common::zester(&up.home(), &["status", "--json"]);
+        ok(&status, "zester status");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (name, key) in own.iter().zip(&keys_before) {
+        assert_eq!(&key_of(name), key, "{name} keeps its key");
+        assert_eq!(common::mode(&home.service_creds(name)), 0o600);
+        let exp = zester::home::read_creds(&home.service_creds(name))
+            .unwrap()
+            .jwt()
+            .claims()
+            .exp;
+        assert!(
+            exp > now && exp <= now + LIFETIME,
+            "{name} valid for at most one lifetime"
+        );
+    }
+    for peel in &peels {
+        assert_eq!(
+            peel.disconnects.load(Ordering::SeqCst),
+            0,
+            "{} was disconnected",
+            peel.id
+        );
+    }
+    let (master, _) = connect(
+        &up,
+        &home.service_creds("master"),
+        "renewal-master",
+        "_INBOX._master",
+    )
+    .await;
+    every_peel_answers(&master, &peels).await;
+    let refused: Vec<Value> = audit(&home)
+        .into_iter()
+        .filter(|r| r["decision"] == "refuse")
+        .collect();
+    assert!(refused.is_empty(), "refusals: {refused:#?}");
+    drop(master);
+    for peel in peels {
+        peel.responder.abort();
+        drop(peel.client);
+    }
     stop(up);
 }

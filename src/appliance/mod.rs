@@ -2,7 +2,8 @@
 //! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
 //! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
-//! inbox); `cert_renewal` keeps the child's TLS certificate valid.
+//! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
+//! zester's own users.
 
 pub mod admin;
 pub mod broker;
@@ -11,6 +12,7 @@ pub mod cert_renewal;
 pub mod connz;
 pub mod enrol;
 pub mod keys;
+pub mod own_renewal;
 pub mod renew;
 pub mod respond;
 pub mod rotate;

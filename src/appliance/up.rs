@@ -29,6 +29,7 @@ use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::cert_renewal::CertRenewal;
 use crate::appliance::enrol::EnrolService;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
+use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
 use crate::appliance::rotate::RotateService;
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
@@ -177,6 +178,7 @@ impl Appliance {
         let mut prepared = prepare(&home, &options, started_at)?;
         let (audit, audit_task) = audit::start(&home.audit_log());
         let renewal = renew_certificate(&home, &prepared, &audit)?;
+        let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
         let broker = start_broker(&home, &prepared, &options).await?;
         let own = OwnUsers::issue(&prepared.authority, &mut prepared.services, started_at)?;
         let state = Arc::new(CalloutState::new(
@@ -223,6 +225,10 @@ impl Appliance {
             broker.supervisor.reload_handle(),
             broker.supervisor.info_handle(),
         ));
+        tasks.push(own_renewal.spawn(OwnConnections {
+            callout: callout.clone(),
+            sys: sys.clone(),
+        }));
         announce_ready(&home, &keys, &runtime, ready_after).await?;
         Ok(Appliance {
             home,
@@ -386,6 +392,28 @@ fn renew_certificate(
     let lifetime = home.cert_lifetime(&prepared.config)?;
     let renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
     renewal.at_start();
+    Ok(renewal)
+}
+
+/// With the certificate, zester's own creds (`[service] expiry`): re-issued before anything
+/// connects with them if due; then kept valid while running ([`OwnRenewal::spawn`], which
+/// reconnects the callout and system connections after each re-issue).
+fn renew_own_creds(
+    home: &Home,
+    prepared: &Prepared,
+    audit: &AuditSink,
+) -> Result<OwnRenewal, UpError> {
+    let expiry = prepared
+        .config
+        .service_expiry()
+        .map_err(prepared.config_error())?;
+    let renewal = OwnRenewal {
+        home: home.clone(),
+        authority: prepared.authority.clone(),
+        expiry,
+        audit: audit.clone(),
+    };
+    renewal.at_start()?;
     Ok(renewal)
 }
 
