@@ -203,6 +203,11 @@ impl Appliance {
         };
         let ready_after = started.elapsed();
         let status = StatusSource {
+            home: home.clone(),
+            peel_expiry: prepared
+                .config
+                .peel_expiry()
+                .map_err(prepared.config_error())?,
             state: state.clone(),
             keys: keys.cache(),
             sys: sys.clone(),
@@ -1086,6 +1091,9 @@ async fn import_journal_periodically(home: Home, keys: Arc<KeyStore>) {
 
 /// What the status endpoint reports from.
 struct StatusSource {
+    home: Home,
+    /// `peels.expiry`, seconds: how long a peel's JWT is issued for.
+    peel_expiry: i64,
     state: Arc<CalloutState>,
     keys: KeyCache,
     sys: async_nats::Client,
@@ -1134,7 +1142,49 @@ impl StatusSource {
                 "rejected": counts.rejected,
                 "revoked": counts.revoked,
             },
+            "expiring": self.expiring(now_unix()),
         })
+    }
+
+    /// Credentials that expire soon ([`crate::wire::expiry`]): peels that stopped renewing,
+    /// zester's own creds, the server certificate, and a year ahead the CA.
+    fn expiring(&self, now: i64) -> Vec<crate::wire::expiry::Expiring> {
+        use crate::wire::expiry::CredentialKind;
+        let peel_lifetime = self.peel_expiry;
+        let peels = self.keys.all().into_iter().filter_map(move |record| {
+            let exp = record
+                .jwt_expires_at
+                .filter(|_| record.state == KeyState::Accepted)?;
+            Some((
+                CredentialKind::Peel,
+                record.id.to_string(),
+                exp,
+                peel_lifetime,
+            ))
+        });
+        let own = self
+            .home
+            .own_creds_expiry()
+            .into_iter()
+            .map(|(name, iat, exp)| (CredentialKind::Service, name.to_string(), exp, exp - iat));
+        let certificates = [
+            (CredentialKind::ServerCert, self.home.server_cert()),
+            (CredentialKind::Ca, self.home.ca_cert()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, path)| {
+            let pem = std::fs::read_to_string(&path).ok()?;
+            let summary = crate::pki::inspect_cert_pem(&pem).ok()?;
+            let unix = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .ok()
+            };
+            let (from, exp) = (unix(summary.not_before)?, unix(summary.not_after)?);
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            Some((kind, name, exp, exp - from))
+        });
+        crate::wire::expiry::expiring(peels.chain(own).chain(certificates), now)
     }
 
     async fn connections(&self) -> Option<u64> {

@@ -402,6 +402,35 @@ pub fn status(status: &Value) -> Output {
         k["rejected"],
         k["revoked"],
     );
+    let mut human = human;
+    let expiring: Vec<crate::wire::expiry::Expiring> =
+        serde_json::from_value(status["expiring"].clone()).unwrap_or_default();
+    if expiring.is_empty() {
+        human.push_str("expiring    nothing within 14 days (the CA: within a year)\n");
+    }
+    for (n, e) in expiring.iter().enumerate() {
+        let when = if e.in_secs < 0 {
+            format!("EXPIRED {} ago", crate::cli::output::span(-e.in_secs))
+        } else {
+            format!("in {}", crate::cli::output::span(e.in_secs))
+        };
+        let hint = match e.kind {
+            crate::wire::expiry::CredentialKind::Peel => {
+                " (stopped renewing? see `zester key show`)"
+            }
+            crate::wire::expiry::CredentialKind::Ca => {
+                " (not renewed automatically: plan a new CA and re-enrol the peels)"
+            }
+            _ => " (renewal failing? see the log)",
+        };
+        human.push_str(&format!(
+            "{:<12}{} {} expires {} {when}{hint}\n",
+            if n == 0 { "expiring" } else { "" },
+            e.kind.as_str(),
+            e.name,
+            rfc3339(e.expires_at),
+        ));
+    }
     Output {
         human,
         json: status.clone(),

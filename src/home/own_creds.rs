@@ -63,15 +63,16 @@ impl Home {
             .min()
     }
 
-    /// The `exp` of each of zester's own creds (0 = never), for `status`; unreadable files
-    /// are left out.
-    pub fn own_creds_expiry(&self) -> Vec<(&'static str, i64)> {
+    /// The `iat` and `exp` of each of zester's own creds (`exp` 0 = never), for `status`;
+    /// unreadable files are left out.
+    pub fn own_creds_expiry(&self) -> Vec<(&'static str, i64, i64)> {
         OWN_USERS
             .iter()
             .filter_map(|name| {
-                read_creds(&self.service_creds(name))
-                    .ok()
-                    .map(|creds| (*name, creds.jwt().claims().exp))
+                read_creds(&self.service_creds(name)).ok().map(|creds| {
+                    let claims = creds.jwt().claims();
+                    (*name, claims.iat, claims.exp)
+                })
             })
             .collect()
     }

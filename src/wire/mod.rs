@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod enrol;
+pub mod expiry;
 pub mod profile;
 pub mod record;
 pub mod renew;
