@@ -165,7 +165,9 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
     let t = appliance::start("").await;
     // The first creds run out in a few seconds: the server then drops the connection, and the
     // agent can only get back in with the renewed creds written to the same file meanwhile.
-    let path = t.peel_with_ttl("web-01", 4).await;
+    // (6 s: the agent's own renewal would come at 4 s, after this test has replaced the file,
+    // so it sees fresh creds and leaves them alone.)
+    let path = t.peel_with_ttl("web-01", 6).await;
     let master = t.master().await;
     let mut facts = master.nats.subscribe("zester.fact.web-01").await.unwrap();
     master.nats.flush().await.unwrap();
@@ -193,7 +195,7 @@ async fn rotated_creds_are_read_again_when_the_agent_reconnects() {
     assert_ne!(renewed.jwt().token(), old.jwt().token());
     home::write_creds(&path, &renewed).unwrap();
 
-    // Expiry (≤ 4 s) + reconnect delay (2–3 s): facts again from the new session.
+    // Expiry (≤ 6 s) + reconnect delay (2–3 s): facts again from the new session.
     let again = json_of(&next_on(&mut facts, "zester.fact.web-01", Duration::from_secs(20)).await);
     // The server dropped the session at the old JWT's expiry; the agent waited at least 2 s
     // before reconnecting (RFC 3339 UTC strings of one width compare like the times).

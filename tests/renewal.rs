@@ -288,7 +288,11 @@ async fn a_peel_whose_creds_expired_while_it_was_off_comes_back_by_itself() {
 fn status_lists_a_peel_that_stopped_renewing_and_key_list_shows_expiry() {
     let up = common::up::Up::start();
     let out = up.zester(&["creds", "issue", "web-09", "--expiry", "1h", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
     let expires_at = issued["expires_at"].as_i64().unwrap();
 
@@ -304,13 +308,23 @@ fn status_lists_a_peel_that_stopped_renewing_and_key_list_shows_expiry() {
     assert_eq!(web09["jwt_expires_at"].as_i64(), Some(expires_at));
     assert!(web09.get("renewed_at").is_none());
     let text = String::from_utf8_lossy(&up.zester(&["key", "list"]).stdout).into_owned();
-    assert!(text.contains("EXPIRES") && text.contains("RENEWED"), "{text}");
+    assert!(
+        text.contains("EXPIRES") && text.contains("RENEWED"),
+        "{text}"
+    );
     let shown = String::from_utf8_lossy(&up.zester(&["key", "show", "web-09"]).stdout).into_owned();
-    assert!(shown.contains(&zester::identity::time::rfc3339(expires_at)), "{shown}");
+    assert!(
+        shown.contains(&zester::identity::time::rfc3339(expires_at)),
+        "{shown}"
+    );
 
     // An hour left of a 30-day lifetime: it stopped renewing, and status says so.
     let out = up.zester(&["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let expiring = status["expiring"].as_array().expect("an expiring list");
     assert_eq!(expiring.len(), 1, "{expiring:#?}");

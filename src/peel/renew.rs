@@ -389,8 +389,12 @@ pub async fn renew_forever(
     const NEVER_EXPIRES_CHECK: Duration = Duration::from_secs(3600);
     let mut retry_at: Option<i64> = None;
     loop {
-        let (iat, exp) = match load_creds(&path) {
-            Ok((creds, _)) => (creds.jwt().claims().iat, creds.jwt().claims().exp),
+        let (iat, exp, token) = match load_creds(&path) {
+            Ok((creds, _)) => (
+                creds.jwt().claims().iat,
+                creds.jwt().claims().exp,
+                creds.jwt().token().to_string(),
+            ),
             Err(e) => {
                 tracing::warn!("renewal: cannot read the creds: {e}");
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -406,7 +410,7 @@ pub async fn renew_forever(
         if wait > 0 {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             // The file may have changed meanwhile (rotation, `peel renew`): look again.
-            if retry_at.is_none() && changed_since(&path, iat) {
+            if retry_at.is_none() && changed_since(&path, &token) {
                 continue;
             }
         }
@@ -429,7 +433,7 @@ pub async fn renew_forever(
     }
 }
 
-/// True when the creds in `path` are no longer the ones issued at `iat`.
-fn changed_since(path: &Path, iat: i64) -> bool {
-    load_creds(path).is_ok_and(|(creds, _)| creds.jwt().claims().iat != iat)
+/// True when the creds in `path` no longer hold the JWT `token`.
+fn changed_since(path: &Path, token: &str) -> bool {
+    load_creds(path).is_ok_and(|(creds, _)| creds.jwt().token() != token)
 }
