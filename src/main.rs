@@ -737,12 +737,17 @@ fn creds_command(home: &Home, command: CredsCommand, now: i64) -> anyhow::Result
 }
 
 fn print(output: &Output, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&output.json)?);
+    use std::io::Write;
+    let text = if json {
+        format!("{}\n", serde_json::to_string_pretty(&output.json)?)
     } else {
-        print!("{}", output.human);
+        output.human.clone()
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {

@@ -75,11 +75,13 @@ pub enum RenewError {
         /// What to do.
         hint: &'static str,
     },
-    /// Connecting with the nkey alone failed.
-    #[error("cannot connect to {url} with the key alone to fetch fresh creds: {source}{hint}")]
+    /// Connecting failed.
+    #[error("cannot connect to {url} {how}: {source}{hint}")]
     Connect {
         /// The URL.
         url: String,
+        /// With what: the creds, or the key alone (to fetch fresh creds).
+        how: &'static str,
         /// The client's error.
         source: async_nats::ConnectError,
         /// What a refusal means.
@@ -222,6 +224,7 @@ pub async fn refetch(options: &AgentOptions) -> Result<Renewed, RenewError> {
         &id,
         async_nats::ConnectOptions::with_nkey(key.seed().unwrap_or_default()),
         format!("_INBOX.{nkey}"),
+        "with the key alone to fetch fresh creds",
     )
     .await?;
     let request = EnrolRequest {
@@ -300,6 +303,7 @@ async fn connect_once(
     id: &PeelId,
     auth: async_nats::ConnectOptions,
     inbox: String,
+    how: &'static str,
 ) -> Result<Connection, RenewError> {
     // async-nats calls a connection up as soon as the server says anything, also while the
     // callout is still deciding; a refusal arrives later as the server's error.
@@ -339,6 +343,7 @@ async fn connect_once(
             );
             RenewError::Connect {
                 url: options.server.clone(),
+                how,
                 source,
                 hint: if refused {
                     " (the master refused this key: it was rejected or revoked; see the master's audit log)"
@@ -369,7 +374,8 @@ pub async fn renew_once(options: &AgentOptions) -> Result<Renewed, RenewError> {
                 source,
             }
         })?;
-    let connection = connect_once(options, &id, auth, format!("_INBOX.{id}")).await?;
+    let connection =
+        connect_once(options, &id, auth, format!("_INBOX.{id}"), "with its creds").await?;
     let renewed = renew_on(&connection, &options.creds).await;
     let _ = connection.client.drain().await;
     renewed
