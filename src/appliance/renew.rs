@@ -17,7 +17,6 @@ use crate::permissions::Role;
 use crate::wire::renew::{
     check_renewable, verify_renewal, InvalidRenewal, RenewAnswer, RenewRefusal,
 };
-use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
 /// Why a renewal was refused or failed.
@@ -76,13 +75,7 @@ impl RenewService {
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(message) = requests.next().await {
-                // zester.event.<id>.renew: the server let only peel <id> publish here.
-                let Some(id) = subjects::event_peel(message.subject.as_str()) else {
-                    continue;
-                };
-                let id = id.to_string();
-                let Some(reply) =
-                    respond::checked_reply(&message, Asker::Peel(&id), Source::Renew, &self.audit)
+                let Some((id, reply)) = respond::peel_request(&message, Source::Renew, &self.audit)
                 else {
                     continue;
                 };

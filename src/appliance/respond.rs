@@ -47,6 +47,19 @@ pub fn checked_reply(
     }
 }
 
+/// For a peel's request on `zester.event.<id>.<name>` (a subject only peel `<id>` may publish
+/// on): the peel id and the reply subject [`checked_reply`] let through; `None` for anything
+/// else.
+pub fn peel_request(
+    message: &Message,
+    service: Source,
+    audit: &AuditSink,
+) -> Option<(String, Subject)> {
+    let id = crate::wire::subjects::event_peel(message.subject.as_str())?.to_string();
+    let reply = checked_reply(message, Asker::Peel(&id), service, audit)?;
+    Some((id, reply))
+}
+
 /// Publishes `outcome` to `reply` (a subject [`checked_reply`] let through) as `{"ok": …}` or
 /// `{"error": "…"}`.
 pub async fn answer<T: serde::Serialize, E: std::fmt::Display>(

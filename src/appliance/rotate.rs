@@ -17,7 +17,6 @@ use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
-use crate::wire::reply::Asker;
 use crate::wire::rotate::verify_rotation;
 pub use crate::wire::rotate::InvalidRotation;
 use crate::wire::subjects;
@@ -85,13 +84,8 @@ impl RotateService {
                     Some(m) = notices.next() => (m, true),
                     else => break,
                 };
-                // zester.event.<id>.rotate(d): the server let only peel <id> publish here.
-                let Some(id) = subjects::event_peel(message.subject.as_str()) else {
-                    continue;
-                };
-                let id = id.to_string();
-                let Some(reply) =
-                    respond::checked_reply(&message, Asker::Peel(&id), Source::Rotate, &self.audit)
+                let Some((id, reply)) =
+                    respond::peel_request(&message, Source::Rotate, &self.audit)
                 else {
                     continue;
                 };

@@ -19,7 +19,6 @@ use crate::appliance::callout::audit::AuditSink;
 use crate::appliance::callout::audit::Source;
 use crate::appliance::respond;
 use crate::identity::peel_id::PeelId;
-use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
 /// The bucket.
@@ -144,16 +143,11 @@ pub async fn serve_peels(
     client.flush().await?;
     Ok(tokio::spawn(async move {
         while let Some(message) = requests.next().await {
-            // The server let only peel <id> publish on zester.event.<id>.settings.
-            let Some(id) = subjects::event_peel(message.subject.as_str()) else {
-                continue;
-            };
-            let Some(reply) =
-                respond::checked_reply(&message, Asker::Peel(id), Source::Settings, &audit)
+            let Some((id, reply)) = respond::peel_request(&message, Source::Settings, &audit)
             else {
                 continue;
             };
-            let Ok(id) = PeelId::parse(id) else { continue };
+            let Ok(id) = PeelId::parse(&id) else { continue };
             let (store, client) = (store.clone(), client.clone());
             tokio::spawn(async move {
                 let outcome = store.get(&id).await.map(|doc| doc.unwrap_or(Value::Null));
