@@ -60,3 +60,42 @@ async fn an_application_runs_as_a_peel_with_its_creds_alone() {
     assert_eq!(settings["db"]["password"], "s3cret");
     answering.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_peel_keeps_its_identity_renewed() {
+    let up = Up::start();
+    let out = up.zester(&["creds", "issue", "app-02", "--expiry", "6s"]);
+    assert!(out.status.success(), "{out:?}");
+    let creds = up.home().join("peels/app-02.creds");
+    let exp_of = || zester::home::read_creds(&creds).unwrap().jwt().claims().exp;
+    let first = exp_of();
+    let peel = zester::peel::Peel::from_creds(&creds).unwrap();
+    let client = peel.connect().await.expect("connects as the peel");
+    let renewal = peel.keep_renewed(&client);
+    let mut commands = client.subscribe(peel.command_subject()).await.unwrap();
+    client.flush().await.unwrap();
+    let answering = tokio::spawn({
+        let client = client.clone();
+        async move {
+            while let Some(command) = commands.next().await {
+                if let Some(reply) = command.reply.filter(|r| zester::peel::Peel::may_answer(r)) {
+                    let _ = client.publish(reply, "true".into()).await;
+                }
+            }
+        }
+    });
+    // Renewed at 2/3 of its 6 s, for the appliance's `peels.expiry` (30 d); once the first JWT
+    // has expired, the peel still answers (it reconnected with the renewed one).
+    common::wait_until("a renewal", Duration::from_secs(30), || exp_of() > first).await;
+    common::wait_until("the first JWT expires", Duration::from_secs(30), || {
+        zester::home::now_unix() > first
+    })
+    .await;
+    let out = up.zester(&["cmd", "app-02", "test.ping", "--timeout", "10s"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("app-02  true"),
+        "{out:?}"
+    );
+    renewal.abort();
+    answering.abort();
+}

@@ -462,7 +462,7 @@ impl Agent {
 /// the old expiry and wait out its reconnect pause. Reconnecting on purpose right away takes
 /// milliseconds and keeps the subscriptions (async-nats re-sends them); ends when the renewal
 /// task does.
-async fn reconnect_after_renewal(
+pub(crate) async fn reconnect_after_renewal(
     client: Client,
     pacing: Arc<ReconnectPacing>,
     mut renewed: mpsc::Receiver<()>,
@@ -696,7 +696,7 @@ impl ReconnectPacing {
     }
 
     /// Makes the next reconnect immediate and not count as a failure: the agent reconnects on
-    /// purpose (see [`reconnect_after_renewal`]).
+    /// purpose, right after a renewal.
     pub fn plan_immediate(&self) {
         self.planned.store(true, Ordering::Relaxed);
     }

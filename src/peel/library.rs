@@ -1,13 +1,14 @@
 //! The peel side as a library, for an application that runs as a peel with its own code (as
 //! the Go Zester's `LoadCredsFile` / `NATSOptionsForPeel`): find the peel's creds and profile,
-//! get async-nats connect options that keep to the peel's rights, and read its settings and
-//! secrets. `examples/peel.rs` answers a command in a few lines with it.
+//! get async-nats connect options that keep to the peel's rights, keep its identity JWT renewed,
+//! and read its settings and secrets. `examples/peel.rs` answers a command in a few lines with it.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use futures_util::StreamExt;
 //! let peel = zester::peel::Peel::from_dir("/etc/zester-peel".as_ref())?;
 //! let client = peel.connect().await?;
+//! let _renewal = peel.keep_renewed(&client); // renews the identity JWT before it expires
 //! let mut commands = client.subscribe(peel.command_subject()).await?;
 //! while let Some(command) = commands.next().await {
 //!     if let Some(reply) = command.reply.filter(|r| zester::peel::Peel::may_answer(r)) {
@@ -37,6 +38,9 @@ pub struct Peel {
     id: PeelId,
     options: AgentOptions,
     settings_key: Option<SettingsKey>,
+    /// Paces the reconnects of clients made by [`Peel::connect_options`]; shared, so that
+    /// [`Peel::keep_renewed`] can make the reconnect after a renewal an immediate one.
+    pacing: Arc<ReconnectPacing>,
 }
 
 /// Why a secret could not be opened.
@@ -94,6 +98,7 @@ impl Peel {
             id,
             options,
             settings_key,
+            pacing: Arc::new(ReconnectPacing::default()),
         })
     }
 
@@ -124,9 +129,8 @@ impl Peel {
     /// the inbox prefix `_INBOX.<id>`, reconnects forever with the fleet's backoff. Setting
     /// another event callback on them replaces the one that paces reconnects.
     pub fn connect_options(&self) -> ConnectOptions {
-        let pacing = Arc::new(ReconnectPacing::default());
-        let events = pacing.clone();
-        peel_options(&self.options, &self.id, pacing).event_callback(move |event| {
+        let events = self.pacing.clone();
+        peel_options(&self.options, &self.id, self.pacing.clone()).event_callback(move |event| {
             events.on_event(&event);
             async {}
         })
@@ -141,6 +145,26 @@ impl Peel {
                 url: self.options.server.clone(),
                 source,
             })
+    }
+
+    /// Keeps this peel's identity JWT renewed over `client` (one made with
+    /// [`Peel::connect_options`]), as `zester peel run` does: at 2/3 of its lifetime plus
+    /// jitter, the creds file replaced atomically, then `client` reconnected at once with it
+    /// (nats-server ends a connection when the JWT it was opened with expires). Runs until the
+    /// returned task is aborted or the client is gone.
+    pub fn keep_renewed(&self, client: &async_nats::Client) -> tokio::task::JoinHandle<()> {
+        let (renewed_tx, renewed_rx) = tokio::sync::mpsc::channel(1);
+        let reconnects = tokio::spawn(super::agent::reconnect_after_renewal(
+            client.clone(),
+            self.pacing.clone(),
+            renewed_rx,
+        ));
+        let renewal =
+            super::renew::renew_forever(client.clone(), self.options.creds.clone(), renewed_tx);
+        tokio::spawn(async move {
+            renewal.await;
+            reconnects.abort();
+        })
     }
 
     /// This peel's settings document, with its secrets opened in memory when the peel's curve
