@@ -91,6 +91,13 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Join tokens: enrolment without a person in the loop. A peel that enrols with a valid
+    /// token (`zester peel enrol … --token TOKEN`) is accepted at once; the token limits which
+    /// ids, how many uses and for how long, and its tags become the key's trusted tags.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Secrets for one peel: ENC[<peel xkey>,<base64>] envelopes sealed from the master's
     /// curve key to the peel's (nkeys xkey format). Envelopes and plaintext go through
     /// stdin/stdout only.
@@ -335,6 +342,55 @@ enum PeelCommand {
         /// Keep waiting until an admin decides.
         #[arg(long)]
         wait: bool,
+        /// A join token from `zester token create` (zjt1.…): the key is accepted at once if
+        /// the token allows this id and has uses left. The token's secret never leaves this
+        /// machine: the request carries a proof bound to this key. Env: ZESTER_JOIN_TOKEN.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "ZESTER_JOIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a join token and print it once (at least 128 bits of secret; the appliance keeps
+    /// only its public key and limits, in the KV bucket zester-tokens).
+    Create {
+        /// Peel ids it may enrol, a glob (`*`, `?`), e.g. "web-*".
+        #[arg(long, value_name = "GLOB", default_value = "*")]
+        ids: String,
+        /// How many peels it may enrol.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid, e.g. 30m, 1h, 7d.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
+        /// A trusted tag every key it enrols gets (shown apart from the peel's own facts);
+        /// repeat for more.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Print a JSON document (id, token, ids, uses, expires, tags) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List join tokens: id, ids, uses left, expiry, state, the peels each enrolled (never
+    /// a secret: the appliance does not have it).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token: it enrols nobody from now on (keys it enrolled stay accepted).
+    Revoke {
+        /// The token's id (from `token create` or `token list`).
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -486,6 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
         }
         Command::Key { command } => runtime()?.block_on(key_command(&home, command))?,
+        Command::Token { command } => runtime()?.block_on(token_command(&home, command))?,
         Command::Status { json } => {
             match runtime()?.block_on(zester::cli::client::query_status(&home)) {
                 Ok(status) => (commands::status(&status), json),
@@ -643,6 +700,7 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
             pin,
             dir,
             wait,
+            token,
         } => {
             let options = zester::peel::enrol::EnrolOptions {
                 server,
@@ -651,6 +709,7 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
                 pin,
                 dir,
                 wait,
+                token,
             };
             let outcome = runtime()?.block_on(zester::peel::enrol::enrol(&options, |step| {
                 eprintln!("zester: {step}")
@@ -748,6 +807,33 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+async fn token_command(home: &Home, command: TokenCommand) -> anyhow::Result<(Output, bool)> {
+    use zester::cli::token;
+    Ok(match command {
+        TokenCommand::Create {
+            ids,
+            uses,
+            ttl,
+            tags,
+            json,
+        } => (
+            token::create(
+                home,
+                &token::CreateOptions {
+                    ids,
+                    uses,
+                    ttl,
+                    tags,
+                },
+            )
+            .await?,
+            json,
+        ),
+        TokenCommand::List { json } => (token::list(home).await?, json),
+        TokenCommand::Revoke { id, json } => (token::revoke(home, &id).await?, json),
+    })
 }
 
 async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {

@@ -354,6 +354,7 @@ async fn one_key_enrolling_many_ids_gets_at_most_one_pending_record() {
             xkey: None,
             hostname: "attacker\u{1b}[2J\nINFO forged".into(),
             at: now_unix(),
+            token: None,
         };
         let body = serde_json::to_vec(&sign_request(&key, &request).unwrap()).unwrap();
         ask(&client.nats, format!("zester.enrol.{nkey}"), body)

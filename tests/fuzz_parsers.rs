@@ -157,6 +157,7 @@ fn enrolment_and_rotation_requests_survive_garbage() {
         xkey: Some(XKey::new().public_key()),
         hostname: "h".into(),
         at: NOW,
+        token: None,
     };
     let signed =
         serde_json::to_vec(&zester::wire::enrol::sign_request(&key, &request).unwrap()).unwrap();

@@ -346,6 +346,7 @@ async fn hostile_clients_are_refused_with_their_reasons() {
             xkey: Some(XKey::new().public_key()),
             hostname: "evil".into(),
             at,
+            token: None,
         };
         serde_json::to_vec(&zester::wire::enrol::sign_request(key, &r).unwrap()).unwrap()
     };

@@ -124,6 +124,8 @@ pub struct AdminService {
     pub account_lock: tokio::sync::Mutex<()>,
     /// Per-peel settings.
     pub settings: Arc<crate::appliance::settings::SettingsStore>,
+    /// Join tokens.
+    pub tokens: Arc<crate::appliance::tokens::TokenStore>,
     /// Where refused requests are audited.
     pub audit: AuditSink,
 }
@@ -138,8 +140,11 @@ impl AdminService {
         let keys = client.subscribe(KEY_SUBJECTS).await?;
         let creds = client.subscribe(CREDS_ROTATE).await?;
         let settings = client.subscribe(SETTINGS_REQUESTS).await?;
-        let mut requests =
-            futures_util::stream::select(futures_util::stream::select(keys, creds), settings);
+        let tokens = client.subscribe(TOKEN_REQUESTS).await?;
+        let mut requests = futures_util::stream::select(
+            futures_util::stream::select(keys, creds),
+            futures_util::stream::select(settings, tokens),
+        );
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
@@ -239,6 +244,11 @@ impl AdminService {
                         json!({ "id": id.as_str(), "document": self.settings.get(&id).await.map_err(settings_error)? }),
                     )
                 }
+            }
+            TOKEN_CREATE | TOKEN_LIST | TOKEN_REVOKE => {
+                crate::appliance::tokens::handle_admin(&self.tokens, subject, payload)
+                    .await
+                    .map_err(|e| AdminError::BadRequest(e.to_string()))
             }
             CREDS_ROTATE => {
                 let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;

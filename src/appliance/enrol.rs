@@ -74,6 +74,12 @@ pub enum EnrolError {
         /// The id.
         id: String,
     },
+    /// The join token may not be used, or its bucket failed.
+    #[error(transparent)]
+    Token(#[from] crate::appliance::tokens::TokenStoreError),
+    /// A join token was given but this appliance keeps no tokens.
+    #[error("this appliance takes no join tokens")]
+    NoTokens,
     /// The key store failed.
     #[error(transparent)]
     Store(#[from] crate::appliance::keys::KeyStoreError),
@@ -105,6 +111,8 @@ pub struct EnrolService {
     pub limits: EnrolLimits,
     /// Serialises the creation of records (see [`EnrolService::handle`]).
     pub creating: tokio::sync::Mutex<()>,
+    /// Join tokens (`None`: enrolments with a token are refused).
+    pub tokens: Option<Arc<crate::appliance::tokens::TokenStore>>,
 }
 
 /// Most enrolment requests one key may make per minute (`peel enrol --wait` asks every 2 s).
@@ -218,12 +226,30 @@ impl EnrolService {
         let existing = self.keys.get(&id).await?;
         match request.op {
             Op::Enrol => {
-                if let Some((record, _)) = &existing {
+                if let Some((record, revision)) = &existing {
                     if record.nkey != request.nkey {
+                        self.keep_denied(record, *revision, &request, now).await;
                         return Err(EnrolError::IdTaken {
                             id: id.to_string(),
                             state: record.state,
                         });
+                    }
+                    if let (KeyState::Pending, Some(proof)) = (record.state, &request.token) {
+                        // Enrolled earlier without a token, now with one.
+                        let token = self.take_token(proof, &request.nkey, &id, now).await?;
+                        let mut accepted = record.transition(
+                            KeyState::Accepted,
+                            &format!("token {}", token.id),
+                            "join token",
+                            now,
+                        )?;
+                        accepted.tags = token.tags;
+                        let revision = self.keys.update(&id, *revision, &accepted).await?;
+                        let _ = self
+                            .keys
+                            .wait_for_revision(revision, Duration::from_secs(2))
+                            .await;
+                        return Ok(EnrolAnswer::state(KeyState::Accepted));
                     }
                     return Ok(EnrolAnswer::state(record.state));
                 }
@@ -246,7 +272,7 @@ impl EnrolService {
                     });
                 }
                 let pending = cache.counts().pending;
-                if pending >= self.max_pending {
+                if pending >= self.max_pending && request.token.is_none() {
                     return Err(EnrolError::TooManyPending {
                         pending,
                         max: self.max_pending,
@@ -267,7 +293,18 @@ impl EnrolService {
                     &reason,
                     now,
                 )?;
-                if let Some(policy) = self.auto_accepts(&id) {
+                if let Some(proof) = &request.token {
+                    // The last check before the record exists: a use is only taken for a
+                    // record that will be created.
+                    let token = self.take_token(proof, &request.nkey, &id, now).await?;
+                    record = record.transition(
+                        KeyState::Accepted,
+                        &format!("token {}", token.id),
+                        "join token",
+                        now,
+                    )?;
+                    record.tags = token.tags;
+                } else if let Some(policy) = self.auto_accepts(&id) {
                     record = record.transition(KeyState::Accepted, policy, "accept policy", now)?;
                 }
                 let revision = self.keys.create(&record).await?;
@@ -317,6 +354,49 @@ impl EnrolService {
         }
     }
 
+    /// Takes one use of the join token `proof` names for `nkey` enrolling as `id`.
+    async fn take_token(
+        &self,
+        proof: &crate::wire::token::TokenProof,
+        nkey: &str,
+        id: &PeelId,
+        now: i64,
+    ) -> Result<crate::wire::token::TokenRecord, EnrolError> {
+        let tokens = self.tokens.as_ref().ok_or(EnrolError::NoTokens)?;
+        Ok(tokens.take(proof, nkey, id.as_str(), now).await?)
+    }
+
+    /// Keeps an enrolment that claimed `record`'s id with another key as a denied claim of
+    /// that record (its key, fingerprint, address, hostname and time), for an admin to see.
+    async fn keep_denied(
+        &self,
+        record: &KeyRecord,
+        revision: u64,
+        request: &EnrolRequest,
+        now: i64,
+    ) {
+        let hostname: String = request.hostname.chars().take(253).collect();
+        let claim = crate::wire::record::DeniedClaim {
+            nkey: request.nkey.clone(),
+            fingerprint: crate::wire::record::fingerprint(&request.nkey),
+            xkey: request.xkey.clone(),
+            address: self.limits.address_of(&request.nkey).unwrap_or_default(),
+            hostname: crate::appliance::callout::audit::escape_control(&hostname),
+            at: now,
+        };
+        // A claimant that keeps asking (`--wait`) is one entry; its first time is kept.
+        if record.denied.iter().any(|d| d.nkey == claim.nkey) {
+            return;
+        }
+        if let Err(e) = self
+            .keys
+            .update(&record.id, revision, &record.with_denied(claim))
+            .await
+        {
+            tracing::warn!(peel = %record.id, "could not keep a denied claim: {e}");
+        }
+    }
+
     fn auto_accepts(&self, id: &PeelId) -> Option<&'static str> {
         match self.policy {
             AcceptPolicy::Manual => None,
@@ -341,6 +421,8 @@ impl EnrolError {
             EnrolError::NotEnrolled { .. } => "enrol_not_enrolled",
             EnrolError::KeyInUse { .. } => "enrol_key_in_use",
             EnrolError::RateLimited { .. } => "enrol_rate_limited",
+            EnrolError::Token(e) => e.code(),
+            EnrolError::NoTokens => "token_unknown",
             EnrolError::Store(_) | EnrolError::Authority(_) | EnrolError::Record(_) => "internal",
         }
     }
@@ -362,12 +444,16 @@ fn enrol_audit(
         Ok(answer) => {
             let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Allow);
             record.reason = format!(
-                "{} request answered: {}",
+                "{} request answered: {}{}",
                 asked.as_ref().map_or("enrolment", |a| match a.op {
                     Op::Enrol => "enrol",
                     Op::Fetch => "fetch",
                 }),
-                answer.state
+                answer.state,
+                asked
+                    .as_ref()
+                    .and_then(|a| a.token.as_ref())
+                    .map_or(String::new(), |t| format!(" (join token {})", t.id))
             );
             record
         }

@@ -17,4 +17,5 @@ pub mod renew;
 pub mod respond;
 pub mod rotate;
 pub mod settings;
+pub mod tokens;
 pub mod up;

@@ -82,6 +82,9 @@ pub enum UpError {
     /// The nats-server binary.
     #[error(transparent)]
     Binary(#[from] BinaryError),
+    /// The join-token bucket could not be opened.
+    #[error("join tokens: {0}")]
+    Tokens(Box<crate::appliance::tokens::TokenStoreError>),
     /// A creds file whose key is not a user's.
     #[error("a creds file of zester's own users: {0}")]
     Key(#[from] crate::identity::keys::KeyError),
@@ -681,6 +684,11 @@ async fn serve_services(
     let peel_expiry = config.peel_expiry().map_err(&config_error)?;
     let mut tasks = vec![serve_status(service.clone(), status, audit.clone()).await?];
     state.set_enrol_rate(config.keys.enrol_rate);
+    let tokens = Arc::new(
+        crate::appliance::tokens::TokenStore::open(store.clone())
+            .await
+            .map_err(|e| UpError::Tokens(Box::new(e)))?,
+    );
     let enrol = Arc::new(EnrolService {
         authority: authority.clone(),
         keys: keys.clone(),
@@ -691,6 +699,7 @@ async fn serve_services(
         audit: audit.clone(),
         limits: crate::appliance::enrol::EnrolLimits::new(Some(state.clone())),
         creating: tokio::sync::Mutex::new(()),
+        tokens: Some(tokens.clone()),
     });
     tasks.push(
         enrol
@@ -712,6 +721,7 @@ async fn serve_services(
         sys: sys.clone(),
         account_lock: tokio::sync::Mutex::new(()),
         settings,
+        tokens,
         audit: audit.clone(),
     });
     tasks.push(

@@ -7,3 +7,4 @@ pub mod commands;
 pub mod context;
 pub mod output;
 pub mod secret;
+pub mod token;

@@ -34,6 +34,8 @@ pub struct EnrolOptions {
     pub dir: PathBuf,
     /// Keep asking until accepted.
     pub wait: bool,
+    /// A join token (`zjt1.…`): the key is accepted at once if the token allows it.
+    pub token: Option<String>,
 }
 
 /// How `zester peel enrol` ended.
@@ -99,6 +101,9 @@ pub enum PeelEnrolError {
     /// A bad id.
     #[error(transparent)]
     PeelId(#[from] crate::identity::peel_id::PeelIdError),
+    /// The join token is not one.
+    #[error("--token: {0}")]
+    Token(#[from] crate::wire::token::TokenError),
     /// Neither a CA file nor a pin says how to trust the master.
     #[error("give the master's CA file (--ca) or its pin (--pin sha256:…)")]
     NoTrust,
@@ -188,6 +193,11 @@ pub async fn enrol(
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    let token = options
+        .token
+        .as_deref()
+        .map(|text| crate::wire::token::prove(text, &nkey))
+        .transpose()?;
     let request = |op: Op| EnrolRequest {
         op,
         id: id.to_string(),
@@ -195,6 +205,7 @@ pub async fn enrol(
         xkey: Some(xkey.clone()),
         hostname: hostname.clone(),
         at: now_unix(),
+        token: (op == Op::Enrol).then(|| token.clone()).flatten(),
     };
     let enrolled = ask(&client, &key, &request(Op::Enrol)).await?;
     progress(&format!("enrolment recorded: {}", enrolled.state));

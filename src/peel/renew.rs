@@ -234,6 +234,7 @@ pub async fn refetch(options: &AgentOptions) -> Result<Renewed, RenewError> {
         xkey: None,
         hostname: String::new(),
         at: now_unix(),
+        token: None,
     };
     let body = serde_json::to_vec(&sign_request(key, &request)?)?;
     let answer = client.ask(subjects::enrol(&nkey), body).await?;

@@ -28,6 +28,14 @@ pub const SETTINGS_GET: &str = "zester.admin.settings.get";
 pub const SETTINGS_REQUESTS: &str = "zester.admin.settings.*";
 /// Rotate the master's or the admin's creds (`{"role": "master"|"admin"}`).
 pub const CREDS_ROTATE: &str = "zester.admin.creds.rotate";
+/// Join tokens: `create`, `list`, `revoke`.
+pub const TOKEN_REQUESTS: &str = "zester.admin.token.*";
+/// Makes a join token.
+pub const TOKEN_CREATE: &str = "zester.admin.token.create";
+/// Lists join tokens (never their secrets).
+pub const TOKEN_LIST: &str = "zester.admin.token.list";
+/// Revokes a join token.
+pub const TOKEN_REVOKE: &str = "zester.admin.token.revoke";
 
 /// `list`: keys in a state (all when `None`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

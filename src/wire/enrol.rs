@@ -38,6 +38,9 @@ pub struct EnrolRequest {
     pub hostname: String,
     /// Unix seconds when made.
     pub at: i64,
+    /// A join token's proof for this key: accepted at once if the token allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::wire::token::TokenProof>,
 }
 
 /// The wire form: the request as base64url JSON and its signature.
@@ -164,6 +167,7 @@ mod tests {
             xkey: Some(XKey::new().public_key()),
             hostname: "h".into(),
             at,
+            token: None,
         }
     }
 

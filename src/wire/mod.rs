@@ -1,6 +1,6 @@
 //! What both ends of a conversation share, pure: the subjects (`subjects`) and the rule for
 //! where a service may send its answer (`reply`); the signed requests of enrolment, rotation
-//! and renewal (`enrol`, `rotate`, `renew`); the admin API's requests (`admin`); the key record (`record`)
+//! and renewal (`enrol`, `rotate`, `renew`); join tokens (`token`); the admin API's requests (`admin`); the key record (`record`)
 //! and the peel's profile (`profile`); the timeouts both sides must agree on. No I/O here: the
 //! appliance, the peel and the CLI build on it.
 
@@ -13,6 +13,7 @@ pub mod renew;
 pub mod reply;
 pub mod rotate;
 pub mod subjects;
+pub mod token;
 
 /// Seconds from accepting a client to letting it in, the callout's answer included
 /// (nats-server's default with TLS is the TLS timeout + 1). nats-server handles callout answers

@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -208,6 +210,38 @@ pub struct KeyRecord {
     /// When the peel last renewed its identity JWT (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewed_at: Option<i64>,
+    /// Trusted tags, set by an admin (through a join token), never by the peel: shown apart
+    /// from the facts a peel reports about itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Enrolments that claimed this id with another key (a rebuilt machine, or an impostor),
+    /// newest last, at most [`MAX_DENIED`]: kept for an admin to see and, with
+    /// `key accept --replace`, to re-bind the id to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<DeniedClaim>,
+}
+
+/// Most denied claims a record keeps (the oldest go first).
+pub const MAX_DENIED: usize = 8;
+
+/// An enrolment that claimed an id bound to another key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeniedClaim {
+    /// The claimant's key.
+    pub nkey: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Its curve key, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
+    /// The client address its enrolling connection came from.
+    #[serde(default)]
+    pub address: String,
+    /// The hostname it reported (escaped).
+    #[serde(default)]
+    pub hostname: String,
+    /// When (unix seconds).
+    pub at: i64,
 }
 
 fn serialize_peel_id<S: Serializer>(id: &PeelId, serializer: S) -> Result<S::Ok, S::Error> {
@@ -233,6 +267,10 @@ struct RecordWire {
     jwt_expires_at: Option<i64>,
     #[serde(default)]
     renewed_at: Option<i64>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    denied: Vec<DeniedClaim>,
 }
 
 impl TryFrom<RecordWire> for KeyRecord {
@@ -294,6 +332,8 @@ impl KeyRecord {
             }],
             jwt_expires_at: None,
             renewed_at: None,
+            tags: BTreeMap::new(),
+            denied: Vec::new(),
         };
         record.validate()?;
         Ok(record)
@@ -410,6 +450,51 @@ impl KeyRecord {
         }
     }
 
+    /// The record with `claim` added to its denied claims (one per key: a claimant that comes
+    /// back replaces its earlier entry; the oldest go past [`MAX_DENIED`]).
+    pub fn with_denied(&self, claim: DeniedClaim) -> KeyRecord {
+        let mut next = self.clone();
+        next.denied.retain(|d| d.nkey != claim.nkey);
+        next.denied.push(claim);
+        let excess = next.denied.len().saturating_sub(MAX_DENIED);
+        next.denied.drain(..excess);
+        next
+    }
+
+    /// The record re-bound to the denied claimant with `fingerprint` (a rebuilt machine): its
+    /// key and curve key become the record's, the state accepted, the claim and the others
+    /// with it cleared; `None` when no denied claim has that fingerprint.
+    pub fn rebound(
+        &self,
+        fingerprint: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, KeyError> {
+        let Some(claim) = self
+            .denied
+            .iter()
+            .find(|d| d.fingerprint.eq_ignore_ascii_case(fingerprint))
+        else {
+            return Ok(None);
+        };
+        let mut next = self.clone();
+        next.nkey = claim.nkey.clone();
+        next.xkey = claim.xkey.clone();
+        next.state = KeyState::Accepted;
+        next.replaced_nkey = None;
+        next.jwt_expires_at = None;
+        next.renewed_at = None;
+        next.denied.clear();
+        next.validate()?;
+        let reason = format!(
+            "id re-bound from {} to {} ({reason})",
+            self.fingerprint(),
+            next.fingerprint()
+        );
+        Ok(Some(next.changed(by, reason, now)))
+    }
+
     /// The most recent change (who/why of the current state), if the history has any.
     pub fn last_change(&self) -> Option<&StateChange> {
         self.history.last()
@@ -466,6 +551,8 @@ impl KeyRecord {
             history: wire.history,
             jwt_expires_at: wire.jwt_expires_at,
             renewed_at: wire.renewed_at,
+            tags: wire.tags,
+            denied: wire.denied,
         };
         record.validate()?;
         Ok(record)

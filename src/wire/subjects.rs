@@ -21,8 +21,10 @@ pub const ADMIN_REQUESTS: &str = "zester.admin.>";
 pub const KEYS_BUCKET: &str = "zester-keys";
 /// The per-peel settings KV bucket.
 pub const SETTINGS_BUCKET: &str = "zester-settings";
+/// The join-token KV bucket (public keys and limits, never secrets).
+pub const TOKENS_BUCKET: &str = "zester-tokens";
 /// Every bucket zester keeps: its store connection may use these and nothing else of JetStream.
-pub const BUCKETS: [&str; 2] = [KEYS_BUCKET, SETTINGS_BUCKET];
+pub const BUCKETS: [&str; 3] = [KEYS_BUCKET, SETTINGS_BUCKET, TOKENS_BUCKET];
 
 /// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
 pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";
