@@ -177,7 +177,8 @@ struct KeyActionOptions {
 enum KeyCommand {
     /// List keys (default: all states).
     List {
-        /// pending, accepted, rejected, revoked or all.
+        /// pending, accepted, rejected, revoked, all, or denied (ids another key claimed:
+        /// the claimant's fingerprint, address and time).
         #[arg(long, default_value = "all")]
         state: String,
         /// Print a JSON document instead of text.
@@ -200,6 +201,10 @@ enum KeyCommand {
         /// Accept keys that were rejected earlier (instead of pending ones).
         #[arg(long, conflicts_with = "all_pending")]
         reconsider: bool,
+        /// Re-bind the id to the denied claim with --fingerprint FP (a rebuilt machine's new
+        /// key, see `key list --state denied`): the key it held is revoked and kicked.
+        #[arg(long, conflicts_with_all = ["all_pending", "reconsider"], requires = "fingerprint")]
+        replace: bool,
         /// A peel id or glob (not with --all-pending).
         target: Option<String>,
         #[command(flatten)]
@@ -848,22 +853,25 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
                 yes: options.yes,
                 reason: options.reason,
                 fingerprint: options.fingerprint,
+                replace: false,
             },
             options.json,
         )
     };
     let (action, only, json) = match command {
         KeyCommand::List { state, json } => {
-            let state = match state.as_str() {
-                "all" => None,
-                other => Some(parse_state(other)?),
+            let (state, denied) = match state.as_str() {
+                "all" => (None, false),
+                "denied" => (None, true),
+                other => (Some(parse_state(other)?), false),
             };
-            return Ok((commands::key_list(home, state).await?, json));
+            return Ok((commands::key_list(home, state, denied).await?, json));
         }
         KeyCommand::Show { id, json } => return Ok((commands::key_show(home, &id).await?, json)),
         KeyCommand::Accept {
             all_pending,
             reconsider,
+            replace,
             target,
             mut options,
         } => {
@@ -879,11 +887,12 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
                 KeyState::Pending
             };
             options.yes |= all_pending;
-            let (action, json) = act(
+            let (mut action, json) = act(
                 Some(KeyState::Accepted),
                 Some(from),
                 KeyActionArgs { target, options },
             );
+            action.replace = replace;
             (action, only, json)
         }
         KeyCommand::Reject(args) => {

@@ -68,6 +68,16 @@ pub enum AdminError {
     /// A bad request.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// `--replace` names no denied claim of the id.
+    #[error(
+        "peel {id} has no denied claim with fingerprint {fingerprint} (see `zester key show {id}`)"
+    )]
+    NoDeniedClaim {
+        /// The id.
+        id: String,
+        /// The fingerprint given.
+        fingerprint: String,
+    },
     /// The key store refused.
     #[error(transparent)]
     Store(#[from] crate::appliance::keys::KeyStoreError),
@@ -174,6 +184,7 @@ impl AdminService {
                     .all()
                     .iter()
                     .filter(|r| request.state.is_none_or(|s| s == r.state))
+                    .filter(|r| !request.denied || !r.denied.is_empty())
                     .map(|r| KeySummary::of(r))
                     .collect();
                 Ok(json!(list))
@@ -218,6 +229,17 @@ impl AdminService {
             KEY_DELETE => {
                 let request: KeyRequest = serde_json::from_slice(payload).map_err(parse_error)?;
                 let (record, revision) = self.read(&request).await?;
+                if record.state == KeyState::Accepted && !record.denied.is_empty() {
+                    // An accepted key stays; what `delete` clears is the claims it denied.
+                    let cleared = record.denied.len();
+                    let kept = KeyRecord {
+                        denied: Vec::new(),
+                        ..record.clone()
+                    };
+                    self.keys.update(&record.id, revision, &kept).await?;
+                    tracing::info!(target: "audit", peel = %record.id, cleared, "denied claims cleared");
+                    return Ok(json!({ "id": record.id.as_str(), "cleared_denied": cleared }));
+                }
                 if record.state == KeyState::Accepted {
                     return Err(AdminError::DeleteAccepted { id: request.id });
                 }
@@ -284,6 +306,9 @@ impl AdminService {
     }
 
     async fn change(&self, request: ChangeRequest) -> Result<ChangeReply, AdminError> {
+        if request.replace {
+            return self.replace(request).await;
+        }
         let started = Instant::now();
         let (record, revision) = self
             .read(&KeyRequest {
@@ -324,6 +349,57 @@ impl AdminService {
             tracing::info!(peel = %record.id, state = %request.to, by = %request.by, "key state changed");
         }
         Ok(reply)
+    }
+
+    /// `key accept ID --replace --fingerprint FP`: re-binds the id to the denied claim with
+    /// that fingerprint (the rebuilt-machine case); the key it held is kicked and revoked.
+    async fn replace(&self, request: ChangeRequest) -> Result<ChangeReply, AdminError> {
+        let started = Instant::now();
+        let fingerprint = request.fingerprint.clone().ok_or_else(|| {
+            AdminError::BadRequest(
+                "--replace needs --fingerprint FP of the denied claim (see `zester key show ID`)"
+                    .into(),
+            )
+        })?;
+        let (record, revision) = self
+            .read(&KeyRequest {
+                id: request.id.clone(),
+                fingerprint: None,
+            })
+            .await?;
+        let now = now_unix();
+        let reason = if request.reason.is_empty() {
+            "replaced".to_string()
+        } else {
+            request.reason.clone()
+        };
+        let rebound = record
+            .rebound(&fingerprint, &request.by, &reason, now)?
+            .ok_or_else(|| AdminError::NoDeniedClaim {
+                id: request.id.clone(),
+                fingerprint: fingerprint.clone(),
+            })?;
+        if self.keys.cache().lookup_nkey(&rebound.nkey).is_some() {
+            return Err(AdminError::BadRequest(format!(
+                "the key {fingerprint} already holds another id"
+            )));
+        }
+        let new_revision = self.keys.update(&record.id, revision, &rebound).await?;
+        let _ = self
+            .keys
+            .wait_for_revision(new_revision, Duration::from_secs(2))
+            .await;
+        // The key it held: cut off, for good, whatever state it was in.
+        let mut kicked = self.kick(record.id.as_str(), Some(&record.nkey)).await;
+        let cut_off_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        self.revoke_in_account(&record.nkey, now).await?;
+        kicked += self.kick_unlisted(record.id.as_str()).await;
+        tracing::warn!(target: "audit", peel = %record.id, from = %record.fingerprint(), to = %rebound.fingerprint(), kicked, by = %request.by, "id re-bound to a denied claim; the old key is revoked");
+        Ok(ChangeReply {
+            record: rebound,
+            kicked,
+            cut_off_ms,
+        })
     }
 
     /// Kicks the live sessions of peel `id` (only those of `nkey` when given); returns how

@@ -451,8 +451,10 @@ pub struct KeyAction {
     pub reason: String,
     /// Act only if the key is still in this state.
     pub from: Option<KeyState>,
-    /// Act only if the key still has this fingerprint.
+    /// Act only if the key still has this fingerprint (with `replace`: the denied claim's).
     pub fingerprint: Option<String>,
+    /// `key accept --replace`: re-bind the id to a denied claim.
+    pub replace: bool,
 }
 
 /// Why a `zester key` command failed.
@@ -469,17 +471,55 @@ pub enum KeyCommandError {
     Declined,
 }
 
-/// `zester key list`.
-pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, KeyCommandError> {
+/// `zester key list`; with `denied`, the ids other keys claimed (`--state denied`), one line
+/// per claim.
+pub async fn key_list(
+    home: &Home,
+    state: Option<KeyState>,
+    denied: bool,
+) -> Result<Output, KeyCommandError> {
     let client = crate::cli::client::admin_connect(home).await?;
     let list = crate::cli::client::admin_request(
         &client,
         crate::wire::admin::KEY_LIST,
-        &crate::wire::admin::ListRequest { state },
+        &crate::wire::admin::ListRequest { state, denied },
     )
     .await?;
     let summaries: Vec<crate::wire::admin::KeySummary> =
         serde_json::from_value(list.clone()).unwrap_or_default();
+    if denied {
+        let mut human = format!(
+            "{:<24} {:<48} {:<40} {:<20} {}\n",
+            "ID", "CLAIMANT FINGERPRINT", "ADDRESS", "AT", "HELD BY"
+        );
+        let mut claims = 0;
+        for s in &summaries {
+            for d in &s.denied {
+                claims += 1;
+                human.push_str(&format!(
+                    "{:<24} {:<48} {:<40} {:<20} {} ({})\n",
+                    s.id,
+                    d.fingerprint,
+                    if d.address.is_empty() {
+                        "-"
+                    } else {
+                        &d.address
+                    },
+                    rfc3339(d.at),
+                    s.fingerprint,
+                    s.state.as_str(),
+                ));
+            }
+        }
+        human.push_str(&format!(
+            "{claims} denied claim(s); re-bind an id to its claimant with `zester key accept ID --replace --fingerprint FP`, forget them with `zester key delete ID`\n"
+        ));
+        return Ok(Output {
+            human,
+            json: list,
+            exit_code: 0,
+        });
+    }
     let mut human = format!(
         "{:<24} {:<9} {:<48} {:<20} {:<20} {}\n",
         "ID", "STATE", "FINGERPRINT", "CHANGED", "EXPIRES", "RENEWED"
@@ -513,7 +553,7 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
     let shown = crate::cli::client::key_show(&client, id).await?;
     let record = &shown["record"];
     let mut human = format!(
-        "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nexpires      {}\nrenewed      {}\nsessions     {}\nhistory:\n",
+        "id           {}\nstate        {}\nnkey         {}\nxkey         {}\nfingerprint  {}\ncreated      {}\nexpires      {}\nrenewed      {}\nsessions     {}\n",
         record["id"].as_str().unwrap_or("?"),
         record["state"].as_str().unwrap_or("?"),
         record["nkey"].as_str().unwrap_or("?"),
@@ -530,6 +570,31 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
             .map_or_else(|| "-".to_string(), rfc3339),
         shown["sessions"].as_array().map_or(0, Vec::len),
     );
+    let tags: Vec<String> = record["tags"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    if !tags.is_empty() {
+        // Set by an admin (a join token), unlike the facts the peel reports about itself.
+        human.push_str(&format!(
+            "tags (trusted, set by an admin) {}\n",
+            tags.join(" ")
+        ));
+    }
+    for claim in record["denied"].as_array().into_iter().flatten() {
+        human.push_str(&format!(
+            "denied claim {} from {} at {} (host {:?}): `zester key accept {} --replace --fingerprint {}` re-binds the id to it\n",
+            claim["fingerprint"].as_str().unwrap_or("?"),
+            claim["address"].as_str().filter(|a| !a.is_empty()).unwrap_or("?"),
+            rfc3339(claim["at"].as_i64().unwrap_or(0)),
+            claim["hostname"].as_str().unwrap_or(""),
+            record["id"].as_str().unwrap_or("?"),
+            claim["fingerprint"].as_str().unwrap_or("?"),
+        ));
+    }
+    human.push_str("history:\n");
     for change in record["history"].as_array().into_iter().flatten() {
         human.push_str(&format!(
             "  {}  {:<9} by {}: {}\n",
@@ -561,6 +626,7 @@ pub async fn key_act(
             crate::wire::admin::KEY_LIST,
             &crate::wire::admin::ListRequest {
                 state: only_state.or(action.from),
+                denied: false,
             },
         )
         .await?;
@@ -599,7 +665,8 @@ pub async fn key_act(
                         by: by.clone(),
                         reason: action.reason.clone(),
                         fingerprint: action.fingerprint.clone(),
-                        from: action.from,
+                        from: if action.replace { None } else { action.from },
+                        replace: action.replace,
                     },
                 )
                 .await

@@ -42,6 +42,9 @@ pub const TOKEN_REVOKE: &str = "zester.admin.token.revoke";
 pub struct ListRequest {
     /// The state to list.
     pub state: Option<KeyState>,
+    /// Only records with denied claims (`key list --state denied`).
+    #[serde(default)]
+    pub denied: bool,
 }
 
 /// One line of `zester key list`.
@@ -65,6 +68,12 @@ pub struct KeySummary {
     /// When the peel last renewed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewed_at: Option<i64>,
+    /// Trusted tags (set through a join token).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Enrolments that claimed this id with another key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<crate::wire::record::DeniedClaim>,
 }
 
 impl KeySummary {
@@ -79,6 +88,8 @@ impl KeySummary {
             last_change: record.last_change().cloned(),
             jwt_expires_at: record.jwt_expires_at,
             renewed_at: record.renewed_at,
+            tags: record.tags.clone(),
+            denied: record.denied.clone(),
         }
     }
 }
@@ -109,6 +120,10 @@ pub struct ChangeRequest {
     /// deciding on the same pending key at once cannot both win.
     #[serde(default)]
     pub from: Option<KeyState>,
+    /// Re-bind the id to the denied claim whose fingerprint is `fingerprint` (`key accept
+    /// --replace`): the old key is revoked and kicked.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// What a change did.
