@@ -113,6 +113,8 @@ pub struct EnrolService {
     pub creating: tokio::sync::Mutex<()>,
     /// Join tokens (`None`: enrolments with a token are refused).
     pub tokens: Option<Arc<crate::appliance::tokens::TokenStore>>,
+    /// The policy hook (`keys.accept = "hook"`).
+    pub hook: Option<crate::appliance::hook::Hook>,
 }
 
 /// Most enrolment requests one key may make per minute (`peel enrol --wait` asks every 2 s).
@@ -255,7 +257,7 @@ impl EnrolService {
                 }
                 // One creation at a time, each visible in the cache before the next is
                 // checked: otherwise concurrent requests all pass the checks below.
-                let _one_at_a_time = self.creating.lock().await;
+                let one_at_a_time = self.creating.lock().await;
                 let cache = self.keys.cache();
                 if let Some(held) = cache.lookup_nkey(&request.nkey) {
                     if held.id == id {
@@ -317,9 +319,17 @@ impl EnrolService {
                     tracing::warn!(peel = %id, "the key store's cache did not show a new enrolment within 2 s");
                 }
                 tracing::info!(target: "audit", peel = %id, state = %record.state, fingerprint = %record.fingerprint(), "key enrolled");
+                drop(one_at_a_time);
+                let state = match (&self.hook, record.state) {
+                    (Some(hook), KeyState::Pending) => {
+                        self.ask_hook(hook, &record, revision, &request, now)
+                            .await?
+                    }
+                    (_, state) => state,
+                };
                 Ok(EnrolAnswer {
                     fingerprint: Some(record.fingerprint()),
-                    ..EnrolAnswer::state(record.state)
+                    ..EnrolAnswer::state(state)
                 })
             }
             Op::Fetch => match existing {
@@ -352,6 +362,65 @@ impl EnrolService {
                 _ => Err(EnrolError::NotEnrolled { id: id.to_string() }),
             },
         }
+    }
+
+    /// Runs the policy hook on a new pending `record` (outside the creation lock: a slow hook
+    /// holds up no other enrolment) and applies its decision; returns the key's state.
+    async fn ask_hook(
+        &self,
+        hook: &crate::appliance::hook::Hook,
+        record: &KeyRecord,
+        revision: u64,
+        request: &EnrolRequest,
+        now: i64,
+    ) -> Result<KeyState, EnrolError> {
+        use crate::appliance::hook::HookOutcome;
+        let input = serde_json::json!({
+            "id": record.id.as_str(),
+            "nkey": record.nkey,
+            "xkey": record.xkey,
+            "fingerprint": record.fingerprint(),
+            "address": self.limits.address_of(&record.nkey).unwrap_or_default(),
+            "hostname": request.hostname.chars().take(253).collect::<String>(),
+            "facts": {},
+            "token_tags": serde_json::Value::Null,
+        });
+        let outcome = hook.decide(&input).await;
+        let mut audit = AuditRecord::at(
+            now_unix(),
+            Source::Enrol,
+            match outcome {
+                HookOutcome::Accept(_) => Verdict::Allow,
+                _ => Verdict::Refuse,
+            },
+        );
+        audit.code = outcome.code().into();
+        audit.reason = format!("{} (input: {input})", outcome.reason());
+        audit.peel_id = record.id.to_string();
+        audit.nkey = record.nkey.clone();
+        audit.role = "enrolling".into();
+        self.audit.record(audit);
+        let to = match &outcome {
+            HookOutcome::Accept(_) => KeyState::Accepted,
+            HookOutcome::Reject(_) => KeyState::Rejected,
+            HookOutcome::Pending(why) => {
+                tracing::warn!(peel = %record.id, "the policy hook did not decide, the key stays pending: {why}");
+                return Ok(KeyState::Pending);
+            }
+        };
+        let reason = if outcome.reason().is_empty() {
+            "policy hook".to_string()
+        } else {
+            outcome.reason().to_string()
+        };
+        let decided = record.transition(to, "policy hook", &reason, now)?;
+        let revision = self.keys.update(&record.id, revision, &decided).await?;
+        let _ = self
+            .keys
+            .wait_for_revision(revision, Duration::from_secs(2))
+            .await;
+        tracing::info!(target: "audit", peel = %record.id, state = %to, reason = %reason, "policy hook decided");
+        Ok(to)
     }
 
     /// Takes one use of the join token `proof` names for `nkey` enrolling as `id`.
@@ -399,7 +468,7 @@ impl EnrolService {
 
     fn auto_accepts(&self, id: &PeelId) -> Option<&'static str> {
         match self.policy {
-            AcceptPolicy::Manual => None,
+            AcceptPolicy::Manual | AcceptPolicy::Hook => None,
             AcceptPolicy::AutoAll => Some("policy auto-all"),
             AcceptPolicy::AutoTrusted => self
                 .trusted

@@ -11,6 +11,7 @@ pub mod callout;
 pub mod cert_renewal;
 pub mod connz;
 pub mod enrol;
+pub mod hook;
 pub mod keys;
 pub mod own_renewal;
 pub mod renew;

@@ -700,6 +700,15 @@ async fn serve_services(
         limits: crate::appliance::enrol::EnrolLimits::new(Some(state.clone())),
         creating: tokio::sync::Mutex::new(()),
         tokens: Some(tokens.clone()),
+        hook: match config.accept_policy().map_err(&config_error)? {
+            crate::home::config::AcceptPolicy::Hook => Some(crate::appliance::hook::Hook {
+                path: config.keys.hook.clone().into(),
+                timeout: Duration::from_secs(
+                    config.hook_timeout().map_err(&config_error)?.max(1) as u64
+                ),
+            }),
+            _ => None,
+        },
     });
     tasks.push(
         enrol

@@ -55,8 +55,11 @@ pub enum ConfigError {
         /// The key.
         key: &'static str,
     },
+    /// `keys.accept = "hook"` without `keys.hook`.
+    #[error("keys.accept = \"hook\" needs keys.hook = \"/path/to/executable\" (it gets the enrolment request as JSON on stdin; exit 0 accepts, 1 rejects)")]
+    NoHook,
     /// An unknown accept policy.
-    #[error("keys.accept = {value:?}: use \"manual\", \"auto-trusted\" or \"auto-all\"")]
+    #[error("keys.accept = {value:?}: use \"manual\", \"auto-trusted\", \"auto-all\" or \"hook\"")]
     AcceptPolicy {
         /// The value.
         value: String,
@@ -164,6 +167,8 @@ pub enum AcceptPolicy {
     AutoTrusted,
     /// Everything is accepted (labs).
     AutoAll,
+    /// An executable decides (`keys.hook`), given the enrolment request.
+    Hook,
 }
 
 /// `[keys]`: the accept policy.
@@ -178,6 +183,10 @@ pub struct KeysConfig {
     pub max_pending: u32,
     /// Most enrolment connections per client address and minute.
     pub enrol_rate: u32,
+    /// With `accept = "hook"`: the executable that decides.
+    pub hook: String,
+    /// How long the hook may take before the key stays pending.
+    pub hook_timeout: String,
 }
 
 impl Default for KeysConfig {
@@ -187,6 +196,8 @@ impl Default for KeysConfig {
             trusted: Vec::new(),
             max_pending: 1000,
             enrol_rate: 10,
+            hook: String::new(),
+            hook_timeout: "10s".to_string(),
         }
     }
 }
@@ -401,6 +412,7 @@ impl Config {
         config.service_expiry()?;
         config.cert_lifetime()?;
         config.accept_policy()?;
+        config.hook_timeout()?;
         config.jetstream_limits()?;
         for (key, value) in [
             ("server.listen", &config.server.listen),
@@ -415,6 +427,14 @@ impl Config {
     pub fn peel_expiry(&self) -> Result<i64, ConfigError> {
         parse_duration(&self.peels.expiry).map_err(|source| ConfigError::Duration {
             key: "peels.expiry",
+            source,
+        })
+    }
+
+    /// `keys.hook_timeout`, seconds.
+    pub fn hook_timeout(&self) -> Result<i64, ConfigError> {
+        parse_duration(&self.keys.hook_timeout).map_err(|source| ConfigError::Duration {
+            key: "keys.hook_timeout",
             source,
         })
     }
@@ -472,6 +492,8 @@ impl Config {
             "manual" => Ok(AcceptPolicy::Manual),
             "auto-trusted" => Ok(AcceptPolicy::AutoTrusted),
             "auto-all" => Ok(AcceptPolicy::AutoAll),
+            "hook" if self.keys.hook.is_empty() => Err(ConfigError::NoHook),
+            "hook" => Ok(AcceptPolicy::Hook),
             other => Err(ConfigError::AcceptPolicy {
                 value: other.to_string(),
             }),
