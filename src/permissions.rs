@@ -269,8 +269,10 @@ mod tests {
                 subject == "$JS.API.INFO"
                     || subject.contains("KV_zester-keys")
                     || subject.contains("KV_zester-settings")
+                    || subject.contains("KV_zester-tokens")
                     || subject.starts_with("$KV.zester-keys.")
-                    || subject.starts_with("$KV.zester-settings."),
+                    || subject.starts_with("$KV.zester-settings.")
+                    || subject.starts_with("$KV.zester-tokens."),
                 "{subject}"
             );
         }
