@@ -660,7 +660,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
             let authority = home.load_authority()?;
             let role_value = match role {
                 "master" => crate::permissions::Role::Master,
-                _ => crate::permissions::Role::Admin,
+                _ => crate::permissions::Role::Admin(None),
             };
             let creds = authority
                 .issue_creds(nkeys::KeyPair::new_user(), role, &role_value, now, 0)
