@@ -470,8 +470,12 @@ pub enum KeyCommandError {
 }
 
 /// `zester key list`.
-pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+pub async fn key_list(
+    home: &Home,
+    target: &crate::cli::client::AdminTarget,
+    state: Option<KeyState>,
+) -> Result<Output, KeyCommandError> {
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let list = crate::cli::client::admin_request(
         &client,
         crate::wire::admin::KEY_LIST,
@@ -508,8 +512,12 @@ pub async fn key_list(home: &Home, state: Option<KeyState>) -> Result<Output, Ke
 }
 
 /// `zester key show ID`.
-pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+pub async fn key_show(
+    home: &Home,
+    target: &crate::cli::client::AdminTarget,
+    id: &str,
+) -> Result<Output, KeyCommandError> {
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let shown = crate::cli::client::key_show(&client, id).await?;
     let record = &shown["record"];
     let mut human = format!(
@@ -550,11 +558,12 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
 /// glob `*` over pending keys).
 pub async fn key_act(
     home: &Home,
+    target: &crate::cli::client::AdminTarget,
     action: &KeyAction,
     only_state: Option<KeyState>,
     confirm: impl Fn(&[String]) -> bool,
 ) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let ids: Vec<String> = if crate::identity::peel_id::is_glob(&action.target) {
         let list = crate::cli::client::admin_request(
             &client,
@@ -580,10 +589,9 @@ pub async fn key_act(
     if ids.len() > 1 && !action.yes && !confirm(&ids) {
         return Err(KeyCommandError::Declined);
     }
-    let by = format!(
-        "admin@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
-    );
+    // Who acts is what the appliance verifies from the request's signature, never a name
+    // sent here (it used to be `$USER`); the field stays for older appliances.
+    let by = String::new();
     let mut human = String::new();
     let mut results = Vec::new();
     let mut failed = 0;
