@@ -199,7 +199,13 @@ impl Authority {
         let users = ServiceUsers {
             callout: authority.issue_creds(callout_user, "callout", &Role::Callout, now, 0)?,
             master: authority.issue_creds(KeyPair::new_user(), "master", &Role::Master, now, 0)?,
-            admin: authority.issue_creds(KeyPair::new_user(), "admin", &Role::Admin(None), now, 0)?,
+            admin: authority.issue_creds(
+                KeyPair::new_user(),
+                "admin",
+                &Role::Admin(None),
+                now,
+                0,
+            )?,
             sys: authority.issue_sys_creds(now)?,
         };
         Ok((authority, users))
@@ -504,7 +510,13 @@ impl Authority {
         let users = ServiceUsers {
             callout: authority.issue_creds(callout_user, "callout", &Role::Callout, now, 0)?,
             master: authority.issue_creds(KeyPair::new_user(), "master", &Role::Master, now, 0)?,
-            admin: authority.issue_creds(KeyPair::new_user(), "admin", &Role::Admin(None), now, 0)?,
+            admin: authority.issue_creds(
+                KeyPair::new_user(),
+                "admin",
+                &Role::Admin(None),
+                now,
+                0,
+            )?,
             sys: authority.issue_sys_creds(now)?,
         };
         Ok((authority, users))

@@ -578,9 +578,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ))?,
                     json,
                 ),
-                AdminCommand::List { json } => {
-                    (rt.block_on(zester::cli::admins::list(&home, &target))?, json)
-                }
+                AdminCommand::List { json } => (
+                    rt.block_on(zester::cli::admins::list(&home, &target))?,
+                    json,
+                ),
                 AdminCommand::Remove { name, json } => (
                     rt.block_on(zester::cli::admins::remove(&home, &target, &name))?,
                     json,

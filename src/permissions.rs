@@ -5,8 +5,8 @@
 //! Nothing here is taken from what a client claims: the callout decides the role from the key
 //! record and asks this module what that role may do.
 
-use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::admin_name::AdminName;
+use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::peel_id::PeelId;
 use crate::wire::subjects;
 pub use crate::wire::subjects::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};

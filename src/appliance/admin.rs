@@ -104,7 +104,9 @@ pub enum AdminError {
     #[error("refused: {0}")]
     Proof(#[from] crate::wire::admin_auth::ProofError),
     /// The request was signed by a key that is not an admin's.
-    #[error("refused: the request is signed by {key}, which is not an admin this appliance trusts")]
+    #[error(
+        "refused: the request is signed by {key}, which is not an admin this appliance trusts"
+    )]
     NotAnAdmin {
         /// The key (shortened).
         key: String,
@@ -122,7 +124,9 @@ pub enum AdminError {
         name: String,
     },
     /// A named admin of that name exists.
-    #[error("admin {name} exists already: pass --force to replace its key (the old one is revoked)")]
+    #[error(
+        "admin {name} exists already: pass --force to replace its key (the old one is revoked)"
+    )]
     AdminExists {
         /// The name.
         name: String,
@@ -228,7 +232,9 @@ impl AdminService {
     /// against the keys this appliance trusts as admins at this moment. Unsigned requests may
     /// only read.
     pub fn identify(&self, request: &async_nats::Message, now: i64) -> Result<Asked, AdminError> {
-        use crate::wire::admin_auth::{AdminProof, KEY_HEADER, MAX_SKEW_SECS, SIGNATURE_HEADER, TIME_HEADER};
+        use crate::wire::admin_auth::{
+            AdminProof, KEY_HEADER, MAX_SKEW_SECS, SIGNATURE_HEADER, TIME_HEADER,
+        };
         let header = |name: &str| {
             request
                 .headers
@@ -370,7 +376,10 @@ impl AdminService {
                     asked,
                     "key_registered",
                     record.id.as_str(),
-                    format!("key {} registered by {by} (creds issue)", record.fingerprint()),
+                    format!(
+                        "key {} registered by {by} (creds issue)",
+                        record.fingerprint()
+                    ),
                 );
                 Ok(json!({ "id": record.id.as_str(), "revision": revision }))
             }
@@ -609,7 +618,11 @@ impl AdminService {
     /// `zester admin add` with the appliance running: the key joins `auth/admins.json` and the
     /// callout's trust at once (as `Role::Admin(Some(name))`). With `force`, an admin of that
     /// name gets the new key and its old key is revoked and its sessions kicked.
-    async fn add_admin(&self, request: AdminAddRequest, asked: &Asked) -> Result<Value, AdminError> {
+    async fn add_admin(
+        &self,
+        request: AdminAddRequest,
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
         let name = crate::identity::admin_name::AdminName::parse(&request.name)?;
         let key = UserKey::parse(&request.nkey)?;
         let now = now_unix();

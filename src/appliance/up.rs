@@ -866,9 +866,7 @@ fn service_roles(home: &Home) -> Result<std::collections::HashMap<UserKey, Role>
     for admin in home::admins::AdminList::read(home)?.admins {
         let key = UserKey::parse(&admin.nkey)?;
         // A named admin never takes the place of the master's or the home admin's key.
-        services
-            .entry(key)
-            .or_insert(Role::Admin(Some(admin.name)));
+        services.entry(key).or_insert(Role::Admin(Some(admin.name)));
     }
     Ok(services)
 }

@@ -143,7 +143,8 @@ pub async fn admin_connect_to(
         .unwrap_or_else(|| home.ca_cert());
     let server = target.server.clone().or_else(|| {
         // A context may list several servers, comma-separated: the first one.
-        from_context(|c| &c.url).map(|url| url.split(',').next().unwrap_or_default().trim().to_string())
+        from_context(|c| &c.url)
+            .map(|url| url.split(',').next().unwrap_or_default().trim().to_string())
     });
     let key = crate::home::read_creds(&creds)
         .map_err(|source| StatusError::Creds { source })?
@@ -170,12 +171,13 @@ pub async fn admin_connect_to(
             url: url.clone(),
             ca,
         };
-        let client = connect::connect(&endpoint, &spec)
-            .await
-            .map_err(|e| StatusError::Connect {
-                url,
-                reason: e.to_string(),
-            })?;
+        let client =
+            connect::connect(&endpoint, &spec)
+                .await
+                .map_err(|e| StatusError::Connect {
+                    url,
+                    reason: e.to_string(),
+                })?;
         return Ok(AdminClient { client, key });
     }
     let runtime = RuntimeInfo::read(home).map_err(|reason| StatusError::NotRunning { reason })?;
@@ -183,9 +185,7 @@ pub async fn admin_connect_to(
         url: runtime.url.clone(),
         ca,
     };
-    let client = connect::connect(&endpoint, &spec)
-    .await
-    .map_err(|e| {
+    let client = connect::connect(&endpoint, &spec).await.map_err(|e| {
         if runtime.is_alive() {
             StatusError::Unreachable {
                 pid: runtime.pid,
@@ -340,7 +340,10 @@ pub enum StatusError {
 }
 
 /// The admin API's `key show` for peel `id`: its record, fingerprint, revision and sessions.
-pub async fn key_show<C: AdminChannel + ?Sized>(client: &C, id: &str) -> Result<Value, StatusError> {
+pub async fn key_show<C: AdminChannel + ?Sized>(
+    client: &C,
+    id: &str,
+) -> Result<Value, StatusError> {
     admin_request(
         client,
         crate::wire::admin::KEY_SHOW,

@@ -91,7 +91,10 @@ mod tests {
         let read = AdminList::read(&home).unwrap();
         assert_eq!(read.get(&alice).unwrap().nkey, "UB");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(home.admins_file()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(home.admins_file())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(home.admins_file(), b"{\"admins\":[{\"name\":\"sys\"}]}").unwrap();
         assert!(matches!(

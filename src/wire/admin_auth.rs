@@ -158,15 +158,32 @@ mod tests {
             .unwrap();
         assert_eq!(key.as_str(), alice.public_key());
 
-        let mismatch = |r: Result<UserKey, ProofError>| matches!(r, Err(ProofError::Mismatch { .. }));
-        assert!(mismatch(proof.verify("zester.admin.key.delete", b"{\"id\":\"a\"}", NOW)));
-        assert!(mismatch(proof.verify("zester.admin.key.change", b"{\"id\":\"b\"}", NOW)));
+        let mismatch =
+            |r: Result<UserKey, ProofError>| matches!(r, Err(ProofError::Mismatch { .. }));
+        assert!(mismatch(proof.verify(
+            "zester.admin.key.delete",
+            b"{\"id\":\"a\"}",
+            NOW
+        )));
+        assert!(mismatch(proof.verify(
+            "zester.admin.key.change",
+            b"{\"id\":\"b\"}",
+            NOW
+        )));
         let mut moved = proof.clone();
         moved.time += 1;
-        assert!(mismatch(moved.verify("zester.admin.key.change", b"{\"id\":\"a\"}", NOW)));
+        assert!(mismatch(moved.verify(
+            "zester.admin.key.change",
+            b"{\"id\":\"a\"}",
+            NOW
+        )));
         let mut other = proof.clone();
         other.key = nkeys::KeyPair::new_user().public_key();
-        assert!(mismatch(other.verify("zester.admin.key.change", b"{\"id\":\"a\"}", NOW)));
+        assert!(mismatch(other.verify(
+            "zester.admin.key.change",
+            b"{\"id\":\"a\"}",
+            NOW
+        )));
         assert!(matches!(
             proof.verify("zester.admin.key.change", b"{\"id\":\"a\"}", NOW + 61),
             Err(ProofError::Stale { .. })
