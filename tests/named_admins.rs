@@ -404,4 +404,20 @@ fn admin_names_are_checked_and_offline_adds_wait_for_the_next_up() {
     let list = json_of(&common::zester(&home, &["admin", "list", "--json"]));
     assert_eq!(list[0]["name"], "carol");
     assert_eq!(common::mode(&home.join("auth/admins.json")) & 0o777, 0o600);
+
+    // The next `zester up` trusts her from the start, under her name.
+    let mut up = Up { child: None, dir };
+    up.launch();
+    let laptop = Laptop::new(&up, &home.join("admins/carol.creds"));
+    let _peel = enrol_pending(&up, "db-01");
+    let accepted = json_of(&laptop.admin(&up, &["key", "accept", "db-01", "--json"]));
+    assert_eq!(
+        accepted[0]["ok"]["record"]["history"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["by"],
+        "admin:carol",
+        "{accepted}"
+    );
 }
