@@ -310,11 +310,13 @@ async fn forged_or_missing_admin_identities_are_refused_and_audited() {
         }
     };
     let signed = |key: &nkeys::KeyPair, body: &[u8]| {
-        let proof = admin_auth::sign(key, KEY_CHANGE, zester::home::now_unix(), body).unwrap();
+        let nonce: [u8; 16] = rand::random();
+        let proof =
+            admin_auth::sign(key, KEY_CHANGE, zester::home::now_unix(), &nonce, body).unwrap();
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(admin_auth::KEY_HEADER, proof.key.as_str());
-        headers.insert(admin_auth::TIME_HEADER, proof.time.to_string().as_str());
-        headers.insert(admin_auth::SIGNATURE_HEADER, proof.signature.as_str());
+        for (name, value) in proof.headers() {
+            headers.insert(name, value.as_str());
+        }
         headers
     };
 

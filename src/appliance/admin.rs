@@ -233,7 +233,7 @@ impl AdminService {
     /// only read.
     pub fn identify(&self, request: &async_nats::Message, now: i64) -> Result<Asked, AdminError> {
         use crate::wire::admin_auth::{
-            AdminProof, KEY_HEADER, MAX_SKEW_SECS, SIGNATURE_HEADER, TIME_HEADER,
+            AdminProof, KEY_HEADER, MAX_SKEW_SECS, NONCE_HEADER, SIGNATURE_HEADER, TIME_HEADER,
         };
         let header = |name: &str| {
             request
@@ -245,6 +245,7 @@ impl AdminService {
         let proof = AdminProof::from_headers(
             header(KEY_HEADER),
             header(TIME_HEADER),
+            header(NONCE_HEADER),
             header(SIGNATURE_HEADER),
         )?;
         let Some(proof) = proof else {

@@ -146,6 +146,12 @@ pub async fn admin_connect_to(
         from_context(|c| &c.url)
             .map(|url| url.split(',').next().unwrap_or_default().trim().to_string())
     });
+    // Without a server given, the home's runtime.json says where (and whether) zester runs:
+    // asked first, so that "not running" is the answer on a host where nothing runs.
+    let runtime = match &server {
+        Some(_) => None,
+        None => Some(RuntimeInfo::read(home).map_err(|reason| StatusError::NotRunning { reason })?),
+    };
     let key = crate::home::read_creds(&creds)
         .map_err(|source| StatusError::Creds { source })?
         .key()
@@ -156,14 +162,15 @@ pub async fn admin_connect_to(
             name: creds.display().to_string(),
             reason: "the creds hold no usable seed".into(),
         })?;
+    let key = Arc::new(key);
     let spec = ClientSpec {
         creds: &creds,
         name: "zester-admin-cli",
         inbox_prefix: ADMIN_INBOX_PREFIX,
         long_lived: false,
     };
-    let key = Arc::new(key);
-    if let Some(url) = server {
+    let Some(runtime) = runtime else {
+        let url = server.unwrap_or_default();
         if !ca.is_file() {
             return Err(StatusError::NoCa { path: ca });
         }
@@ -179,8 +186,7 @@ pub async fn admin_connect_to(
                     reason: e.to_string(),
                 })?;
         return Ok(AdminClient { client, key });
-    }
-    let runtime = RuntimeInfo::read(home).map_err(|reason| StatusError::NotRunning { reason })?;
+    };
     let endpoint = Endpoint {
         url: runtime.url.clone(),
         ca,
@@ -213,12 +219,13 @@ pub async fn admin_request<C: AdminChannel + ?Sized>(
     let body = serde_json::to_vec(body).map_err(StatusError::Malformed)?;
     let mut headers = async_nats::HeaderMap::new();
     if let Some(key) = channel.signer() {
-        use crate::wire::admin_auth::{self, KEY_HEADER, SIGNATURE_HEADER, TIME_HEADER};
-        let proof = admin_auth::sign(key, subject, crate::home::now_unix(), &body)
-            .map_err(|source| StatusError::Sign { source })?;
-        headers.insert(KEY_HEADER, proof.key.as_str());
-        headers.insert(TIME_HEADER, proof.time.to_string().as_str());
-        headers.insert(SIGNATURE_HEADER, proof.signature.as_str());
+        let nonce: [u8; 16] = rand::random();
+        let proof =
+            crate::wire::admin_auth::sign(key, subject, crate::home::now_unix(), &nonce, &body)
+                .map_err(|source| StatusError::Sign { source })?;
+        for (name, value) in proof.headers() {
+            headers.insert(name, value.as_str());
+        }
     }
     let reply = tokio::time::timeout(
         Duration::from_secs(10),

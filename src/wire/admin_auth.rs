@@ -9,10 +9,12 @@
 //! named admins of `zester admin add`): a deputy that relays or rewrites a request cannot
 //! produce the signature, and a key that is not an admin's proves nothing.
 //!
-//! What is signed: [`SIGNING_CONTEXT`], the subject, the time and the body, each separated by
-//! `\n` (the body last, byte for byte), so a signature cannot be moved to another subject or
-//! body. The time bounds replays to [`MAX_SKEW_SECS`] either way; the appliance also refuses a
-//! signature it has seen within that window. Pure: `now` is passed in.
+//! What is signed: [`SIGNING_CONTEXT`], the subject, the time, a random nonce and the body, each
+//! separated by `\n` (the body last, byte for byte), so a signature cannot be moved to another
+//! subject or body. The time bounds replays to [`MAX_SKEW_SECS`] either way; the appliance also
+//! refuses a signature it has seen within that window. The nonce is there because Ed25519 is
+//! deterministic: without it, the same command run twice within a second would be signed
+//! identically and the second taken for a replay. Pure: `now` and the nonce are passed in.
 
 use data_encoding::{BASE64URL, BASE64URL_NOPAD};
 
@@ -22,6 +24,8 @@ use crate::identity::keys::{self, KeyError, UserKey};
 pub const KEY_HEADER: &str = "Zester-Admin-Key";
 /// Header with the signing time, unix seconds.
 pub const TIME_HEADER: &str = "Zester-Admin-Time";
+/// Header with the request's random nonce (base64url), making every signature unique.
+pub const NONCE_HEADER: &str = "Zester-Admin-Nonce";
 /// Header with the Ed25519 signature, base64url without padding.
 pub const SIGNATURE_HEADER: &str = "Zester-Admin-Sig";
 /// Domain separation: a signature made for anything else never verifies here.
@@ -36,6 +40,8 @@ pub struct AdminProof {
     pub key: String,
     /// The signing time, unix seconds.
     pub time: i64,
+    /// The random nonce, as sent.
+    pub nonce: String,
     /// The signature, base64url.
     pub signature: String,
 }
@@ -72,51 +78,67 @@ pub enum ProofError {
 }
 
 /// The bytes that are signed for a request on `subject` with `body` at `time`.
-pub fn signing_input(subject: &str, time: i64, body: &[u8]) -> Vec<u8> {
-    let mut input = format!("{SIGNING_CONTEXT}\n{subject}\n{time}\n").into_bytes();
+pub fn signing_input(subject: &str, time: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
+    let mut input = format!("{SIGNING_CONTEXT}\n{subject}\n{time}\n{nonce}\n").into_bytes();
     input.extend_from_slice(body);
     input
 }
 
-/// Signs a request with `key` (the seed of the admin's creds).
+/// Signs a request with `key` (the seed of the admin's creds); `nonce` is random bytes the
+/// caller drew (16 are plenty).
 pub fn sign(
     key: &nkeys::KeyPair,
     subject: &str,
     time: i64,
+    nonce: &[u8],
     body: &[u8],
 ) -> Result<AdminProof, ProofError> {
+    let nonce = BASE64URL_NOPAD.encode(nonce);
     let signature = key
-        .sign(&signing_input(subject, time, body))
+        .sign(&signing_input(subject, time, &nonce, body))
         .map_err(|_| ProofError::NoSeed)?;
     Ok(AdminProof {
         key: key.public_key(),
         time,
+        nonce,
         signature: BASE64URL_NOPAD.encode(&signature),
     })
 }
 
 impl AdminProof {
-    /// The proof in the three header values (`None` when no header is there: an unsigned
-    /// request). A partial set is an error, never "unsigned".
+    /// The proof in the four header values (key, time, nonce, signature; `None` when no header
+    /// is there: an unsigned request). A partial set is an error, never "unsigned".
     pub fn from_headers(
         key: Option<&str>,
         time: Option<&str>,
+        nonce: Option<&str>,
         signature: Option<&str>,
     ) -> Result<Option<AdminProof>, ProofError> {
-        match (key, time, signature) {
-            (None, None, None) => Ok(None),
-            (Some(key), Some(time), Some(signature)) => Ok(Some(AdminProof {
+        match (key, time, nonce, signature) {
+            (None, None, None, None) => Ok(None),
+            (Some(key), Some(time), Some(nonce), Some(signature)) => Ok(Some(AdminProof {
                 key: key.to_string(),
                 time: time
                     .trim()
                     .parse()
                     .map_err(|_| ProofError::Incomplete("the time is not unix seconds"))?,
+                nonce: nonce.to_string(),
                 signature: signature.to_string(),
             })),
             _ => Err(ProofError::Incomplete(
-                "Zester-Admin-Key, -Time and -Sig go together",
+                "Zester-Admin-Key, -Time, -Nonce and -Sig go together",
             )),
         }
+    }
+
+    /// The proof as `(header, value)` pairs, to put on the request.
+    pub fn headers(&self) -> [(&'static str, String); 4] {
+        [
+            (KEY_HEADER, self.key.clone()),
+            (TIME_HEADER, self.time.to_string()),
+            (NONCE_HEADER, self.nonce.clone()),
+            (SIGNATURE_HEADER, self.signature.clone()),
+        ]
     }
 
     /// Checks the proof for a request on `subject` with `body` at `now`: a user key, a time
@@ -134,11 +156,10 @@ impl AdminProof {
             .decode(self.signature.as_bytes())
             .or_else(|_| BASE64URL.decode(self.signature.as_bytes()))
             .map_err(|_| ProofError::Encoding)?;
-        keys::verify(key.as_str(), &signing_input(subject, self.time, body), &raw).map_err(
-            |_| ProofError::Mismatch {
-                key: keys::shorten(key.as_str()),
-            },
-        )?;
+        let input = signing_input(subject, self.time, &self.nonce, body);
+        keys::verify(key.as_str(), &input, &raw).map_err(|_| ProofError::Mismatch {
+            key: keys::shorten(key.as_str()),
+        })?;
         Ok(key)
     }
 }
@@ -152,7 +173,26 @@ mod tests {
     #[test]
     fn a_signature_verifies_only_for_its_key_subject_body_and_time() {
         let alice = nkeys::KeyPair::new_user();
-        let proof = sign(&alice, "zester.admin.key.change", NOW, b"{\"id\":\"a\"}").unwrap();
+        let proof = sign(
+            &alice,
+            "zester.admin.key.change",
+            NOW,
+            b"n1",
+            b"{\"id\":\"a\"}",
+        )
+        .unwrap();
+        let twice = sign(
+            &alice,
+            "zester.admin.key.change",
+            NOW,
+            b"n2",
+            b"{\"id\":\"a\"}",
+        )
+        .unwrap();
+        assert_ne!(
+            proof.signature, twice.signature,
+            "the nonce makes each signature unique"
+        );
         let key = proof
             .verify("zester.admin.key.change", b"{\"id\":\"a\"}", NOW + 5)
             .unwrap();
@@ -168,6 +208,13 @@ mod tests {
         assert!(mismatch(proof.verify(
             "zester.admin.key.change",
             b"{\"id\":\"b\"}",
+            NOW
+        )));
+        let mut renonced = proof.clone();
+        renonced.nonce = twice.nonce.clone();
+        assert!(mismatch(renonced.verify(
+            "zester.admin.key.change",
+            b"{\"id\":\"a\"}",
             NOW
         )));
         let mut moved = proof.clone();
@@ -198,12 +245,15 @@ mod tests {
 
     #[test]
     fn headers_are_all_or_nothing() {
-        assert_eq!(AdminProof::from_headers(None, None, None), Ok(None));
-        assert!(AdminProof::from_headers(Some("U"), None, Some("s")).is_err());
-        assert!(AdminProof::from_headers(Some("U"), Some("soon"), Some("s")).is_err());
-        let proof = AdminProof::from_headers(Some("UK"), Some("12"), Some("sig"))
+        assert_eq!(AdminProof::from_headers(None, None, None, None), Ok(None));
+        assert!(AdminProof::from_headers(Some("U"), None, Some("n"), Some("s")).is_err());
+        assert!(AdminProof::from_headers(Some("U"), Some("12"), None, Some("s")).is_err());
+        assert!(AdminProof::from_headers(Some("U"), Some("soon"), Some("n"), Some("s")).is_err());
+        let proof = AdminProof::from_headers(Some("UK"), Some("12"), Some("n"), Some("sig"))
             .unwrap()
             .unwrap();
         assert_eq!(proof.time, 12);
+        let headers = proof.headers();
+        assert_eq!(headers[2], (NONCE_HEADER, "n".to_string()));
     }
 }
