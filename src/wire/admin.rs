@@ -91,7 +91,8 @@ pub struct ChangeRequest {
     pub id: String,
     /// The new state.
     pub to: KeyState,
-    /// Who asks (recorded in the history).
+    /// What the client says about who asks: not trusted, not recorded. The history records
+    /// the admin whose key signed the request (`wire::admin_auth`).
     pub by: String,
     /// Why (recorded in the history).
     pub reason: String,
