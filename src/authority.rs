@@ -199,7 +199,13 @@ impl Authority {
         let users = ServiceUsers {
             callout: authority.issue_creds(callout_user, "callout", &Role::Callout, now, 0)?,
             master: authority.issue_creds(KeyPair::new_user(), "master", &Role::Master, now, 0)?,
-            admin: authority.issue_creds(KeyPair::new_user(), "admin", &Role::Admin, now, 0)?,
+            admin: authority.issue_creds(
+                KeyPair::new_user(),
+                "admin",
+                &Role::Admin(None),
+                now,
+                0,
+            )?,
             sys: authority.issue_sys_creds(now)?,
         };
         Ok((authority, users))
@@ -455,7 +461,7 @@ impl Authority {
         let role = match name {
             "sys" => return Some(self.sys_creds(key, now, ttl)),
             "master" => Role::Master,
-            "admin" => Role::Admin,
+            "admin" => Role::Admin(None),
             "callout" => Role::Callout,
             _ => return None,
         };
@@ -504,7 +510,13 @@ impl Authority {
         let users = ServiceUsers {
             callout: authority.issue_creds(callout_user, "callout", &Role::Callout, now, 0)?,
             master: authority.issue_creds(KeyPair::new_user(), "master", &Role::Master, now, 0)?,
-            admin: authority.issue_creds(KeyPair::new_user(), "admin", &Role::Admin, now, 0)?,
+            admin: authority.issue_creds(
+                KeyPair::new_user(),
+                "admin",
+                &Role::Admin(None),
+                now,
+                0,
+            )?,
             sys: authority.issue_sys_creds(now)?,
         };
         Ok((authority, users))

@@ -67,6 +67,8 @@ enum Command {
         /// Print a JSON document instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: AdminConnArgs,
     },
     /// Send a command to peels, Salt style: `zester cmd 'web-*' test.ping`. TARGET is a peel
     /// id or a glob over accepted keys; one row per peel with its answer, or "no answer"
@@ -84,10 +86,14 @@ enum Command {
         /// Print a JSON document instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: AdminConnArgs,
     },
     /// Manage peel keys on the running appliance, salt-key style: list, show, accept,
     /// reject, revoke (cuts live connections at once), delete.
     Key {
+        #[command(flatten)]
+        admin: AdminConnArgs,
         #[command(subcommand)]
         command: KeyCommand,
     },
@@ -95,8 +101,19 @@ enum Command {
     /// token (`zester peel enrol … --token TOKEN`) is accepted at once; the token limits which
     /// ids, how many uses and for how long, and its tags become the key's trusted tags.
     Token {
+        #[command(flatten)]
+        admin: AdminConnArgs,
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Named admins: per-person admin creds (`add`), who they are (`list`), and cutting one
+    /// off at once (`remove`: key revoked, live sessions kicked). Every admin action the
+    /// appliance records names the admin whose key signed it.
+    Admin {
+        #[command(flatten)]
+        admin: AdminConnArgs,
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Secrets for one peel: ENC[<peel xkey>,<base64>] envelopes sealed from the master's
     /// curve key to the peel's (nkeys xkey format). Envelopes and plaintext go through
@@ -113,6 +130,8 @@ enum Command {
     /// Per-peel settings (pillar): a JSON document per peel, written by the master, readable
     /// only by that peel. Secret values go in as `zester secret encrypt` envelopes.
     Settings {
+        #[command(flatten)]
+        admin: AdminConnArgs,
         #[command(subcommand)]
         command: SettingsCommand,
     },
@@ -125,6 +144,75 @@ enum Command {
     Context {
         #[command(subcommand)]
         command: ContextCommand,
+    },
+}
+
+/// How an admin command reaches the appliance. Default: this home's admin creds, the URL in
+/// its runtime.json and its CA — on the appliance host nothing needs to be given.
+#[derive(Debug, Clone, clap::Args)]
+struct AdminConnArgs {
+    /// The admin's creds (yours, from `zester admin add`). Default: the context's, else
+    /// <home>/auth/admin.creds.
+    #[arg(long, global = true, env = "ZESTER_ADMIN_CREDS", value_name = "FILE")]
+    creds: Option<PathBuf>,
+    /// The appliance's URL, e.g. tls://host:4222. Default: the context's, else
+    /// <home>/nats/runtime.json.
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// The CA the server's certificate chains to (the appliance's pki/ca.pem). Default: the
+    /// context's, else <home>/pki/ca.pem.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A nats CLI context ($XDG_CONFIG_HOME/nats/context/NAME.json: its url, creds and ca);
+    /// --creds, --server and --ca win over it.
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+}
+
+impl AdminConnArgs {
+    fn target(self) -> zester::cli::client::AdminTarget {
+        zester::cli::client::AdminTarget {
+            creds: self.creds,
+            server: self.server,
+            ca: self.ca,
+            context: self.context,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Issue creds for a named admin: a fresh user key with the admin role and NAME, written
+    /// 0600 to <home>/admins/NAME.creds (or --out). With the appliance running it trusts the
+    /// key at once; otherwise the next `zester up` does. Give the file to that person.
+    Add {
+        /// The admin's name: letters, digits, '_' and '-', starting with a letter or digit, at
+        /// most 64 characters; not master, admin, callout, sys, service or store.
+        name: String,
+        /// Where to write the creds (mode 0600). Default: <home>/admins/NAME.creds.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing file, and an admin of that name (its old key is revoked).
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the named admins: name, key fingerprint, when and by whom they were added.
+    List {
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a named admin: refused from now on, its key revoked in the account, its live
+    /// connections cut off.
+    Remove {
+        /// The admin's name.
+        name: String,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -530,26 +618,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             secret_command(&home, command)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Settings { command } => return settings_command(&home, command),
+        Command::Settings { admin, command } => {
+            return settings_command(&home, &admin.target(), command)
+        }
+        Command::Admin { admin, command } => {
+            let target = admin.target();
+            let rt = runtime()?;
+            match command {
+                AdminCommand::Add {
+                    name,
+                    out,
+                    force,
+                    json,
+                } => (
+                    rt.block_on(zester::cli::admins::add(
+                        &home,
+                        &target,
+                        &name,
+                        out.as_deref(),
+                        force,
+                        now,
+                    ))?,
+                    json,
+                ),
+                AdminCommand::List { json } => (
+                    rt.block_on(zester::cli::admins::list(&home, &target))?,
+                    json,
+                ),
+                AdminCommand::Remove { name, json } => (
+                    rt.block_on(zester::cli::admins::remove(&home, &target, &name))?,
+                    json,
+                ),
+            }
+        }
         Command::Cmd {
             target,
             fun,
             args,
             timeout,
             json,
+            admin,
         } => {
             let secs = zester::identity::time::parse_duration(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             let timeout = std::time::Duration::from_secs(secs.max(1) as u64);
             (
-                runtime()?.block_on(zester::cli::cmd::run(&home, &target, &fun, &args, timeout))?,
+                runtime()?.block_on(zester::cli::cmd::run(
+                    &home,
+                    &admin.target(),
+                    &target,
+                    &fun,
+                    &args,
+                    timeout,
+                ))?,
                 json,
             )
         }
-        Command::Key { command } => runtime()?.block_on(key_command(&home, command))?,
-        Command::Token { command } => runtime()?.block_on(token_command(&home, command))?,
-        Command::Status { json } => {
-            match runtime()?.block_on(zester::cli::client::query_status(&home)) {
+        Command::Key { admin, command } => {
+            runtime()?.block_on(key_command(&home, &admin.target(), command))?
+        }
+        Command::Token { admin, command } => {
+            runtime()?.block_on(token_command(&home, &admin.target(), command))?
+        }
+        Command::Status { json, admin } => {
+            match runtime()?.block_on(zester::cli::client::query_status(&home, &admin.target())) {
                 Ok(status) => (commands::status(&status), json),
                 Err(e) => {
                     eprintln!("zester: {e}");
@@ -740,7 +872,11 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `zester settings set|show`, through the admin API.
-fn settings_command(home: &Home, command: SettingsCommand) -> anyhow::Result<ExitCode> {
+fn settings_command(
+    home: &Home,
+    target: &zester::cli::client::AdminTarget,
+    command: SettingsCommand,
+) -> anyhow::Result<ExitCode> {
     let (subject, body) = match command {
         SettingsCommand::Set { id, file } => {
             let text = if file.as_os_str() == "-" {
@@ -762,7 +898,7 @@ fn settings_command(home: &Home, command: SettingsCommand) -> anyhow::Result<Exi
         ),
     };
     let answer = runtime()?.block_on(async {
-        let client = zester::cli::client::admin_connect(home).await?;
+        let client = zester::cli::client::admin_connect_to(home, target).await?;
         zester::cli::client::admin_request(&client, subject, &body).await
     })?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -814,7 +950,11 @@ fn print(output: &Output, json: bool) -> anyhow::Result<()> {
     }
 }
 
-async fn token_command(home: &Home, command: TokenCommand) -> anyhow::Result<(Output, bool)> {
+async fn token_command(
+    home: &Home,
+    target: &zester::cli::client::AdminTarget,
+    command: TokenCommand,
+) -> anyhow::Result<(Output, bool)> {
     use zester::cli::token;
     Ok(match command {
         TokenCommand::Create {
@@ -826,6 +966,7 @@ async fn token_command(home: &Home, command: TokenCommand) -> anyhow::Result<(Ou
         } => (
             token::create(
                 home,
+                target,
                 &token::CreateOptions {
                     ids,
                     uses,
@@ -836,12 +977,16 @@ async fn token_command(home: &Home, command: TokenCommand) -> anyhow::Result<(Ou
             .await?,
             json,
         ),
-        TokenCommand::List { json } => (token::list(home).await?, json),
-        TokenCommand::Revoke { id, json } => (token::revoke(home, &id).await?, json),
+        TokenCommand::List { json } => (token::list(home, target).await?, json),
+        TokenCommand::Revoke { id, json } => (token::revoke(home, target, &id).await?, json),
     })
 }
 
-async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output, bool)> {
+async fn key_command(
+    home: &Home,
+    target: &zester::cli::client::AdminTarget,
+    command: KeyCommand,
+) -> anyhow::Result<(Output, bool)> {
     use zester::wire::record::KeyState;
     let act = |to: Option<KeyState>, from: Option<KeyState>, args: KeyActionArgs| {
         let KeyActionArgs { target, options } = args;
@@ -865,9 +1010,11 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
                 "denied" => (None, true),
                 other => (Some(parse_state(other)?), false),
             };
-            return Ok((commands::key_list(home, state, denied).await?, json));
+            return Ok((commands::key_list(home, target, state, denied).await?, json));
         }
-        KeyCommand::Show { id, json } => return Ok((commands::key_show(home, &id).await?, json)),
+        KeyCommand::Show { id, json } => {
+            return Ok((commands::key_show(home, target, &id).await?, json))
+        }
         KeyCommand::Accept {
             all_pending,
             reconsider,
@@ -908,7 +1055,7 @@ async fn key_command(home: &Home, command: KeyCommand) -> anyhow::Result<(Output
             (a, None, j)
         }
     };
-    let output = commands::key_act(home, &action, only, confirm).await?;
+    let output = commands::key_act(home, target, &action, only, confirm).await?;
     Ok((output, json))
 }
 

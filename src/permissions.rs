@@ -5,6 +5,7 @@
 //! Nothing here is taken from what a client claims: the callout decides the role from the key
 //! record and asks this module what that role may do.
 
+use crate::identity::admin_name::AdminName;
 use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::peel_id::PeelId;
 use crate::wire::subjects;
@@ -19,8 +20,10 @@ pub enum Role {
     Peel(PeelId),
     /// The master: drives the fleet, owns the KV buckets.
     Master,
-    /// An operator's tools (`zester key …`).
-    Admin,
+    /// An operator's tools (`zester key …`): the home's own admin creds (`None`) or a named
+    /// admin made by `zester admin add` (its name, from zester's own list, never from the
+    /// client). Every admin has the same permissions; the name is who the appliance records.
+    Admin(Option<AdminName>),
     /// A key that is enrolling: it may only talk about itself.
     Enrolling {
         /// The enrolling nkey (U…).
@@ -42,11 +45,22 @@ impl Role {
         match self {
             Role::Peel(_) => "peel",
             Role::Master => "master",
-            Role::Admin => "admin",
+            Role::Admin(_) => "admin",
             Role::Enrolling { .. } => "enrolling",
             Role::Callout => "callout",
             Role::Service => "service",
             Role::Store => "store",
+        }
+    }
+
+    /// Who a session of this role is filed and recorded as: the peel id, the enrolling key,
+    /// `admin` for the home's admin creds, `admin:<name>` for a named admin, else the role name.
+    pub fn identity(&self) -> String {
+        match self {
+            Role::Peel(id) => id.to_string(),
+            Role::Enrolling { nkey } => nkey.clone(),
+            Role::Admin(Some(name)) => name.identity(),
+            other => other.name().to_string(),
         }
     }
 
@@ -55,7 +69,7 @@ impl Role {
         match self {
             Role::Peel(id) => subjects::peel_inbox_prefix(id.as_str()),
             Role::Master => MASTER_INBOX_PREFIX.to_string(),
-            Role::Admin | Role::Callout => ADMIN_INBOX_PREFIX.to_string(),
+            Role::Admin(_) | Role::Callout => ADMIN_INBOX_PREFIX.to_string(),
             Role::Enrolling { nkey } => subjects::enrolling_inbox_prefix(nkey),
             Role::Service => subjects::SERVICE_INBOX_PREFIX.to_string(),
             Role::Store => subjects::STORE_INBOX_PREFIX.to_string(),
@@ -111,7 +125,7 @@ pub fn permissions_for(role: &Role) -> Permissions {
                 resp: None,
             }
         }
-        Role::Admin => Permissions {
+        Role::Admin(_) => Permissions {
             publish: allow(&strings(&[
                 "zester.cmd.>",
                 "zester.job.>",
@@ -282,6 +296,16 @@ mod tests {
     #[test]
     fn admin_inbox_is_reserved() {
         assert!(PeelId::parse("_admin").is_err());
-        assert_eq!(Role::Admin.inbox_prefix(), ADMIN_INBOX_PREFIX);
+        assert_eq!(Role::Admin(None).inbox_prefix(), ADMIN_INBOX_PREFIX);
+    }
+
+    #[test]
+    fn a_named_admin_has_exactly_the_admin_permissions_and_its_own_identity() {
+        let alice = Role::Admin(Some(AdminName::parse("alice").unwrap()));
+        assert_eq!(permissions_for(&alice), permissions_for(&Role::Admin(None)));
+        assert_eq!(alice.name(), "admin");
+        assert_eq!(alice.identity(), "admin:alice");
+        assert_eq!(Role::Admin(None).identity(), "admin");
+        assert_eq!(alice.inbox_prefix(), ADMIN_INBOX_PREFIX);
     }
 }

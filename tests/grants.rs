@@ -101,7 +101,7 @@ fn the_readme_lists_every_connections_grants_as_issued() {
             "peel" => session(Role::Peel(PeelId::parse("web-01").unwrap())),
             "enrolling" => session(Role::Enrolling { nkey: nkey.clone() }),
             "master" => session(Role::Master),
-            "admin" => session(Role::Admin),
+            "admin" => session(Role::Admin(None)),
             "service" => session(Role::Service),
             "store" => session(Role::Store),
             "callout" => from_creds("callout"),

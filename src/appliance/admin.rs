@@ -15,8 +15,7 @@ use futures_util::StreamExt;
 
 use serde_json::{json, Value};
 
-use crate::appliance::callout::audit::AuditSink;
-use crate::appliance::callout::audit::Source;
+use crate::appliance::callout::audit::{AuditRecord, AuditSink, Source, Verdict};
 use crate::appliance::callout::decide::Trust;
 use crate::appliance::callout::service::CalloutState;
 use crate::appliance::keys::{KeyRecord, KeyState, KeyStore};
@@ -105,6 +104,43 @@ pub enum AdminError {
     /// The server refused the claim update, in its own words.
     #[error("updating the ZESTER account: the server refused the update: {0}")]
     AccountRefused(String),
+    /// A request that changes something came without an admin's signature.
+    #[error("refused: {subject} changes something and must be signed by an admin's key (use the zester CLI with admin creds)")]
+    Unsigned {
+        /// The subject.
+        subject: String,
+    },
+    /// The request's proof of identity does not verify.
+    #[error("refused: {0}")]
+    Proof(#[from] crate::wire::admin_auth::ProofError),
+    /// The request was signed by a key that is not an admin's.
+    #[error(
+        "refused: the request is signed by {key}, which is not an admin this appliance trusts"
+    )]
+    NotAnAdmin {
+        /// The key (shortened).
+        key: String,
+    },
+    /// The same signature was seen before.
+    #[error("refused: this admin signature was already used (a replayed request)")]
+    Replayed,
+    /// A bad admin name.
+    #[error(transparent)]
+    AdminName(#[from] crate::identity::admin_name::AdminNameError),
+    /// No named admin of that name.
+    #[error("no named admin {name} (see `zester admin list`)")]
+    NoSuchAdmin {
+        /// The name.
+        name: String,
+    },
+    /// A named admin of that name exists.
+    #[error(
+        "admin {name} exists already: pass --force to replace its key (the old one is revoked)"
+    )]
+    AdminExists {
+        /// The name.
+        name: String,
+    },
     /// The key must not go into the account's revocations.
     #[error(
         "updating the ZESTER account: refusing to revoke {:?}: {why}",
@@ -138,6 +174,27 @@ pub struct AdminService {
     pub tokens: Arc<crate::appliance::tokens::TokenStore>,
     /// Where refused requests are audited.
     pub audit: AuditSink,
+    /// Admin signatures seen within the replay window, with their signing time.
+    pub seen: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// Who asked for an admin request, as the appliance verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// A read that came unsigned.
+    Unsigned,
+    /// An admin: `admin` (the home's creds) or `admin:<name>`.
+    By(String),
+}
+
+impl Asked {
+    /// The identity recorded for the request.
+    pub fn identity(&self) -> &str {
+        match self {
+            Asked::Unsigned => "unsigned",
+            Asked::By(identity) => identity,
+        }
+    }
 }
 
 impl AdminService {
@@ -151,9 +208,10 @@ impl AdminService {
         let creds = client.subscribe(CREDS_ROTATE).await?;
         let settings = client.subscribe(SETTINGS_REQUESTS).await?;
         let tokens = client.subscribe(TOKEN_REQUESTS).await?;
+        let admins = client.subscribe(ADMINS_REQUESTS).await?;
         let mut requests = futures_util::stream::select(
             futures_util::stream::select(keys, creds),
-            futures_util::stream::select(settings, tokens),
+            futures_util::stream::select(settings, futures_util::stream::select(tokens, admins)),
         );
         client.flush().await?;
         Ok(tokio::spawn(async move {
@@ -166,14 +224,107 @@ impl AdminService {
                 let service = self.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let outcome = service.handle(&request.subject, &request.payload).await;
+                    let outcome = match service.identify(&request, now_unix()) {
+                        Ok(asked) => {
+                            service
+                                .handle(&request.subject, &request.payload, &asked)
+                                .await
+                        }
+                        Err(refused) => {
+                            service.audit_refused(&request, &refused);
+                            Err(refused)
+                        }
+                    };
                     respond::answer(&client, reply, outcome, "an admin request").await;
                 });
             }
         }))
     }
 
-    async fn handle(&self, subject: &str, payload: &[u8]) -> Result<Value, AdminError> {
+    /// Who sent `request`: the admin whose key signed it (see `wire::admin_auth`), checked
+    /// against the keys this appliance trusts as admins at this moment. Unsigned requests may
+    /// only read.
+    pub fn identify(&self, request: &async_nats::Message, now: i64) -> Result<Asked, AdminError> {
+        use crate::wire::admin_auth::{
+            AdminProof, KEY_HEADER, MAX_SKEW_SECS, NONCE_HEADER, SIGNATURE_HEADER, TIME_HEADER,
+        };
+        let header = |name: &str| {
+            request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
+        let proof = AdminProof::from_headers(
+            header(KEY_HEADER),
+            header(TIME_HEADER),
+            header(NONCE_HEADER),
+            header(SIGNATURE_HEADER),
+        )?;
+        let Some(proof) = proof else {
+            if changes_something(request.subject.as_str()) {
+                return Err(AdminError::Unsigned {
+                    subject: request.subject.to_string(),
+                });
+            }
+            return Ok(Asked::Unsigned);
+        };
+        let key = proof.verify(request.subject.as_str(), &request.payload, now)?;
+        let role = match self.callout.trust().services.get(key.as_str()) {
+            Some(role @ Role::Admin(_)) => role.clone(),
+            _ => {
+                return Err(AdminError::NotAnAdmin {
+                    key: crate::identity::keys::shorten(key.as_str()),
+                })
+            }
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| (now - *at).abs() <= 2 * MAX_SKEW_SECS);
+        if seen.insert(proof.signature.clone(), proof.time).is_some() {
+            return Err(AdminError::Replayed);
+        }
+        Ok(Asked::By(role.identity()))
+    }
+
+    /// Audits an admin request refused before it was acted on, with the claimed key.
+    fn audit_refused(&self, request: &async_nats::Message, refused: &AdminError) {
+        let mut record = AuditRecord::at(now_unix(), Source::Admin, Verdict::Refuse);
+        record.code = match refused {
+            AdminError::Unsigned { .. } => "admin_unsigned",
+            AdminError::NotAnAdmin { .. } => "admin_not_trusted",
+            AdminError::Replayed => "admin_replayed",
+            _ => "admin_signature_invalid",
+        }
+        .into();
+        record.reason = format!("{refused} (request on {} not acted on)", request.subject);
+        record.role = "admin".into();
+        record.nkey = request
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::wire::admin_auth::KEY_HEADER))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        self.audit.record(record);
+    }
+
+    /// Audits an admin action that was carried out, attributed to the verified `asked`.
+    fn audit_action(&self, asked: &Asked, code: &str, peel: &str, reason: String) {
+        let mut record = AuditRecord::at(now_unix(), Source::Admin, Verdict::Allow);
+        record.code = code.into();
+        record.reason = reason;
+        record.role = "admin".into();
+        record.peel_id = peel.into();
+        record.admin = asked.identity().to_string();
+        self.audit.record(record);
+    }
+
+    async fn handle(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
+        let by = asked.identity();
         let parse_error = |e: serde_json::Error| AdminError::BadRequest(e.to_string());
         match subject {
             KEY_LIST => {
@@ -205,11 +356,23 @@ impl AdminService {
             KEY_CHANGE => {
                 let request: ChangeRequest =
                     serde_json::from_slice(payload).map_err(parse_error)?;
-                Ok(json!(self.change(request).await?))
+                let (id, to) = (request.id.clone(), request.to);
+                let reply = self.change(request, by).await?;
+                self.audit_action(
+                    asked,
+                    &format!("key_{}", to.as_str()),
+                    &id,
+                    format!("key of {id} {} by {by}", to.as_str()),
+                );
+                Ok(json!(reply))
             }
             KEY_REGISTER => {
-                let record = KeyRecord::from_json(payload, "the registration request")
+                let mut record = KeyRecord::from_json(payload, "the registration request")
                     .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                // Who registered it is the verified admin, not what the CLI wrote.
+                if let Some(change) = record.history.last_mut() {
+                    change.by = by.to_string();
+                }
                 if record.state != KeyState::Accepted {
                     return Err(AdminError::BadRequest(format!(
                         "only accepted keys are registered, not {}",
@@ -223,7 +386,16 @@ impl AdminService {
                     .keys
                     .wait_for_revision(revision, Duration::from_secs(5))
                     .await;
-                tracing::info!(target: "audit", peel = %record.id, fingerprint = %record.fingerprint(), "key registered by creds issue");
+                tracing::info!(target: "audit", peel = %record.id, fingerprint = %record.fingerprint(), by, "key registered by creds issue");
+                self.audit_action(
+                    asked,
+                    "key_registered",
+                    record.id.as_str(),
+                    format!(
+                        "key {} registered by {by} (creds issue)",
+                        record.fingerprint()
+                    ),
+                );
                 Ok(json!({ "id": record.id.as_str(), "revision": revision }))
             }
             KEY_DELETE => {
@@ -244,6 +416,12 @@ impl AdminService {
                     return Err(AdminError::DeleteAccepted { id: request.id });
                 }
                 self.keys.delete(&record.id, revision).await?;
+                self.audit_action(
+                    asked,
+                    "key_deleted",
+                    record.id.as_str(),
+                    format!("key record of {} deleted by {by}", record.id),
+                );
                 Ok(json!({ "deleted": record.id.as_str() }))
             }
             SETTINGS_SET | SETTINGS_GET => {
@@ -259,7 +437,13 @@ impl AdminService {
                         .set(&id, &request["document"])
                         .await
                         .map_err(settings_error)?;
-                    tracing::info!(target: "audit", peel = %id, revision, "settings replaced");
+                    tracing::info!(target: "audit", peel = %id, revision, by, "settings replaced");
+                    self.audit_action(
+                        asked,
+                        "settings_replaced",
+                        id.as_str(),
+                        format!("settings of {id} replaced by {by} (revision {revision})"),
+                    );
                     Ok(json!({ "id": id.as_str(), "revision": revision }))
                 } else {
                     Ok(
@@ -268,14 +452,35 @@ impl AdminService {
                 }
             }
             TOKEN_CREATE | TOKEN_LIST | TOKEN_REVOKE => {
-                crate::appliance::tokens::handle_admin(&self.tokens, subject, payload)
+                crate::appliance::tokens::handle_admin(&self.tokens, subject, payload, by)
                     .await
                     .map_err(|e| AdminError::BadRequest(e.to_string()))
             }
             CREDS_ROTATE => {
                 let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;
-                self.rotate_service_creds(request["role"].as_str().unwrap_or_default())
-                    .await
+                let role = request["role"].as_str().unwrap_or_default();
+                let rotated = self.rotate_service_creds(role).await?;
+                self.audit_action(
+                    asked,
+                    "service_creds_rotated",
+                    "",
+                    format!("{role} creds rotated by {by}"),
+                );
+                Ok(rotated)
+            }
+            ADMINS_LIST => {
+                let list = crate::home::admins::AdminList::read(&self.home)?;
+                Ok(json!(list.admins))
+            }
+            ADMINS_ADD => {
+                let request: AdminAddRequest =
+                    serde_json::from_slice(payload).map_err(parse_error)?;
+                self.add_admin(request, asked).await
+            }
+            ADMINS_REMOVE => {
+                let request: AdminRemoveRequest =
+                    serde_json::from_slice(payload).map_err(parse_error)?;
+                self.remove_admin(request, asked).await
             }
             other => Err(AdminError::BadRequest(format!(
                 "unknown admin subject {other}"
@@ -305,9 +510,9 @@ impl AdminService {
         Ok((record, revision))
     }
 
-    async fn change(&self, request: ChangeRequest) -> Result<ChangeReply, AdminError> {
+    async fn change(&self, request: ChangeRequest, by: &str) -> Result<ChangeReply, AdminError> {
         if request.replace {
-            return self.replace(request).await;
+            return self.replace(request, by).await;
         }
         let started = Instant::now();
         let (record, revision) = self
@@ -326,7 +531,8 @@ impl AdminService {
             }
         }
         let now = now_unix();
-        let changed = record.transition(request.to, &request.by, &request.reason, now)?;
+        // The history records the verified admin; `request.by` is only what the client claimed.
+        let changed = record.transition(request.to, by, &request.reason, now)?;
         let new_revision = self.keys.update(&record.id, revision, &changed).await?;
         let _ = self
             .keys
@@ -346,14 +552,14 @@ impl AdminService {
             reply.kicked += self.kick_unlisted(record.id.as_str()).await;
             tracing::warn!(peel = %record.id, kicked = reply.kicked, ms = ?reply.cut_off_ms, "key revoked");
         } else {
-            tracing::info!(peel = %record.id, state = %request.to, by = %request.by, "key state changed");
+            tracing::info!(peel = %record.id, state = %request.to, by, "key state changed");
         }
         Ok(reply)
     }
 
     /// `key accept ID --replace --fingerprint FP`: re-binds the id to the denied claim with
     /// that fingerprint (the rebuilt-machine case); the key it held is kicked and revoked.
-    async fn replace(&self, request: ChangeRequest) -> Result<ChangeReply, AdminError> {
+    async fn replace(&self, request: ChangeRequest, by: &str) -> Result<ChangeReply, AdminError> {
         let started = Instant::now();
         let fingerprint = request.fingerprint.clone().ok_or_else(|| {
             AdminError::BadRequest(
@@ -374,7 +580,7 @@ impl AdminService {
             request.reason.clone()
         };
         let rebound = record
-            .rebound(&fingerprint, &request.by, &reason, now)?
+            .rebound(&fingerprint, by, &reason, now)?
             .ok_or_else(|| AdminError::NoDeniedClaim {
                 id: request.id.clone(),
                 fingerprint: fingerprint.clone(),
@@ -394,7 +600,7 @@ impl AdminService {
         let cut_off_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         self.revoke_in_account(&record.nkey, now).await?;
         kicked += self.kick_unlisted(record.id.as_str()).await;
-        tracing::warn!(target: "audit", peel = %record.id, from = %record.fingerprint(), to = %rebound.fingerprint(), kicked, by = %request.by, "id re-bound to a denied claim; the old key is revoked");
+        tracing::warn!(target: "audit", peel = %record.id, from = %record.fingerprint(), to = %rebound.fingerprint(), kicked, by = %by, "id re-bound to a denied claim; the old key is revoked");
         Ok(ChangeReply {
             record: rebound,
             kicked,
@@ -415,7 +621,7 @@ impl AdminService {
     async fn rotate_service_creds(&self, role_name: &str) -> Result<Value, AdminError> {
         let role = match role_name {
             "master" => Role::Master,
-            "admin" => Role::Admin,
+            "admin" => Role::Admin(None),
             other => {
                 return Err(AdminError::BadRequest(format!(
                     "cannot rotate {other:?}: use master or admin"
@@ -494,6 +700,130 @@ impl AdminService {
         kicked
     }
 
+    /// `zester admin add` with the appliance running: the key joins `auth/admins.json` and the
+    /// callout's trust at once (as `Role::Admin(Some(name))`). With `force`, an admin of that
+    /// name gets the new key and its old key is revoked and its sessions kicked.
+    async fn add_admin(
+        &self,
+        request: AdminAddRequest,
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
+        let name = crate::identity::admin_name::AdminName::parse(&request.name)?;
+        let key = UserKey::parse(&request.nkey)?;
+        let now = now_unix();
+        let replaced = {
+            let _guard = self.account_lock.lock().await;
+            let mut list = crate::home::admins::AdminList::read(&self.home)?;
+            if list.get(&name).is_some() && !request.force {
+                return Err(AdminError::AdminExists {
+                    name: name.to_string(),
+                });
+            }
+            let trust = self.callout.trust();
+            if trust.services.contains_key(key.as_str()) {
+                return Err(AdminError::BadRequest(
+                    "that key already belongs to one of zester's own users or admins".into(),
+                ));
+            }
+            let replaced = list.put(AdminEntry {
+                name: name.clone(),
+                nkey: key.to_string(),
+                added_at: now,
+                added_by: asked.identity().to_string(),
+            });
+            list.write(&self.home)?;
+            let mut services = trust.services.clone();
+            if let Some(old) = &replaced {
+                services.remove(old.nkey.as_str());
+            }
+            services.insert(key.clone(), Role::Admin(Some(name.clone())));
+            self.callout.set_trust(Trust {
+                services,
+                ..(*trust).clone()
+            });
+            replaced
+        };
+        let mut kicked = 0;
+        if let Some(old) = &replaced {
+            kicked = self.cut_off_admin(&name, &old.nkey, now).await?;
+        }
+        self.audit_action(
+            asked,
+            "admin_added",
+            "",
+            format!(
+                "admin {name} (key {}) added by {}{}",
+                crate::appliance::keys::fingerprint(key.as_str()),
+                asked.identity(),
+                if replaced.is_some() {
+                    format!("; its previous key revoked, {kicked} session(s) kicked")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        Ok(json!({
+            "name": name,
+            "fingerprint": crate::appliance::keys::fingerprint(key.as_str()),
+            "added_by": asked.identity(),
+            "replaced": replaced.is_some(),
+        }))
+    }
+
+    /// `zester admin remove`: out of `auth/admins.json` and the callout's trust (refused from
+    /// its next connection), its key revoked in the account, its live sessions kicked.
+    async fn remove_admin(
+        &self,
+        request: AdminRemoveRequest,
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
+        let name = crate::identity::admin_name::AdminName::parse(&request.name)?;
+        let now = now_unix();
+        let removed = {
+            let _guard = self.account_lock.lock().await;
+            let mut list = crate::home::admins::AdminList::read(&self.home)?;
+            let removed = list.remove(&name).ok_or_else(|| AdminError::NoSuchAdmin {
+                name: name.to_string(),
+            })?;
+            list.write(&self.home)?;
+            let trust = self.callout.trust();
+            let mut services = trust.services.clone();
+            services.remove(removed.nkey.as_str());
+            self.callout.set_trust(Trust {
+                services,
+                ..(*trust).clone()
+            });
+            removed
+        };
+        let kicked = self.cut_off_admin(&name, &removed.nkey, now).await?;
+        tracing::warn!(target: "audit", admin = %name, kicked, by = asked.identity(), "named admin removed");
+        self.audit_action(
+            asked,
+            "admin_removed",
+            "",
+            format!(
+                "admin {name} removed by {}: key {} revoked, {kicked} live session(s) kicked",
+                asked.identity(),
+                crate::appliance::keys::fingerprint(&removed.nkey)
+            ),
+        );
+        Ok(json!({ "name": name, "kicked": kicked, "revoked": removed.nkey }))
+    }
+
+    /// Revokes a named admin's (former) key and kicks its sessions, listed or not.
+    async fn cut_off_admin(
+        &self,
+        name: &crate::identity::admin_name::AdminName,
+        nkey: &str,
+        now: i64,
+    ) -> Result<usize, AdminError> {
+        let identity = name.identity();
+        let mut kicked = self.kick(&identity, Some(nkey)).await;
+        self.revoke_in_account(nkey, now).await?;
+        kicked += self.kick_unlisted(&identity).await;
+        Ok(kicked)
+    }
+
     /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
     /// keeps it in the home and in the callout's trust. Only a peel's user key can be revoked
     /// this way: never `*`, another kind of key, or a key of zester's own users.
@@ -543,8 +873,11 @@ pub fn check_revocable(nkey: &str, trust: &Trust) -> Result<(), AdminError> {
     if crate::identity::keys::expect_role(nkey, &[crate::identity::keys::KeyRole::User]).is_err() {
         return refuse("not a user key");
     }
-    if trust.services.contains_key(nkey) {
-        return refuse("it is a key of one of zester's own users");
+    // A named admin's key may be revoked (`zester admin remove`); zester's own users' never.
+    if let Some(role) = trust.services.get(nkey) {
+        if !matches!(role, Role::Admin(Some(_))) {
+            return refuse("it is a key of one of zester's own users");
+        }
     }
     if trust
         .account

@@ -190,9 +190,6 @@ pub struct CreateRequest {
     /// Trusted tags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
-    /// Who asks.
-    #[serde(default)]
-    pub by: String,
 }
 
 /// Why an admin's token request was refused.
@@ -211,6 +208,7 @@ pub async fn handle_admin(
     store: &TokenStore,
     subject: &str,
     payload: &[u8],
+    by: &str,
 ) -> Result<serde_json::Value, TokenAdminError> {
     use crate::wire::admin::{TOKEN_CREATE, TOKEN_LIST, TOKEN_REVOKE};
     use serde_json::json;
@@ -242,7 +240,7 @@ pub async fn handle_admin(
                 request.uses,
                 request.ttl,
                 request.tags,
-                &request.by,
+                by,
                 now,
             )?;
             store.create(&token.record).await?;
@@ -263,7 +261,7 @@ pub async fn handle_admin(
             let id = request["id"].as_str().unwrap_or_default();
             match store.revoke(id).await? {
                 Some(record) => {
-                    tracing::info!(target: "audit", token = %record.id, "join token revoked");
+                    tracing::info!(target: "audit", token = %record.id, by = %by, "join token revoked");
                     Ok(json!({ "revoked": record.id }))
                 }
                 None => Err(bad(format!(

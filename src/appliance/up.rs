@@ -732,6 +732,7 @@ async fn serve_services(
         settings,
         tokens,
         audit: audit.clone(),
+        seen: Default::default(),
     });
     tasks.push(
         admin
@@ -873,12 +874,18 @@ fn repair_revocations(
     Ok(authority)
 }
 
-/// Master and admin are recognised by their keys in the home, never by what they claim.
+/// Master and admins are recognised by their keys in the home, never by what they claim: the
+/// home's admin creds, and the named admins of `auth/admins.json` (`zester admin add`).
 fn service_roles(home: &Home) -> Result<std::collections::HashMap<UserKey, Role>, UpError> {
     let mut services = std::collections::HashMap::new();
-    for (name, role) in [("master", Role::Master), ("admin", Role::Admin)] {
+    for (name, role) in [("master", Role::Master), ("admin", Role::Admin(None))] {
         let creds = home::read_creds(&home.service_creds(name))?;
         services.insert(UserKey::parse(&creds.key().public_key())?, role);
+    }
+    for admin in home::admins::AdminList::read(home)?.admins {
+        let key = UserKey::parse(&admin.nkey)?;
+        // A named admin never takes the place of the master's or the home admin's key.
+        services.entry(key).or_insert(Role::Admin(Some(admin.name)));
     }
     Ok(services)
 }

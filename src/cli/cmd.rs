@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::client::{admin_connect, admin_request, StatusError};
+use crate::cli::client::{admin_connect_to, admin_request, StatusError};
 use crate::cli::output::Output;
 use crate::home::Home;
 use crate::identity::peel_id::glob_matches;
@@ -46,12 +46,13 @@ pub enum Reply {
 /// Runs FUN with `args` on every accepted peel matching `target`.
 pub async fn run(
     home: &Home,
+    admin: &crate::cli::client::AdminTarget,
     target: &str,
     fun: &str,
     args: &[String],
     timeout: Duration,
 ) -> Result<Output, CmdError> {
-    let client = admin_connect(home).await?;
+    let client = admin_connect_to(home, admin).await?;
     let keys: Vec<KeySummary> = serde_json::from_value(
         admin_request(&client, KEY_LIST, &json!({ "state": KeyState::Accepted })).await?,
     )

@@ -475,10 +475,11 @@ pub enum KeyCommandError {
 /// per claim.
 pub async fn key_list(
     home: &Home,
+    target: &crate::cli::client::AdminTarget,
     state: Option<KeyState>,
     denied: bool,
 ) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let list = crate::cli::client::admin_request(
         &client,
         crate::wire::admin::KEY_LIST,
@@ -548,8 +549,12 @@ pub async fn key_list(
 }
 
 /// `zester key show ID`.
-pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+pub async fn key_show(
+    home: &Home,
+    target: &crate::cli::client::AdminTarget,
+    id: &str,
+) -> Result<Output, KeyCommandError> {
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let shown = crate::cli::client::key_show(&client, id).await?;
     let record = &shown["record"];
     let mut human = format!(
@@ -615,11 +620,12 @@ pub async fn key_show(home: &Home, id: &str) -> Result<Output, KeyCommandError> 
 /// glob `*` over pending keys).
 pub async fn key_act(
     home: &Home,
+    target: &crate::cli::client::AdminTarget,
     action: &KeyAction,
     only_state: Option<KeyState>,
     confirm: impl Fn(&[String]) -> bool,
 ) -> Result<Output, KeyCommandError> {
-    let client = crate::cli::client::admin_connect(home).await?;
+    let client = crate::cli::client::admin_connect_to(home, target).await?;
     let ids: Vec<String> = if crate::identity::peel_id::is_glob(&action.target) {
         let list = crate::cli::client::admin_request(
             &client,
@@ -646,10 +652,9 @@ pub async fn key_act(
     if ids.len() > 1 && !action.yes && !confirm(&ids) {
         return Err(KeyCommandError::Declined);
     }
-    let by = format!(
-        "admin@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
-    );
+    // Who acts is what the appliance verifies from the request's signature, never a name
+    // sent here (it used to be `$USER`); the field stays for older appliances.
+    let by = String::new();
     let mut human = String::new();
     let mut results = Vec::new();
     let mut failed = 0;
@@ -727,7 +732,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
             let authority = home.load_authority()?;
             let role_value = match role {
                 "master" => crate::permissions::Role::Master,
-                _ => crate::permissions::Role::Admin,
+                _ => crate::permissions::Role::Admin(None),
             };
             let creds = authority
                 .issue_creds(nkeys::KeyPair::new_user(), role, &role_value, now, 0)

@@ -1,6 +1,7 @@
-//! The admin's terminal: the bodies of the CLI commands (`commands`), nats CLI contexts
+//! The admin's terminal: the bodies of the CLI commands (`commands`), named admins (`admins`), nats CLI contexts
 //! (`context`), `zester cmd` (`cmd`) and the client of a running appliance (`client`). `main.rs` parses arguments and calls these.
 
+pub mod admins;
 pub mod client;
 pub mod cmd;
 pub mod commands;

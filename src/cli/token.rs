@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::cli::client::{admin_connect, admin_request, StatusError};
+use crate::cli::client::{admin_connect_to, admin_request, AdminTarget, StatusError};
 use crate::cli::output::Output;
 use crate::home::Home;
 use crate::identity::time::{parse_duration, rfc3339, DurationError};
@@ -40,7 +40,11 @@ pub struct CreateOptions {
 }
 
 /// `zester token create`: prints the token once.
-pub async fn create(home: &Home, options: &CreateOptions) -> Result<Output, TokenCommandError> {
+pub async fn create(
+    home: &Home,
+    target: &AdminTarget,
+    options: &CreateOptions,
+) -> Result<Output, TokenCommandError> {
     let ttl = parse_duration(&options.ttl).map_err(TokenCommandError::Ttl)?;
     let mut tags = BTreeMap::new();
     for tag in &options.tags {
@@ -48,15 +52,13 @@ pub async fn create(home: &Home, options: &CreateOptions) -> Result<Output, Toke
             .ok_or_else(|| TokenCommandError::Tag(tag.clone()))?;
         tags.insert(key, value);
     }
-    let by = format!(
-        "admin@{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
-    );
-    let client = admin_connect(home).await?;
+    // Who made it is what the appliance verified of this connection's signature, not a name
+    // sent here.
+    let client = admin_connect_to(home, target).await?;
     let created = admin_request(
         &client,
         TOKEN_CREATE,
-        &json!({ "ids": options.ids, "uses": options.uses, "ttl": ttl, "tags": tags, "by": by }),
+        &json!({ "ids": options.ids, "uses": options.uses, "ttl": ttl, "tags": tags }),
     )
     .await?;
     let human = format!(
@@ -90,8 +92,8 @@ fn tags_text(tags: &Value) -> String {
 }
 
 /// `zester token list`: never the secret (the appliance does not have it).
-pub async fn list(home: &Home) -> Result<Output, TokenCommandError> {
-    let client = admin_connect(home).await?;
+pub async fn list(home: &Home, target: &AdminTarget) -> Result<Output, TokenCommandError> {
+    let client = admin_connect_to(home, target).await?;
     let list = admin_request(&client, TOKEN_LIST, &json!({})).await?;
     let now = crate::home::now_unix();
     let mut human = format!(
@@ -135,8 +137,12 @@ pub async fn list(home: &Home) -> Result<Output, TokenCommandError> {
 }
 
 /// `zester token revoke ID`.
-pub async fn revoke(home: &Home, id: &str) -> Result<Output, TokenCommandError> {
-    let client = admin_connect(home).await?;
+pub async fn revoke(
+    home: &Home,
+    target: &AdminTarget,
+    id: &str,
+) -> Result<Output, TokenCommandError> {
+    let client = admin_connect_to(home, target).await?;
     let revoked = admin_request(&client, TOKEN_REVOKE, &json!({ "id": id })).await?;
     Ok(Output {
         human: format!(

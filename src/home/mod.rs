@@ -17,6 +17,7 @@
 //! `pki/` in staging directories and renames them into place, `auth/` last, so a home either has
 //! a complete `auth/` or none: a killed init is simply run again.
 
+pub mod admins;
 pub mod config;
 pub mod journal;
 pub mod own_creds;
@@ -96,6 +97,14 @@ pub enum HomeError {
     /// The TLS PKI could not be made.
     #[error("TLS certificates: {0}")]
     Pki(#[from] PkiError),
+    /// A JSON document of the home (the named admins) cannot be read.
+    #[error("{} is damaged: {source}; restore it from a backup", path.display())]
+    Document {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HomeError {
@@ -347,6 +356,18 @@ impl Home {
     /// `keys/journal/rejected/`: journal entries that could not be imported.
     pub fn keys_journal_rejected_dir(&self) -> PathBuf {
         self.keys_journal_dir().join("rejected")
+    }
+    /// `auth/admins.json`: the named admins this home trusts (`zester admin add`).
+    pub fn admins_file(&self) -> PathBuf {
+        self.auth_dir().join("admins.json")
+    }
+    /// `admins/`: where `zester admin add NAME` writes `NAME.creds` by default.
+    pub fn admins_dir(&self) -> PathBuf {
+        self.root.join("admins")
+    }
+    /// Where `zester admin add NAME` writes by default: `admins/<name>.creds`.
+    pub fn admin_creds(&self, name: &str) -> PathBuf {
+        self.admins_dir().join(format!("{name}.creds"))
     }
     /// A service user's creds: `auth/<name>.creds` (callout, master, admin, sys).
     pub fn service_creds(&self, name: &str) -> PathBuf {
@@ -629,7 +650,7 @@ impl Home {
         for (name, role) in [
             ("callout", Role::Callout),
             ("master", Role::Master),
-            ("admin", Role::Admin),
+            ("admin", Role::Admin(None)),
         ] {
             let path = self.service_creds(name);
             let creds = read_creds(&path)?;

@@ -110,7 +110,8 @@ pub struct ChangeRequest {
     pub id: String,
     /// The new state.
     pub to: KeyState,
-    /// Who asks (recorded in the history).
+    /// What the client says about who asks: not trusted, not recorded. The history records
+    /// the admin whose key signed the request (`wire::admin_auth`).
     pub by: String,
     /// Why (recorded in the history).
     pub reason: String,
@@ -135,4 +136,54 @@ pub struct ChangeReply {
     pub kicked: usize,
     /// Time from the request to the last kick answered, ms (revocation).
     pub cut_off_ms: Option<f64>,
+}
+
+/// Add a named admin (`{"name", "nkey"}`): `zester admin add` with an appliance running.
+pub const ADMINS_ADD: &str = "zester.admin.admins.add";
+/// List the named admins.
+pub const ADMINS_LIST: &str = "zester.admin.admins.list";
+/// Remove a named admin (`{"name"}`): its key revoked, its sessions kicked.
+pub const ADMINS_REMOVE: &str = "zester.admin.admins.remove";
+/// The named-admin subjects.
+pub const ADMINS_REQUESTS: &str = "zester.admin.admins.*";
+
+/// Whether a request on `subject` changes something, and so must carry an admin's signature
+/// (see [`crate::wire::admin_auth`]): reads may come unsigned.
+pub fn changes_something(subject: &str) -> bool {
+    !matches!(
+        subject,
+        KEY_LIST | KEY_SHOW | SETTINGS_GET | ADMINS_LIST | TOKEN_LIST
+    )
+}
+
+/// One named admin, as the appliance keeps it (`<home>/auth/admins.json`) and lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminEntry {
+    /// The admin's name.
+    pub name: crate::identity::admin_name::AdminName,
+    /// Its user key (`U…`).
+    pub nkey: String,
+    /// When it was added, unix seconds.
+    pub added_at: i64,
+    /// Who added it (`admin`, `admin:<name>`), as the appliance verified it.
+    pub added_by: String,
+}
+
+/// `admins.add`: a named admin's public key, made by the CLI with its creds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminAddRequest {
+    /// The name.
+    pub name: String,
+    /// The admin's user key.
+    pub nkey: String,
+    /// Replace an admin of that name (its old key is revoked and kicked).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `admins.remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminRemoveRequest {
+    /// The name.
+    pub name: String,
 }

@@ -5,6 +5,7 @@
 //! appliance, the peel and the CLI build on it.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod enrol;
 pub mod expiry;
 pub mod profile;

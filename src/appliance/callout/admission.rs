@@ -114,8 +114,9 @@ fn filing(admission: &Admission, request: &AuthRequestNats) -> Filing {
             peel: String::new(),
             ip: Some(request.client_info.host.clone()),
         },
+        // A named admin is filed as `admin:<name>`, so `admin remove` kicks exactly its sessions.
         other => Filing {
-            identity: other.name().to_string(),
+            identity: other.identity(),
             peel: String::new(),
             ip: None,
         },

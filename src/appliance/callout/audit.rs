@@ -92,6 +92,10 @@ pub struct AuditRecord {
     pub server_id: String,
     /// Time spent deciding, microseconds (callout only).
     pub micros: u64,
+    /// The admin identity the appliance verified (`admin`, `admin:<name>`): who was let in as
+    /// an admin, or who asked for an admin action. Empty (and left out) otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub admin: String,
 }
 
 impl AuditRecord {
@@ -111,6 +115,7 @@ impl AuditRecord {
             role: String::new(),
             server_id: String::new(),
             micros: 0,
+            admin: String::new(),
         }
     }
 }

@@ -481,7 +481,7 @@ mod tests {
         };
         let jwt = w
             .authority
-            .issue_user(&master.public_key(), "admin", &Role::Admin, NOW, 0)
+            .issue_user(&master.public_key(), "admin", &Role::Admin(None), NOW, 0)
             .unwrap();
         match decide(&request(jwt.token(), Some(&master)), &trust, &w.keys, NOW) {
             Decision::Allow(a) => assert_eq!(a.role, Role::Master),

@@ -215,6 +215,9 @@ impl CalloutState {
                         audit.nkey = admission.nkey.to_string();
                         audit.peel_id = filing.peel;
                         audit.role = admission.role.name().to_string();
+                        if let crate::permissions::Role::Admin(_) = admission.role {
+                            audit.admin = admission.role.identity();
+                        }
                         self.sessions.insert_granted(
                             &filing.identity,
                             (&request.server.id, request.client_info.id),
