@@ -239,13 +239,7 @@ impl EnrolService {
                     if let (KeyState::Pending, Some(proof)) = (record.state, &request.token) {
                         // Enrolled earlier without a token, now with one.
                         let token = self.take_token(proof, &request.nkey, &id, now).await?;
-                        let mut accepted = record.transition(
-                            KeyState::Accepted,
-                            &format!("token {}", token.id),
-                            "join token",
-                            now,
-                        )?;
-                        accepted.tags = token.tags;
+                        let accepted = accepted_with(record, token, now)?;
                         let revision = self.keys.update(&id, *revision, &accepted).await?;
                         let _ = self
                             .keys
@@ -299,13 +293,7 @@ impl EnrolService {
                     // The last check before the record exists: a use is only taken for a
                     // record that will be created.
                     let token = self.take_token(proof, &request.nkey, &id, now).await?;
-                    record = record.transition(
-                        KeyState::Accepted,
-                        &format!("token {}", token.id),
-                        "join token",
-                        now,
-                    )?;
-                    record.tags = token.tags;
+                    record = accepted_with(&record, token, now)?;
                 } else if let Some(policy) = self.auto_accepts(&id) {
                     record = record.transition(KeyState::Accepted, policy, "accept policy", now)?;
                 }
@@ -477,6 +465,22 @@ impl EnrolService {
                 .then_some("policy auto-trusted"),
         }
     }
+}
+
+/// `record` accepted by the join token `token` (which gives it its trusted tags).
+fn accepted_with(
+    record: &KeyRecord,
+    token: crate::wire::token::TokenRecord,
+    now: i64,
+) -> Result<KeyRecord, crate::appliance::keys::KeyError> {
+    let mut accepted = record.transition(
+        KeyState::Accepted,
+        &format!("token {}", token.id),
+        "join token",
+        now,
+    )?;
+    accepted.tags = token.tags;
+    Ok(accepted)
 }
 
 impl EnrolError {
