@@ -303,6 +303,7 @@ impl Appliance {
 
     /// Stops in reverse order: the child first, the callout last.
     pub async fn stop(self) {
+        crate::net::notify::tell("STOPPING=1\nSTATUS=stopping");
         if let Err(e) = self.supervisor.shutdown().await {
             tracing::warn!("stopping nats-server: {e}");
         }
@@ -786,6 +787,12 @@ async fn announce_ready(
     let text = serde_json::to_vec_pretty(runtime).unwrap_or_default();
     home::write_atomic(&home.runtime_file(), &text, home::SECRET_MODE)?;
     tracing::info!(ready_ms = ready_after.as_millis() as u64, url = %runtime.url, "zester is ready");
+    // A `Type=notify` unit (config/systemd/zester.service) starts what depends on zester now.
+    crate::net::notify::tell(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=ready at {}",
+        std::process::id(),
+        runtime.url
+    ));
     Ok(())
 }
 

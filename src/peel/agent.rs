@@ -579,10 +579,16 @@ pub async fn run_waiting(
             _ = terminate.recv() => return Ok(()),
         }
     };
+    crate::net::notify::tell(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=connected as peel {}",
+        std::process::id(),
+        agent.peel_id()
+    ));
     tokio::select! {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
     }
+    crate::net::notify::tell("STOPPING=1");
     agent.stop().await
 }
 
