@@ -23,8 +23,29 @@ struct Cli {
     #[arg(long, global = true, env = "ZESTER_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 
+    /// How log lines on stderr look: text for people, or json (one JSON object per line,
+    /// nats-server's forwarded lines included, with their level and pid) for collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "ZESTER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -593,11 +614,16 @@ enum SecretCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let format = cli.log_format;
+    init_logging(format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zester: error: {e}");
+            match format {
+                LogFormat::Text => eprintln!("zester: error: {e}"),
+                // Every line on stderr is one JSON object in this format.
+                LogFormat::Json => tracing::error!(target: "zester", "{e}"),
+            }
             ExitCode::from(2)
         }
     }
@@ -1158,7 +1184,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Logs to stderr at the level in ZESTER_LOG (error, warn, info, debug, trace; default info).
 /// The NATS client library's own connection chatter is kept to warnings unless debugging.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let level = std::env::var("ZESTER_LOG")
@@ -1173,12 +1199,21 @@ fn init_logging() {
     let filter = tracing_subscriber::filter::Targets::new()
         .with_default(level)
         .with_target("async_nats", client_level);
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false),
-        )
+        .with(text)
+        .with(json)
         .with(filter)
         .init();
 }
