@@ -273,3 +273,48 @@ async fn a_newline_in_a_connection_name_stays_on_one_log_line() {
         }
     }
 }
+
+#[test]
+fn the_audit_log_is_rotated_by_size_under_zester_up() {
+    // 1 KiB files, 2 kept: a burst of refused connections rotates it, and it stays bounded.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("zester.toml"),
+        "[audit]\nmax_file_bytes = 1024\nkeep = 2\n",
+    )
+    .unwrap();
+    let mut up = common::up::Up { child: None, dir };
+    assert!(common::zester(&up.home(), &["init"]).status.success());
+    up.launch();
+    let url = up.runtime()["url"].as_str().unwrap().to_string();
+    let ca = up.home().join("pki/ca.pem");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for _ in 0..20 {
+            // No credentials at all: refused and audited.
+            let _ = async_nats::ConnectOptions::new()
+                .add_root_certificates(ca.clone())
+                .require_tls(true)
+                .max_reconnects(Some(1))
+                .connection_timeout(std::time::Duration::from_secs(2))
+                .connect(url.as_str())
+                .await;
+        }
+    });
+    let home = up.home();
+    up.wait_for(std::time::Duration::from_secs(20), "two rotations", || {
+        home.join("audit.log.2").exists()
+    });
+    assert!(
+        !home.join("audit.log.3").exists(),
+        "only 2 rotated files are kept"
+    );
+    for name in ["audit.log", "audit.log.1", "audit.log.2"] {
+        let path = home.join(name);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= 1024, "{name} is {len} bytes");
+        assert_eq!(common::mode(&path) & 0o077, 0, "{name} stays private");
+    }
+}

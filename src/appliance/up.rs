@@ -179,7 +179,16 @@ impl Appliance {
         let started = Instant::now();
         let started_at = now_unix();
         let mut prepared = prepare(&home, &options, started_at)?;
-        let (audit, audit_task) = audit::start(&home.audit_log());
+        let (audit, audit_task) = audit::start_with(
+            &home.audit_log(),
+            audit::Rotation {
+                max_bytes: prepared
+                    .config
+                    .audit_max_file_bytes()
+                    .map_err(prepared.config_error())?,
+                keep: prepared.config.audit.keep,
+            },
+        );
         let renewal = renew_certificate(&home, &prepared, &audit)?;
         let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
         let broker = start_broker(&home, &prepared, &options).await?;

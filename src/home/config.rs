@@ -80,6 +80,27 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     /// `[service]`.
     pub service: ServiceConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how `audit.log` is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The most bytes one `audit.log` file holds before it is rotated.
+    pub max_file_bytes: SizeSetting,
+    /// How many rotated files (`audit.log.1` …) are kept.
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_file_bytes: SizeSetting::Text("64MiB".to_string()),
+            keep: 5,
+        }
+    }
 }
 
 /// `[service]`: zester's own users (master, admin, callout, sys).
@@ -413,6 +434,7 @@ impl Config {
         config.cert_lifetime()?;
         config.accept_policy()?;
         config.hook_timeout()?;
+        config.audit_max_file_bytes()?;
         config.jetstream_limits()?;
         for (key, value) in [
             ("server.listen", &config.server.listen),
@@ -429,6 +451,17 @@ impl Config {
             key: "peels.expiry",
             source,
         })
+    }
+
+    /// `audit.max_file_bytes` in bytes (at least one record's worth: 1 KiB).
+    pub fn audit_max_file_bytes(&self) -> Result<u64, ConfigError> {
+        let value = &self.audit.max_file_bytes;
+        let bytes = size_bytes(value).map_err(|source| ConfigError::Size {
+            key: "audit.max_file_bytes",
+            value: value.clone(),
+            source,
+        })?;
+        Ok(bytes.max(1024))
     }
 
     /// `keys.hook_timeout`, seconds.

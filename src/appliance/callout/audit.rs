@@ -161,20 +161,64 @@ impl AuditSink {
 
 /// Starts the writer task appending to `path`; it ends when every sink is dropped.
 pub fn start(path: &Path) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    start_with(path, Rotation::default())
+}
+
+/// When `audit.log` is rotated (`[audit] max_file_bytes`, `keep`): once the next record would
+/// take it past `max_bytes`, it becomes `audit.log.1` (`.1` becomes `.2`, and so on; the file
+/// past `keep` is dropped), so the log never grows without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// The most bytes one file holds (one record more is never split).
+    pub max_bytes: u64,
+    /// How many rotated files are kept.
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    /// 64 MiB, 5 files.
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 64 << 20,
+            keep: 5,
+        }
+    }
+}
+
+/// [`start`] with `rotation`.
+pub fn start_with(path: &Path, rotation: Rotation) -> (AuditSink, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    let handle = tokio::spawn(write_loop(path.to_path_buf(), receiver));
+    let handle = tokio::spawn(write_loop(path.to_path_buf(), receiver, rotation));
     (AuditSink { sender }, handle)
 }
 
-async fn write_loop(path: PathBuf, mut receiver: mpsc::Receiver<AuditRecord>) {
-    let mut file = match tokio::fs::OpenOptions::new()
+async fn open(path: &Path) -> std::io::Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(crate::home::SECRET_MODE)
-        .open(&path)
-        .await
-    {
-        Ok(file) => file,
+        .open(path)
+        .await?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((file, size))
+}
+
+/// The `(from, to)` renames that rotate `path` keeping `keep` old files, oldest first.
+pub fn rotation_renames(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
+    let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+    let mut renames: Vec<(PathBuf, PathBuf)> = (1..keep)
+        .rev()
+        .map(|n| (numbered(n), numbered(n + 1)))
+        .collect();
+    if keep > 0 {
+        renames.push((path.to_path_buf(), numbered(1)));
+    }
+    renames
+}
+
+async fn write_loop(path: PathBuf, mut receiver: mpsc::Receiver<AuditRecord>, rotation: Rotation) {
+    let (mut file, mut size) = match open(&path).await {
+        Ok(opened) => opened,
         Err(e) => {
             tracing::error!(
                 "cannot open audit log {}: {e}; decisions are only logged",
@@ -187,8 +231,28 @@ async fn write_loop(path: PathBuf, mut receiver: mpsc::Receiver<AuditRecord>) {
     while let Some(record) = receiver.recv().await {
         let mut line = serde_json::to_vec(&record).unwrap_or_default();
         line.push(b'\n');
+        if size > 0 && size + line.len() as u64 > rotation.max_bytes {
+            let _ = file.flush().await;
+            let _ = file.sync_all().await;
+            for (from, to) in rotation_renames(&path, rotation.keep) {
+                // A file not there yet (the first rotations) is nothing to move.
+                let _ = tokio::fs::rename(&from, &to).await;
+            }
+            if rotation.keep == 0 {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            match open(&path).await {
+                Ok(opened) => (file, size) = opened,
+                Err(e) => tracing::error!(
+                    "cannot open audit log {} after rotating it: {e}",
+                    path.display()
+                ),
+            }
+        }
         if let Err(e) = file.write_all(&line).await {
             tracing::error!("cannot write audit log {}: {e}", path.display());
+        } else {
+            size += line.len() as u64;
         }
     }
     let _ = file.flush().await;
@@ -205,6 +269,60 @@ mod tests {
             "web\\n2026 INFO audit: allowed\\r\\u{1b}[2J"
         );
         assert_eq!(escape_control("plain – text"), "plain – text");
+    }
+
+    #[tokio::test]
+    async fn the_log_rotates_by_size_and_keeps_what_it_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (sink, task) = start_with(
+            &path,
+            Rotation {
+                max_bytes: 1000,
+                keep: 2,
+            },
+        );
+        for n in 0..100 {
+            let mut record = AuditRecord::at(n, Source::Callout, Verdict::Allow);
+            record.peel_id = format!("peel-{n:03}");
+            sink.record(record);
+        }
+        drop(sink);
+        task.await.unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let files = [
+            path.clone(),
+            dir.path().join("audit.log.1"),
+            dir.path().join("audit.log.2"),
+        ];
+        for file in &files {
+            let text = read(file);
+            assert!(!text.is_empty(), "{} exists", file.display());
+            assert!(
+                text.len() <= 1000,
+                "{} is {} bytes",
+                file.display(),
+                text.len()
+            );
+            assert!(text
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        }
+        assert!(!dir.path().join("audit.log.3").exists(), "only 2 are kept");
+        // The newest records are in the live file, nothing is split, order is kept.
+        let last: serde_json::Value =
+            serde_json::from_str(read(&path).lines().last().unwrap()).unwrap();
+        assert_eq!(last["peel_id"], "peel-099");
+        assert_eq!(
+            rotation_renames(&path, 2),
+            vec![
+                (
+                    dir.path().join("audit.log.1"),
+                    dir.path().join("audit.log.2")
+                ),
+                (path.clone(), dir.path().join("audit.log.1")),
+            ]
+        );
     }
 
     #[tokio::test]
