@@ -225,6 +225,15 @@ async fn every_peel_answers(master: &async_nats::Client, peels: &[Peel]) {
     }
 }
 
+/// Closes the peels' connections, then stops `zester up` ([`stop`]).
+fn stop_all(peels: Vec<Peel>, up: Up) {
+    for peel in peels {
+        peel.responder.abort();
+        drop(peel.client);
+    }
+    stop(up);
+}
+
 /// SIGTERM, then waits (bounded) for `zester up` to exit; the drop of `up` kills what is left.
 fn stop(mut up: Up) {
     up.signal(libc::SIGTERM);
@@ -324,11 +333,7 @@ async fn fifty_peels_keep_working_while_the_certificate_renews_itself() {
     assert!(ours.is_empty(), "refusals of the test's clients: {ours:#?}");
 
     drop(master);
-    for peel in peels {
-        peel.responder.abort();
-        drop(peel.client);
-    }
-    stop(up);
+    stop_all(peels, up);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,9 +480,5 @@ async fn fifty_peels_keep_working_while_zesters_own_creds_renew() {
         .collect();
     assert!(refused.is_empty(), "refusals: {refused:#?}");
     drop(master);
-    for peel in peels {
-        peel.responder.abort();
-        drop(peel.client);
-    }
-    stop(up);
+    stop_all(peels, up);
 }

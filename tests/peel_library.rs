@@ -9,6 +9,25 @@ use std::time::Duration;
 use common::up::Up;
 use futures_util::StreamExt;
 
+/// Answers `true` to every command on the peel's subject (only into the inboxes a peel may
+/// answer), as `examples/peel.rs` does.
+async fn answer_pings(
+    client: &async_nats::Client,
+    peel: &zester::peel::Peel,
+) -> tokio::task::JoinHandle<()> {
+    let mut commands = client.subscribe(peel.command_subject()).await.unwrap();
+    client.flush().await.unwrap();
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(command) = commands.next().await {
+            if let Some(reply) = command.reply.filter(|r| zester::peel::Peel::may_answer(r)) {
+                let _ = client.publish(reply, "true".into()).await;
+                let _ = client.flush().await;
+            }
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_runs_as_a_peel_with_its_creds_alone() {
     let up = Up::start();
@@ -20,19 +39,7 @@ async fn an_application_runs_as_a_peel_with_its_creds_alone() {
     assert_eq!(peel.server(), up.runtime()["url"].as_str().unwrap());
 
     let client = peel.connect().await.expect("connects as the peel");
-    let mut commands = client.subscribe(peel.command_subject()).await.unwrap();
-    client.flush().await.unwrap();
-    let answering = tokio::spawn({
-        let client = client.clone();
-        async move {
-            while let Some(command) = commands.next().await {
-                if let Some(reply) = command.reply.filter(|r| zester::peel::Peel::may_answer(r)) {
-                    client.publish(reply, "true".into()).await.unwrap();
-                    client.flush().await.unwrap();
-                }
-            }
-        }
-    });
+    let answering = answer_pings(&client, &peel).await;
     let out = up.zester(&["cmd", "app-01", "test.ping", "--timeout", "10s"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("app-01  true"),
@@ -72,18 +79,7 @@ async fn an_application_peel_keeps_its_identity_renewed() {
     let peel = zester::peel::Peel::from_creds(&creds).unwrap();
     let client = peel.connect().await.expect("connects as the peel");
     let renewal = peel.keep_renewed(&client);
-    let mut commands = client.subscribe(peel.command_subject()).await.unwrap();
-    client.flush().await.unwrap();
-    let answering = tokio::spawn({
-        let client = client.clone();
-        async move {
-            while let Some(command) = commands.next().await {
-                if let Some(reply) = command.reply.filter(|r| zester::peel::Peel::may_answer(r)) {
-                    let _ = client.publish(reply, "true".into()).await;
-                }
-            }
-        }
-    });
+    let answering = answer_pings(&client, &peel).await;
     // Renewed at 2/3 of its 6 s, for the appliance's `peels.expiry` (30 d); once the first JWT
     // has expired, the peel still answers (it reconnected with the renewed one).
     common::wait_until("a renewal", Duration::from_secs(30), || exp_of() > first).await;

@@ -144,14 +144,7 @@ pub fn load_creds(path: &Path) -> Result<(Creds, PeelId), RenewError> {
 fn write_renewed(path: &Path, creds: &Creds, jwt_text: &str) -> Result<i64, RenewError> {
     let jwt = crate::identity::jwt::decode_ignoring_time(jwt_text)?;
     let expires_at = jwt.claims().exp;
-    let key = crate::identity::keys::pair_from_seed(
-        &creds.key().seed().unwrap_or_default(),
-        &[crate::identity::keys::KeyRole::User],
-    )
-    .map_err(|_| RenewError::Changed {
-        path: path.to_path_buf(),
-    })?;
-    let renewed = Creds::new(jwt, key)?;
+    let renewed = Creds::new(jwt, home::owned_key(path, creds)?)?;
     let (on_disk, _) = load_creds(path)?;
     if on_disk.key().public_key() != creds.key().public_key() {
         return Err(RenewError::Changed {
