@@ -4,6 +4,8 @@
 //! them (mode 0600). Records hold who and why — never a JWT, a seed, a password or a token.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -138,6 +140,7 @@ pub fn escape_control(text: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct AuditSink {
     sender: mpsc::Sender<AuditRecord>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AuditSink {
@@ -154,8 +157,14 @@ impl AuditSink {
             tracing::warn!(target: "audit", source = record.source.as_str(), code = %record.code, reason = ?record.reason, nkey = ?record.nkey, ip = %record.client_ip, name = ?record.connection_name, "refused");
         }
         if self.sender.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "audit", "audit queue full or closed: a record was not written to audit.log");
         }
+    }
+
+    /// How many records were dropped since start because the queue was full or closed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -189,7 +198,8 @@ impl Default for Rotation {
 pub fn start_with(path: &Path, rotation: Rotation) -> (AuditSink, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(QUEUE);
     let handle = tokio::spawn(write_loop(path.to_path_buf(), receiver, rotation));
-    (AuditSink { sender }, handle)
+    let dropped = Arc::new(AtomicU64::new(0));
+    (AuditSink { sender, dropped }, handle)
 }
 
 async fn open(path: &Path) -> std::io::Result<(tokio::fs::File, u64)> {
