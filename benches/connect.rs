@@ -471,6 +471,7 @@ fn up_options() -> UpOptions {
         monitor: Some("127.0.0.1:0".into()),
         nats_server: None,
         hostname: "localhost".into(),
+        ..UpOptions::default()
     }
 }
 

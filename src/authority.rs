@@ -18,6 +18,9 @@ use crate::identity::keys::{self, KeyError, KeyRole};
 use crate::identity::peel_id::PeelId;
 use crate::permissions::{permissions_for, Role};
 
+/// The tag of the `default_sentinel` JWT: how every node's callout knows any node's sentinel.
+pub const SENTINEL_TAG: &str = "zester-role:sentinel";
+
 /// Name of the operator.
 pub const OPERATOR_NAME: &str = "zester-op";
 /// Name of the system account.
@@ -416,7 +419,7 @@ impl Authority {
         let mut nats = UserNats::with_permissions(nothing);
         nats.bearer_token = true;
         nats.issuer_account = self.zester.public_key();
-        nats.tags = vec!["zester-role:sentinel".to_string()];
+        nats.tags = vec![SENTINEL_TAG.to_string()];
         let claims = Claims {
             sub: KeyPair::new_user().public_key(),
             name: "sentinel".to_string(),

@@ -81,6 +81,15 @@ enum Command {
         /// tree or this executable, then PATH).
         #[arg(long, value_name = "PATH")]
         nats_server: Option<PathBuf>,
+        /// Be a node of a cluster: accept routes from the other nodes at HOST:PORT (mutual TLS
+        /// with the zester CA). Default: cluster.listen (empty: a single node). The other
+        /// nodes are cluster.routes in zester.toml.
+        #[arg(long, value_name = "HOST:PORT", env = "ZESTER_CLUSTER_LISTEN")]
+        cluster_listen: Option<String>,
+        /// This node's name in the cluster (nats-server's server_name: unique, stable across
+        /// restarts). Default: node.name, else the host name in a cluster, "zester" alone.
+        #[arg(long, value_name = "NAME", env = "ZESTER_NODE_NAME")]
+        node_name: Option<String>,
     },
     /// Ask the running appliance how it is: nats-server pid and restarts, connections,
     /// decisions allowed/refused with latency, key counts. Exits 1 when it is not running.
@@ -638,7 +647,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             monitor,
             nats_server,
-        } => return up(home, listen, monitor, nats_server),
+            cluster_listen,
+            node_name,
+        } => {
+            let options = UpOptions {
+                listen,
+                monitor,
+                nats_server,
+                hostname: hostname(),
+                cluster_listen,
+                node_name,
+            };
+            return up(home, options);
+        }
         Command::Peel { command } => return peel_command(command),
         Command::Secret { command } => {
             secret_command(&home, command)?;
@@ -734,18 +755,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `zester up`: runs the appliance until SIGINT/SIGTERM.
-fn up(
-    home: Home,
-    listen: Option<String>,
-    monitor: Option<String>,
-    nats_server: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let options = UpOptions {
-        listen,
-        monitor,
-        nats_server,
-        hostname: hostname(),
-    };
+fn up(home: Home, options: UpOptions) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let signals = StopSignals::install()?;
         let appliance = Appliance::start(home, options).await?;

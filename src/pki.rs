@@ -411,6 +411,10 @@ pub struct CertSummary {
     pub spki_pin: String,
     /// The serial number, lowercase hex of its DER content bytes (a certificate's name in logs).
     pub serial: String,
+    /// Whether the certificate may also authenticate a TLS *client* (no extendedKeyUsage, or
+    /// one listing clientAuth): a cluster's routes are mutual TLS, so each node presents its
+    /// server certificate as a client too. Certificates from before clusters lack it.
+    pub client_auth: bool,
 }
 
 /// Reads the names, validity and pin of a certificate PEM (the first CERTIFICATE block), e.g. to
@@ -426,6 +430,7 @@ pub fn inspect_cert_pem(cert_pem: &str) -> Result<CertSummary, PkiError> {
         not_after: not_after.time,
         spki_pin: spki_pin(cert.spki),
         serial: HEXLOWER.encode(cert.serial),
+        client_auth: cert.allows_client_auth()?,
     })
 }
 
@@ -465,7 +470,11 @@ fn sign_server_cert(
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // ClientAuth too: cluster routes are mutual TLS with the same certificate (DESIGN §9).
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before.into();
     params.not_after = not_after.into();
@@ -578,6 +587,10 @@ const TAG_SAN_IP: u8 = 0x87; // GeneralName iPAddress [7] IMPLICIT OCTET STRING
 const OID_SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
 /// Content bytes of the OID 2.5.29.17 (subjectAltName).
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+/// Content bytes of the OID 2.5.29.37 (extKeyUsage).
+const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+/// Content bytes of the OID 1.3.6.1.5.5.7.3.2 (id-kp-clientAuth).
+const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
 /// One DER element.
 #[derive(Debug, Clone, Copy)]
@@ -817,6 +830,24 @@ impl<'a> Cert<'a> {
         Ok(Some(id.value))
     }
 
+    /// ExtKeyUsageSyntax ::= SEQUENCE OF KeyPurposeId: true when absent (any use) or listing
+    /// clientAuth.
+    fn allows_client_auth(&self) -> Result<bool, PkiError> {
+        let Some(value) = self.extension(OID_EXT_KEY_USAGE, "extKeyUsage")? else {
+            return Ok(true);
+        };
+        let mut r = Reader::new(value);
+        let list = r.expect(TAG_SEQUENCE, "extKeyUsage")?;
+        r.finish("extKeyUsage")?;
+        let mut list = Reader::new(list.value);
+        while !list.is_empty() {
+            if list.expect(TAG_OID, "extKeyUsage purpose")?.value == OID_KP_CLIENT_AUTH {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// GeneralNames ::= SEQUENCE OF GeneralName; dNSName and iPAddress are kept, others skipped.
     fn subject_alt_names(&self) -> Result<ServerNames, PkiError> {
         let mut names = ServerNames::default();
@@ -1020,16 +1051,35 @@ mod tests {
         let summary = inspect_cert_pem(&pki.server_cert_pem).unwrap();
         assert_eq!(summary.names, names());
         assert!(summary.names.covers(&names()));
-        // serverAuth EKU OID 1.3.6.1.5.5.7.3.1.
+        // serverAuth EKU OID 1.3.6.1.5.5.7.3.1, and clientAuth for cluster routes.
         assert!(contains(
             &der,
             &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01]
         ));
+        assert!(summary.client_auth);
         // The CA has no SANs.
         assert_eq!(
             inspect_cert_pem(&pki.ca_cert_pem).unwrap().names,
             ServerNames::default()
         );
+    }
+
+    #[test]
+    fn a_certificate_for_servers_only_is_told_apart() {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let pem = |usages: Vec<ExtendedKeyUsagePurpose>| {
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.extended_key_usages = usages;
+            params.self_signed(&key).unwrap().pem()
+        };
+        let server_only = pem(vec![ExtendedKeyUsagePurpose::ServerAuth]);
+        assert!(!inspect_cert_pem(&server_only).unwrap().client_auth);
+        let both = pem(vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]);
+        assert!(inspect_cert_pem(&both).unwrap().client_auth);
+        assert!(inspect_cert_pem(&pem(Vec::new())).unwrap().client_auth);
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn render_config(home: &Home, listen: &str, monitor: &str, now: i64) -> PathBuf 
         listen,
         monitor,
         zester::home::config::JetStreamLimits::default(),
+        config::Placement::SINGLE,
     )
     .unwrap();
     let nats = home.nats_dir();

@@ -8,6 +8,7 @@
 //! refuses it even before asking the callout. Globs are resolved by the CLI, which lists the
 //! matches and asks before acting on several.
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,11 +205,21 @@ impl AdminService {
         self: Arc<Self>,
         client: async_nats::Client,
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
-        let keys = client.subscribe(KEY_SUBJECTS).await?;
-        let creds = client.subscribe(CREDS_ROTATE).await?;
-        let settings = client.subscribe(SETTINGS_REQUESTS).await?;
-        let tokens = client.subscribe(TOKEN_REQUESTS).await?;
-        let admins = client.subscribe(ADMINS_REQUESTS).await?;
+        let keys = client
+            .queue_subscribe(KEY_SUBJECTS, SERVICE_QUEUE.into())
+            .await?;
+        let creds = client
+            .queue_subscribe(CREDS_ROTATE, SERVICE_QUEUE.into())
+            .await?;
+        let settings = client
+            .queue_subscribe(SETTINGS_REQUESTS, SERVICE_QUEUE.into())
+            .await?;
+        let tokens = client
+            .queue_subscribe(TOKEN_REQUESTS, SERVICE_QUEUE.into())
+            .await?;
+        let admins = client
+            .queue_subscribe(ADMINS_REQUESTS, SERVICE_QUEUE.into())
+            .await?;
         let mut requests = futures_util::stream::select(
             futures_util::stream::select(keys, creds),
             futures_util::stream::select(settings, futures_util::stream::select(tokens, admins)),

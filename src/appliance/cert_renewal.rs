@@ -170,10 +170,12 @@ impl CertRenewal {
         }
     }
 
-    /// The step before the child starts: re-issues a certificate that is due, expired or not
-    /// consistent with its key and chain. Failures are logged and audited, never returned: the
-    /// child then starts with what there is (and nats-server names any problem it has with it).
-    pub fn at_start(&self) {
+    /// The step before the child starts: re-issues a certificate that is due, expired, not
+    /// consistent with its key and chain, or (on a node of a `cluster`) made before clusters,
+    /// without the clientAuth use the routes' mutual TLS needs. Failures are logged and
+    /// audited, never returned: the child then starts with what there is (and nats-server names
+    /// any problem it has with it).
+    pub fn at_start(&self, cluster: bool) {
         let now = SystemTime::now();
         let status = match self.home.server_cert_status() {
             Ok(status) => status,
@@ -183,10 +185,15 @@ impl CertRenewal {
             }
         };
         let cert = &status.summary;
-        if next(cert.not_before, cert.not_after, status.consistent, now) != Next::RenewNow {
+        let routes_refuse_it = cluster && !cert.client_auth;
+        if next(cert.not_before, cert.not_after, status.consistent, now) != Next::RenewNow
+            && !routes_refuse_it
+        {
             return;
         }
-        let why = if !status.consistent {
+        let why = if routes_refuse_it {
+            "it was made for servers only, and cluster routes present it as a client too"
+        } else if !status.consistent {
             "its key or chain did not belong to it"
         } else if cert.not_after <= now {
             "it had expired"

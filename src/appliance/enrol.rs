@@ -5,6 +5,7 @@
 //! per key and per address; it records pending keys (or accepted ones under the `auto-trusted`
 //! / `auto-all` policies) one at a time, and hands accepted keys their user JWT.
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,7 +160,9 @@ impl EnrolService {
                 "keys.accept = \"auto-all\": every enrolling key is accepted (labs only)"
             );
         }
-        let mut requests = client.subscribe(ENROL_SUBJECTS).await?;
+        let mut requests = client
+            .queue_subscribe(ENROL_SUBJECTS, SERVICE_QUEUE.into())
+            .await?;
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(message) = requests.next().await {

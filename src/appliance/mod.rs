@@ -3,12 +3,14 @@
 //! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
 //! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
-//! zester's own users.
+//! zester's own users; `cluster` is a node's part in a cluster (its own users announced to
+//! the other nodes, JetStream's meta group, the buckets' replicas).
 
 pub mod admin;
 pub mod broker;
 pub mod callout;
 pub mod cert_renewal;
+pub mod cluster;
 pub mod connz;
 pub mod enrol;
 pub mod hook;

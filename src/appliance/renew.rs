@@ -3,6 +3,7 @@
 //! record's current key, accepted, gets a fresh JWT for that same key; the record keeps when
 //! it expires and when it was renewed. Every renewal and every refusal is audited.
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -71,7 +72,9 @@ impl RenewService {
         self: Arc<Self>,
         client: async_nats::Client,
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
-        let mut requests = client.subscribe(subjects::RENEW_REQUESTS).await?;
+        let mut requests = client
+            .queue_subscribe(subjects::RENEW_REQUESTS, SERVICE_QUEUE.into())
+            .await?;
         client.flush().await?;
         Ok(tokio::spawn(async move {
             while let Some(message) = requests.next().await {

@@ -3,6 +3,7 @@
 //! exactly the key this record's last rotation replaced: kick its sessions, revoke it in the
 //! account). Only that peel may publish on its subjects; answers go only to its inbox.
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,8 +75,12 @@ impl RotateService {
         self: Arc<Self>,
         client: async_nats::Client,
     ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
-        let mut requests = client.subscribe(ROTATE_SUBJECTS).await?;
-        let mut notices = client.subscribe(ROTATED_SUBJECTS).await?;
+        let mut requests = client
+            .queue_subscribe(ROTATE_SUBJECTS, SERVICE_QUEUE.into())
+            .await?;
+        let mut notices = client
+            .queue_subscribe(ROTATED_SUBJECTS, SERVICE_QUEUE.into())
+            .await?;
         client.flush().await?;
         Ok(tokio::spawn(async move {
             loop {

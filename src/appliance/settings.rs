@@ -9,6 +9,7 @@
 //! peel's document nor write its own. Secret values (`ENC[…]`) stay sealed here; the peel
 //! opens them (`peel::settings`).
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
@@ -72,8 +73,11 @@ pub struct SettingsStore {
 }
 
 impl SettingsStore {
-    /// Opens (or creates) the bucket on zester's store connection.
-    pub async fn open(client: async_nats::Client) -> Result<SettingsStore, SettingsError> {
+    /// Opens (or creates, with `replicas` copies) the bucket on zester's store connection.
+    pub async fn open(
+        client: async_nats::Client,
+        replicas: usize,
+    ) -> Result<SettingsStore, SettingsError> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(BUCKET).await {
             Ok(kv) => kv,
@@ -86,6 +90,7 @@ impl SettingsStore {
                     history: 5,
                     max_value_size: MAX_DOCUMENT,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await?
@@ -139,7 +144,9 @@ pub async fn serve_peels(
     client: async_nats::Client,
     audit: AuditSink,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
-    let mut requests = client.subscribe(subjects::SETTINGS_REQUESTS).await?;
+    let mut requests = client
+        .queue_subscribe(subjects::SETTINGS_REQUESTS, SERVICE_QUEUE.into())
+        .await?;
     client.flush().await?;
     Ok(tokio::spawn(async move {
         while let Some(message) = requests.next().await {

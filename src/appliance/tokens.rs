@@ -66,8 +66,11 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Opens (or creates) the bucket on zester's store connection.
-    pub async fn open(client: async_nats::Client) -> Result<TokenStore, TokenStoreError> {
+    /// Opens (or creates, with `replicas` copies) the bucket on zester's store connection.
+    pub async fn open(
+        client: async_nats::Client,
+        replicas: usize,
+    ) -> Result<TokenStore, TokenStoreError> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(TOKENS_BUCKET).await {
             Ok(kv) => kv,
@@ -79,6 +82,7 @@ impl TokenStore {
                     history: 1,
                     max_value_size: 64 * 1024,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await?

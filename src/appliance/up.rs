@@ -11,6 +11,7 @@
 //! Only then is the appliance ready. [`Appliance::stop`] goes in reverse with the callout last,
 //! so that no client is ever left without an answer while the server still runs.
 
+use crate::wire::subjects::SERVICE_QUEUE;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::appliance::callout::audit::{self, AuditRecord, AuditSink, Source, Ver
 use crate::appliance::callout::decide::{self, KeyLookup, Trust};
 use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::cert_renewal::CertRenewal;
+use crate::appliance::cluster;
 use crate::appliance::enrol::EnrolService;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
@@ -142,8 +144,13 @@ pub struct UpOptions {
     pub monitor: Option<String>,
     /// `--nats-server PATH`.
     pub nats_server: Option<PathBuf>,
-    /// This machine's hostname (for the TLS certificate at first init).
+    /// This machine's hostname (for the TLS certificate at first init, and the node name of a
+    /// cluster node without `[node] name`).
     pub hostname: String,
+    /// `--cluster-listen HOST:PORT`: join a cluster, routes accepted there (`[cluster] listen`).
+    pub cluster_listen: Option<String>,
+    /// `--node-name NAME` (`[node] name`).
+    pub node_name: Option<String>,
 }
 
 impl KeyLookup for KeyCache {
@@ -203,8 +210,25 @@ impl Appliance {
         let (sys, events) =
             start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
         tasks.push(events);
+        let replicas = if prepared.config.clustered() {
+            let (task, replicas) = join_cluster(&prepared, &sys, &own, &state).await?;
+            tasks.push(task);
+            replicas
+        } else {
+            1
+        };
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
-        let keys = Arc::new(KeyStore::open(store.clone()).await?);
+        let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
+        if prepared.config.clustered() {
+            tasks.push(tokio::spawn(cluster::keep_replicated(
+                store.clone(),
+                sys.clone(),
+                crate::wire::subjects::BUCKETS
+                    .iter()
+                    .map(|bucket| format!("KV_{bucket}"))
+                    .collect(),
+            )));
+        }
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
         let runtime = RuntimeInfo {
@@ -236,6 +260,7 @@ impl Appliance {
             store: &store,
             sys: &sys,
             audit: &audit,
+            replicas,
         };
         tasks.extend(serve_services(context, &service, status).await?);
         tasks.push(renewal.spawn(
@@ -336,7 +361,10 @@ impl Appliance {
 
 /// What the home gives the appliance before anything runs.
 struct Prepared {
+    /// `zester.toml` with the command line's overrides (`--cluster-listen`, `--node-name`).
     config: crate::home::config::Config,
+    /// This node's name, nats-server's `server_name`.
+    node_name: String,
     config_file: PathBuf,
     authority: Arc<crate::authority::Authority>,
     /// zester's own users by key (master and admin from the home; service and store added
@@ -361,6 +389,7 @@ impl Prepared {
             account: self.authority.zester_jwt.clone(),
             sentinel: self.sentinel.token().to_string(),
             services: self.services.clone(),
+            peers: Default::default(),
         }
     }
 }
@@ -376,7 +405,18 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
         let report = home.init(false, &options.hostname, now)?;
         tracing::info!(operator = %report.operator, ca_pin = %report.ca_pin, "home initialised");
     }
-    let config = home.load_config()?;
+    let mut config = home.load_config()?;
+    if let Some(listen) = &options.cluster_listen {
+        config.cluster.listen = listen.clone();
+    }
+    if let Some(name) = &options.node_name {
+        config.node.name = name.clone();
+    }
+    config.check_cluster().map_err(|source| HomeError::Config {
+        path: home.config_file(),
+        source,
+    })?;
+    let node_name = config.node_name(&options.hostname);
     let session_ttl = config.session_ttl().map_err(|source| HomeError::Config {
         path: home.config_file(),
         source,
@@ -391,6 +431,7 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
     let sentinel = authority.issue_sentinel(now)?;
     Ok(Prepared {
         config,
+        node_name,
         config_file: home.config_file(),
         authority,
         services,
@@ -409,7 +450,7 @@ fn renew_certificate(
 ) -> Result<CertRenewal, UpError> {
     let lifetime = home.cert_lifetime(&prepared.config)?;
     let renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
-    renewal.at_start();
+    renewal.at_start(prepared.config.clustered());
     Ok(renewal)
 }
 
@@ -474,6 +515,14 @@ async fn start_broker(
         home.write_server_chain()?;
     }
     let limits = config.jetstream_limits().map_err(prepared.config_error())?;
+    let placement = server_config::Placement {
+        server_name: &prepared.node_name,
+        cluster: config.clustered().then(|| server_config::ClusterInput {
+            name: &config.cluster.name,
+            listen: &config.cluster.listen,
+            routes: &config.cluster.routes,
+        }),
+    };
     let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
         let rendered = server_config::render_for_home(
             home,
@@ -482,6 +531,7 @@ async fn start_broker(
             listen,
             monitor,
             limits,
+            placement,
         )?;
         home::write_atomic(
             &home.nats_config_file(),
@@ -604,6 +654,39 @@ impl OwnUsers {
     }
 }
 
+/// Between steps 5 and 6, on a node of a cluster: waits for JetStream's meta leader, then
+/// announces this run's service and store users to the other nodes (whose callouts answer for
+/// this node's server too) and waits until the routed ones answered, so that both connect at
+/// once wherever their auth request is answered. Returns the announcing task and the replicas
+/// the buckets are made with (`min(3, nodes)`).
+async fn join_cluster(
+    prepared: &Prepared,
+    sys: &async_nats::Client,
+    own: &OwnUsers,
+    state: &Arc<CalloutState>,
+) -> Result<(tokio::task::JoinHandle<()>, usize), UpError> {
+    let node = cluster::Node::new(
+        sys.clone(),
+        &prepared.node_name,
+        UserKey::parse(&own.service.key().public_key())?,
+        UserKey::parse(&own.store.key().public_key())?,
+        state.clone(),
+    );
+    let task = node
+        .listen()
+        .await
+        .map_err(|e| nats_error("subscribing to the cluster's announcements")(e.into()))?;
+    let server_id = sys.server_info().server_id;
+    let meta = cluster::wait_for_meta_leader(sys, &server_id).await;
+    let routed = cluster::server_document(sys, &server_id, "ROUTEZ")
+        .await
+        .map(|routez| cluster::routed_servers(&routez).len())
+        .unwrap_or(0);
+    let answered = node.introduce(routed).await;
+    tracing::info!(node = %prepared.node_name, leader = %meta.leader, cluster_size = meta.cluster_size, routed, answered, "cluster: joined");
+    Ok((task, cluster::replicas_for(meta.cluster_size)))
+}
+
 /// Step 4, the callout: several connections in its queue group (nats-server handles the
 /// answers arriving on one connection one after another, so under a reconnect storm a single
 /// connection's answers queue up past the server's auth timeout), the first announcing its
@@ -670,6 +753,8 @@ struct ServiceContext<'a> {
     store: &'a async_nats::Client,
     sys: &'a async_nats::Client,
     audit: &'a AuditSink,
+    /// Copies of each bucket made now (`min(3, nodes)` in a cluster).
+    replicas: usize,
 }
 
 /// Step 7, the services on zester's service connection: status, enrolment, peels' settings,
@@ -687,6 +772,7 @@ async fn serve_services(
         store,
         sys,
         audit,
+        replicas,
     } = context;
     let config = &prepared.config;
     let config_error = prepared.config_error();
@@ -695,7 +781,7 @@ async fn serve_services(
     let mut tasks = vec![serve_status(service.clone(), status, audit.clone()).await?];
     state.set_enrol_rate(config.keys.enrol_rate);
     let tokens = Arc::new(
-        crate::appliance::tokens::TokenStore::open(store.clone())
+        crate::appliance::tokens::TokenStore::open(store.clone(), replicas)
             .await
             .map_err(|e| UpError::Tokens(Box::new(e)))?,
     );
@@ -726,7 +812,8 @@ async fn serve_services(
             .await
             .map_err(nats_error("subscribing to the enrolment subjects"))?,
     );
-    let settings = Arc::new(crate::appliance::settings::SettingsStore::open(store.clone()).await?);
+    let settings =
+        Arc::new(crate::appliance::settings::SettingsStore::open(store.clone(), replicas).await?);
     tasks.push(
         crate::appliance::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
             .await
@@ -944,14 +1031,11 @@ async fn reconcile_sessions(
     server: String,
 ) {
     let listed_at = now_unix() - i64::from(crate::wire::AUTH_TIMEOUT_SECS);
-    let Some(connections) = crate::appliance::connz::list(&sys, &account, None).await else {
+    let Some(connections) = crate::appliance::connz::list_on(&sys, &server, &account, None).await
+    else {
         return;
     };
-    let live: std::collections::HashSet<u64> = connections
-        .iter()
-        .filter(|c| c.server_id == server)
-        .map(|c| c.cid)
-        .collect();
+    let live: std::collections::HashSet<u64> = connections.iter().map(|c| c.cid).collect();
     let dropped = state.sessions.reconcile(&server, &live, listed_at);
     if dropped > 0 {
         tracing::info!(
@@ -1250,7 +1334,7 @@ async fn serve_status(
     audit: AuditSink,
 ) -> Result<tokio::task::JoinHandle<()>, UpError> {
     let mut requests = service
-        .subscribe(STATUS_SUBJECT)
+        .queue_subscribe(STATUS_SUBJECT, SERVICE_QUEUE.into())
         .await
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
     service

@@ -58,6 +58,17 @@ pub enum ConfigError {
     /// `keys.accept = "hook"` without `keys.hook`.
     #[error("keys.accept = \"hook\" needs keys.hook = \"/path/to/executable\" (it gets the enrolment request as JSON on stdin; exit 0 accepts, 1 rejects)")]
     NoHook,
+    /// A node or cluster name nats-server or zester cannot use.
+    #[error("{key} = {value:?}: a name is 1 to 64 letters, digits, '-', '_' or '.' (no spaces), e.g. \"node-a\"")]
+    Name {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// `cluster.routes` without `cluster.listen`.
+    #[error("cluster.routes is set but cluster.listen is empty: a node in a cluster listens for routes too; set cluster.listen = \"HOST:PORT\" (e.g. \"0.0.0.0:6222\") or pass --cluster-listen")]
+    RoutesWithoutListen,
     /// An unknown accept policy.
     #[error("keys.accept = {value:?}: use \"manual\", \"auto-trusted\", \"auto-all\" or \"hook\"")]
     AcceptPolicy {
@@ -82,6 +93,83 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
+}
+
+/// `[node]`: this node among the nodes of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name, nats-server's `server_name`: unique in the cluster and stable across
+    /// restarts (JetStream's Raft groups know their peers by it). Empty: `zester` on a single
+    /// node, the machine's host name in a cluster.
+    pub name: String,
+}
+
+/// `[cluster]`: nats-server routes to the other nodes, over mutual TLS with the zester CA.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name; the same on every node.
+    pub name: String,
+    /// Where this node listens for routes from the other nodes, `HOST:PORT`; empty = a single
+    /// node (no cluster).
+    pub listen: String,
+    /// The other nodes' route addresses, `HOST:PORT` each.
+    pub routes: Vec<String>,
+}
+
+/// The default of `cluster.name`.
+pub const DEFAULT_CLUSTER_NAME: &str = "zester";
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: DEFAULT_CLUSTER_NAME.to_string(),
+            listen: String::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// The longest node or cluster name (nats-server has no limit; a name is written in logs,
+/// subjects of the monitoring events and JetStream's peer lists).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` is a valid node or cluster name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits,
+/// `-`, `_` or `.` (nats-server refuses spaces in `server_name`, and a name also appears
+/// in subjects, where `.`-free would be stricter than needed but `*`, `>` and spaces are not
+/// allowed).
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The node name a host name gives: its first label, with anything [`valid_name`] refuses
+/// replaced by `-`; `zester` when nothing is left.
+pub fn node_name_from_host(hostname: &str) -> String {
+    let label = hostname.split('.').next().unwrap_or_default();
+    let name: String = label
+        .chars()
+        .take(MAX_NAME_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.trim_matches('-').is_empty() {
+        DEFAULT_CLUSTER_NAME.to_string()
+    } else {
+        name
+    }
 }
 
 /// `[audit]`: how `audit.log` is kept.
@@ -442,7 +530,58 @@ impl Config {
         ] {
             check_address(key, value)?;
         }
+        config.check_cluster_settings()?;
         Ok(config)
+    }
+
+    /// Checks `[node]` and `[cluster]` once the command line had its say (`--cluster-listen`):
+    /// [`Config::check_cluster_settings`], and routes only with a listen address.
+    pub fn check_cluster(&self) -> Result<(), ConfigError> {
+        self.check_cluster_settings()?;
+        if self.cluster.listen.is_empty() && !self.cluster.routes.is_empty() {
+            return Err(ConfigError::RoutesWithoutListen);
+        }
+        Ok(())
+    }
+
+    /// Checks the names and addresses of `[node]` and `[cluster]`, each on its own.
+    pub fn check_cluster_settings(&self) -> Result<(), ConfigError> {
+        if !self.node.name.is_empty() && !valid_name(&self.node.name) {
+            return Err(ConfigError::Name {
+                key: "node.name",
+                value: self.node.name.clone(),
+            });
+        }
+        if !valid_name(&self.cluster.name) {
+            return Err(ConfigError::Name {
+                key: "cluster.name",
+                value: self.cluster.name.clone(),
+            });
+        }
+        if !self.cluster.listen.is_empty() {
+            check_address("cluster.listen", &self.cluster.listen)?;
+        }
+        for route in &self.cluster.routes {
+            check_address("cluster.routes", route)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node is (configured as) part of a cluster.
+    pub fn clustered(&self) -> bool {
+        !self.cluster.listen.is_empty()
+    }
+
+    /// The node's name (`server_name`): `[node] name`, else `zester` alone or the first label
+    /// of `hostname` in a cluster.
+    pub fn node_name(&self, hostname: &str) -> String {
+        if !self.node.name.is_empty() {
+            self.node.name.clone()
+        } else if self.clustered() {
+            node_name_from_host(hostname)
+        } else {
+            DEFAULT_CLUSTER_NAME.to_string()
+        }
     }
 
     /// Peel identity JWT lifetime in seconds (0 = never expires).
@@ -552,6 +691,54 @@ pub fn check_address(key: &'static str, value: &str) -> Result<(), ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let parse = |text: &str| Config::parse(text);
+        let config = parse(
+            "[node]\nname = \"node-a\"\n[cluster]\nlisten = \"127.0.0.1:6222\"\nroutes = [\"10.0.0.2:6222\", \"[fd00::3]:6222\"]\n",
+        )
+        .unwrap();
+        assert!(config.clustered());
+        assert_eq!(config.node_name("host.example.com"), "node-a");
+        assert_eq!(config.cluster.name, "zester");
+        assert!(matches!(
+            parse("[node]\nname = \"node a\"\n"),
+            Err(ConfigError::Name {
+                key: "node.name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("[cluster]\nname = \"\"\n"),
+            Err(ConfigError::Name {
+                key: "cluster.name",
+                ..
+            })
+        ));
+        // Routes alone parse (`--cluster-listen` may give the address), but cannot start.
+        assert_eq!(
+            parse("[cluster]\nroutes = [\"10.0.0.2:6222\"]\n")
+                .unwrap()
+                .check_cluster(),
+            Err(ConfigError::RoutesWithoutListen)
+        );
+        assert!(matches!(
+            parse("[cluster]\nlisten = \"0.0.0.0:6222\"\nroutes = [\"nowhere\"]\n"),
+            Err(ConfigError::Address {
+                key: "cluster.routes",
+                ..
+            })
+        ));
+        // A single node keeps the name it always had; a cluster node defaults to its host.
+        assert_eq!(Config::default().node_name("web.example.com"), "zester");
+        let mut clustered = Config::default();
+        clustered.cluster.listen = "0.0.0.0:6222".into();
+        assert_eq!(clustered.node_name("web-01.example.com"), "web-01");
+        assert_eq!(node_name_from_host("we b"), "we-b");
+        assert_eq!(node_name_from_host("..."), "zester");
+        assert!(valid_name("node_a.1") && !valid_name("a>b") && !valid_name(&"x".repeat(65)));
+    }
 
     #[test]
     fn the_documented_file_equals_the_defaults() {

@@ -17,6 +17,10 @@ pub const SETTINGS_REQUESTS: &str = "zester.event.*.settings";
 /// Every admin API subject.
 pub const ADMIN_REQUESTS: &str = "zester.admin.>";
 
+/// The queue group every service of every node answers in: in a cluster, one node handles
+/// each request (the state it acts on is in the replicated buckets).
+pub const SERVICE_QUEUE: &str = "zester-services";
+
 /// The key store's KV bucket.
 pub const KEYS_BUCKET: &str = "zester-keys";
 /// The per-peel settings KV bucket.

@@ -40,6 +40,7 @@ pub async fn start_on(home: Home, dir: tempfile::TempDir) -> TestAppliance {
             monitor: Some("127.0.0.1:0".into()),
             nats_server: None,
             hostname: "localhost".into(),
+            ..UpOptions::default()
         },
     )
     .await

@@ -63,6 +63,36 @@ pub struct ServerConfigInput<'a> {
     pub ports_file_dir: &'a Path,
     /// Where nats-server writes its pid.
     pub pid_file: &'a Path,
+    /// Routes to the other nodes, when this node is one of a cluster.
+    pub cluster: Option<ClusterInput<'a>>,
+}
+
+/// The `cluster {}` block: routes over mutual TLS with the client TLS files (DESIGN §9).
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterInput<'a> {
+    /// `cluster.name`, the same on every node.
+    pub name: &'a str,
+    /// Where routes are accepted, `HOST:PORT`; port 0 = random.
+    pub listen: &'a str,
+    /// The other nodes' route addresses, `HOST:PORT` each.
+    pub routes: &'a [String],
+}
+
+/// Where this node stands: its `server_name`, and its cluster if it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// `server_name`.
+    pub server_name: &'a str,
+    /// The cluster block, if any.
+    pub cluster: Option<ClusterInput<'a>>,
+}
+
+impl Placement<'static> {
+    /// A single node named `zester`, as every node was before clusters.
+    pub const SINGLE: Placement<'static> = Placement {
+        server_name: "zester",
+        cluster: None,
+    };
 }
 
 /// Why a configuration could not be rendered.
@@ -215,6 +245,7 @@ impl Default for HostPort {
 /// Renders the configuration of a zester home: its operator, accounts (preloaded into the full
 /// resolver under `<home>/nats/jwt`), TLS files, JetStream store and its limits, ports and pid
 /// files, with `sentinel` as the `default_sentinel` and the given listen/monitor addresses.
+#[allow(clippy::too_many_arguments)]
 pub fn render_for_home(
     home: &crate::home::Home,
     authority: &crate::authority::Authority,
@@ -222,11 +253,13 @@ pub fn render_for_home(
     listen: &str,
     monitor: &str,
     jetstream_limits: JetStreamLimits,
+    placement: Placement<'_>,
 ) -> Result<String, ConfigRenderError> {
     let sys = authority.sys.public_key();
     let zester = authority.zester.public_key();
     render(&ServerConfigInput {
-        server_name: "zester",
+        server_name: placement.server_name,
+        cluster: placement.cluster,
         listen,
         monitor,
         operator_jwt_file: &home.operator_jwt(),
@@ -246,6 +279,44 @@ pub fn render_for_home(
         ports_file_dir: &home.nats_dir(),
         pid_file: &home.nats_pid_file(),
     })
+}
+
+/// Renders the `cluster {}` block (routes over mutual TLS: every node presents its server
+/// certificate as a client too, and checks the other's against the zester CA).
+fn render_cluster(
+    input: &ServerConfigInput,
+    cluster: &ClusterInput,
+    line: &mut impl FnMut(String),
+) -> Result<(), ConfigRenderError> {
+    let listen = HostPort::parse("cluster.listen", cluster.listen)?;
+    let routes = cluster
+        .routes
+        .iter()
+        .map(|route| HostPort::parse("cluster.routes", route))
+        .collect::<Result<Vec<_>, _>>()?;
+    line(String::new());
+    line("# Routes to the other zester nodes: mutual TLS with the zester CA.".into());
+    line("cluster {".into());
+    line(format!("  name: {}", quote(cluster.name)));
+    line(format!("  listen: {}", quote(&listen.to_nats_listen())));
+    line("  routes: [".into());
+    for route in &routes {
+        line(format!("    {}", quote(&format!("nats-route://{route}"))));
+    }
+    line("  ]".into());
+    line("  tls {".into());
+    line(format!(
+        "    cert_file: {}",
+        quote_path(input.tls_cert_file)
+    ));
+    line(format!("    key_file: {}", quote_path(input.tls_key_file)));
+    line(format!("    ca_file: {}", quote_path(input.tls_ca_file)));
+    line("    verify: true".into());
+    line("    min_version: \"1.3\"".into());
+    line(format!("    timeout: {TLS_TIMEOUT_SECS}"));
+    line("  }".into());
+    line("}".into());
+    Ok(())
 }
 
 /// Seconds a client has for its TLS handshake (nats-server's default is 2). Under a reconnect
@@ -346,6 +417,9 @@ pub fn render(input: &ServerConfigInput) -> Result<String, ConfigRenderError> {
         input.jetstream_limits.max_file()
     ));
     line("}".into());
+    if let Some(cluster) = &input.cluster {
+        render_cluster(input, cluster, &mut line)?;
+    }
     Ok(out)
 }
 
@@ -463,6 +537,7 @@ mod tests {
                 max_control_line: 32768,
                 ports_file_dir: &self.ports,
                 pid_file: &self.pid,
+                cluster: None,
             }
         }
     }
@@ -475,6 +550,57 @@ mod tests {
 
     fn lines(text: &str) -> Vec<&str> {
         text.lines().map(str::trim).collect()
+    }
+
+    #[test]
+    fn a_cluster_node_renders_routes_over_mutual_tls() {
+        let paths = Paths::under(Path::new("/var/lib/zester"));
+        let preload = [(SYS, "sys.jwt.token"), (ZESTER, "zester.jwt.token")];
+        let routes = ["10.0.0.2:6222".to_string(), "[fd00::3]:6222".to_string()];
+        let mut input = paths.input("0.0.0.0:4222", "127.0.0.1:8222", &preload, "s", SYS);
+        input.server_name = "node-a";
+        input.cluster = Some(ClusterInput {
+            name: "zester",
+            listen: "0.0.0.0:6222",
+            routes: &routes,
+        });
+        let text = render(&input).unwrap();
+        let cluster = &text[text.find("cluster {").expect("a cluster block")..];
+        let lines = lines(cluster);
+        for expected in [
+            "name: \"zester\"",
+            "listen: \"0.0.0.0:6222\"",
+            "\"nats-route://10.0.0.2:6222\"",
+            "\"nats-route://[fd00::3]:6222\"",
+            "cert_file: \"/var/lib/zester/pki/server.pem\"",
+            "ca_file: \"/var/lib/zester/pki/ca.pem\"",
+            // Mutual: a route must present a certificate of the zester CA.
+            "verify: true",
+            "min_version: \"1.3\"",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{text}"
+            );
+        }
+        assert!(text.contains("server_name: \"node-a\""));
+        let nowhere = ["nowhere".to_string()];
+        input.cluster = Some(ClusterInput {
+            name: "zester",
+            listen: "0.0.0.0:6222",
+            routes: &nowhere,
+        });
+        assert_eq!(
+            render(&input).unwrap_err(),
+            ConfigRenderError::BadAddress {
+                key: "cluster.routes",
+                value: "nowhere".into()
+            }
+        );
+        // A single node has no cluster block.
+        assert!(!render_with("0.0.0.0:4222", "127.0.0.1:8222")
+            .unwrap()
+            .contains("cluster {"));
     }
 
     #[test]
@@ -680,6 +806,14 @@ mod tests {
             "127.0.0.1:0",
             "127.0.0.1:0",
             JetStreamLimits::default(),
+            Placement {
+                server_name: "node-a",
+                cluster: Some(ClusterInput {
+                    name: "zester",
+                    listen: "127.0.0.1:0",
+                    routes: &["127.0.0.1:6223".to_string(), "[::1]:6224".to_string()],
+                }),
+            },
         )
         .unwrap();
         let file = nats.join("nats-server.conf");

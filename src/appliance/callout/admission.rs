@@ -144,6 +144,7 @@ mod tests {
             account: authority.zester_jwt.clone(),
             sentinel: sentinel.to_string(),
             services: HashMap::new(),
+            peers: HashMap::new(),
         }
     }
 

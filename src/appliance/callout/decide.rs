@@ -45,7 +45,38 @@ pub struct Trust {
     pub sentinel: String,
     /// Service users of this node by nkey (master, admin).
     pub services: HashMap<UserKey, Role>,
+    /// The per-run service and store users of the other nodes of a cluster, by nkey, as they
+    /// announced them over the system account (`appliance::cluster`): any node's callout may
+    /// answer for any node's server, so each must know the others' own users.
+    pub peers: HashMap<UserKey, Role>,
 }
+
+impl Trust {
+    /// The role of one of zester's own users (this node's first, then the other nodes'), or
+    /// `None` for a key that is not one of them.
+    pub fn service_role(&self, nkey: &str) -> Option<&Role> {
+        self.services.get(nkey).or_else(|| self.peers.get(nkey))
+    }
+
+    /// Whether `jwt` is a `default_sentinel`: this node's own, or that of another node of the
+    /// cluster (each signs its own at start, so they differ): a bearer JWT of this account,
+    /// tagged [`SENTINEL_TAG`]. A sentinel grants nothing (it denies every subject), so a
+    /// client presenting one is treated as one that presented no JWT, as nats-server does.
+    pub fn is_sentinel(&self, jwt_text: &str, now: i64) -> bool {
+        if jwt_text == self.sentinel {
+            return true;
+        }
+        let Ok(user) = jwt::decode::<UserNats>(jwt_text, now) else {
+            return false;
+        };
+        user.claims().nats.bearer_token
+            && user.claims().nats.tags.iter().any(|t| t == SENTINEL_TAG)
+            && chain::verify_user(&self.operator, &self.account, &user, now).is_ok()
+    }
+}
+
+/// The tag of a `default_sentinel` JWT ([`crate::authority::Authority::issue_sentinel`]).
+pub const SENTINEL_TAG: &str = crate::authority::SENTINEL_TAG;
 
 /// Why a client was refused. `code` is stable for scripts; `Display` is for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,7 +228,7 @@ pub fn decide(
     now: i64,
 ) -> Decision {
     let opts = &request.connect_opts;
-    let presented_jwt = !opts.jwt.is_empty() && opts.jwt != trust.sentinel;
+    let presented_jwt = !opts.jwt.is_empty() && !trust.is_sentinel(&opts.jwt, now);
     if !presented_jwt && !opts.nkey.is_empty() {
         return admit_enrolling(request, keys, now);
     }
@@ -238,7 +269,7 @@ fn admit_user_jwt(
         return Err(fail(Refusal::Bearer));
     }
     verify_nonce(&request.client_info.nonce, &opts.signed_nonce, &nkey).map_err(fail)?;
-    let role = match trust.services.get(nkey.as_str()) {
+    let role = match trust.service_role(nkey.as_str()) {
         Some(role) => role.clone(),
         None => match keys.peel_key(&nkey) {
             Some((id, KeyState::Accepted)) => Role::Peel(id),
@@ -272,7 +303,7 @@ pub const NO_ANSWER_AFTER: std::time::Duration =
 /// knows the callout left the request unanswered (`unanswered`: the server held the
 /// client for its auth timeout while the callout was reconnecting or shedding load).
 pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64, unanswered: bool) -> Refusal {
-    if jwt_text.is_empty() || jwt_text == trust.sentinel {
+    if jwt_text.is_empty() || trust.is_sentinel(jwt_text, now) {
         return Refusal::NoCredentials;
     }
     let user = match jwt::decode::<UserNats>(jwt_text, now) {
@@ -383,6 +414,7 @@ mod tests {
             account: authority.zester_jwt.clone(),
             sentinel: "SENTINEL".into(),
             services,
+            peers: HashMap::new(),
         };
         World {
             authority,
@@ -418,6 +450,40 @@ mod tests {
             Decision::Refuse { refusal, .. } => refusal,
             Decision::Allow(a) => panic!("allowed: {a:?}"),
         }
+    }
+
+    #[test]
+    fn another_nodes_sentinel_is_a_sentinel_and_nothing_else_is() {
+        let w = world();
+        // Another node signed its own sentinel at its own start.
+        let theirs = w.authority.issue_sentinel(NOW - 60).unwrap();
+        assert!(w.trust.is_sentinel("SENTINEL", NOW));
+        assert!(w.trust.is_sentinel(theirs.token(), NOW));
+        // An enrolling client on that node's server reaches the enrolment path here.
+        let key = KeyPair::new_user();
+        let mut enrolling = request(theirs.token(), Some(&key));
+        enrolling.connect_opts.nkey = key.public_key();
+        match decide(&enrolling, &w.trust, &w.keys, NOW) {
+            Decision::Allow(a) => assert!(matches!(a.role, Role::Enrolling { .. }), "{a:?}"),
+            other => panic!("refused: {other:?}"),
+        }
+        // A bearer JWT of this account without the tag, or a sentinel of another account, is
+        // no sentinel.
+        let untagged = w
+            .authority
+            .issue_user(
+                &KeyPair::new_user().public_key(),
+                "x",
+                &Role::Master,
+                NOW,
+                0,
+            )
+            .unwrap();
+        assert!(!w.trust.is_sentinel(untagged.token(), NOW));
+        let (foreign, _) = Authority::generate(NOW).unwrap();
+        let foreign_sentinel = foreign.issue_sentinel(NOW).unwrap();
+        assert!(!w.trust.is_sentinel(foreign_sentinel.token(), NOW));
+        assert!(!w.trust.is_sentinel("not a jwt", NOW));
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn check(
                 nkey: key.to_string(),
             }),
         },
-        role => match trust.services.get(key) {
+        role => match trust.service_role(key) {
             Some(held) if held == role => Ok(()),
             _ => Err(Refusal::UnknownKey {
                 nkey: key.to_string(),
@@ -166,6 +166,7 @@ mod tests {
             account: authority.zester_jwt.clone(),
             sentinel: "SENTINEL".into(),
             services: HashMap::new(),
+            peers: HashMap::new(),
         };
         World {
             authority,

@@ -19,8 +19,9 @@ use super::readmit::{self, Grant};
 use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
+use crate::identity::keys::UserKey;
 use crate::net::connect::Presence;
-use crate::permissions::AUTH_CALLOUT_SUBJECT;
+use crate::permissions::{Role, AUTH_CALLOUT_SUBJECT};
 use crate::wire::AUTH_TIMEOUT_SECS;
 
 /// The queue group every zester callout joins (several nodes share the load, DESIGN §9).
@@ -132,9 +133,22 @@ impl CalloutState {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 
-    /// Replaces the trust anchors (e.g. after the account JWT changed).
+    /// Replaces the trust anchors (e.g. after the account JWT changed). The other nodes' users
+    /// ([`Trust::peers`]) are kept as they are: only [`CalloutState::set_peers`] changes them,
+    /// so a change made from an older snapshot never undoes what the cluster announced meanwhile.
     pub fn set_trust(&self, trust: Trust) {
-        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
+        let mut current = self.trust.write().unwrap_or_else(|p| p.into_inner());
+        let peers = current.peers.clone();
+        *current = Arc::new(Trust { peers, ..trust });
+    }
+
+    /// Replaces the other nodes' own users (what `appliance::cluster` heard them announce).
+    pub fn set_peers(&self, peers: std::collections::HashMap<UserKey, Role>) {
+        let mut current = self.trust.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(Trust {
+            peers,
+            ..(**current).clone()
+        });
     }
 
     /// The current trust anchors.

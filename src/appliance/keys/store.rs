@@ -163,7 +163,16 @@ impl KeyStore {
     /// Opens the bucket (creating it if missing; an existing bucket is used as it is, whatever
     /// its settings), loads every record into the cache, and starts the watch task.
     pub async fn open(client: async_nats::Client) -> Result<KeyStore, KeyStoreError> {
-        let kv = open_bucket(&jetstream::new(client)).await?;
+        KeyStore::open_replicated(client, 1).await
+    }
+
+    /// [`KeyStore::open`], creating a missing bucket with `replicas` copies (a cluster's
+    /// `min(3, nodes)`; `appliance::cluster::keep_replicated` raises them as the cluster grows).
+    pub async fn open_replicated(
+        client: async_nats::Client,
+        replicas: usize,
+    ) -> Result<KeyStore, KeyStoreError> {
+        let kv = open_bucket(&jetstream::new(client), replicas).await?;
         let (cache, writer) = KeyCache::new();
         let watch = load(&kv, &writer).await?;
         tracing::debug!(
@@ -347,8 +356,9 @@ impl Drop for KeyStore {
     }
 }
 
-fn bucket_config() -> kv::Config {
+fn bucket_config(replicas: usize) -> kv::Config {
     kv::Config {
+        num_replicas: replicas,
         bucket: BUCKET.to_string(),
         description: "zester key records: one JSON record per peel id (nkey, xkey, state, history)"
             .to_string(),
@@ -359,11 +369,11 @@ fn bucket_config() -> kv::Config {
     }
 }
 
-async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, KeyStoreError> {
+async fn open_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, KeyStoreError> {
     if let Ok(kv) = js.get_key_value(BUCKET).await {
         return Ok(kv);
     }
-    match js.create_key_value(bucket_config()).await {
+    match js.create_key_value(bucket_config(replicas)).await {
         Ok(kv) => {
             tracing::info!(bucket = BUCKET, "created the key store bucket");
             Ok(kv)

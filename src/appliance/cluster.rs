@@ -1,0 +1,419 @@
+//! A node among the nodes of a cluster (DESIGN §9): what it tells the others so that any
+//! node's callout admits any node's own users, what it learns from nats-server about the
+//! cluster (routes, the JetStream meta leader and size), and how many replicas zester's
+//! buckets keep.
+//!
+//! Every node's callout answers in one queue group, and nats-server does not prefer the local
+//! member, so the auth request of node B's store connection is usually answered by another
+//! node's callout. B's per-run service and store users exist only in B's memory (only this
+//! run's are trusted): B announces their keys on [`ANNOUNCE_SUBJECT`] in the **system
+//! account** before they connect, waits for every routed node to answer with its own, and
+//! announces again every [`ANNOUNCE_EVERY`]. Only zester's own system connections are in that
+//! account (no peel, admin or master can publish there), and an announcement only ever names
+//! `service` and `store` users, so hearing one can never make a key an admin.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::appliance::callout::service::CalloutState;
+use crate::identity::keys::UserKey;
+use crate::permissions::Role;
+
+/// Where nodes announce their own users, in the system account.
+pub const ANNOUNCE_SUBJECT: &str = "zester.cluster.users";
+/// How often a node announces its users again (heals an announcement missed in a partition).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// How long a starting node waits for the routed nodes to answer its announcement.
+pub const INTRODUCE_WAIT: Duration = Duration::from_secs(5);
+/// How often a clustered node checks that its buckets have the replicas the cluster allows.
+pub const REPLICAS_EVERY: Duration = Duration::from_secs(30);
+
+/// The most replicas zester asks JetStream for: R3 survives the loss of any one node.
+pub const MAX_REPLICAS: usize = 3;
+
+/// The replicas of a bucket in a cluster of `nodes` JetStream servers: `min(3, nodes)`, at
+/// least 1.
+pub fn replicas_for(nodes: usize) -> usize {
+    nodes.clamp(1, MAX_REPLICAS)
+}
+
+/// What a node says about itself: its name, this run, and its per-run users' keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The node's name (`server_name`).
+    pub node: String,
+    /// A random id of this run of `zester up` (a restarted node replaces its old keys).
+    pub run: String,
+    /// The per-run service user.
+    pub service: UserKey,
+    /// The per-run store user.
+    pub store: UserKey,
+}
+
+/// The other nodes' users as last announced, one announcement per node.
+#[derive(Debug, Clone, Default)]
+pub struct PeerUsers {
+    me: String,
+    by_node: HashMap<String, Announcement>,
+}
+
+impl PeerUsers {
+    /// The table of node `me` (whose own announcements are ignored).
+    pub fn new(me: &str) -> PeerUsers {
+        PeerUsers {
+            me: me.to_string(),
+            by_node: HashMap::new(),
+        }
+    }
+
+    /// Takes in what a node announced; true when the trusted keys changed.
+    pub fn hear(&mut self, announcement: Announcement) -> bool {
+        if announcement.node == self.me {
+            return false;
+        }
+        let changed = self.by_node.get(&announcement.node) != Some(&announcement);
+        self.by_node.insert(announcement.node.clone(), announcement);
+        changed
+    }
+
+    /// The nodes heard from.
+    pub fn nodes(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// Every other node's users, by key (for [`CalloutState::set_peers`]).
+    pub fn trusted(&self) -> HashMap<UserKey, Role> {
+        let mut trusted = HashMap::new();
+        for announcement in self.by_node.values() {
+            trusted.insert(announcement.service.clone(), Role::Service);
+            trusted.insert(announcement.store.clone(), Role::Store);
+        }
+        trusted
+    }
+}
+
+/// This node's part in the cluster: its announcement, and the table of what it heard.
+#[derive(Clone)]
+pub struct Node {
+    sys: async_nats::Client,
+    me: Announcement,
+    state: Arc<CalloutState>,
+    peers: Arc<std::sync::Mutex<PeerUsers>>,
+}
+
+impl Node {
+    /// Node `name` with its per-run `service` and `store` users, on the system connection.
+    pub fn new(
+        sys: async_nats::Client,
+        name: &str,
+        service: UserKey,
+        store: UserKey,
+        state: Arc<CalloutState>,
+    ) -> Node {
+        let me = Announcement {
+            node: name.to_string(),
+            run: format!("{:016x}", rand::random::<u64>()),
+            service,
+            store,
+        };
+        Node {
+            sys,
+            peers: Arc::new(std::sync::Mutex::new(PeerUsers::new(name))),
+            me,
+            state,
+        }
+    }
+
+    fn hear(&self, payload: &[u8]) -> Option<Announcement> {
+        let announcement: Announcement = serde_json::from_slice(payload).ok()?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.hear(announcement.clone()) {
+            self.state.set_peers(peers.trusted());
+            tracing::info!(node = %announcement.node, run = %announcement.run, "cluster: trusting that node's own users");
+        }
+        Some(announcement)
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.me).unwrap_or_default()
+    }
+
+    /// Starts answering other nodes' announcements (with this node's own) and re-announcing
+    /// every [`ANNOUNCE_EVERY`]. Started as soon as the system connection is up, so that nodes
+    /// starting together answer each other while JetStream still elects its leader.
+    pub async fn listen(&self) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+        let mut heard = self.sys.subscribe(ANNOUNCE_SUBJECT).await?;
+        let node = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut every = tokio::time::interval(ANNOUNCE_EVERY);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    message = heard.next() => {
+                        let Some(message) = message else { return };
+                        let from_other = node.hear(&message.payload).is_some_and(|a| a.node != node.me.node);
+                        if let (true, Some(reply)) = (from_other, message.reply) {
+                            let _ = node.sys.publish(reply, node.payload().into()).await;
+                        }
+                    }
+                    _ = every.tick() => {
+                        let _ = node.sys.publish(ANNOUNCE_SUBJECT, node.payload().into()).await;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Announces this node and waits (at most [`INTRODUCE_WAIT`]) until each of the `routed`
+    /// nodes answered with its own, so that this node's users are trusted everywhere before
+    /// they connect. Returns how many nodes answered.
+    pub async fn introduce(&self, routed: usize) -> usize {
+        let inbox = self.sys.new_inbox();
+        let Ok(mut answers) = self.sys.subscribe(inbox.clone()).await else {
+            return 0;
+        };
+        if self
+            .sys
+            .publish_with_reply(ANNOUNCE_SUBJECT, inbox, self.payload().into())
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let _ = self.sys.flush().await;
+        let mut nodes = HashSet::new();
+        let deadline = tokio::time::sleep(INTRODUCE_WAIT);
+        tokio::pin!(deadline);
+        while nodes.len() < routed {
+            tokio::select! {
+                answer = answers.next() => {
+                    let Some(answer) = answer else { break };
+                    if let Some(announcement) = self.hear(&answer.payload) {
+                        nodes.insert(announcement.node);
+                    }
+                }
+                _ = &mut deadline => {
+                    tracing::info!(answered = nodes.len(), routed, "cluster: not every routed node answered this node's announcement (starting, or not running zester); they learn this node's users when they start");
+                    break;
+                }
+            }
+        }
+        nodes.len()
+    }
+}
+
+/// Asks this node's nats-server (`server_id`, over the system connection) for one of its
+/// monitoring documents (`ROUTEZ`, `JSZ` …): the `data` of the answer.
+pub async fn server_document(
+    sys: &async_nats::Client,
+    server_id: &str,
+    what: &str,
+) -> Option<Value> {
+    let subject = format!("$SYS.REQ.SERVER.{server_id}.{what}");
+    let answer = tokio::time::timeout(Duration::from_secs(2), sys.request(subject, "{}".into()))
+        .await
+        .ok()?
+        .ok()?;
+    let mut document: Value = serde_json::from_slice(&answer.payload).ok()?;
+    Some(document.get_mut("data")?.take())
+}
+
+/// The other servers this server has routes to (by name; a route pool has several routes per
+/// server).
+pub fn routed_servers(routez: &Value) -> HashSet<String> {
+    routez
+        .get("routes")
+        .and_then(Value::as_array)
+        .map(|routes| {
+            routes
+                .iter()
+                .filter_map(|r| {
+                    r.get("remote_name")
+                        .or_else(|| r.get("remote_id"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// JetStream's meta group as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// The meta leader's server name, empty while there is none.
+    pub leader: String,
+    /// The known size of the cluster (JetStream servers).
+    pub cluster_size: usize,
+}
+
+/// The meta group of a `JSZ` document; a server without a cluster is a group of one, its own
+/// leader.
+pub fn meta_of(jsz: &Value) -> Option<Meta> {
+    match jsz.get("meta_cluster") {
+        Some(meta) => Some(Meta {
+            leader: meta
+                .get("leader")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            cluster_size: meta
+                .get("cluster_size")
+                .and_then(Value::as_u64)
+                .map_or(1, |n| usize::try_from(n).unwrap_or(1)),
+        }),
+        None => jsz.get("server_id").map(|_| Meta {
+            leader: "(standalone)".to_string(),
+            cluster_size: 1,
+        }),
+    }
+}
+
+/// Waits until JetStream has a meta leader (in a cluster, more than half of the nodes must be
+/// up to elect one), saying every few seconds what it waits for. Returns the meta group.
+pub async fn wait_for_meta_leader(sys: &async_nats::Client, server_id: &str) -> Meta {
+    let started = std::time::Instant::now();
+    let mut said = started;
+    loop {
+        let meta = server_document(sys, server_id, "JSZ")
+            .await
+            .and_then(|jsz| meta_of(&jsz));
+        if let Some(meta) = meta.filter(|m| !m.leader.is_empty()) {
+            return meta;
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = std::time::Instant::now();
+            tracing::info!(
+                waited_secs = started.elapsed().as_secs(),
+                "cluster: waiting for JetStream to elect a meta leader (more than half of the nodes must be up and routed)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Raises the replicas of zester's streams to what a cluster of the current size allows, every
+/// [`REPLICAS_EVERY`], never lowering them (a node that is down for a while must not shrink the
+/// copies). `streams` are stream names (`KV_zester-keys` …).
+pub async fn keep_replicated(
+    store: async_nats::Client,
+    sys: async_nats::Client,
+    streams: Vec<String>,
+) {
+    let js = async_nats::jetstream::new(store);
+    loop {
+        let server_id = sys.server_info().server_id;
+        if let Some(meta) = server_document(&sys, &server_id, "JSZ")
+            .await
+            .and_then(|jsz| meta_of(&jsz))
+        {
+            let want = replicas_for(meta.cluster_size);
+            for name in &streams {
+                let Ok(mut stream) = js.get_stream(name).await else {
+                    continue;
+                };
+                let Ok(info) = stream.info().await else {
+                    continue;
+                };
+                if info.config.num_replicas >= want {
+                    continue;
+                }
+                let mut config = info.config.clone();
+                let from = config.num_replicas;
+                config.num_replicas = want;
+                match js.update_stream(config).await {
+                    Ok(_) => {
+                        tracing::info!(stream = %name, from, to = want, "cluster: raised the replicas")
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %name, to = want, "cluster: could not raise the replicas: {e}")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(REPLICAS_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> UserKey {
+        let seed = [n; 32];
+        let pair = nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, seed).unwrap();
+        UserKey::parse(&pair.public_key()).unwrap()
+    }
+
+    fn announcement(node: &str, run: &str, n: u8) -> Announcement {
+        Announcement {
+            node: node.into(),
+            run: run.into(),
+            service: key(n),
+            store: key(n + 1),
+        }
+    }
+
+    #[test]
+    fn replicas_are_three_at_most_and_one_at_least() {
+        assert_eq!([0, 1, 2, 3, 5].map(replicas_for), [1, 1, 2, 3, 3]);
+    }
+
+    #[test]
+    fn a_node_trusts_what_others_announce_and_a_restart_replaces_it() {
+        let mut peers = PeerUsers::new("a");
+        assert!(!peers.hear(announcement("a", "1", 1)), "its own is ignored");
+        assert!(peers.trusted().is_empty());
+        assert!(peers.hear(announcement("b", "1", 10)));
+        assert!(
+            !peers.hear(announcement("b", "1", 10)),
+            "the same again changes nothing"
+        );
+        assert_eq!(peers.trusted().get(key(10).as_str()), Some(&Role::Service));
+        assert_eq!(peers.trusted().get(key(11).as_str()), Some(&Role::Store));
+        // b restarts with new keys: the old ones are no longer trusted.
+        assert!(peers.hear(announcement("b", "2", 20)));
+        let trusted = peers.trusted();
+        assert_eq!(trusted.len(), 2);
+        assert!(!trusted.contains_key(key(10).as_str()));
+        assert!(peers.hear(announcement("c", "1", 30)));
+        assert_eq!(peers.nodes(), 2);
+        assert_eq!(peers.trusted().len(), 4);
+    }
+
+    #[test]
+    fn an_announcement_names_user_keys_only() {
+        let text = serde_json::to_string(&announcement("b", "1", 1)).unwrap();
+        let account = nkeys::KeyPair::new_account().public_key();
+        let forged = text.replace(key(1).as_str(), &account);
+        assert!(serde_json::from_str::<Announcement>(&forged).is_err());
+    }
+
+    #[test]
+    fn routes_and_meta_are_read_from_the_monitoring_documents() {
+        let routez = serde_json::json!({"routes": [
+            {"remote_name": "b", "remote_id": "NB"},
+            {"remote_name": "b", "remote_id": "NB"},
+            {"remote_name": "c", "remote_id": "NC"}
+        ]});
+        assert_eq!(routed_servers(&routez).len(), 2);
+        assert!(routed_servers(&serde_json::json!({})).is_empty());
+        let jsz = serde_json::json!({"server_id": "NA", "meta_cluster": {"leader": "b", "cluster_size": 3}});
+        assert_eq!(
+            meta_of(&jsz),
+            Some(Meta {
+                leader: "b".into(),
+                cluster_size: 3
+            })
+        );
+        let alone = serde_json::json!({"server_id": "NA"});
+        assert_eq!(meta_of(&alone).unwrap().cluster_size, 1);
+        assert!(!meta_of(&alone).unwrap().leader.is_empty());
+        assert_eq!(meta_of(&serde_json::json!({})), None);
+    }
+}
