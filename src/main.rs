@@ -81,6 +81,10 @@ enum Command {
         /// tree or this executable, then PATH).
         #[arg(long, value_name = "PATH")]
         nats_server: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT listens on
+        /// 127.0.0.1; port 0 picks a free one; "" turns it off). Default: metrics.listen (off).
+        #[arg(long, value_name = "HOST:PORT", env = "ZESTER_METRICS")]
+        metrics: Option<String>,
     },
     /// Ask the running appliance how it is: nats-server pid and restarts, connections,
     /// decisions allowed/refused with latency, key counts. Exits 1 when it is not running.
@@ -638,7 +642,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             monitor,
             nats_server,
-        } => return up(home, listen, monitor, nats_server),
+            metrics,
+        } => {
+            let options = UpOptions {
+                listen,
+                monitor,
+                nats_server,
+                metrics,
+                hostname: hostname(),
+            };
+            return up(home, options);
+        }
         Command::Peel { command } => return peel_command(command),
         Command::Secret { command } => {
             secret_command(&home, command)?;
@@ -734,18 +748,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `zester up`: runs the appliance until SIGINT/SIGTERM.
-fn up(
-    home: Home,
-    listen: Option<String>,
-    monitor: Option<String>,
-    nats_server: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let options = UpOptions {
-        listen,
-        monitor,
-        nats_server,
-        hostname: hostname(),
-    };
+fn up(home: Home, options: UpOptions) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let signals = StopSignals::install()?;
         let appliance = Appliance::start(home, options).await?;

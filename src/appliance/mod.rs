@@ -3,7 +3,7 @@
 //! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
 //! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
-//! zester's own users.
+//! zester's own users; `metrics` is what Prometheus sees, `scrape` serves it on `/metrics`.
 
 pub mod admin;
 pub mod broker;
@@ -13,10 +13,12 @@ pub mod connz;
 pub mod enrol;
 pub mod hook;
 pub mod keys;
+pub mod metrics;
 pub mod own_renewal;
 pub mod renew;
 pub mod respond;
 pub mod rotate;
+pub mod scrape;
 pub mod settings;
 pub mod tokens;
 pub mod up;
