@@ -207,7 +207,8 @@ impl Collector for LiveCollector {
     }
 }
 
-/// The registry and the event counters; shared by the audit sink (which reports every record)
+/// The registry and the event counters (their help texts have no final period: the encoder
+/// adds one); shared by the audit sink (which reports every record)
 /// and the `/metrics` listener.
 pub struct Metrics {
     registry: Registry,
@@ -241,13 +242,13 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "zester_auth_decisions",
-            "Connection decisions: by the callout, and refusals nats-server made itself (source), by decision, refusal code and role let in.",
+            "Connection decisions: by the callout, and refusals nats-server made itself (source), by decision, refusal code and role let in",
             decisions.clone(),
         );
         let decision_seconds = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "zester_auth_decision_duration",
-            "Time the callout took to answer an authorization request, from receipt (time queued included) to the answer sent.",
+            "Time the callout took to answer an authorization request, from receipt (time queued included) to the answer sent",
             Unit::Seconds,
             decision_seconds.clone(),
         );
@@ -259,17 +260,17 @@ impl Metrics {
         let enrolments = results(
             &mut registry,
             "zester_enrolments",
-            "Enrolment requests and their outcomes (answered, refused by code, the policy hook's verdicts).",
+            "Enrolment requests and their outcomes (answered, refused by code, the policy hook's verdicts)",
         );
         let renewals = results(
             &mut registry,
             "zester_renewals",
-            "Renewals of credentials (peel identity JWTs, zester's own creds, the TLS server certificate), by result and code.",
+            "Renewals of credentials (peel identity JWTs, zester's own creds, the TLS server certificate), by result and code",
         );
         let rotations = results(
             &mut registry,
             "zester_rotations",
-            "Peel key rotations, by result and code.",
+            "Peel key rotations, by result and code",
         );
         let live = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(LiveCollector(live.clone())));

@@ -270,7 +270,9 @@ impl Appliance {
                 supervisor: broker.supervisor.info_handle(),
                 audit: audit.clone(),
             }));
-            tracing::info!(url = ?runtime.metrics_url, "serving Prometheus metrics");
+            if let Some(url) = &runtime.metrics_url {
+                tracing::info!(%url, "serving Prometheus metrics");
+            }
             tasks.push(scrape::spawn(listener, metrics));
         }
         tasks.push(renewal.spawn(
