@@ -470,6 +470,7 @@ fn up_options() -> UpOptions {
         listen: Some("127.0.0.1:0".into()),
         monitor: Some("127.0.0.1:0".into()),
         nats_server: None,
+        metrics: None,
         hostname: "localhost".into(),
         ..UpOptions::default()
     }

@@ -90,6 +90,10 @@ enum Command {
         /// restarts). Default: node.name, else the host name in a cluster, "zester" alone.
         #[arg(long, value_name = "NAME", env = "ZESTER_NODE_NAME")]
         node_name: Option<String>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT listens on
+        /// 127.0.0.1; port 0 picks a free one; "" turns it off). Default: metrics.listen (off).
+        #[arg(long, value_name = "HOST:PORT", env = "ZESTER_METRICS")]
+        metrics: Option<String>,
     },
     /// Ask the running appliance how it is: nats-server pid and restarts, connections,
     /// decisions allowed/refused with latency, key counts. Exits 1 when it is not running.
@@ -649,6 +653,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nats_server,
             cluster_listen,
             node_name,
+            metrics,
         } => {
             let options = UpOptions {
                 listen,
@@ -657,6 +662,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hostname: hostname(),
                 cluster_listen,
                 node_name,
+                metrics,
             };
             return up(home, options);
         }

@@ -51,6 +51,13 @@ async fn a_running_peel_keeps_serving_through_its_rotation() {
         })
         .await;
     assert_eq!(admitted_new["peel_id"], "web-01");
+    // Both steps are audited (and so counted in zester_rotations_total).
+    for code in ["rotated", "rotation_finished"] {
+        t.wait_audit(code, |r| {
+            r["source"] == "rotate" && r["code"] == code && r["peel_id"] == "web-01"
+        })
+        .await;
+    }
 
     // The old key is out for good.
     let options = async_nats::ConnectOptions::with_credentials_file(&old_copy)

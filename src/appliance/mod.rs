@@ -4,7 +4,8 @@
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
 //! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
 //! zester's own users; `cluster` is a node's part in a cluster (its own users announced to
-//! the other nodes, JetStream's meta group, the buckets' replicas).
+//! the other nodes, JetStream's meta group, the buckets' replicas); `metrics` is what
+//! Prometheus sees, `scrape` serves it on `/metrics`.
 
 pub mod admin;
 pub mod broker;
@@ -15,10 +16,12 @@ pub mod connz;
 pub mod enrol;
 pub mod hook;
 pub mod keys;
+pub mod metrics;
 pub mod own_renewal;
 pub mod renew;
 pub mod respond;
 pub mod rotate;
+pub mod scrape;
 pub mod settings;
 pub mod tokens;
 pub mod up;

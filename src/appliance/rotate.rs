@@ -65,7 +65,7 @@ pub struct RotateService {
     pub admin: Arc<AdminService>,
     /// Lifetime of the new JWT, seconds (0 = never).
     pub peel_expiry: i64,
-    /// Where refusals are audited.
+    /// Where rotations and refusals are audited.
     pub audit: AuditSink,
 }
 
@@ -103,19 +103,39 @@ impl RotateService {
                     } else {
                         service.rotate(&message.payload, &id, now).await
                     };
-                    if let Err(e) = &outcome {
-                        let mut record = AuditRecord::at(now, Source::Rotate, Verdict::Refuse);
-                        record.code = if notice {
-                            "rotated_refused"
-                        } else {
-                            "rotate_refused"
+                    // Audited either way (and so counted in the metrics): which step, and for
+                    // a refusal why.
+                    let mut record = match &outcome {
+                        Ok(_) => {
+                            let mut record = AuditRecord::at(now, Source::Rotate, Verdict::Allow);
+                            (record.code, record.reason) = if notice {
+                                (
+                                    "rotation_finished".into(),
+                                    "old key revoked after rotation".into(),
+                                )
+                            } else {
+                                (
+                                    "rotated".into(),
+                                    "key rotated: new identity JWT issued".into(),
+                                )
+                            };
+                            record
                         }
-                        .into();
-                        record.reason = e.to_string();
-                        record.peel_id = id.clone();
-                        record.role = "peel".into();
-                        service.audit.record(record);
-                    }
+                        Err(e) => {
+                            let mut record = AuditRecord::at(now, Source::Rotate, Verdict::Refuse);
+                            record.code = if notice {
+                                "rotated_refused"
+                            } else {
+                                "rotate_refused"
+                            }
+                            .into();
+                            record.reason = e.to_string();
+                            record
+                        }
+                    };
+                    record.peel_id = id.clone();
+                    record.role = "peel".into();
+                    service.audit.record(record);
                     respond::answer(&client, reply, outcome, "a rotation request").await;
                 });
             }

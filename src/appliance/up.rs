@@ -31,8 +31,10 @@ use crate::appliance::cert_renewal::CertRenewal;
 use crate::appliance::cluster;
 use crate::appliance::enrol::EnrolService;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
+use crate::appliance::metrics::{self, Metrics};
 use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
 use crate::appliance::rotate::RotateService;
+use crate::appliance::scrape::{self, ScrapeError};
 use crate::home::{self, now_unix, Home, HomeError};
 use crate::identity::creds::Creds;
 use crate::identity::keys::UserKey;
@@ -129,6 +131,12 @@ pub enum UpError {
     /// Signing failed (a damaged key).
     #[error("signing: {0}")]
     Authority(#[from] crate::authority::AuthorityError),
+    /// A command-line value that does not parse (`--metrics`).
+    #[error(transparent)]
+    Flag(crate::home::config::ConfigError),
+    /// The metrics endpoint could not listen.
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
 }
 
 fn nats_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> UpError {
@@ -144,6 +152,8 @@ pub struct UpOptions {
     pub monitor: Option<String>,
     /// `--nats-server PATH`.
     pub nats_server: Option<PathBuf>,
+    /// `--metrics HOST:PORT` (a bare port means 127.0.0.1, empty turns `[metrics] listen` off).
+    pub metrics: Option<String>,
     /// This machine's hostname (for the TLS certificate at first init, and the node name of a
     /// cluster node without `[node] name`).
     pub hostname: String,
@@ -186,6 +196,8 @@ impl Appliance {
         let started = Instant::now();
         let started_at = now_unix();
         let mut prepared = prepare(&home, &options, started_at)?;
+        let scrape = bind_metrics(&prepared, &options).await?;
+        let metrics = scrape.is_some().then(|| Arc::new(Metrics::new()));
         let (audit, audit_task) = audit::start_with(
             &home.audit_log(),
             audit::Rotation {
@@ -196,6 +208,10 @@ impl Appliance {
                 keep: prepared.config.audit.keep,
             },
         );
+        let audit = match &metrics {
+            Some(metrics) => audit.counted_by(metrics),
+            None => audit,
+        };
         let renewal = renew_certificate(&home, &prepared, &audit)?;
         let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
         let broker = start_broker(&home, &prepared, &options).await?;
@@ -235,6 +251,10 @@ impl Appliance {
             pid: std::process::id(),
             url: broker.endpoint.url.clone(),
             monitor_url: broker.monitor.map(|m| format!("http://{m}")),
+            metrics_url: scrape
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok())
+                .map(|at| format!("http://{at}/metrics")),
             started_at,
         };
         let ready_after = started.elapsed();
@@ -263,6 +283,23 @@ impl Appliance {
             replicas,
         };
         tasks.extend(serve_services(context, &service, status).await?);
+        if let (Some(listener), Some(metrics)) = (scrape, metrics) {
+            metrics.read_live(Arc::new(MetricsSource {
+                home: home.clone(),
+                peel_expiry: prepared
+                    .config
+                    .peel_expiry()
+                    .map_err(prepared.config_error())?,
+                state: state.clone(),
+                keys: keys.cache(),
+                supervisor: broker.supervisor.info_handle(),
+                audit: audit.clone(),
+            }));
+            if let Some(url) = &runtime.metrics_url {
+                tracing::info!(%url, "serving Prometheus metrics");
+            }
+            tasks.push(scrape::spawn(listener, metrics));
+        }
         tasks.push(renewal.spawn(
             broker.supervisor.reload_handle(),
             broker.supervisor.info_handle(),
@@ -438,6 +475,32 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
         session_ttl,
         sentinel,
     })
+}
+
+/// With step 1, the metrics endpoint (`--metrics`, else `[metrics] listen`; off when neither
+/// names an address): bound before anything starts, so that a taken port fails the start at
+/// once; served only once the appliance is ready.
+async fn bind_metrics(
+    prepared: &Prepared,
+    options: &UpOptions,
+) -> Result<Option<tokio::net::TcpListener>, UpError> {
+    let address = match &options.metrics {
+        Some(flag) => {
+            crate::home::config::metrics_address("--metrics", flag).map_err(UpError::Flag)?
+        }
+        None => prepared
+            .config
+            .metrics_listen()
+            .map_err(prepared.config_error())?,
+    };
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = scrape::bind(&address).await?;
+    if listener.local_addr().is_ok_and(|at| !at.ip().is_loopback()) {
+        tracing::warn!(%address, "the metrics endpoint listens beyond this machine, in plain HTTP without authentication: keep it reachable by your Prometheus only");
+    }
+    Ok(Some(listener))
 }
 
 /// Between steps 1 and 2, the TLS certificate: re-issued before the child starts if it is due, expired or does
@@ -1243,6 +1306,7 @@ impl StatusSource {
                 "ready_ms": self.ready_after.as_millis() as u64,
                 "url": self.runtime.url,
                 "monitor_url": self.runtime.monitor_url,
+                "metrics_url": self.runtime.metrics_url,
             },
             "nats_server": {
                 "pid": child.pid,
@@ -1275,42 +1339,7 @@ impl StatusSource {
     /// Credentials that expire soon ([`crate::wire::expiry`]): peels that stopped renewing,
     /// zester's own creds, the server certificate, and a year ahead the CA.
     fn expiring(&self, now: i64) -> Vec<crate::wire::expiry::Expiring> {
-        use crate::wire::expiry::CredentialKind;
-        let peel_lifetime = self.peel_expiry;
-        let peels = self.keys.all().into_iter().filter_map(move |record| {
-            let exp = record
-                .jwt_expires_at
-                .filter(|_| record.state == KeyState::Accepted)?;
-            Some((
-                CredentialKind::Peel,
-                record.id.to_string(),
-                exp,
-                peel_lifetime,
-            ))
-        });
-        let own = self
-            .home
-            .own_creds_expiry()
-            .into_iter()
-            .map(|(name, iat, exp)| (CredentialKind::Service, name.to_string(), exp, exp - iat));
-        let certificates = [
-            (CredentialKind::ServerCert, self.home.server_cert()),
-            (CredentialKind::Ca, self.home.ca_cert()),
-        ]
-        .into_iter()
-        .filter_map(|(kind, path)| {
-            let pem = std::fs::read_to_string(&path).ok()?;
-            let summary = crate::pki::inspect_cert_pem(&pem).ok()?;
-            let unix = |t: std::time::SystemTime| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .ok()
-            };
-            let (from, exp) = (unix(summary.not_before)?, unix(summary.not_after)?);
-            let name = path.file_name()?.to_string_lossy().into_owned();
-            Some((kind, name, exp, exp - from))
-        });
-        crate::wire::expiry::expiring(peels.chain(own).chain(certificates), now)
+        crate::wire::expiry::expiring(credentials(&self.home, &self.keys, self.peel_expiry), now)
     }
 
     async fn connections(&self) -> Option<u64> {
@@ -1326,6 +1355,83 @@ impl StatusSource {
         let varz: Value = serde_json::from_slice(&reply.payload).ok()?;
         varz["data"]["connections"].as_u64()
     }
+}
+
+/// What the metrics read at each scrape ([`metrics::Live`]), from where each number lives.
+struct MetricsSource {
+    home: Home,
+    /// `peels.expiry`, seconds.
+    peel_expiry: i64,
+    state: Arc<CalloutState>,
+    keys: KeyCache,
+    supervisor: crate::appliance::broker::supervisor::InfoHandle,
+    audit: AuditSink,
+}
+
+impl metrics::Live for MetricsSource {
+    fn read(&self) -> metrics::Readings {
+        let counts = self.keys.counts();
+        metrics::Readings {
+            sessions: self.state.sessions.len() as u64,
+            keys: vec![
+                (KeyState::Pending, counts.pending as u64),
+                (KeyState::Accepted, counts.accepted as u64),
+                (KeyState::Rejected, counts.rejected as u64),
+                (KeyState::Revoked, counts.revoked as u64),
+            ],
+            nats_server_restarts: u64::from(self.supervisor.info().restarts),
+            shed_requests: self.state.stats.shed(),
+            audit_records_dropped: self.audit.dropped(),
+            expires_in: crate::wire::expiry::soonest_by_kind(
+                credentials(&self.home, &self.keys, self.peel_expiry),
+                now_unix(),
+            ),
+        }
+    }
+}
+
+/// Every credential whose expiry is watched (`zester status`, the metrics): the identity JWTs
+/// of accepted peels, zester's own creds, the server certificate and the CA, each with its
+/// expiry and lifetime ([`crate::wire::expiry::Credential`]).
+fn credentials(
+    home: &Home,
+    keys: &KeyCache,
+    peel_lifetime: i64,
+) -> Vec<crate::wire::expiry::Credential> {
+    use crate::wire::expiry::CredentialKind;
+    let peels = keys.all().into_iter().filter_map(move |record| {
+        let exp = record
+            .jwt_expires_at
+            .filter(|_| record.state == KeyState::Accepted)?;
+        Some((
+            CredentialKind::Peel,
+            record.id.to_string(),
+            exp,
+            peel_lifetime,
+        ))
+    });
+    let own = home
+        .own_creds_expiry()
+        .into_iter()
+        .map(|(name, iat, exp)| (CredentialKind::Service, name.to_string(), exp, exp - iat));
+    let certificates = [
+        (CredentialKind::ServerCert, home.server_cert()),
+        (CredentialKind::Ca, home.ca_cert()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, path)| {
+        let pem = std::fs::read_to_string(&path).ok()?;
+        let summary = crate::pki::inspect_cert_pem(&pem).ok()?;
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .ok()
+        };
+        let (from, exp) = (unix(summary.not_before)?, unix(summary.not_after)?);
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        Some((kind, name, exp, exp - from))
+    });
+    peels.chain(own).chain(certificates).collect()
 }
 
 async fn serve_status(

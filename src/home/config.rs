@@ -97,6 +97,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[cluster]`.
     pub cluster: ClusterConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// `[node]`: this node among the nodes of a cluster.
@@ -170,6 +172,15 @@ pub fn node_name_from_host(hostname: &str) -> String {
     } else {
         name
     }
+}
+
+/// `[metrics]`: the Prometheus endpoint (`/metrics`), off unless `listen` is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served: HOST:PORT, or a bare PORT for 127.0.0.1:PORT. Absent or
+    /// empty: no metrics listener.
+    pub listen: Option<String>,
 }
 
 /// `[audit]`: how `audit.log` is kept.
@@ -524,6 +535,7 @@ impl Config {
         config.hook_timeout()?;
         config.audit_max_file_bytes()?;
         config.jetstream_limits()?;
+        config.metrics_listen()?;
         for (key, value) in [
             ("server.listen", &config.server.listen),
             ("server.monitor", &config.server.monitor),
@@ -658,6 +670,14 @@ impl Config {
         })
     }
 
+    /// `metrics.listen` as HOST:PORT ([`metrics_address`]), `None` when the endpoint is off.
+    pub fn metrics_listen(&self) -> Result<Option<String>, ConfigError> {
+        match &self.metrics.listen {
+            Some(value) => metrics_address("metrics.listen", value),
+            None => Ok(None),
+        }
+    }
+
     /// The accept policy.
     pub fn accept_policy(&self) -> Result<AcceptPolicy, ConfigError> {
         match self.keys.accept.as_str() {
@@ -671,6 +691,24 @@ impl Config {
             }),
         }
     }
+}
+
+/// Where the metrics endpoint listens, from `[metrics] listen` or `--metrics`: a bare port
+/// (`"9464"`) means loopback, `127.0.0.1:9464`, so that exposing the metrics beyond the
+/// machine is always an explicit choice of host; HOST:PORT is taken as written (port 0 picks
+/// a free one); an empty value means off (`None`).
+pub fn metrics_address(key: &'static str, value: &str) -> Result<Option<String>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let address = if value.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{value}")
+    } else {
+        value.to_string()
+    };
+    check_address(key, &address)?;
+    Ok(Some(address))
 }
 
 /// Checks HOST:PORT (IPv6 hosts in brackets).
@@ -761,6 +799,29 @@ mod tests {
         assert!(err.to_string().contains("listen_on"), "{err}");
         assert!(Config::parse("[server\n").is_err());
         assert!(Config::parse("[server]\nlisten = \"[::1]:4222\"\n").is_ok());
+    }
+
+    #[test]
+    fn metrics_are_off_unless_given_and_a_bare_port_is_loopback() {
+        assert_eq!(Config::default().metrics_listen(), Ok(None));
+        let listen = |text: &str| Config::parse(text).and_then(|c| c.metrics_listen());
+        assert_eq!(listen("[metrics]\n"), Ok(None));
+        assert_eq!(listen("[metrics]\nlisten = \"\"\n"), Ok(None));
+        assert_eq!(
+            listen("[metrics]\nlisten = \"9464\"\n"),
+            Ok(Some("127.0.0.1:9464".into()))
+        );
+        assert_eq!(
+            listen("[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+            Ok(Some("0.0.0.0:9464".into()))
+        );
+        assert_eq!(
+            metrics_address("--metrics", "[::1]:0"),
+            Ok(Some("[::1]:0".into()))
+        );
+        let err = Config::parse("[metrics]\nlisten = \"everywhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("metrics.listen"), "{err}");
+        assert!(metrics_address("--metrics", "99999").is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct RuntimeInfo {
     pub url: String,
     /// Monitoring URL.
     pub monitor_url: Option<String>,
+    /// The Prometheus endpoint (`http://HOST:PORT/metrics`), when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
     /// Unix seconds zester started.
     pub started_at: i64,
 }

@@ -86,6 +86,26 @@ pub fn expiring(credentials: impl IntoIterator<Item = Credential>, now: i64) -> 
     soon
 }
 
+/// Seconds from `now` to the soonest expiry of each kind among `credentials` (those that expire
+/// at all), kinds in declaration order: what the metrics report, whatever the warning windows.
+pub fn soonest_by_kind(
+    credentials: impl IntoIterator<Item = Credential>,
+    now: i64,
+) -> Vec<(CredentialKind, i64)> {
+    let mut soonest: Vec<(CredentialKind, i64)> = Vec::new();
+    for (kind, _, at, _) in credentials {
+        if at <= 0 {
+            continue;
+        }
+        match soonest.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, left)) => *left = (*left).min(at - now),
+            None => soonest.push((kind, at - now)),
+        }
+    }
+    soonest.sort_by_key(|(kind, _)| *kind as u8);
+    soonest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +166,25 @@ mod tests {
         let names: Vec<&str> = soon.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["web-03", "admin", "web-02", "master", "ca.pem"]);
         assert_eq!(soon[0].in_secs, -DAY, "expired ones are listed");
+    }
+
+    #[test]
+    fn the_soonest_of_each_kind() {
+        let credential = |kind, at| (kind, String::new(), at, 0);
+        let soonest = soonest_by_kind(
+            [
+                credential(CredentialKind::Ca, NOW + 3000 * DAY),
+                credential(CredentialKind::Peel, NOW + 20 * DAY),
+                credential(CredentialKind::Peel, NOW - 5),
+                // Never expires: not a candidate.
+                credential(CredentialKind::Service, 0),
+                credential(CredentialKind::Peel, NOW + DAY),
+            ],
+            NOW,
+        );
+        assert_eq!(
+            soonest,
+            [(CredentialKind::Peel, -5), (CredentialKind::Ca, 3000 * DAY)]
+        );
     }
 }

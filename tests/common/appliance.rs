@@ -39,6 +39,7 @@ pub async fn start_on(home: Home, dir: tempfile::TempDir) -> TestAppliance {
             listen: Some("127.0.0.1:0".into()),
             monitor: Some("127.0.0.1:0".into()),
             nats_server: None,
+            metrics: None,
             hostname: "localhost".into(),
             ..UpOptions::default()
         },

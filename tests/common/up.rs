@@ -34,13 +34,38 @@ impl Up {
         old
     }
 
+    /// An [`Up`] on a home made by `zester init` with `zester_toml` already in place, not
+    /// started ([`Up::launch`], [`Up::launch_with`]).
+    pub fn configured(zester_toml: &str) -> Up {
+        let up = Up {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(up.home()).unwrap();
+        std::fs::write(up.home().join("zester.toml"), zester_toml).unwrap();
+        let init = super::zester(&up.home(), &["init"]);
+        assert!(
+            init.status.success(),
+            "zester init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        up
+    }
+
     /// Spawns `zester up` on this home and waits until it is ready.
     pub fn launch(&mut self) {
+        self.launch_with(&[]);
+    }
+
+    /// [`Up::launch`] with `args` after `zester up`'s own test arguments.
+    pub fn launch_with(&mut self, args: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("zester.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_zester"))
             .arg("--home")
             .arg(self.home())
             .args(["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("ZESTER_METRICS")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

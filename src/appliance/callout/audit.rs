@@ -141,11 +141,16 @@ pub fn escape_control(text: &str) -> String {
 pub struct AuditSink {
     sender: mpsc::Sender<AuditRecord>,
     dropped: Arc<AtomicU64>,
+    /// Counts every record as it is made, queued or not (see [`AuditSink::counted_by`]).
+    metrics: Option<std::sync::Weak<crate::appliance::metrics::Metrics>>,
 }
 
 impl AuditSink {
     /// Queues a record without waiting; logs it as a tracing event too.
     pub fn record(&self, record: AuditRecord) {
+        if let Some(metrics) = self.metrics.as_ref().and_then(std::sync::Weak::upgrade) {
+            metrics.observe(&record);
+        }
         // Names, ids and reasons quote what clients chose: Debug formatting escapes quotes,
         // newlines and control characters, so a client cannot forge a line of the text log.
         if record.decision == Verdict::Allow && !record.code.is_empty() {
@@ -165,6 +170,16 @@ impl AuditSink {
     /// How many records were dropped since start because the queue was full or closed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// This sink with every record also counted by `metrics` (the Prometheus metrics). Held
+    /// weakly: the metrics read live numbers from things that hold sinks, and a cycle would
+    /// keep the writer task from ever seeing its last sink go.
+    pub fn counted_by(self, metrics: &Arc<crate::appliance::metrics::Metrics>) -> AuditSink {
+        AuditSink {
+            metrics: Some(Arc::downgrade(metrics)),
+            ..self
+        }
     }
 }
 
@@ -199,7 +214,14 @@ pub fn start_with(path: &Path, rotation: Rotation) -> (AuditSink, tokio::task::J
     let (sender, receiver) = mpsc::channel(QUEUE);
     let handle = tokio::spawn(write_loop(path.to_path_buf(), receiver, rotation));
     let dropped = Arc::new(AtomicU64::new(0));
-    (AuditSink { sender, dropped }, handle)
+    (
+        AuditSink {
+            sender,
+            dropped,
+            metrics: None,
+        },
+        handle,
+    )
 }
 
 async fn open(path: &Path) -> std::io::Result<(tokio::fs::File, u64)> {

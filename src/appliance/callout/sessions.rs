@@ -351,6 +351,11 @@ impl CalloutStats {
         *self.last_shed.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     }
 
+    /// How many requests were shed since start.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
     /// True if a request was shed within `window`.
     pub fn shed_within(&self, window: std::time::Duration) -> bool {
         self.last_shed
