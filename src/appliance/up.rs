@@ -179,16 +179,7 @@ impl Appliance {
         let started = Instant::now();
         let started_at = now_unix();
         let mut prepared = prepare(&home, &options, started_at)?;
-        let (audit, audit_task) = audit::start_with(
-            &home.audit_log(),
-            audit::Rotation {
-                max_bytes: prepared
-                    .config
-                    .audit_max_file_bytes()
-                    .map_err(prepared.config_error())?,
-                keep: prepared.config.audit.keep,
-            },
-        );
+        let (audit, audit_task) = start_audit(&home, &prepared)?;
         let renewal = renew_certificate(&home, &prepared, &audit)?;
         let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
         let broker = start_broker(&home, &prepared, &options).await?;
@@ -204,6 +195,7 @@ impl Appliance {
             start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
         tasks.push(events);
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
+        tasks.extend(open_audit_stream(&store, &prepared, &audit).await?);
         let keys = Arc::new(KeyStore::open(store.clone()).await?);
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
@@ -328,10 +320,73 @@ impl Appliance {
         drop(self.sys);
         drop(self.callout);
         drop(self.state);
-        let _ = self.audit_task.await;
+        // Bounded: a writer stuck on a dead disk (or a pipe nobody reads) must not keep
+        // zester from exiting; what it still held is lost, as it would be at a crash.
+        if tokio::time::timeout(AUDIT_DRAIN, self.audit_task).await.is_err() {
+            tracing::error!(target: "audit", "the audit writer did not finish within {AUDIT_DRAIN:?}: records still queued are lost");
+        }
         let _ = std::fs::remove_file(self.home.runtime_file());
         tracing::info!("zester stopped");
     }
+}
+
+/// How long [`Appliance::stop`] waits for the audit writer to write what is queued.
+const AUDIT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Before anything decides, the audit trail's writer (`[audit]`: rotation, queue,
+/// on_overflow), continuing the hash chain from the newest `audit.log`.
+fn start_audit(
+    home: &Home,
+    prepared: &Prepared,
+) -> Result<(AuditSink, tokio::task::JoinHandle<()>), UpError> {
+    let config = &prepared.config;
+    let options = audit::Options {
+        rotation: audit::Rotation {
+            max_bytes: config
+                .audit_max_file_bytes()
+                .map_err(prepared.config_error())?,
+            keep: config.audit.keep,
+        },
+        queue: config.audit_queue().map_err(prepared.config_error())?,
+        overflow: config.audit_overflow().map_err(prepared.config_error())?,
+        node: server_config::SERVER_NAME.to_string(),
+    };
+    Ok(audit::start_options(&home.audit_log(), options))
+}
+
+/// Once the store connection is up: the `zester-audit` stream, created or brought to
+/// `[audit] max_age` and `max_bytes` (replicated like the key store), and the publisher
+/// that sends it every record (from the files first, what it lacks). A stream that cannot be
+/// made is logged and retried by the publisher, not a reason to stay down: `audit.log` has
+/// every record.
+async fn open_audit_stream(
+    store: &async_nats::Client,
+    prepared: &Prepared,
+    audit: &AuditSink,
+) -> Result<Option<tokio::task::JoinHandle<()>>, UpError> {
+    let (max_age, max_bytes) = prepared
+        .config
+        .audit_stream_limits()
+        .map_err(prepared.config_error())?;
+    let config = audit::stream_config(
+        Duration::from_secs(u64::try_from(max_age).unwrap_or(0)),
+        i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        crate::appliance::keys::store::REPLICAS,
+    );
+    let js = async_nats::jetstream::new(store.clone());
+    match js.create_or_update_stream(config).await {
+        Ok(info) => tracing::debug!(
+            stream = %info.config.name,
+            messages = info.state.messages,
+            "audit stream ready"
+        ),
+        Err(e) => tracing::warn!(
+            target: "audit",
+            "the audit stream {} could not be created or updated: {e}; publishing is retried, audit.log has every record",
+            crate::wire::audit::STREAM
+        ),
+    }
+    Ok(audit.publish_to(js))
 }
 
 /// What the home gives the appliance before anything runs.
@@ -1185,6 +1240,7 @@ impl StatusSource {
                 "revoked": counts.revoked,
             },
             "expiring": self.expiring(now_unix()),
+            "audit": self.state.audit().health(),
         })
     }
 

@@ -32,6 +32,43 @@ pub fn subject(node: &str) -> String {
 /// Every node's audit subject: the stream's subjects, and what admins may subscribe to.
 pub const SUBJECTS: &str = "zester.audit.>";
 
+/// `[audit] on_overflow`: what the callout does while records cannot be written (the queue is
+/// full, or the writer cannot write `audit.log`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Admit as decided, drop the records that cannot be written and count them.
+    #[default]
+    Drop,
+    /// Refuse new connections (`audit_unavailable`) instead of admitting them unaudited.
+    Refuse,
+}
+
+impl std::str::FromStr for Overflow {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Overflow, String> {
+        match text {
+            "drop" => Ok(Overflow::Drop),
+            "refuse" => Ok(Overflow::Refuse),
+            other => Err(format!("{other:?}: use \"drop\" or \"refuse\"")),
+        }
+    }
+}
+
+impl Overflow {
+    /// The name in `zester.toml` and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Drop => "drop",
+            Overflow::Refuse => "refuse",
+        }
+    }
+}
+
+/// The reason code of a connection refused because records cannot be written.
+pub const UNAVAILABLE: &str = "audit_unavailable";
+
 /// The hex SHA-256 of a line as written, without its newline: the next record's `prev`.
 pub fn line_hash(line: &str) -> String {
     let digest = Sha256::digest(line.as_bytes());

@@ -28,6 +28,10 @@ use std::path::Path;
 
 use crate::home::config::JetStreamLimits;
 
+
+/// This node's `server_name` (unique in a cluster, stable across restarts): also the `node`
+/// of its audit records and of its audit subject `zester.audit.<node>`.
+pub const SERVER_NAME: &str = "zester";
 /// Everything the rendered config depends on.
 #[derive(Debug, Clone)]
 pub struct ServerConfigInput<'a> {
@@ -226,7 +230,7 @@ pub fn render_for_home(
     let sys = authority.sys.public_key();
     let zester = authority.zester.public_key();
     render(&ServerConfigInput {
-        server_name: "zester",
+        server_name: SERVER_NAME,
         listen,
         monitor,
         operator_jwt_file: &home.operator_jwt(),

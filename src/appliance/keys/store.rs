@@ -347,6 +347,10 @@ impl Drop for KeyStore {
     }
 }
 
+/// How many copies JetStream keeps of the key store's bucket; the audit stream follows it
+/// (one node today: a cluster raises both together, DESIGN §9).
+pub const REPLICAS: usize = 1;
+
 fn bucket_config() -> kv::Config {
     kv::Config {
         bucket: BUCKET.to_string(),
@@ -355,6 +359,7 @@ fn bucket_config() -> kv::Config {
         history: BUCKET_HISTORY,
         max_value_size: MAX_RECORD_BYTES,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: REPLICAS,
         ..Default::default()
     }
 }
