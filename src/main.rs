@@ -821,7 +821,9 @@ fn audit_command(home: &Home, command: AuditCommand, now: i64) -> anyhow::Result
         }
     };
     print(&output.0, output.1)?;
-    Ok(ExitCode::from(u8::try_from(output.0.exit_code).unwrap_or(1)))
+    Ok(ExitCode::from(
+        u8::try_from(output.0.exit_code).unwrap_or(1),
+    ))
 }
 
 /// `zester up`: runs the appliance until SIGINT/SIGTERM.

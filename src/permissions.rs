@@ -8,8 +8,8 @@
 use crate::identity::admin_name::AdminName;
 use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::peel_id::PeelId;
-use crate::wire::{audit, subjects};
 pub use crate::wire::subjects::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+use crate::wire::{audit, subjects};
 /// Where nats-server sends auth-callout requests.
 pub const AUTH_CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 
@@ -320,7 +320,10 @@ mod tests {
     fn only_zesters_store_connection_may_publish_audit_records() {
         let may_publish_audit = |p: &Permissions| {
             let hit = |s: &String| {
-                s == "zester.audit.>" || s == "zester.>" || s == ">" || s.starts_with("zester.audit.")
+                s == "zester.audit.>"
+                    || s == "zester.>"
+                    || s == ">"
+                    || s.starts_with("zester.audit.")
             };
             p.publish.allow.iter().any(hit) && !p.publish.deny.iter().any(|s| s == "zester.audit.>")
         };

@@ -322,7 +322,10 @@ impl Appliance {
         drop(self.state);
         // Bounded: a writer stuck on a dead disk (or a pipe nobody reads) must not keep
         // zester from exiting; what it still held is lost, as it would be at a crash.
-        if tokio::time::timeout(AUDIT_DRAIN, self.audit_task).await.is_err() {
+        if tokio::time::timeout(AUDIT_DRAIN, self.audit_task)
+            .await
+            .is_err()
+        {
             tracing::error!(target: "audit", "the audit writer did not finish within {AUDIT_DRAIN:?}: records still queued are lost");
         }
         let _ = std::fs::remove_file(self.home.runtime_file());

@@ -152,7 +152,11 @@ pub fn since(text: &str, now: i64) -> Result<String, AuditCommandError> {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 /// Prints a record line if it passes the filter; `false` once the reader went away.
-fn emit(out: &mut impl Write, line: &str, options: &TailOptions) -> Result<bool, AuditCommandError> {
+fn emit(
+    out: &mut impl Write,
+    line: &str,
+    options: &TailOptions,
+) -> Result<bool, AuditCommandError> {
     let Ok(record) = serde_json::from_str::<Value>(line) else {
         return Ok(true);
     };
@@ -173,7 +177,11 @@ fn emit(out: &mut impl Write, line: &str, options: &TailOptions) -> Result<bool,
 
 /// `zester audit tail`: the last matching records of the home's files, then with `follow`
 /// every new one as it is written, across rotations, until the reader goes away.
-pub fn tail(home: &Home, options: &TailOptions, out: &mut impl Write) -> Result<(), AuditCommandError> {
+pub fn tail(
+    home: &Home,
+    options: &TailOptions,
+    out: &mut impl Write,
+) -> Result<(), AuditCommandError> {
     let live = home.audit_log();
     // The live file is opened first and its history read through that handle, so `--follow`
     // goes on exactly where the history ended, even if the writer rotates meanwhile.

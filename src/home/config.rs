@@ -503,7 +503,10 @@ impl Config {
 
     /// `audit.on_overflow`.
     pub fn audit_overflow(&self) -> Result<crate::wire::audit::Overflow, ConfigError> {
-        self.audit.on_overflow.parse().map_err(ConfigError::Overflow)
+        self.audit
+            .on_overflow
+            .parse()
+            .map_err(ConfigError::Overflow)
     }
 
     /// `audit.queue` (at least 1).

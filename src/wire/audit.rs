@@ -311,11 +311,8 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = Line<'a>>) -> Report {
                 continue;
             }
             Err(e) => {
-                report.first_break = Some(broken(
-                    "",
-                    None,
-                    Problem::NotARecord { why: e.to_string() },
-                ));
+                report.first_break =
+                    Some(broken("", None, Problem::NotARecord { why: e.to_string() }));
                 return report;
             }
         };
@@ -480,8 +477,12 @@ mod tests {
         lines[2] = lines[2].replace("\"c2\"", "\"c9\"");
         let found = check(&lines).first_break.unwrap();
         assert_eq!((found.line, found.seq), (4, Some(4)));
-        assert!(matches!(found.problem, Problem::Prev { ref before, .. } if before == "audit.log:3"));
-        assert!(found.to_string().starts_with("audit.log:4: record 4 of node zester"));
+        assert!(
+            matches!(found.problem, Problem::Prev { ref before, .. } if before == "audit.log:3")
+        );
+        assert!(found
+            .to_string()
+            .starts_with("audit.log:4: record 4 of node zester"));
         // A changed byte that breaks the JSON is named at its own line.
         let mut lines = chain("zester", 5, ChainHead::genesis());
         lines[1] = lines[1].replacen('{', "[", 1);

@@ -28,7 +28,6 @@ use std::path::Path;
 
 use crate::home::config::JetStreamLimits;
 
-
 /// This node's `server_name` (unique in a cluster, stable across restarts): also the `node`
 /// of its audit records and of its audit subject `zester.audit.<node>`.
 pub const SERVER_NAME: &str = "zester";

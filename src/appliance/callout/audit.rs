@@ -448,7 +448,11 @@ pub fn start_options(path: &Path, options: Options) -> (AuditSink, tokio::task::
 /// The `zester-audit` stream (`[audit] max_age`, `max_bytes`; `replicas` like the key
 /// store's buckets): file storage, every node's `zester.audit.<node>`, oldest records
 /// discarded first, and no deleting or purging of single records through the API.
-pub fn stream_config(max_age: Duration, max_bytes: i64, replicas: usize) -> jetstream::stream::Config {
+pub fn stream_config(
+    max_age: Duration,
+    max_bytes: i64,
+    replicas: usize,
+) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: crate::wire::audit::STREAM.to_string(),
         description: Some(
@@ -486,15 +490,16 @@ const TAIL_BYTES: u64 = 1 << 20;
 /// a pipe, which have no end to read).
 fn tail_lines(path: &Path) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    let Ok(metadata) = file.metadata() else {
+    // Checked before opening: opening a pipe to read waits for a writer.
+    let Ok(metadata) = std::fs::metadata(path) else {
         return Vec::new();
     };
     if !metadata.is_file() {
         return Vec::new();
     }
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
     let from = metadata.len().saturating_sub(TAIL_BYTES);
     let mut bytes = Vec::new();
     if file.seek(SeekFrom::Start(from)).is_err()
@@ -516,9 +521,10 @@ fn tail_lines(path: &Path) -> Vec<String> {
 fn continue_chain(path: &Path, node: &str) -> ChainHead {
     for file in crate::home::audit_files_of(path).iter().rev() {
         let lines = tail_lines(file);
-        let found = lines.iter().rev().find(|line| {
-            crate::wire::audit::Link::parse(line).is_ok_and(|link| link.node == node)
-        });
+        let found = lines
+            .iter()
+            .rev()
+            .find(|line| crate::wire::audit::Link::parse(line).is_ok_and(|link| link.node == node));
         if let Some(head) = found.and_then(|line| ChainHead::after(line)) {
             return head;
         }
@@ -687,7 +693,12 @@ async fn publish_batch(
 
 /// [`publish_batch`] until the whole batch is in, waiting longer between attempts while the
 /// stream stays out of reach (the backlog fills meanwhile, and what does not fit is counted).
-async fn publish_all(js: &jetstream::Context, shared: &Shared, subject: &str, lines: &[(u64, String)]) {
+async fn publish_all(
+    js: &jetstream::Context,
+    shared: &Shared,
+    subject: &str,
+    lines: &[(u64, String)],
+) {
     let stream = &shared.stream;
     let mut from = 0;
     let mut wait = Duration::from_millis(250);
@@ -721,6 +732,11 @@ async fn publish_all(js: &jetstream::Context, shared: &Shared, subject: &str, li
 fn records_after(path: &Path, node: &str, after: u64) -> Vec<(u64, String)> {
     let mut found = Vec::new();
     for file in crate::home::audit_files_of(path) {
+        // Regular files only: a pipe or a device has no history (and reading one would take
+        // what the writer writes, or never end).
+        if !std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
@@ -884,11 +900,17 @@ mod tests {
             drop(sink);
             task.await.unwrap();
         }
-        assert!(dir.path().join("audit.log.3").exists(), "rotated several times");
+        assert!(
+            dir.path().join("audit.log.3").exists(),
+            "rotated several times"
+        );
         let report = chain_report(dir.path());
         assert!(report.intact(), "{:?}", report.first_break);
         let chain = &report.nodes["zester"];
-        assert_eq!((chain.records, chain.first_seq, chain.last_seq), (60, 1, 60));
+        assert_eq!(
+            (chain.records, chain.first_seq, chain.last_seq),
+            (60, 1, 60)
+        );
         assert!(chain.from_genesis);
     }
 
