@@ -198,12 +198,13 @@ pub fn tail(
                 path: live.clone(),
                 source,
             })?;
-        position = bytes.len() as u64;
-        let text = String::from_utf8_lossy(&bytes);
         // A line still being written is left for `--follow`.
-        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
-        position = position - (text.len() - complete.len()) as u64;
-        texts.push(complete.to_string());
+        let complete = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |end| end + 1);
+        position = complete as u64;
+        texts.push(String::from_utf8_lossy(&bytes[..complete]).into_owned());
     }
     let mut last: VecDeque<String> = VecDeque::new();
     for line in texts.iter().flat_map(|text| text.lines()) {

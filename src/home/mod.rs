@@ -773,7 +773,7 @@ pub fn audit_files_of(log: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
     if std::fs::symlink_metadata(log).is_ok() {
         files.push(log.to_path_buf());
