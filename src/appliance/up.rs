@@ -333,6 +333,9 @@ impl Appliance {
     }
 }
 
+/// How long the audit stream's API answers and publish acks are waited for.
+const AUDIT_STREAM_WAIT: Duration = Duration::from_secs(5);
+
 /// How long [`Appliance::stop`] waits for the audit writer to write what is queued.
 const AUDIT_DRAIN: Duration = Duration::from_secs(5);
 
@@ -376,7 +379,12 @@ async fn open_audit_stream(
         i64::try_from(max_bytes).unwrap_or(i64::MAX),
         crate::appliance::keys::store::REPLICAS,
     );
-    let js = async_nats::jetstream::new(store.clone());
+    // Bounded waits: an API request or a publish ack that does not come within 5 s is a
+    // failure the publisher retries, never a hang.
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(AUDIT_STREAM_WAIT)
+        .ack_timeout(AUDIT_STREAM_WAIT)
+        .build(store.clone());
     match js.create_or_update_stream(config).await {
         Ok(info) => tracing::debug!(
             stream = %info.config.name,
