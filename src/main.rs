@@ -174,6 +174,18 @@ enum Command {
         #[command(subcommand)]
         command: CredsCommand,
     },
+    /// The audit trail in this home's files: check its hash chain (`verify`), or read it
+    /// (`tail`). No appliance is needed.
+    ///
+    /// Every decision and admin action is one JSON line in <home>/audit.log (rotated by size
+    /// into audit.log.1, .2 …), numbered per node (`seq`) and linked to the line before it by
+    /// `prev`, the SHA-256 of that line as written: a changed, removed or reordered line breaks
+    /// the chain there. The same lines go to the JetStream stream zester-audit (subject
+    /// zester.audit.<node>) for NATS tools and SIEM consumers.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Hand this node's admin or master user to other NATS tools.
     Context {
         #[command(subcommand)]
@@ -522,6 +534,53 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain across the files and name the first break (file, line, record,
+    /// what is wrong). Exits 0 when intact, 1 at a break.
+    ///
+    /// Without FILE: the home's audit.log.N … audit.log.1, audit.log, oldest first. The
+    /// oldest kept record may link to a file rotated away: that first link is taken on trust
+    /// and printed (its seq and prev), to compare with an archived copy or the stream.
+    /// Lines older than the chain (written before it existed) are counted, not checked.
+    ///
+    /// Example: zester audit verify; zester audit verify old/audit.log.2 old/audit.log.1
+    Verify {
+        /// Files to check, oldest first (default: the home's).
+        files: Vec<PathBuf>,
+        /// Print a JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print audit records from the home's files: the last 10 (or --lines N, or all since
+    /// --since), one readable line each or, with --json, the JSON lines as written; with
+    /// --follow, then every new record as it is written, across rotations, until Ctrl-C.
+    ///
+    /// Example: zester audit tail --follow --code key_unknown --since 2h
+    Tail {
+        /// Keep reading as records are written.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only records about this peel id.
+        #[arg(long, value_name = "ID")]
+        peel: Option<String>,
+        /// Only records with this reason code (key_unknown, key_revoked, audit_unavailable …).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// Only records from this long ago on (e.g. 10m, 2h, 7d); then every one, not just
+        /// the last --lines.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// How many of the last matching records to print before following (0 = all).
+        /// Default: 10, or all with --since.
+        #[arg(long, short = 'n', value_name = "N")]
+        lines: Option<usize>,
+        /// Print each record as the JSON line written (JSON lines), not text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CredsCommand {
     /// Replace the master's or the admin's creds with a new key. With the appliance running it
     /// does it (the old key's sessions are cut off; zester's own services never use these creds);
@@ -743,6 +802,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Creds { command } => creds_command(&home, command, now)?,
+        Command::Audit { command } => return audit_command(&home, command, now),
         Command::Context {
             command: ContextCommand::Export { name, role, json },
         } => {
@@ -758,6 +818,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     print(&output, json)?;
     Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
+}
+
+/// `zester audit …`: the local audit trail.
+fn audit_command(home: &Home, command: AuditCommand, now: i64) -> anyhow::Result<ExitCode> {
+    use zester::cli::audit;
+    let output = match command {
+        AuditCommand::Verify { files, json } => (audit::verify(home, &files)?, json),
+        AuditCommand::Tail {
+            follow,
+            peel,
+            code,
+            since,
+            lines,
+            json,
+        } => {
+            let options = audit::TailOptions {
+                filter: zester::wire::audit::Filter {
+                    peel,
+                    code,
+                    since: since.as_deref().map(|s| audit::since(s, now)).transpose()?,
+                },
+                lines: lines.unwrap_or(if since.is_some() { 0 } else { 10 }),
+                follow,
+                json,
+            };
+            audit::tail(home, &options, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    print(&output.0, output.1)?;
+    Ok(ExitCode::from(
+        u8::try_from(output.0.exit_code).unwrap_or(1),
+    ))
 }
 
 /// `zester up`: runs the appliance until SIGINT/SIGTERM.

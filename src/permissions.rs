@@ -8,8 +8,8 @@
 use crate::identity::admin_name::AdminName;
 use crate::identity::claims::{Permission, Permissions, ResponsePermission};
 use crate::identity::peel_id::PeelId;
-use crate::wire::subjects;
 pub use crate::wire::subjects::{ADMIN_INBOX_PREFIX, MASTER_INBOX_PREFIX};
+use crate::wire::{audit, subjects};
 /// Where nats-server sends auth-callout requests.
 pub const AUTH_CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 
@@ -120,7 +120,17 @@ pub fn permissions_for(role: &Role) -> Permissions {
             let mut publish = all.clone();
             publish.push("$JS.FC.>".to_string());
             Permissions {
-                publish: allow(&publish),
+                publish: Permission {
+                    allow: publish,
+                    // The audit trail is written by zester alone: a record on its subject from
+                    // anyone else would be a forgery, and a changed or deleted stream a lost
+                    // trail (records are never deleted or purged one by one: the stream denies it).
+                    deny: vec![
+                        audit::SUBJECTS.to_string(),
+                        format!("$JS.API.STREAM.UPDATE.{}", audit::STREAM),
+                        format!("$JS.API.STREAM.DELETE.{}", audit::STREAM),
+                    ],
+                },
                 subscribe: allow(&all),
                 resp: None,
             }
@@ -132,9 +142,11 @@ pub fn permissions_for(role: &Role) -> Permissions {
                 "zester.admin.>",
                 "_INBOX._admin.>",
             ])),
+            // `zester.audit.>`: the audit trail as it is written (never to publish).
             subscribe: allow(&strings(&[
                 "zester.event.>",
                 "zester.job.>",
+                audit::SUBJECTS,
                 "_INBOX._admin.>",
             ])),
             resp: None,
@@ -188,6 +200,15 @@ pub fn permissions_for(role: &Role) -> Permissions {
                     format!("$JS.FC.{stream}.>"),
                 ]);
             }
+            // The audit stream: created or updated at start, asked where this node's chain
+            // stands, and every record published with an ack (to this connection's inbox).
+            let stream = audit::STREAM;
+            publish.extend([
+                format!("$JS.API.*.*.{stream}"),
+                format!("$JS.API.*.*.{stream}.>"),
+                format!("$JS.API.*.*.*.{stream}"),
+                audit::SUBJECTS.to_string(),
+            ]);
             Permissions {
                 publish: allow(&publish),
                 subscribe: allow(&[format!("{}.>", subjects::STORE_INBOX_PREFIX)]),
@@ -286,11 +307,49 @@ mod tests {
                     || subject.contains("KV_zester-tokens")
                     || subject.starts_with("$KV.zester-keys.")
                     || subject.starts_with("$KV.zester-settings.")
-                    || subject.starts_with("$KV.zester-tokens."),
+                    || subject.starts_with("$KV.zester-tokens.")
+                    || subject.contains("zester-audit")
+                    || subject == "zester.audit.>",
                 "{subject}"
             );
         }
         assert_eq!(store.subscribe.allow, vec!["_INBOX._store.>"]);
+    }
+
+    #[test]
+    fn only_zesters_store_connection_may_publish_audit_records() {
+        let may_publish_audit = |p: &Permissions| {
+            let hit = |s: &String| {
+                s == "zester.audit.>"
+                    || s == "zester.>"
+                    || s == ">"
+                    || s.starts_with("zester.audit.")
+            };
+            p.publish.allow.iter().any(hit) && !p.publish.deny.iter().any(|s| s == "zester.audit.>")
+        };
+        let enrolling = Role::Enrolling {
+            nkey: "UABC".into(),
+        };
+        for role in [
+            Role::Peel(PeelId::parse("web-01").unwrap()),
+            Role::Master,
+            Role::Admin(None),
+            enrolling,
+            Role::Callout,
+            Role::Service,
+        ] {
+            assert!(!may_publish_audit(&permissions_for(&role)), "{role:?}");
+        }
+        assert!(may_publish_audit(&permissions_for(&Role::Store)));
+        let master = permissions_for(&Role::Master);
+        assert!(master
+            .publish
+            .deny
+            .contains(&"$JS.API.STREAM.DELETE.zester-audit".to_string()));
+        assert!(permissions_for(&Role::Admin(None))
+            .subscribe
+            .allow
+            .contains(&"zester.audit.>".to_string()));
     }
 
     #[test]

@@ -326,7 +326,24 @@ impl AdminService {
         record.role = "admin".into();
         record.peel_id = peel.into();
         record.admin = asked.identity().to_string();
+        record.client_ip = self.addresses_of(asked);
         self.audit.record(record);
+    }
+
+    /// Where the verified admin is connected from: the addresses of its live sessions
+    /// (comma-separated when several). nats-server names no publisher on a plain subscription,
+    /// so this is the callout's own record of the connections that identity holds.
+    fn addresses_of(&self, asked: &Asked) -> String {
+        let mut addresses: Vec<String> = self
+            .callout
+            .sessions
+            .of(asked.identity())
+            .into_iter()
+            .filter_map(|session| session.ip.map(|ip| ip.to_string()))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses.join(",")
     }
 
     async fn handle(
@@ -420,7 +437,12 @@ impl AdminService {
                         ..record.clone()
                     };
                     self.keys.update(&record.id, revision, &kept).await?;
-                    tracing::info!(target: "audit", peel = %record.id, cleared, "denied claims cleared");
+                    self.audit_action(
+                        asked,
+                        "key_denied_cleared",
+                        record.id.as_str(),
+                        format!("{cleared} denied claims on {} cleared by {by}", record.id),
+                    );
                     return Ok(json!({ "id": record.id.as_str(), "cleared_denied": cleared }));
                 }
                 if record.state == KeyState::Accepted {
@@ -463,9 +485,36 @@ impl AdminService {
                 }
             }
             TOKEN_CREATE | TOKEN_LIST | TOKEN_REVOKE => {
-                crate::appliance::tokens::handle_admin(&self.tokens, subject, payload, by)
-                    .await
-                    .map_err(|e| AdminError::BadRequest(e.to_string()))
+                let answer =
+                    crate::appliance::tokens::handle_admin(&self.tokens, subject, payload, by)
+                        .await
+                        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                // What the token allows, never its secret (`token` stays out of the record).
+                if subject == TOKEN_CREATE {
+                    self.audit_action(
+                        asked,
+                        "token_created",
+                        "",
+                        format!(
+                            "join token {} (ids {}, {} uses, expires {}) created by {by}",
+                            answer["id"].as_str().unwrap_or("?"),
+                            answer["ids"].as_str().unwrap_or("?"),
+                            answer["uses"],
+                            answer["expires"],
+                        ),
+                    );
+                } else if subject == TOKEN_REVOKE {
+                    self.audit_action(
+                        asked,
+                        "token_revoked",
+                        "",
+                        format!(
+                            "join token {} revoked by {by}",
+                            answer["revoked"].as_str().unwrap_or("?")
+                        ),
+                    );
+                }
+                Ok(answer)
             }
             CREDS_ROTATE => {
                 let request: Value = serde_json::from_slice(payload).map_err(parse_error)?;

@@ -198,16 +198,7 @@ impl Appliance {
         let mut prepared = prepare(&home, &options, started_at)?;
         let scrape = bind_metrics(&prepared, &options).await?;
         let metrics = scrape.is_some().then(|| Arc::new(Metrics::new()));
-        let (audit, audit_task) = audit::start_with(
-            &home.audit_log(),
-            audit::Rotation {
-                max_bytes: prepared
-                    .config
-                    .audit_max_file_bytes()
-                    .map_err(prepared.config_error())?,
-                keep: prepared.config.audit.keep,
-            },
-        );
+        let (audit, audit_task) = start_audit(&home, &prepared)?;
         let audit = match &metrics {
             Some(metrics) => audit.counted_by(metrics),
             None => audit,
@@ -234,15 +225,18 @@ impl Appliance {
             1
         };
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
+        tasks.extend(open_audit_stream(&store, &prepared, &audit, replicas).await?);
         let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
         if prepared.config.clustered() {
+            let mut streams: Vec<String> = crate::wire::subjects::BUCKETS
+                .iter()
+                .map(|bucket| format!("KV_{bucket}"))
+                .collect();
+            streams.push(crate::wire::audit::STREAM.to_string());
             tasks.push(tokio::spawn(cluster::keep_replicated(
                 store.clone(),
                 sys.clone(),
-                crate::wire::subjects::BUCKETS
-                    .iter()
-                    .map(|bucket| format!("KV_{bucket}"))
-                    .collect(),
+                streams,
             )));
         }
         state.set_keys(Arc::new(keys.cache()));
@@ -390,10 +384,94 @@ impl Appliance {
         drop(self.sys);
         drop(self.callout);
         drop(self.state);
-        let _ = self.audit_task.await;
+        // Bounded: a writer stuck on a dead disk (or a pipe nobody reads) must not keep
+        // zester from exiting; what it still held is lost, as it would be at a crash.
+        if tokio::time::timeout(AUDIT_DRAIN, self.audit_task)
+            .await
+            .is_err()
+        {
+            tracing::error!(target: "audit", "the audit writer did not finish within {AUDIT_DRAIN:?}: records still queued are lost");
+        }
         let _ = std::fs::remove_file(self.home.runtime_file());
         tracing::info!("zester stopped");
     }
+}
+
+/// How long the audit stream's API answers and publish acks are waited for.
+const AUDIT_STREAM_WAIT: Duration = Duration::from_secs(5);
+
+/// How long [`Appliance::stop`] waits for the audit writer to write what is queued.
+const AUDIT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Before anything decides, the audit trail's writer (`[audit]`: rotation, queue,
+/// on_overflow), continuing the hash chain from the newest `audit.log`.
+fn start_audit(
+    home: &Home,
+    prepared: &Prepared,
+) -> Result<(AuditSink, tokio::task::JoinHandle<()>), UpError> {
+    let config = &prepared.config;
+    let options = audit::Options {
+        rotation: audit::Rotation {
+            max_bytes: config
+                .audit_max_file_bytes()
+                .map_err(prepared.config_error())?,
+            keep: config.audit.keep,
+        },
+        queue: config.audit_queue().map_err(prepared.config_error())?,
+        overflow: config.audit_overflow().map_err(prepared.config_error())?,
+        node: prepared.node_name.clone(),
+    };
+    Ok(audit::start_options(&home.audit_log(), options))
+}
+
+/// Once the store connection is up: the `zester-audit` stream, created or brought to
+/// `[audit] max_age` and `max_bytes` (replicated like the key store), and the publisher
+/// that sends it every record (from the files first, what it lacks). A stream that cannot be
+/// made is logged and retried by the publisher, not a reason to stay down: `audit.log` has
+/// every record.
+async fn open_audit_stream(
+    store: &async_nats::Client,
+    prepared: &Prepared,
+    audit: &AuditSink,
+    replicas: usize,
+) -> Result<Option<tokio::task::JoinHandle<()>>, UpError> {
+    let (max_age, max_bytes) = prepared
+        .config
+        .audit_stream_limits()
+        .map_err(prepared.config_error())?;
+    // Bounded waits: an API request or a publish ack that does not come within 5 s is a
+    // failure the publisher retries, never a hang.
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(AUDIT_STREAM_WAIT)
+        .ack_timeout(AUDIT_STREAM_WAIT)
+        .build(store.clone());
+    // Never fewer copies than the stream has: a cluster that looks smaller at this start (a
+    // node down) must not shrink it.
+    let replicas = match js.get_stream(crate::wire::audit::STREAM).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => info.config.num_replicas.max(replicas),
+            Err(_) => replicas,
+        },
+        Err(_) => replicas,
+    };
+    let config = audit::stream_config(
+        Duration::from_secs(u64::try_from(max_age).unwrap_or(0)),
+        i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        replicas,
+    );
+    match js.create_or_update_stream(config).await {
+        Ok(info) => tracing::debug!(
+            stream = %info.config.name,
+            messages = info.state.messages,
+            "audit stream ready"
+        ),
+        Err(e) => tracing::warn!(
+            target: "audit",
+            "the audit stream {} could not be created or updated: {e}; publishing is retried, audit.log has every record",
+            crate::wire::audit::STREAM
+        ),
+    }
+    Ok(audit.publish_to(js))
 }
 
 /// What the home gives the appliance before anything runs.
@@ -1333,6 +1411,7 @@ impl StatusSource {
                 "revoked": counts.revoked,
             },
             "expiring": self.expiring(now_unix()),
+            "audit": self.state.audit().health(),
         })
     }
 

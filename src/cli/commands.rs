@@ -431,11 +431,50 @@ pub fn status(status: &Value) -> Output {
             rfc3339(e.expires_at),
         ));
     }
+    human.push_str(&audit_status(&status["audit"]));
     Output {
         human,
         json: status.clone(),
         exit_code: 0,
     }
+}
+
+/// The `audit` lines of `zester status`: the log (written, dropped, failing), the policy, and
+/// the `zester-audit` stream.
+fn audit_status(audit: &Value) -> String {
+    if audit.is_null() {
+        return String::new();
+    }
+    let log = match audit["error"].as_str() {
+        Some(error) if audit["failing"] == true => format!("FAILING: {error}"),
+        _ => "ok".to_string(),
+    };
+    let refusing = if audit["refusing"] == true {
+        ", REFUSING new connections"
+    } else {
+        ""
+    };
+    let stream = &audit["stream"];
+    let stream_error = stream["error"]
+        .as_str()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!(
+        "audit       audit.log {log}; {} written, {} dropped, {}/{} queued, on_overflow {}{refusing}\n\
+         {:<12}stream {} ({}) {}{stream_error}; {} published, {} waiting, {} left out\n",
+        audit["written"],
+        audit["dropped"],
+        audit["queued"],
+        audit["queue"],
+        audit["on_overflow"].as_str().unwrap_or("?"),
+        "",
+        stream["name"].as_str().unwrap_or("?"),
+        stream["subject"].as_str().unwrap_or("?"),
+        stream["state"].as_str().unwrap_or("?"),
+        stream["published"],
+        stream["backlog"],
+        stream["dropped"],
+    )
 }
 
 /// What `zester key accept|reject|revoke|delete` acts on.

@@ -1,7 +1,8 @@
-//! The admin's terminal: the bodies of the CLI commands (`commands`), named admins (`admins`), nats CLI contexts
+//! The admin's terminal: the bodies of the CLI commands (`commands`), named admins (`admins`), the local audit trail (`audit`), nats CLI contexts
 //! (`context`), `zester cmd` (`cmd`) and the client of a running appliance (`client`). `main.rs` parses arguments and calls these.
 
 pub mod admins;
+pub mod audit;
 pub mod client;
 pub mod cmd;
 pub mod commands;

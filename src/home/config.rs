@@ -55,6 +55,12 @@ pub enum ConfigError {
         /// The key.
         key: &'static str,
     },
+    /// `audit.on_overflow` other than "drop" or "refuse".
+    #[error("audit.on_overflow = {0}")]
+    Overflow(String),
+    /// `audit.queue = 0`.
+    #[error("audit.queue = 0: at least one record must be able to wait for the writer")]
+    EmptyQueue,
     /// `keys.accept = "hook"` without `keys.hook`.
     #[error("keys.accept = \"hook\" needs keys.hook = \"/path/to/executable\" (it gets the enrolment request as JSON on stdin; exit 0 accepts, 1 rejects)")]
     NoHook,
@@ -126,6 +132,9 @@ pub struct ClusterConfig {
 
 /// The default of `cluster.name`.
 pub const DEFAULT_CLUSTER_NAME: &str = "zester";
+/// The name of a node that is not in a cluster (and of one whose host name gives none): its
+/// `server_name`, and the `node` of its audit records and audit subject `zester.audit.<node>`.
+pub const DEFAULT_NODE_NAME: &str = "zester";
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -168,7 +177,7 @@ pub fn node_name_from_host(hostname: &str) -> String {
         })
         .collect();
     if name.trim_matches('-').is_empty() {
-        DEFAULT_CLUSTER_NAME.to_string()
+        DEFAULT_NODE_NAME.to_string()
     } else {
         name
     }
@@ -191,6 +200,14 @@ pub struct AuditConfig {
     pub max_file_bytes: SizeSetting,
     /// How many rotated files (`audit.log.1` …) are kept.
     pub keep: u32,
+    /// How long the `zester-audit` stream keeps a record ("0": until `max_bytes`).
+    pub max_age: String,
+    /// The most bytes the `zester-audit` stream holds (oldest records go first).
+    pub max_bytes: SizeSetting,
+    /// How many records may wait for the writer.
+    pub queue: usize,
+    /// "drop" or "refuse": what the callout does while records cannot be written.
+    pub on_overflow: String,
 }
 
 impl Default for AuditConfig {
@@ -198,6 +215,10 @@ impl Default for AuditConfig {
         AuditConfig {
             max_file_bytes: SizeSetting::Text("64MiB".to_string()),
             keep: 5,
+            max_age: "90d".to_string(),
+            max_bytes: SizeSetting::Text("1GiB".to_string()),
+            queue: 8192,
+            on_overflow: "drop".to_string(),
         }
     }
 }
@@ -534,6 +555,9 @@ impl Config {
         config.accept_policy()?;
         config.hook_timeout()?;
         config.audit_max_file_bytes()?;
+        config.audit_stream_limits()?;
+        config.audit_overflow()?;
+        config.audit_queue()?;
         config.jetstream_limits()?;
         config.metrics_listen()?;
         for (key, value) in [
@@ -592,7 +616,7 @@ impl Config {
         } else if self.clustered() {
             node_name_from_host(hostname)
         } else {
-            DEFAULT_CLUSTER_NAME.to_string()
+            DEFAULT_NODE_NAME.to_string()
         }
     }
 
@@ -613,6 +637,38 @@ impl Config {
             source,
         })?;
         Ok(bytes.max(1024))
+    }
+
+    /// `audit.max_age` (seconds, 0 = no age limit) and `audit.max_bytes` of the
+    /// `zester-audit` stream.
+    pub fn audit_stream_limits(&self) -> Result<(i64, u64), ConfigError> {
+        let age = parse_duration(&self.audit.max_age).map_err(|source| ConfigError::Duration {
+            key: "audit.max_age",
+            source,
+        })?;
+        let value = &self.audit.max_bytes;
+        let bytes = size_bytes(value).map_err(|source| ConfigError::Size {
+            key: "audit.max_bytes",
+            value: value.clone(),
+            source,
+        })?;
+        Ok((age, bytes))
+    }
+
+    /// `audit.on_overflow`.
+    pub fn audit_overflow(&self) -> Result<crate::wire::audit::Overflow, ConfigError> {
+        self.audit
+            .on_overflow
+            .parse()
+            .map_err(ConfigError::Overflow)
+    }
+
+    /// `audit.queue` (at least 1).
+    pub fn audit_queue(&self) -> Result<usize, ConfigError> {
+        match self.audit.queue {
+            0 => Err(ConfigError::EmptyQueue),
+            queue => Ok(queue),
+        }
     }
 
     /// `keys.hook_timeout`, seconds.

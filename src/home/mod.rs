@@ -344,6 +344,11 @@ impl Home {
     pub fn audit_log(&self) -> PathBuf {
         self.root.join("audit.log")
     }
+    /// The audit log's files that exist, oldest first: `audit.log.N` … `audit.log.1`, then
+    /// `audit.log` (see [`audit_files_of`]).
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        audit_files_of(&self.audit_log())
+    }
     /// Where `zester creds issue ID` writes by default.
     pub fn peel_creds(&self, id: &str) -> PathBuf {
         self.peels_dir().join(format!("{id}.creds"))
@@ -747,6 +752,33 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The files of the log at `log` that exist, oldest first: its rotated copies `<log>.N` (by
+/// number, highest first, whatever gaps a changed `keep` left), then `log` itself if present.
+pub fn audit_files_of(log: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    let number = file.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+                    Some((number, entry.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rotated.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
+    if std::fs::symlink_metadata(log).is_ok() {
+        files.push(log.to_path_buf());
+    }
+    files
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ pub struct Placement<'a> {
 impl Placement<'static> {
     /// A single node named `zester`, as every node was before clusters.
     pub const SINGLE: Placement<'static> = Placement {
-        server_name: "zester",
+        server_name: crate::home::config::DEFAULT_NODE_NAME,
         cluster: None,
     };
 }

@@ -20,7 +20,7 @@ pub struct Filing {
     pub identity: String,
     /// The peel id for the audit line (empty for other roles).
     pub peel: String,
-    /// The client's address, kept for enrolling keys only.
+    /// The client's address, kept for enrolling keys and admins only.
     pub ip: Option<String>,
 }
 
@@ -114,7 +114,13 @@ fn filing(admission: &Admission, request: &AuthRequestNats) -> Filing {
             peel: String::new(),
             ip: Some(request.client_info.host.clone()),
         },
-        // A named admin is filed as `admin:<name>`, so `admin remove` kicks exactly its sessions.
+        // A named admin is filed as `admin:<name>`, so `admin remove` kicks exactly its
+        // sessions; its address is kept so its actions are audited with where it acts from.
+        Role::Admin(_) => Filing {
+            identity: admission.role.identity(),
+            peel: String::new(),
+            ip: Some(request.client_info.host.clone()),
+        },
         other => Filing {
             identity: other.identity(),
             peel: String::new(),

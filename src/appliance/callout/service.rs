@@ -175,6 +175,24 @@ impl CalloutState {
         Ok(channel)
     }
 
+    /// The audit trail's sink (its health for `status`).
+    pub fn audit(&self) -> &AuditSink {
+        &self.audit
+    }
+
+    /// Why a connection the decision let in must be refused anyway: records cannot be written
+    /// and `[audit] on_overflow = "refuse"`. Not for zester's own service and store users (the
+    /// appliance itself, which must come back to write and publish the trail) nor for a live
+    /// connection nats-server asks about again (a reload: not a new connection). Atomic
+    /// reads only.
+    fn audit_refusal(&self, role: &crate::permissions::Role, asked_again: bool) -> Option<String> {
+        use crate::permissions::Role;
+        if asked_again || matches!(role, Role::Service | Role::Store) {
+            return None;
+        }
+        self.audit.refusal()
+    }
+
     fn keys(&self) -> SharedKeys {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -214,7 +232,21 @@ impl CalloutState {
             now,
         );
         let mut audit = admitted.audit;
+        let unaudited = match &admitted.decision {
+            Decision::Allow(admission) => self.audit_refusal(&admission.role, live.is_some()),
+            Decision::Refuse { .. } => None,
+        };
         let (verdict, allowed) = match (&admitted.decision, admitted.filing) {
+            (Decision::Allow(admission), Some(_)) if unaudited.is_some() => {
+                audit.code = crate::wire::audit::UNAVAILABLE.into();
+                audit.reason = format!(
+                    "refused because its record cannot be written: {} ([audit] on_overflow = \"refuse\")",
+                    unaudited.unwrap_or_default()
+                );
+                audit.nkey = admission.nkey.to_string();
+                audit.role = admission.role.name().to_string();
+                (Err(audit.reason.clone()), false)
+            }
             (Decision::Allow(admission), Some(filing)) => {
                 let exp = decide::session_expiry(admission.expires, self.session_ttl, now);
                 match self.authority.issue_session(
