@@ -138,7 +138,8 @@ pub struct ServiceUsers {
 }
 
 fn seed_of(pair: &KeyPair) -> String {
-    // Pairs made here or from a seed always carry their seed.
+    // Pairs made here or from a seed carry their seed; the identity keys of a node that joined
+    // a cluster are public only, and are stored as nothing.
     pair.seed().unwrap_or_default()
 }
 
@@ -215,10 +216,26 @@ impl Authority {
     }
 
     /// Rebuilds an authority from its stored text, checking that it is whole and consistent.
+    ///
+    /// The identity seeds of the operator and both accounts may be empty: a node that joined a
+    /// cluster (`zester node join`) never receives them, only the signing keys (the identity
+    /// keys stay where they were made, so that a leaked signing key can be replaced from
+    /// there). Their public keys then come from the JWTs; nothing a running node does needs
+    /// more than that.
     pub fn assemble(stored: &StoredAuthority) -> Result<Authority, AuthorityError> {
         let seed = |what: &'static str, text: &str, role: KeyRole| {
             keys::pair_from_seed(text, &[role])
                 .map_err(|source| AuthorityError::Key { what, source })
+        };
+        let identity = |what: &'static str, text: &str, role: KeyRole, public: &str| {
+            if text.trim().is_empty() {
+                KeyPair::from_public_key(public).map_err(|_| AuthorityError::Key {
+                    what,
+                    source: KeyError::InvalidSeed,
+                })
+            } else {
+                seed(what, text, role)
+            }
         };
         let xkey = |what: &'static str, text: &str| {
             XKey::from_seed(text.trim()).map_err(|_| AuthorityError::Key {
@@ -226,27 +243,42 @@ impl Authority {
                 source: KeyError::InvalidSeed,
             })
         };
-        let operator = seed("operator seed", &stored.operator_seed, KeyRole::Operator)?;
+        let operator_jwt: OperatorJwt = decode("operator JWT", &stored.operator_jwt)?;
+        let sys_jwt: AccountJwt = decode("SYS account JWT", &stored.sys_jwt)?;
+        let zester_jwt: AccountJwt = decode("ZESTER account JWT", &stored.zester_jwt)?;
+        let operator = identity(
+            "operator seed",
+            &stored.operator_seed,
+            KeyRole::Operator,
+            operator_jwt.subject(),
+        )?;
         let operator_signer = seed(
             "operator signing seed",
             &stored.operator_signing_seed,
             KeyRole::Operator,
         )?;
-        let operator_jwt: OperatorJwt = decode("operator JWT", &stored.operator_jwt)?;
-        let sys = seed("SYS seed", &stored.sys_seed, KeyRole::Account)?;
+        let sys = identity(
+            "SYS seed",
+            &stored.sys_seed,
+            KeyRole::Account,
+            sys_jwt.subject(),
+        )?;
         let sys_signer = seed(
             "SYS signing seed",
             &stored.sys_signing_seed,
             KeyRole::Account,
         )?;
-        let sys_jwt: AccountJwt = decode("SYS account JWT", &stored.sys_jwt)?;
-        let zester = seed("ZESTER seed", &stored.zester_seed, KeyRole::Account)?;
+        let zester = identity(
+            "ZESTER seed",
+            &stored.zester_seed,
+            KeyRole::Account,
+            zester_jwt.subject(),
+        )?;
         let zester_signer = seed(
             "ZESTER signing seed",
             &stored.zester_signing_seed,
             KeyRole::Account,
         )?;
-        let zester_jwt: AccountJwt = decode("ZESTER account JWT", &stored.zester_jwt)?;
         same_key("operator", &operator, operator_jwt.subject())?;
         same_key("SYS account", &sys, sys_jwt.subject())?;
         same_key("ZESTER account", &zester, zester_jwt.subject())?;

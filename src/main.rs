@@ -140,6 +140,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Grow a cluster: `join` (on the new machine, with a fresh home) asks a running node to
+    /// let this machine in and, once an admin ran `node accept NAME`, writes its home;
+    /// `list`, `accept` and `remove` go to a running node. See the README's "Three nodes".
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Named admins: per-person admin creds (`add`), who they are (`list`), and cutting one
     /// off at once (`remove`: key revoked, live sessions kicked). Every admin action the
     /// appliance records names the admin whose key signed it.
@@ -534,6 +541,77 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// On a new machine: make this node's keys (the node key, its curve key and its TLS key,
+    /// which never leaves it), prove them to the cluster at --server, and with --wait wait
+    /// until an admin runs `zester node accept NAME`; then write this home (auth/, pki/,
+    /// zester.toml with the routes) from what the cluster sends, sealed to this node. Exits 2
+    /// while pending (without --wait). Then start the node with `zester up`.
+    Join {
+        /// A running node's client URL, e.g. tls://node-a.example:4222.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The cluster CA's SPKI pin (`zester init` printed it on the first node).
+        #[arg(long, value_name = "sha256:HEX")]
+        pin: Option<String>,
+        /// The cluster's CA certificate (the first node's pki/ca.pem), instead of or with --pin.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// This node's name: unique in the cluster, stable (nats-server's server_name).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Where this node will listen for clients (server.listen).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4222")]
+        listen: String,
+        /// Where this node will listen for the other nodes' routes (cluster.listen; mutual
+        /// TLS with the cluster's CA).
+        #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:6222")]
+        cluster_listen: String,
+        /// This node's monitoring address, loopback only (server.monitor).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8222")]
+        monitor: String,
+        /// Wait until an admin accepts (or refuses) this node.
+        #[arg(long)]
+        wait: bool,
+        /// Print a JSON document (name, state, fingerprint, cluster, routes, client_urls,
+        /// home) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a joining node in (its `node join --wait` then writes its home).
+    Accept {
+        /// The node's name.
+        name: String,
+        /// The fingerprint `node join` printed on the new machine: refused if it differs.
+        #[arg(long, value_name = "FP")]
+        fingerprint: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminConnArgs,
+    },
+    /// The cluster's nodes: name, state, client URL, route address, when last seen running.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminConnArgs,
+    },
+    /// Remove a node: it may not fetch again and the others ignore what it announces.
+    Remove {
+        /// The node's name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminConnArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check the hash chain across the files and name the first break (file, line, record,
     /// what is wrong). Exits 0 when intact, 1 at a break.
@@ -792,6 +870,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { admin, command } => {
             runtime()?.block_on(token_command(&home, &admin.target(), command))?
         }
+        Command::Node { command } => runtime()?.block_on(node_command(&home, command))?,
         Command::Status { json, admin } => {
             match runtime()?.block_on(zester::cli::client::query_status(&home, &admin.target())) {
                 Ok(status) => (commands::status(&status), json),
@@ -853,12 +932,60 @@ fn audit_command(home: &Home, command: AuditCommand, now: i64) -> anyhow::Result
     ))
 }
 
+/// `zester node …`.
+async fn node_command(home: &Home, command: NodeCommand) -> anyhow::Result<(Output, bool)> {
+    use zester::cli::node;
+    Ok(match command {
+        NodeCommand::Join {
+            server,
+            pin,
+            ca,
+            name,
+            listen,
+            cluster_listen,
+            monitor,
+            wait,
+            json,
+        } => {
+            let options = node::JoinOptions {
+                server,
+                pin,
+                ca,
+                name,
+                listen,
+                cluster_listen,
+                monitor,
+                wait,
+                hostname: hostname(),
+            };
+            let progress = |line: &str| eprintln!("zester: {line}");
+            (node::join(home, &options, progress).await?, json)
+        }
+        NodeCommand::Accept {
+            name,
+            fingerprint,
+            json,
+            admin,
+        } => (
+            node::change(home, &admin.target(), &name, fingerprint, false).await?,
+            json,
+        ),
+        NodeCommand::List { json, admin } => (node::list(home, &admin.target()).await?, json),
+        NodeCommand::Remove { name, json, admin } => (
+            node::change(home, &admin.target(), &name, None, true).await?,
+            json,
+        ),
+    })
+}
+
 /// `zester up`: runs the appliance until SIGINT/SIGTERM.
 fn up(home: Home, options: UpOptions) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let signals = StopSignals::install()?;
-        let appliance = Appliance::start(home, options).await?;
-        appliance.run_until_signal(signals).await
+        let mut signals = StopSignals::install()?;
+        match Appliance::start_unless_stopped(home, options, &mut signals).await? {
+            Some(appliance) => appliance.run_until_signal(signals).await,
+            None => Ok(()),
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

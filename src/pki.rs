@@ -457,11 +457,26 @@ fn sign_server_cert(
     lifetime: Duration,
     cap: Option<SystemTime>,
 ) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
+    let cert = sign_server_cert_for(issuer, &key, sans, now, lifetime, cap)?;
+    Ok((cert, key.serialize_pem()))
+}
+
+/// Signs a server certificate for `subject` (a key held elsewhere), valid from [`CLOCK_SKEW`]
+/// before `now` to `now + lifetime`, never past `cap`. Server and client use: cluster routes
+/// are mutual TLS with the same certificate (DESIGN §9).
+fn sign_server_cert_for(
+    issuer: &Issuer<'_, &KeyPair>,
+    subject: &impl PublicKeyData,
+    sans: Vec<SanType>,
+    now: SystemTime,
+    lifetime: Duration,
+    cap: Option<SystemTime>,
+) -> Result<String, PkiError> {
     let (not_before, mut not_after) = validity_window(now, lifetime)?;
     if let Some(cap) = cap {
         not_after = not_after.min(cap);
     }
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -470,7 +485,6 @@ fn sign_server_cert(
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // ClientAuth too: cluster routes are mutual TLS with the same certificate (DESIGN §9).
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -479,12 +493,98 @@ fn sign_server_cert(
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     let cert = params
-        .signed_by(&key, issuer)
+        .signed_by(subject, issuer)
         .map_err(|source| PkiError::Signing {
             what: "server",
             source,
         })?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(cert.pem())
+}
+
+/// A P-256 public key known only by its point (the uncompressed SEC1 bytes): what a node that
+/// joins a cluster sends so that its certificate can be signed where the CA key is, while its
+/// TLS key never leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P256PublicKey(Vec<u8>);
+
+impl P256PublicKey {
+    /// The key from its uncompressed point (65 bytes, starting with 0x04).
+    pub fn from_point(point: &[u8]) -> Result<P256PublicKey, PkiError> {
+        if point.len() != 65 || point[0] != 0x04 {
+            return Err(malformed(
+                "a P-256 public key is the 65-byte uncompressed point",
+            ));
+        }
+        Ok(P256PublicKey(point.to_vec()))
+    }
+
+    /// The public key of a PEM private key made by [`generate_server_key`].
+    pub fn of_key_pem(key_pem: &str) -> Result<P256PublicKey, PkiError> {
+        P256PublicKey::from_point(load_key(key_pem)?.public_key_raw())
+    }
+
+    /// The uncompressed point.
+    pub fn point(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PublicKeyData for P256PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A new server private key (PEM), for a node to keep and have certified elsewhere.
+pub fn generate_server_key() -> Result<String, PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
+    Ok(key.serialize_pem())
+}
+
+/// Signs with the CA a server certificate for `subject`, a key that stays on another node, for
+/// `names`, valid until `now + lifetime` (never past the CA).
+pub fn issue_server_cert_for(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    subject: &P256PublicKey,
+    names: &ServerNames,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<String, PkiError> {
+    let sans = names.to_sans()?;
+    let ca_der = cert_der_from_pem(ca_cert_pem)?;
+    let ca = Cert::parse(&ca_der)?;
+    let ca_key = load_key(ca_key_pem)?;
+    if ca_key.subject_public_key_info() != ca.spki {
+        return Err(PkiError::CaKeyMismatch);
+    }
+    let ca_not_after = ca.validity()?.1;
+    if now >= ca_not_after.time {
+        return Err(PkiError::CaExpired {
+            at: rfc3339(ca_not_after.unix_seconds),
+        });
+    }
+    let key_id = match ca.subject_key_id()? {
+        Some(id) => KeyIdMethod::PreSpecified(id.to_vec()),
+        None => KeyIdMethod::Sha256,
+    };
+    let issuer = Issuer::new(ca_params(key_id), &ca_key);
+    let cert_pem = sign_server_cert_for(
+        &issuer,
+        subject,
+        sans,
+        now,
+        lifetime,
+        Some(ca_not_after.time),
+    )?;
+    let cert_der = cert_der_from_pem(&cert_pem)?;
+    if Cert::parse(&cert_der)?.issuer != ca.subject {
+        return Err(PkiError::ForeignCa);
+    }
+    Ok(cert_pem)
 }
 
 /// `(now - CLOCK_SKEW, now + lifetime)`, checked to be expressible in a certificate. The check
@@ -1062,6 +1162,28 @@ mod tests {
             inspect_cert_pem(&pki.ca_cert_pem).unwrap().names,
             ServerNames::default()
         );
+    }
+
+    #[test]
+    fn a_key_held_elsewhere_is_certified_by_the_ca() {
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
+        let key_pem = generate_server_key().unwrap();
+        let public = P256PublicKey::of_key_pem(&key_pem).unwrap();
+        let cert = issue_server_cert_for(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &P256PublicKey::from_point(public.point()).unwrap(),
+            &names(),
+            now(),
+            SERVER_VALIDITY,
+        )
+        .unwrap();
+        let summary = inspect_cert_pem(&cert).unwrap();
+        assert_eq!(summary.spki_pin, spki_pin_from_key_pem(&key_pem).unwrap());
+        assert!(summary.client_auth);
+        assert_eq!(summary.names, names());
+        assert!(P256PublicKey::from_point(&[4; 64]).is_err());
+        assert!(P256PublicKey::from_point(&[3; 65]).is_err());
     }
 
     #[test]

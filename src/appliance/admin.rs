@@ -173,6 +173,8 @@ pub struct AdminService {
     pub settings: Arc<crate::appliance::settings::SettingsStore>,
     /// Join tokens.
     pub tokens: Arc<crate::appliance::tokens::TokenStore>,
+    /// The cluster's node records (`None` on a single node).
+    pub nodes: Option<Arc<crate::appliance::nodes::NodeStore>>,
     /// Where refused requests are audited.
     pub audit: AuditSink,
     /// Admin signatures seen within the replay window, with their signing time.
@@ -220,8 +222,11 @@ impl AdminService {
         let admins = client
             .queue_subscribe(ADMINS_REQUESTS, SERVICE_QUEUE.into())
             .await?;
+        let nodes = client
+            .queue_subscribe(crate::wire::admin::NODE_REQUESTS, SERVICE_QUEUE.into())
+            .await?;
         let mut requests = futures_util::stream::select(
-            futures_util::stream::select(keys, creds),
+            futures_util::stream::select(keys, futures_util::stream::select(creds, nodes)),
             futures_util::stream::select(settings, futures_util::stream::select(tokens, admins)),
         );
         client.flush().await?;
@@ -295,6 +300,60 @@ impl AdminService {
             return Err(AdminError::Replayed);
         }
         Ok(Asked::By(role.identity()))
+    }
+
+    /// `zester node list|accept|remove`.
+    async fn node_request(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
+        use crate::wire::admin::{NodeChange, NODE_ACCEPT, NODE_LIST};
+        let Some(nodes) = &self.nodes else {
+            return Err(AdminError::BadRequest(
+                crate::appliance::nodes::NodeError::NotClustered.to_string(),
+            ));
+        };
+        let failed = |e: crate::appliance::nodes::NodeError| AdminError::BadRequest(e.to_string());
+        if subject == NODE_LIST {
+            return Ok(json!(nodes.list().await.map_err(failed)?));
+        }
+        let change: NodeChange =
+            serde_json::from_slice(payload).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        let by = asked.identity();
+        let now = now_unix();
+        let record = if subject == NODE_ACCEPT {
+            let record = nodes
+                .accept(&change.name, change.fingerprint.as_deref(), by, now)
+                .await
+                .map_err(failed)?;
+            self.audit_action(
+                asked,
+                "node_accepted",
+                "",
+                format!(
+                    "node {} ({}) accepted by {by}",
+                    record.name,
+                    record.fingerprint()
+                ),
+            );
+            record
+        } else {
+            let record = nodes.remove(&change.name, by, now).await.map_err(failed)?;
+            self.audit_action(
+                asked,
+                "node_removed",
+                "",
+                format!("node {} removed by {by}", record.name),
+            );
+            record
+        };
+        // This node's next start routes to the nodes known now, even before its next refresh.
+        if let Ok(all) = nodes.list().await {
+            crate::appliance::nodes::write_cache(&self.home, &all);
+        }
+        Ok(json!(record))
     }
 
     /// Audits an admin request refused before it was acted on, with the claimed key.
@@ -484,6 +543,9 @@ impl AdminService {
                     )
                 }
             }
+            crate::wire::admin::NODE_LIST
+            | crate::wire::admin::NODE_ACCEPT
+            | crate::wire::admin::NODE_REMOVE => self.node_request(subject, payload, asked).await,
             TOKEN_CREATE | TOKEN_LIST | TOKEN_REVOKE => {
                 let answer =
                     crate::appliance::tokens::handle_admin(&self.tokens, subject, payload, by)

@@ -116,6 +116,8 @@ pub struct EnrolService {
     pub tokens: Option<Arc<crate::appliance::tokens::TokenStore>>,
     /// The policy hook (`keys.accept = "hook"`).
     pub hook: Option<crate::appliance::hook::Hook>,
+    /// Joining nodes' requests (`None`: a single node, which refuses them).
+    pub nodes: Option<Arc<crate::appliance::nodes::NodeService>>,
 }
 
 /// Most enrolment requests one key may make per minute (`peel enrol --wait` asks every 2 s).
@@ -182,6 +184,22 @@ impl EnrolService {
                 let client = client.clone();
                 tokio::spawn(async move {
                     let now = now_unix();
+                    if crate::wire::node::is_node_request(&message.payload) {
+                        let outcome = match service.over_rate(&nkey, now) {
+                            Some(EnrolError::RateLimited { what, max }) => {
+                                Err(crate::appliance::nodes::NodeError::RateLimited { what, max })
+                            }
+                            Some(_) => Err(crate::appliance::nodes::NodeError::Busy {
+                                name: String::new(),
+                            }),
+                            None => service.handle_node(&message.payload, &nkey, now).await,
+                        };
+                        service
+                            .audit
+                            .record(node_audit(&outcome, &message.payload, &nkey, now));
+                        respond::answer(&client, reply, outcome, "a node's request").await;
+                        return;
+                    }
                     let outcome = match service.over_rate(&nkey, now) {
                         Some(refusal) => Err(refusal),
                         None => service.handle(&message.payload, &nkey, now).await,
@@ -217,6 +235,19 @@ impl EnrolService {
             what: format!("address {address}"),
             max: REQUESTS_PER_ADDRESS_MINUTE,
         })
+    }
+
+    /// Handles one request of a node joining the cluster.
+    pub async fn handle_node(
+        &self,
+        payload: &[u8],
+        nkey: &str,
+        now: i64,
+    ) -> Result<crate::wire::node::NodeAnswer, crate::appliance::nodes::NodeError> {
+        match &self.nodes {
+            Some(nodes) => nodes.handle(payload, nkey, now).await,
+            None => Err(crate::appliance::nodes::NodeError::NotClustered),
+        }
     }
 
     /// Handles one request from `nkey` at `now`.
@@ -506,6 +537,50 @@ impl EnrolError {
 
 /// The audit record of one enrolment request (the id is read unverified for a refusal, to say
 /// what was asked for).
+/// The audit record of a node's request: who asked to join or fetch, and the outcome (never
+/// the bundle).
+fn node_audit(
+    outcome: &Result<crate::wire::node::NodeAnswer, crate::appliance::nodes::NodeError>,
+    payload: &[u8],
+    nkey: &str,
+    now: i64,
+) -> AuditRecord {
+    let asked = serde_json::from_slice::<SignedRequest>(payload)
+        .ok()
+        .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
+        .and_then(|b| serde_json::from_slice::<crate::wire::node::NodeRequest>(&b).ok());
+    let op = asked.as_ref().map_or("node request", |a| match a.op {
+        crate::wire::node::NodeOp::NodeJoin => "node join",
+        crate::wire::node::NodeOp::NodeFetch => "node fetch",
+    });
+    let mut record = match outcome {
+        Ok(answer) => {
+            let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Allow);
+            record.code = match (answer.state, answer.bundle.is_some()) {
+                (_, true) => "node_bundle_sent",
+                (crate::wire::node::NodeState::Pending, _) => "node_pending",
+                _ => "node_answered",
+            }
+            .into();
+            record.reason = format!("{op} answered: {}", answer.state.as_str());
+            record
+        }
+        Err(e) => {
+            let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Refuse);
+            record.code = e.code().to_string();
+            record.reason = format!("{op}: {e}");
+            record
+        }
+    };
+    record.nkey = nkey.chars().take(64).collect();
+    if let Some(asked) = asked {
+        record.peel_id = format!("node:{}", asked.name.chars().take(64).collect::<String>());
+        record.connection_name = asked.hostname.chars().take(128).collect();
+    }
+    record.role = "enrolling".to_string();
+    record
+}
+
 fn enrol_audit(
     outcome: &Result<EnrolAnswer, EnrolError>,
     payload: &[u8],

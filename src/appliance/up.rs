@@ -89,6 +89,9 @@ pub enum UpError {
     /// The join-token bucket could not be opened.
     #[error("join tokens: {0}")]
     Tokens(Box<crate::appliance::tokens::TokenStoreError>),
+    /// The node records could not be opened.
+    #[error("node records: {0}")]
+    Nodes(Box<crate::appliance::nodes::NodeError>),
     /// A creds file whose key is not a user's.
     #[error("a creds file of zester's own users: {0}")]
     Key(#[from] crate::identity::keys::KeyError),
@@ -217,7 +220,7 @@ impl Appliance {
         let (sys, events) =
             start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
         tasks.push(events);
-        let replicas = if prepared.config.clustered() {
+        let replicas = if prepared.clustered() {
             let (task, replicas) = join_cluster(&prepared, &sys, &own, &state).await?;
             tasks.push(task);
             replicas
@@ -227,7 +230,7 @@ impl Appliance {
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
         tasks.extend(open_audit_stream(&store, &prepared, &audit, replicas).await?);
         let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
-        if prepared.config.clustered() {
+        if prepared.clustered() {
             let mut streams: Vec<String> = crate::wire::subjects::BUCKETS
                 .iter()
                 .map(|bucket| format!("KV_{bucket}"))
@@ -275,6 +278,7 @@ impl Appliance {
             sys: &sys,
             audit: &audit,
             replicas,
+            client_port: broker.client_port,
         };
         tasks.extend(serve_services(context, &service, status).await?);
         if let (Some(listener), Some(metrics)) = (scrape, metrics) {
@@ -348,6 +352,28 @@ impl Appliance {
     /// The supervisor of the child.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
+    }
+
+    /// Starts like [`Appliance::start`], unless SIGINT or SIGTERM (caught by `signals`) comes
+    /// first: a start can wait long (a cluster node waits for JetStream's meta leader), and a
+    /// signal then ends it (`None`); dropping the start takes the child down with the runtime
+    /// (it is killed on drop).
+    pub async fn start_unless_stopped(
+        home: Home,
+        options: UpOptions,
+        signals: &mut StopSignals,
+    ) -> Result<Option<Appliance>, UpError> {
+        tokio::select! {
+            started = Appliance::start(home, options) => started.map(Some),
+            _ = signals.interrupt.recv() => {
+                tracing::info!("SIGINT while starting: stopping");
+                Ok(None)
+            }
+            _ = signals.terminate.recv() => {
+                tracing::info!("SIGTERM while starting: stopping");
+                Ok(None)
+            }
+        }
     }
 
     /// Runs until SIGINT/SIGTERM (caught by `signals`) or until the child cannot be kept up, then
@@ -476,10 +502,17 @@ async fn open_audit_stream(
 
 /// What the home gives the appliance before anything runs.
 struct Prepared {
+    /// The home.
+    home: Home,
+    /// This machine's host name.
+    hostname: String,
     /// `zester.toml` with the command line's overrides (`--cluster-listen`, `--node-name`).
     config: crate::home::config::Config,
     /// This node's name, nats-server's `server_name`.
     node_name: String,
+    /// The routes this node renders: `[cluster] routes` and every other node the cluster's
+    /// records know (`<home>/nats/nodes.json`, kept by [`start_nodes`]).
+    routes: Vec<String>,
     config_file: PathBuf,
     authority: Arc<crate::authority::Authority>,
     /// zester's own users by key (master and admin from the home; service and store added
@@ -490,6 +523,14 @@ struct Prepared {
 }
 
 impl Prepared {
+    /// Whether nats-server runs clustered: `[cluster] listen` and at least one route. A node
+    /// with a listen address but no other node yet (the first of a cluster) runs JetStream on
+    /// its own, since nats-server's clustered JetStream waits for a route before it elects a
+    /// leader; it answers joins, and is clustered from the start after the first node joined.
+    fn clustered(&self) -> bool {
+        self.config.clustered() && !self.routes.is_empty()
+    }
+
     fn config_error(&self) -> impl Fn(crate::home::config::ConfigError) -> HomeError + '_ {
         |source| HomeError::Config {
             path: self.config_file.clone(),
@@ -532,6 +573,11 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
         source,
     })?;
     let node_name = config.node_name(&options.hostname);
+    let routes = crate::appliance::nodes::routes_for(
+        &config.cluster.routes,
+        &crate::appliance::nodes::read_cache(home),
+        &node_name,
+    );
     let session_ttl = config.session_ttl().map_err(|source| HomeError::Config {
         path: home.config_file(),
         source,
@@ -545,8 +591,11 @@ fn prepare(home: &Home, options: &UpOptions, now: i64) -> Result<Prepared, UpErr
     )?);
     let sentinel = authority.issue_sentinel(now)?;
     Ok(Prepared {
+        home: home.clone(),
+        hostname: options.hostname.clone(),
         config,
         node_name,
+        routes,
         config_file: home.config_file(),
         authority,
         services,
@@ -591,7 +640,7 @@ fn renew_certificate(
 ) -> Result<CertRenewal, UpError> {
     let lifetime = home.cert_lifetime(&prepared.config)?;
     let renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
-    renewal.at_start(prepared.config.clustered());
+    renewal.at_start(prepared.clustered());
     Ok(renewal)
 }
 
@@ -621,6 +670,8 @@ fn renew_own_creds(
 struct Broker {
     supervisor: Supervisor,
     endpoint: Endpoint,
+    /// The port clients connect to (a port 0 resolved).
+    client_port: u16,
     monitor: Option<std::net::SocketAddr>,
     version: String,
 }
@@ -658,10 +709,10 @@ async fn start_broker(
     let limits = config.jetstream_limits().map_err(prepared.config_error())?;
     let placement = server_config::Placement {
         server_name: &prepared.node_name,
-        cluster: config.clustered().then(|| server_config::ClusterInput {
+        cluster: prepared.clustered().then(|| server_config::ClusterInput {
             name: &config.cluster.name,
             listen: &config.cluster.listen,
-            routes: &config.cluster.routes,
+            routes: &prepared.routes,
         }),
     };
     let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
@@ -736,6 +787,7 @@ async fn start_broker(
     Ok(Broker {
         supervisor,
         endpoint,
+        client_port: child.ports.client.port(),
         monitor: child.ports.monitor,
         version,
     })
@@ -896,6 +948,83 @@ struct ServiceContext<'a> {
     audit: &'a AuditSink,
     /// Copies of each bucket made now (`min(3, nodes)` in a cluster).
     replicas: usize,
+    /// The port nats-server listens on for clients (after a port 0 was picked).
+    client_port: u16,
+}
+
+/// On a node of a cluster: the node records (this node's own refreshed while it runs) and the
+/// service that answers joining nodes.
+async fn start_nodes(
+    prepared: &Prepared,
+    store: &async_nats::Client,
+    replicas: usize,
+    client_port: u16,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<Arc<crate::appliance::nodes::NodeService>, UpError> {
+    use crate::appliance::nodes::{NodeService, NodeStore};
+    let config = &prepared.config;
+    let nodes = Arc::new(
+        NodeStore::open(store.clone(), replicas)
+            .await
+            .map_err(|e| UpError::Nodes(Box::new(e)))?,
+    );
+    let now = now_unix();
+    let cluster_port = HostPort::parse("cluster.listen", &config.cluster.listen)?.port();
+    let me = crate::wire::node::NodeRecord {
+        name: prepared.node_name.clone(),
+        nkey: String::new(),
+        xkey: String::new(),
+        state: crate::wire::node::NodeState::Accepted,
+        client_url: format!(
+            "tls://{}",
+            advertised(&config.server.listen, client_port, &prepared.hostname)
+        ),
+        cluster_url: advertised(&config.cluster.listen, cluster_port, &prepared.hostname),
+        tls_key: String::new(),
+        tls_names: Vec::new(),
+        hostname: prepared.hostname.clone(),
+        since: now,
+        changed_at: now,
+        changed_by: "node".into(),
+        seen_at: now,
+    };
+    match nodes.register_self(&me, now).await {
+        Ok(record) if record.state == crate::wire::node::NodeState::Removed => tracing::warn!(
+            node = %me.name,
+            "this node was removed from the cluster (`zester node remove`); it runs, but the others ignore what it announces"
+        ),
+        Ok(record) => {
+            tracing::info!(node = %record.name, client_url = %record.client_url, cluster_url = %record.cluster_url, "cluster: this node's record")
+        }
+        Err(e) => tracing::warn!(node = %me.name, "cluster: could not record this node: {e}"),
+    }
+    tasks.push(tokio::spawn(crate::appliance::nodes::keep_seen(
+        nodes.clone(),
+        me,
+        prepared.home.clone(),
+    )));
+    Ok(Arc::new(NodeService {
+        store: nodes,
+        home: prepared.home.clone(),
+        authority: prepared.authority.clone(),
+        cluster_name: config.cluster.name.clone(),
+        cert_lifetime: prepared.home.cert_lifetime(config)?,
+    }))
+}
+
+/// `HOST:PORT` as other machines reach `listen` (whose port may have been 0, so `port` is the
+/// real one): an unspecified host (`0.0.0.0`, `::`) becomes this machine's host name.
+fn advertised(listen: &str, port: u16, hostname: &str) -> String {
+    let host = HostPort::parse("server.listen", listen)
+        .map(|at| at.host().to_string())
+        .unwrap_or_default();
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => hostname.to_string(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ if host.is_empty() => hostname.to_string(),
+        _ => host,
+    };
+    format!("{host}:{port}")
 }
 
 /// Step 7, the services on zester's service connection: status, enrolment, peels' settings,
@@ -914,6 +1043,7 @@ async fn serve_services(
         sys,
         audit,
         replicas,
+        client_port,
     } = context;
     let config = &prepared.config;
     let config_error = prepared.config_error();
@@ -926,6 +1056,11 @@ async fn serve_services(
             .await
             .map_err(|e| UpError::Tokens(Box::new(e)))?,
     );
+    let nodes = match config.clustered() {
+        // A node with `[cluster] listen` answers joins, clustered or still the only one.
+        true => Some(start_nodes(prepared, store, replicas, client_port, &mut tasks).await?),
+        false => None,
+    };
     let enrol = Arc::new(EnrolService {
         authority: authority.clone(),
         keys: keys.clone(),
@@ -946,6 +1081,7 @@ async fn serve_services(
             }),
             _ => None,
         },
+        nodes: nodes.clone(),
     });
     tasks.push(
         enrol
@@ -969,6 +1105,7 @@ async fn serve_services(
         account_lock: tokio::sync::Mutex::new(()),
         settings,
         tokens,
+        nodes: nodes.as_ref().map(|n| n.store.clone()),
         audit: audit.clone(),
         seen: Default::default(),
     });

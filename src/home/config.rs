@@ -146,20 +146,7 @@ impl Default for ClusterConfig {
     }
 }
 
-/// The longest node or cluster name (nats-server has no limit; a name is written in logs,
-/// subjects of the monitoring events and JetStream's peer lists).
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Whether `name` is a valid node or cluster name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits,
-/// `-`, `_` or `.` (nats-server refuses spaces in `server_name`, and a name also appears
-/// in subjects, where `.`-free would be stricter than needed but `*`, `>` and spaces are not
-/// allowed).
-pub fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
+pub use crate::wire::node::{valid_name, MAX_NAME_LEN};
 
 /// The node name a host name gives: its first label, with anything [`valid_name`] refuses
 /// replaced by `-`; `zester` when nothing is left.

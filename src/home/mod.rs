@@ -19,6 +19,7 @@
 
 pub mod admins;
 pub mod config;
+pub mod join;
 pub mod journal;
 pub mod own_creds;
 pub mod runtime;
@@ -107,7 +108,7 @@ pub enum HomeError {
     },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HomeError {
+pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HomeError {
     let path = path.to_path_buf();
     move |source| HomeError::Io {
         action,
@@ -209,6 +210,14 @@ pub fn cert_file_pin(path: &Path) -> Result<String, HomeError> {
         source,
     })?;
     Ok(crate::pki::spki_pin_from_cert_pem(&pem)?)
+}
+
+/// Parses `text` as the `.creds` file `path` will hold; errors name the file.
+pub fn read_creds_text(path: &Path, text: &str) -> Result<Creds, HomeError> {
+    Creds::parse(text).map_err(|source| HomeError::Creds {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads and parses a `.creds` file; errors name the file.
@@ -496,7 +505,14 @@ impl Home {
         let dir = self.auth_dir();
         let mut stored = StoredAuthority::default();
         for (name, field, _) in AUTH_FILES {
-            *field(&mut stored) = read_text(&dir.join(name))?;
+            let path = dir.join(name);
+            *field(&mut stored) = match fs::read_to_string(&path) {
+                // A node that joined a cluster has no identity seeds (`Authority::assemble`).
+                Err(e) if e.kind() == io::ErrorKind::NotFound && IDENTITY_SEEDS.contains(&name) => {
+                    String::new()
+                }
+                read => read.map_err(io_error("read", &path))?,
+            };
         }
         Authority::assemble(&stored).map_err(|source| HomeError::Authority {
             dir,
@@ -688,10 +704,14 @@ pub(crate) fn owned_key(path: &Path, creds: &Creds) -> Result<nkeys::KeyPair, Ho
     })
 }
 
-type StoredField = fn(&mut StoredAuthority) -> &mut String;
+pub(crate) type StoredField = fn(&mut StoredAuthority) -> &mut String;
+
+/// The identity seeds of the operator and the accounts: the files a node that joined a cluster
+/// does not have (they stay on the node that made them).
+pub const IDENTITY_SEEDS: [&str; 3] = ["operator.nk", "sys.nk", "zester.nk"];
 
 /// File name, the stored field it holds, and whether it is secret.
-const AUTH_FILES: [(&str, StoredField, bool); 11] = [
+pub(crate) const AUTH_FILES: [(&str, StoredField, bool); 11] = [
     ("operator.nk", |s| &mut s.operator_seed, true),
     (
         "operator-signing.nk",
@@ -731,11 +751,11 @@ fn write_authority(
     Ok(())
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), HomeError> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), HomeError> {
     fs::rename(from, to).map_err(io_error("move", from))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), HomeError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), HomeError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync directory", dir))

@@ -152,8 +152,27 @@ pub const ADMINS_REQUESTS: &str = "zester.admin.admins.*";
 pub fn changes_something(subject: &str) -> bool {
     !matches!(
         subject,
-        KEY_LIST | KEY_SHOW | SETTINGS_GET | ADMINS_LIST | TOKEN_LIST
+        KEY_LIST | KEY_SHOW | SETTINGS_GET | ADMINS_LIST | TOKEN_LIST | NODE_LIST
     )
+}
+
+/// The cluster's nodes: `list`, `accept`, `remove`.
+pub const NODE_REQUESTS: &str = "zester.admin.node.*";
+/// Lists the nodes.
+pub const NODE_LIST: &str = "zester.admin.node.list";
+/// Accepts a joining node (`{"name", "fingerprint"?}`).
+pub const NODE_ACCEPT: &str = "zester.admin.node.accept";
+/// Removes a node (`{"name"}`).
+pub const NODE_REMOVE: &str = "zester.admin.node.remove";
+
+/// `node accept` / `node remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeChange {
+    /// The node's name.
+    pub name: String,
+    /// `accept` only: the fingerprint the admin expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// One named admin, as the appliance keeps it (`<home>/auth/admins.json`) and lists it.

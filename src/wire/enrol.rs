@@ -110,6 +110,11 @@ impl RequestError {
 
 /// Signs `request` with `key`.
 pub fn sign_request(key: &KeyPair, request: &EnrolRequest) -> Result<SignedRequest, RequestError> {
+    sign_body(key, request)
+}
+
+/// Signs any request body with `key` in the enrolment's wire form (a node's request too).
+pub fn sign_body(key: &KeyPair, request: &impl Serialize) -> Result<SignedRequest, RequestError> {
     let body = serde_json::to_vec(request).map_err(|e| RequestError::Malformed(e.to_string()))?;
     let sig = key.sign(&body).map_err(|_| RequestError::BadSignature)?;
     Ok(SignedRequest {
@@ -118,12 +123,15 @@ pub fn sign_request(key: &KeyPair, request: &EnrolRequest) -> Result<SignedReque
     })
 }
 
-/// Verifies a request that arrived on `zester.enrol.<subject_nkey>` at `now`.
-pub fn verify_request(
-    payload: &[u8],
-    subject_nkey: &str,
-    now: i64,
-) -> Result<EnrolRequest, RequestError> {
+/// The body of a signed request that arrived on `zester.enrol.<subject_nkey>` at `now`, once
+/// its `nkey` is the subject's, a user key, and has signed it, and its `at` is within
+/// [`MAX_SKEW_SECS`]. The caller parses the body into its request type.
+pub fn open_signed(payload: &[u8], subject_nkey: &str, now: i64) -> Result<Vec<u8>, RequestError> {
+    #[derive(Deserialize)]
+    struct Signer {
+        nkey: String,
+        at: i64,
+    }
     let signed: SignedRequest =
         serde_json::from_slice(payload).map_err(|e| RequestError::Malformed(e.to_string()))?;
     let decode = |text: &str| {
@@ -133,18 +141,30 @@ pub fn verify_request(
     };
     let body = decode(&signed.request)?;
     let sig = decode(&signed.sig)?;
-    let request: EnrolRequest =
+    let signer: Signer =
         serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
-    if request.nkey != subject_nkey {
+    if signer.nkey != subject_nkey {
         return Err(RequestError::BadSignature);
     }
-    keys::expect_role(&request.nkey, &[KeyRole::User]).map_err(|_| RequestError::BadSignature)?;
-    keys::verify(&request.nkey, &body, &sig).map_err(|_| RequestError::BadSignature)?;
-    if (now - request.at).abs() > MAX_SKEW_SECS {
+    keys::expect_role(&signer.nkey, &[KeyRole::User]).map_err(|_| RequestError::BadSignature)?;
+    keys::verify(&signer.nkey, &body, &sig).map_err(|_| RequestError::BadSignature)?;
+    if (now - signer.at).abs() > MAX_SKEW_SECS {
         return Err(RequestError::Stale {
-            age: now - request.at,
+            age: now - signer.at,
         });
     }
+    Ok(body)
+}
+
+/// Verifies a request that arrived on `zester.enrol.<subject_nkey>` at `now`.
+pub fn verify_request(
+    payload: &[u8],
+    subject_nkey: &str,
+    now: i64,
+) -> Result<EnrolRequest, RequestError> {
+    let body = open_signed(payload, subject_nkey, now)?;
+    let request: EnrolRequest =
+        serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
     if let Some(xkey) = &request.xkey {
         if XKey::from_public_key(xkey).is_err() {
             return Err(RequestError::Malformed("xkey is not a curve key".into()));

@@ -1,6 +1,6 @@
 //! What both ends of a conversation share, pure: the subjects (`subjects`) and the rule for
 //! where a service may send its answer (`reply`); the signed requests of enrolment, rotation
-//! and renewal (`enrol`, `rotate`, `renew`); join tokens (`token`); the admin API's requests (`admin`); the audit trail's hash chain and filters (`audit`); the key record (`record`)
+//! and renewal (`enrol`, `rotate`, `renew`); join tokens (`token`); a node joining a cluster (`node`); the admin API's requests (`admin`); the audit trail's hash chain and filters (`audit`); the key record (`record`)
 //! and the peel's profile (`profile`); the timeouts both sides must agree on. No I/O here: the
 //! appliance, the peel and the CLI build on it.
 
@@ -9,6 +9,7 @@ pub mod admin_auth;
 pub mod audit;
 pub mod enrol;
 pub mod expiry;
+pub mod node;
 pub mod profile;
 pub mod record;
 pub mod renew;

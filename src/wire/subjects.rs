@@ -27,8 +27,10 @@ pub const KEYS_BUCKET: &str = "zester-keys";
 pub const SETTINGS_BUCKET: &str = "zester-settings";
 /// The join-token KV bucket (public keys and limits, never secrets).
 pub const TOKENS_BUCKET: &str = "zester-tokens";
+/// The cluster's node records (`zester node list`).
+pub const NODES_BUCKET: &str = "zester-nodes";
 /// Every bucket zester keeps: its store connection may use these and nothing else of JetStream.
-pub const BUCKETS: [&str; 3] = [KEYS_BUCKET, SETTINGS_BUCKET, TOKENS_BUCKET];
+pub const BUCKETS: [&str; 4] = [KEYS_BUCKET, SETTINGS_BUCKET, TOKENS_BUCKET, NODES_BUCKET];
 
 /// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
 pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";

@@ -1,0 +1,228 @@
+//! Three real `zester up` nodes grown with `zester node join` (issue 18): the secrets that
+//! travel and those that do not, one fleet on any node (enrol on one, accept on another,
+//! connect to a third, revoke anywhere cuts the session where it is), the buckets replicated
+//! to three, and a joining key that is not accepted gets nothing.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::nodes::{self, wait, Node};
+
+fn peel_enrol(via: &Node, id: &str, dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zester"))
+        .args(["peel", "enrol", "--server", &via.url(), "--id", id])
+        .arg("--ca")
+        .arg(via.ca())
+        .arg("--dir")
+        .arg(dir)
+        .env_remove("ZESTER_HOME")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn three_nodes_grown_by_join_are_one_fleet() {
+    let nodes = nodes::three();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // What travelled and what did not: the identity keys stayed on `a`.
+    for node in [b, c] {
+        for kept in ["operator.nk", "sys.nk", "zester.nk"] {
+            assert!(
+                !node.home().join("auth").join(kept).exists(),
+                "{kept} travelled to {}",
+                node.name
+            );
+        }
+        for given in [
+            "zester-signing.nk",
+            "callout.xk",
+            "callout.creds",
+            "sys.creds",
+        ] {
+            let path = node.home().join("auth").join(given);
+            assert_eq!(common::mode(&path), 0o600, "{}", path.display());
+        }
+        // Its TLS key is its own: not a's, and the one it made before it asked.
+        let key = std::fs::read(node.home().join("pki/server.key")).unwrap();
+        assert_ne!(key, std::fs::read(a.home().join("pki/server.key")).unwrap());
+        assert_eq!(
+            key,
+            std::fs::read(node.home().join("node/server.key")).unwrap()
+        );
+    }
+
+    // Every node sees the same three nodes, all accepted and seen.
+    for node in &nodes {
+        let names = || {
+            let list = node.json(&["node", "list"]);
+            let mut names: Vec<String> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["state"] == "accepted" && n["seen_at"].as_i64() > Some(0))
+                .map(|n| n["name"].as_str().unwrap().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        wait(
+            Duration::from_secs(5),
+            &format!("three nodes listed on {}", node.name),
+            || names() == ["a", "b", "c"],
+            || format!("{:?}\n{}", names(), node.log()),
+        );
+        wait(
+            Duration::from_secs(10),
+            &format!("a meta group of three seen from {}", node.name),
+            || {
+                let jsz = common::http_get_json(&node.monitor(), "/jsz");
+                jsz["meta_cluster"]["cluster_size"] == 3 && jsz["meta_cluster"]["leader"].is_string()
+            },
+            String::new,
+        );
+    }
+
+    // One fleet: enrol through c, accept on a, fetch through b, run on b, command from a.
+    let peel_dir = tempfile::tempdir().unwrap();
+    let first = peel_enrol(c, "web-01", peel_dir.path());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    a.ok(&["key", "accept", "web-01"]);
+    wait(
+        Duration::from_secs(2),
+        "the accept on a seen on c",
+        || {
+            c.json(&["key", "list"])
+                .to_string()
+                .contains("\"accepted\"")
+        },
+        String::new,
+    );
+    let fetched = peel_enrol(b, "web-01", peel_dir.path());
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(peel_dir.path().join("web-01.creds").exists());
+    let peel_log = peel_dir.path().join("peel.log");
+    let mut peel = Command::new(env!("CARGO_BIN_EXE_zester"))
+        .args(["peel", "run", "--server", &b.url(), "--id", "web-01"])
+        .arg("--dir")
+        .arg(peel_dir.path())
+        .arg("--ca")
+        .arg(b.ca())
+        .env_remove("ZESTER_HOME")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&peel_log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_peel_log = || std::fs::read_to_string(&peel_log).unwrap_or_default();
+    wait(
+        Duration::from_secs(20),
+        "the peel connected to b",
+        || read_peel_log().contains("connected peel=web-01"),
+        read_peel_log,
+    );
+    let ping = a.zester(&["cmd", "web-01", "test.ping", "--json"]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // A revoke on c cuts the session the peel holds on b.
+    let revoked = c.json(&["key", "revoke", "web-01"]);
+    assert!(revoked.to_string().contains("\"kicked\":1"), "{revoked}");
+    wait(
+        Duration::from_secs(5),
+        "the peel cut off",
+        || read_peel_log().contains("disconnected"),
+        read_peel_log,
+    );
+    let _ = peel.kill();
+    let _ = peel.wait();
+
+    // The buckets are replicated to all three nodes.
+    wait(
+        Duration::from_secs(60),
+        "zester-keys at R3",
+        || {
+            let jsz =
+                common::http_get_json(&a.monitor(), "/jsz?accounts=true&streams=true&config=true");
+            jsz.to_string().contains("\"num_replicas\":3")
+        },
+        String::new,
+    );
+}
+
+#[test]
+fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
+    let mut a = Node::first("a");
+    a.spawn();
+    a.wait_ready(Duration::from_secs(30));
+    let b = Node::fresh("b");
+    // `node join` without --wait: pending, exit 2, no home written.
+    let ca = a.ca();
+    let out = b.zester(&[
+        "node",
+        "join",
+        "--server",
+        &a.url(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--name",
+        "b",
+        "--listen",
+        "127.0.0.1:1",
+        "--cluster-listen",
+        "127.0.0.1:2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("zester node accept b"));
+    assert!(!b.home().join("auth").exists());
+    // Another key asking for the same name is refused, with the reason.
+    let other = Node::fresh("other");
+    let out = other.zester(&[
+        "node",
+        "join",
+        "--server",
+        &a.url(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--name",
+        "b",
+        "--listen",
+        "127.0.0.1:1",
+        "--cluster-listen",
+        "127.0.0.1:2",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taken by another node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong fingerprint is refused and leaves it pending.
+    let refused = a.zester(&["node", "accept", "b", "--fingerprint", "SHA256:0000"]);
+    assert!(!refused.status.success());
+    assert!(a
+        .json(&["node", "list"])
+        .to_string()
+        .contains("\"pending\""));
+    // The audit log names the join and the refusal.
+    let audit = std::fs::read_to_string(a.home().join("audit.log")).unwrap();
+    assert!(audit.contains("\"code\":\"node_pending\""), "{audit}");
+    assert!(audit.contains("\"code\":\"node_name_taken\""), "{audit}");
+}

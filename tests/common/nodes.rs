@@ -1,0 +1,273 @@
+//! Several real `zester up` nodes on 127.0.0.1, each on its own home and its own ports chosen
+//! at run time, grown the way a user grows a cluster: the first node is made by `zester init`
+//! and started with `--cluster-listen`; every other one runs `zester node join --wait` on a
+//! fresh home while the test, as the admin, runs `zester node accept` on the first; then every
+//! node is (re)started with `zester up`. Each process is killed (and reaped) on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{free_port, zester};
+
+/// One node: its home, its ports, and its `zester up` process while it runs.
+pub struct Node {
+    /// The node's name.
+    pub name: String,
+    dir: tempfile::TempDir,
+    /// The client port.
+    pub client_port: u16,
+    /// The route port.
+    pub cluster_port: u16,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Node {
+    /// A node with an empty home (to join), and ports of its own.
+    pub fn fresh(name: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            client_port: free_port(),
+            cluster_port: free_port(),
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// The first node of a cluster: a home made by `zester init`, not started yet.
+    pub fn first(name: &str) -> Node {
+        let node = Node::fresh(name);
+        std::fs::create_dir_all(node.home()).unwrap();
+        let init = node.zester(&["init"]);
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        node
+    }
+
+    /// The home.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// `tls://127.0.0.1:<client port>`.
+    pub fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The cluster CA (the same file on every node).
+    pub fn ca(&self) -> PathBuf {
+        self.home().join("pki/ca.pem")
+    }
+
+    /// Runs `zester --home <this home> ARGS…`.
+    pub fn zester(&self, args: &[&str]) -> std::process::Output {
+        zester(&self.home(), args)
+    }
+
+    /// [`Node::zester`], asserting success; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.zester(args);
+        assert!(
+            out.status.success(),
+            "zester {args:?} on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`Node::ok`] with `--json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file(self.runs)).unwrap_or_default()
+    }
+
+    fn log_file(&self, run: u32) -> PathBuf {
+        self.dir.path().join(format!("up-{run}.log"))
+    }
+
+    /// Starts `zester up` (the node's own ports and name on the command line for the first node;
+    /// the others have them in the zester.toml `node join` wrote) without waiting.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} runs already", self.name);
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_file(self.runs)).unwrap();
+        let listen = format!("127.0.0.1:{}", self.client_port);
+        let cluster = format!("127.0.0.1:{}", self.cluster_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(self.home())
+            .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
+            .args(["--cluster-listen", &cluster, "--node-name", &self.name])
+            .env_remove("ZESTER_HOME")
+            .env_remove("ZESTER_METRICS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn zester up");
+        self.child = Some(child);
+    }
+
+    /// Waits until this run wrote `runtime.json` (it is ready).
+    pub fn wait_ready(&self, limit: Duration) {
+        wait(
+            limit,
+            &format!("{} ready", self.name),
+            || self.log().contains("zester is ready"),
+            || self.log(),
+        );
+    }
+
+    /// The monitoring URL of the running node.
+    pub fn monitor(&self) -> String {
+        let runtime: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
+        )
+        .unwrap();
+        runtime["monitor_url"].as_str().unwrap().to_string()
+    }
+
+    /// SIGTERM, and waits for the process to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL of zester (its nats-server child dies with it: PR_SET_PDEATHSIG).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `done` every 100 ms for at most `limit`; fails with `what` and `context()`.
+pub fn wait(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `zester node join --wait` of `joining` through `via`, accepted there by the admin (with the
+/// fingerprint the join printed); returns the join's JSON output.
+pub fn join(joining: &Node, via: &Node) -> Value {
+    let listen = format!("127.0.0.1:{}", joining.client_port);
+    let cluster = format!("127.0.0.1:{}", joining.cluster_port);
+    let ca = via.ca();
+    let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+        .arg("--home")
+        .arg(joining.home())
+        .args(["node", "join", "--server", &via.url()])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--name", &joining.name, "--listen", &listen])
+        .args([
+            "--cluster-listen",
+            &cluster,
+            "--monitor",
+            "127.0.0.1:0",
+            "--wait",
+            "--json",
+        ])
+        .env_remove("ZESTER_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zester node join");
+    let mut fingerprint = String::new();
+    wait(
+        Duration::from_secs(20),
+        &format!("{} pending on {}", joining.name, via.name),
+        || {
+            let nodes = via.json(&["node", "list"]);
+            nodes.as_array().unwrap().iter().any(|n| {
+                let pending = n["name"] == joining.name.as_str() && n["state"] == "pending";
+                if pending {
+                    fingerprint = fingerprint_of(n);
+                }
+                pending
+            })
+        },
+        String::new,
+    );
+    via.ok(&[
+        "node",
+        "accept",
+        &joining.name,
+        "--fingerprint",
+        &fingerprint,
+    ]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "node join {}: {}",
+        joining.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The fingerprint of a node record as `node list --json` gives it.
+pub fn fingerprint_of(record: &Value) -> String {
+    let nkey = record["nkey"].as_str().unwrap_or_default();
+    zester::wire::record::fingerprint(nkey)
+}
+
+/// Three nodes `a`, `b`, `c` grown from `a` as a user does, all running and ready.
+pub fn three() -> Vec<Node> {
+    let mut a = Node::first("a");
+    a.spawn();
+    a.wait_ready(Duration::from_secs(30));
+    let b = Node::fresh("b");
+    let c = Node::fresh("c");
+    join(&b, &a);
+    join(&c, &a);
+    // `a` started alone (nats-server's clustered JetStream needs a route); now it knows the
+    // others' routes, and starts clustered with them.
+    a.stop();
+    let mut nodes = vec![a, b, c];
+    for node in &mut nodes {
+        node.spawn();
+    }
+    for node in &nodes {
+        node.wait_ready(Duration::from_secs(60));
+    }
+    nodes
+}
