@@ -30,6 +30,7 @@ use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::cert_renewal::CertRenewal;
 use crate::appliance::cluster;
 use crate::appliance::enrol::EnrolService;
+use crate::appliance::grow;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::metrics::{self, Metrics};
 use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
@@ -137,6 +138,9 @@ pub enum UpError {
     /// The metrics endpoint could not listen.
     #[error(transparent)]
     Scrape(#[from] ScrapeError),
+    /// A single node's store could not be carried into the cluster it grew into.
+    #[error(transparent)]
+    Grow(#[from] crate::appliance::grow::GrowError),
 }
 
 fn nats_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> UpError {
@@ -214,7 +218,7 @@ impl Appliance {
         };
         let renewal = renew_certificate(&home, &prepared, &audit)?;
         let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
-        let broker = start_broker(&home, &prepared, &options).await?;
+        let mut broker = start_broker(&home, &prepared, &options).await?;
         let own = OwnUsers::issue(&prepared.authority, &mut prepared.services, started_at)?;
         let state = Arc::new(CalloutState::new(
             prepared.authority.clone(),
@@ -234,6 +238,16 @@ impl Appliance {
             1
         };
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
+        if let Some(carried) = broker.carried.take() {
+            grow::carry_over(&home, &store, carried, replicas).await?;
+        }
+        grow::mark(
+            &home,
+            match prepared.config.clustered() {
+                true => grow::Mode::Clustered,
+                false => grow::Mode::Standalone,
+            },
+        )?;
         let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
         if prepared.config.clustered() {
             tasks.push(tokio::spawn(cluster::keep_replicated(
@@ -545,6 +559,9 @@ struct Broker {
     endpoint: Endpoint,
     monitor: Option<std::net::SocketAddr>,
     version: String,
+    /// A single node's buckets, set aside before a clustered child started on its store, to
+    /// be copied into the cluster once zester's store connection is up ([`grow`]).
+    carried: Option<grow::Carried>,
 }
 
 /// Step 2, the broker: find and check nats-server, render its configuration, start it as a
@@ -570,6 +587,15 @@ async fn start_broker(
     let binary = binary::locate(explicit_binary.as_deref())?;
     let version = binary::check_version(&binary.path)?;
     tracing::info!(path = %binary.path.display(), found_by = %binary.found_by, %version, "nats-server");
+    // Before the child sees the store: a clustered server would delete a standalone one's
+    // streams as orphans.
+    let carried = grow::before_start(
+        home,
+        config.clustered(),
+        &binary.path,
+        &prepared.authority.zester.public_key(),
+    )
+    .await?;
 
     for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
         home::create_private_dir(&dir)?;
@@ -660,6 +686,7 @@ async fn start_broker(
         endpoint,
         monitor: child.ports.monitor,
         version,
+        carried,
     })
 }
 
