@@ -285,6 +285,12 @@ impl Appliance {
             ready_after,
             supervisor: broker.supervisor.info_handle(),
             nats_version: broker.version.clone(),
+            node: prepared.node_name.clone(),
+            cluster: prepared
+                .config
+                .clustered()
+                .then(|| prepared.config.cluster.name.clone()),
+            store: store.clone(),
         };
         let context = ServiceContext {
             home: &home,
@@ -1317,6 +1323,12 @@ struct StatusSource {
     ready_after: Duration,
     supervisor: crate::appliance::broker::supervisor::InfoHandle,
     nats_version: String,
+    /// This node's name (`server_name`).
+    node: String,
+    /// The cluster's name, `None` on a single node.
+    cluster: Option<String>,
+    /// The store connection (the replicas of zester's buckets).
+    store: async_nats::Client,
 }
 
 impl StatusSource {
@@ -1324,7 +1336,13 @@ impl StatusSource {
         let child = self.supervisor.info();
         let connections = self.connections().await;
         let counts = self.keys.counts();
+        let cluster = match &self.cluster {
+            Some(name) => self.cluster_status(name).await,
+            None => Value::Null,
+        };
         json!({
+            "node": self.node,
+            "cluster": cluster,
             "zester": {
                 "pid": self.runtime.pid,
                 "version": env!("CARGO_PKG_VERSION"),
@@ -1367,6 +1385,54 @@ impl StatusSource {
     /// zester's own creds, the server certificate, and a year ahead the CA.
     fn expiring(&self, now: i64) -> Vec<crate::wire::expiry::Expiring> {
         crate::wire::expiry::expiring(credentials(&self.home, &self.keys, self.peel_expiry), now)
+    }
+
+    /// Nodes, routes, the meta leader and the buckets' replicas, as this node sees them.
+    async fn cluster_status(&self, name: &str) -> Value {
+        let server = self.sys.server_info().server_id;
+        let jsz = cluster::server_document(&self.sys, &server, "JSZ").await;
+        let routez = cluster::server_document(&self.sys, &server, "ROUTEZ").await;
+        let leader_jsz = cluster::leader_document(&self.sys, "JSZ").await;
+        let js = async_nats::jetstream::new(self.store.clone());
+        let mut streams = Vec::new();
+        for bucket in crate::wire::subjects::BUCKETS {
+            let name = format!("KV_{bucket}");
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(2), js.get_stream(&name)).await
+            else {
+                continue;
+            };
+            let info = stream.cached_info();
+            let (leader, peers) = match &info.cluster {
+                Some(c) => (
+                    c.leader.clone(),
+                    c.replicas
+                        .iter()
+                        .map(|p| cluster::Peer {
+                            name: p.name.clone(),
+                            current: p.current,
+                            offline: p.offline,
+                            lag: p.lag,
+                        })
+                        .collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+            streams.push(cluster::StreamReplicas {
+                stream: name,
+                replicas: info.config.num_replicas,
+                leader,
+                peers,
+            });
+        }
+        cluster::cluster_status(
+            &self.node,
+            name,
+            jsz.as_ref(),
+            leader_jsz.as_ref(),
+            routez.as_ref(),
+            &streams,
+        )
     }
 
     async fn connections(&self) -> Option<u64> {
@@ -1466,10 +1532,15 @@ async fn serve_status(
     source: StatusSource,
     audit: AuditSink,
 ) -> Result<tokio::task::JoinHandle<()>, UpError> {
-    let mut requests = service
+    let any_node = service
         .queue_subscribe(STATUS_SUBJECT, SERVICE_QUEUE.into())
         .await
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    let this_node = service
+        .subscribe(crate::wire::admin::node_status_subject(&source.node))
+        .await
+        .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    let mut requests = futures_util::stream::select(any_node, this_node);
     service
         .flush()
         .await
