@@ -221,3 +221,64 @@ async fn a_single_node_with_100_keys_grows_into_three_without_loss() {
         node.stop();
     }
 }
+
+/// A grow killed after the store was set aside: a standalone start is refused (the records
+/// would be missing), and the next clustered start resumes the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_grow_refuses_a_standalone_start_and_resumes_clustered() {
+    let mut first = Up {
+        child: None,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    ok(&common::zester(&first.home(), &["init"]), "init");
+    for n in 1..=5 {
+        ok(
+            &first.zester(&["creds", "issue", &format!("peel-{n}")]),
+            "creds issue",
+        );
+    }
+    first.launch();
+    first.stop();
+    // Where a crash right after the rename leaves the home.
+    let store = first.home().join("nats/jetstream");
+    let set_aside = first.home().join("nats/jetstream.standalone");
+    std::fs::rename(&store, &set_aside).unwrap();
+
+    let refused = first.zester(&["up", "--listen", "127.0.0.1:0", "--monitor", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not yet copied into the cluster"),
+        "the refusal says why: {stderr}"
+    );
+    assert!(set_aside.exists(), "the set-aside store is untouched");
+
+    let ports = route_ports(3);
+    set_routes(&first, &ports);
+    let second = join_home(&first, "b");
+    let third = join_home(&first, "c");
+    let mut nodes = [first, second, third];
+    start_all(&mut nodes, &ports, &["a", "b", "c"]);
+    let log = nodes[0].log();
+    assert!(
+        log.contains("grow: an earlier start did not finish"),
+        "{log}"
+    );
+    assert!(
+        log.contains("grow: every standalone bucket is in the cluster, verified"),
+        "{log}"
+    );
+    assert!(!set_aside.exists());
+    let expected: Vec<String> = (1..=5).map(|n| format!("peel-{n}")).collect();
+    for node in &nodes {
+        node.wait_for(
+            Duration::from_secs(60),
+            "the node's cache holds the keys",
+            || cluster::status(node).is_some_and(|s| s["keys"]["accepted"] == 5),
+        );
+        assert_eq!(accepted_ids(node), expected);
+    }
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+}
