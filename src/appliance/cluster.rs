@@ -1,7 +1,8 @@
 //! A node among the nodes of a cluster (DESIGN §9): what it tells the others so that any
 //! node's callout admits any node's own users, what it learns from nats-server about the
-//! cluster (routes, the JetStream meta leader and size), and how many replicas zester's
-//! buckets keep.
+//! cluster (routes, the JetStream meta leader and size, and for `zester status` the nodes, routes
+//! and bucket replicas in one document, [`cluster_status`], pure), and how many replicas
+//! zester's buckets keep.
 //!
 //! Every node's callout answers in one queue group, and nats-server does not prefer the local
 //! member, so the auth request of node B's store connection is usually answered by another
