@@ -72,14 +72,21 @@ fn three_nodes_grown_by_join_are_one_fleet() {
             Duration::from_secs(5),
             &format!("three nodes listed on {}", node.name),
             || names() == ["a", "b", "c"],
-            || format!("{:?}\n{}", names(), node.log()),
+            || {
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.name, n.log()))
+                    .collect();
+                format!("{:?}\n{}", names(), logs.join("\n"))
+            },
         );
         wait(
             Duration::from_secs(10),
             &format!("a meta group of three seen from {}", node.name),
             || {
                 let jsz = common::http_get_json(&node.monitor(), "/jsz");
-                jsz["meta_cluster"]["cluster_size"] == 3 && jsz["meta_cluster"]["leader"].is_string()
+                jsz["meta_cluster"]["cluster_size"] == 3
+                    && jsz["meta_cluster"]["leader"].is_string()
             },
             String::new,
         );

@@ -1,7 +1,8 @@
 //! A node among the nodes of a cluster (DESIGN §9): what it tells the others so that any
 //! node's callout admits any node's own users, what it learns from nats-server about the
-//! cluster (routes, the JetStream meta leader and size), and how many replicas zester's
-//! buckets keep.
+//! cluster (routes, the JetStream meta leader and size, and for `zester status` the nodes, routes
+//! and bucket replicas in one document, [`cluster_status`], pure), and how many replicas
+//! zester's buckets keep.
 //!
 //! Every node's callout answers in one queue group, and nats-server does not prefer the local
 //! member, so the auth request of node B's store connection is usually answered by another
@@ -223,6 +224,22 @@ pub async fn server_document(
     Some(document.get_mut("data")?.take())
 }
 
+/// Asks the JetStream meta leader (whichever server it is, over the system connection) for one
+/// of its monitoring documents (`JSZ`): the `data` of its answer, `None` while there is no
+/// leader.
+pub async fn leader_document(sys: &async_nats::Client, what: &str) -> Option<Value> {
+    let subject = format!("$SYS.REQ.SERVER.PING.{what}");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        sys.request(subject, r#"{"leader_only":true}"#.into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let mut document: Value = serde_json::from_slice(&answer.payload).ok()?;
+    Some(document.get_mut("data")?.take())
+}
+
 /// The other servers this server has routes to (by name; a route pool has several routes per
 /// server).
 pub fn routed_servers(routez: &Value) -> HashSet<String> {
@@ -340,6 +357,185 @@ pub async fn keep_replicated(
     }
 }
 
+/// One peer of a Raft group (the meta group, or a bucket's stream) as a server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The server name.
+    pub name: String,
+    /// Up to date with the group's leader.
+    pub current: bool,
+    /// Considered offline by the group.
+    pub offline: bool,
+    /// Operations it is behind the leader, when known.
+    pub lag: Option<u64>,
+}
+
+/// One of zester's streams and its copies, from the JetStream API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReplicas {
+    /// The stream (`KV_zester-keys` …).
+    pub stream: String,
+    /// The replicas its configuration asks for.
+    pub replicas: usize,
+    /// The server leading it, if any.
+    pub leader: Option<String>,
+    /// The other copies.
+    pub peers: Vec<Peer>,
+}
+
+fn peer_of(value: &Value) -> Option<Peer> {
+    Some(Peer {
+        name: value.get("name")?.as_str()?.to_string(),
+        current: value
+            .get("current")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        offline: value
+            .get("offline")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        lag: value.get("lag").and_then(Value::as_u64),
+    })
+}
+
+/// The cluster part of `zester status` (DESIGN §9), from what node `me` of cluster `name`
+/// sees: its own `JSZ` and `ROUTEZ` documents, the meta leader's `JSZ` (only the leader knows
+/// whether the other peers are current; a follower's own view says nothing about them) and the
+/// replicas of zester's streams. Nodes are this one first, then the meta group's peers by name
+/// (`current`, `offline`, `lag`, and whether this node has a route to them), then any routed
+/// server the meta group does not know yet.
+pub fn cluster_status(
+    me: &str,
+    name: &str,
+    jsz: Option<&Value>,
+    leader_jsz: Option<&Value>,
+    routez: Option<&Value>,
+    streams: &[StreamReplicas],
+) -> Value {
+    let meta = jsz.or(leader_jsz).and_then(meta_of);
+    let routed = routez.map(routed_servers).unwrap_or_default();
+    let leader = meta
+        .as_ref()
+        .map(|m| m.leader.clone())
+        .filter(|l| !l.is_empty());
+    let view = leader_jsz.or(jsz);
+    let mut peers: Vec<Peer> = Vec::new();
+    if let Some(leader) = &leader {
+        peers.push(Peer {
+            name: leader.clone(),
+            current: true,
+            offline: false,
+            lag: None,
+        });
+    }
+    peers.extend(
+        view.and_then(|j| j.pointer("/meta_cluster/replicas"))
+            .and_then(Value::as_array)
+            .map(|replicas| replicas.iter().filter_map(peer_of).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    if !peers.iter().any(|p| p.name == me) {
+        peers.push(Peer {
+            name: me.to_string(),
+            current: leader.is_some(),
+            offline: false,
+            lag: None,
+        });
+    }
+    let mut known: HashSet<String> = HashSet::new();
+    peers.retain(|p| known.insert(p.name.clone()));
+    let mut strangers: Vec<&String> = routed.iter().filter(|r| !known.contains(*r)).collect();
+    strangers.sort();
+    peers.sort_by(|a, b| (a.name != me, &a.name).cmp(&(b.name != me, &b.name)));
+    let mut nodes: Vec<Value> = peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "this_node": p.name == me,
+                "current": p.current,
+                "offline": p.offline,
+                "lag": p.lag,
+                "routed": (p.name != me).then(|| routed.contains(&p.name)),
+            })
+        })
+        .collect();
+    for server in strangers {
+        nodes.push(serde_json::json!({
+            "name": server,
+            "this_node": false,
+            "current": false,
+            "offline": false,
+            "lag": null,
+            "routed": true,
+        }));
+    }
+    let mut routes: Vec<Value> = Vec::new();
+    let mut seen = HashSet::new();
+    for route in routez
+        .and_then(|r| r.get("routes"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(server) = route
+            .get("remote_name")
+            .or_else(|| route.get("remote_id"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        if !seen.insert(server.to_string()) {
+            continue;
+        }
+        let address = match (
+            route.get("ip").and_then(Value::as_str),
+            route.get("port").and_then(Value::as_u64),
+        ) {
+            (Some(ip), Some(port)) => format!("{ip}:{port}"),
+            _ => String::new(),
+        };
+        routes.push(serde_json::json!({"name": server, "address": address}));
+    }
+    routes.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let buckets: Vec<Value> = streams
+        .iter()
+        .map(|s| {
+            let mut current: Vec<&str> = s.leader.iter().map(String::as_str).collect();
+            current.extend(
+                s.peers
+                    .iter()
+                    .filter(|p| p.current && !p.offline)
+                    .map(|p| p.name.as_str()),
+            );
+            current.sort_unstable();
+            let behind: Vec<Value> = s
+                .peers
+                .iter()
+                .filter(|p| !p.current || p.offline)
+                .map(|p| serde_json::json!({"name": p.name, "offline": p.offline, "lag": p.lag}))
+                .collect();
+            serde_json::json!({
+                "stream": s.stream,
+                "bucket": s.stream.strip_prefix("KV_").unwrap_or(&s.stream),
+                "replicas": s.replicas,
+                "leader": s.leader,
+                "current": current,
+                "behind": behind,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node": me,
+        "name": name,
+        "leader": leader,
+        "cluster_size": meta.map(|m| m.cluster_size),
+        "nodes": nodes,
+        "routes": routes,
+        "buckets": buckets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +588,75 @@ mod tests {
         let account = nkeys::KeyPair::new_account().public_key();
         let forged = text.replace(key(1).as_str(), &account);
         assert!(serde_json::from_str::<Announcement>(&forged).is_err());
+    }
+
+    #[test]
+    fn the_cluster_status_names_nodes_routes_leader_and_replicas() {
+        let jsz = serde_json::json!({"server_id": "NA", "meta_cluster": {
+            "leader": "b", "cluster_size": 3,
+            "replicas": [
+                {"name": "b", "current": true, "active": 1000, "peer": "x"},
+                {"name": "c", "current": false, "offline": true, "lag": 7, "peer": "y"}
+            ]
+        }});
+        let routez = serde_json::json!({"routes": [
+            {"remote_name": "b", "ip": "127.0.0.1", "port": 7002},
+            {"remote_name": "b", "ip": "127.0.0.1", "port": 7002},
+            {"remote_name": "d", "ip": "127.0.0.1", "port": 7004}
+        ]});
+        let streams = [StreamReplicas {
+            stream: "KV_zester-keys".into(),
+            replicas: 3,
+            leader: Some("a".into()),
+            peers: vec![
+                Peer {
+                    name: "b".into(),
+                    current: true,
+                    offline: false,
+                    lag: Some(0),
+                },
+                Peer {
+                    name: "c".into(),
+                    current: false,
+                    offline: true,
+                    lag: Some(7),
+                },
+            ],
+        }];
+        let status = cluster_status("a", "zester", Some(&jsz), None, Some(&routez), &streams);
+        assert_eq!(status["leader"], "b");
+        assert_eq!(status["cluster_size"], 3);
+        let nodes = status["nodes"].as_array().unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["a", "b", "c", "d"],
+            "this node, the meta peers, then routed strangers"
+        );
+        assert_eq!(nodes[0]["this_node"], true);
+        assert_eq!(
+            (nodes[1]["current"].clone(), nodes[1]["routed"].clone()),
+            (true.into(), true.into())
+        );
+        assert_eq!(
+            (
+                nodes[2]["offline"].clone(),
+                nodes[2]["lag"].clone(),
+                nodes[2]["routed"].clone()
+            ),
+            (true.into(), 7.into(), false.into())
+        );
+        assert_eq!(status["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(status["routes"][0]["address"], "127.0.0.1:7002");
+        let bucket = &status["buckets"][0];
+        assert_eq!(bucket["bucket"], "zester-keys");
+        assert_eq!(bucket["replicas"], 3);
+        assert_eq!(bucket["current"], serde_json::json!(["a", "b"]));
+        assert_eq!(bucket["behind"][0]["name"], "c");
+        // Without a leader yet nothing claims one.
+        let none = cluster_status("a", "zester", None, None, None, &[]);
+        assert_eq!(none["leader"], Value::Null);
+        assert_eq!(none["nodes"].as_array().unwrap().len(), 1);
     }
 
     #[test]

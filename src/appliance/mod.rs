@@ -4,8 +4,10 @@
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
 //! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
 //! zester's own users; `cluster` is a node's part in a cluster (its own users announced to
-//! the other nodes, JetStream's meta group, the buckets' replicas); `nodes` keeps the cluster's node records and
-//! answers `zester node join`; `metrics` is what Prometheus sees, `scrape` serves it on `/metrics`.
+//! the other nodes, JetStream's meta group, the buckets' replicas); `grow` carries a single
+//! node's buckets into the cluster it grows into; `nodes` keeps the cluster's node records and
+//! answers `zester node join`; `metrics` is what Prometheus sees, `scrape` serves it on
+//! `/metrics`.
 
 pub mod admin;
 pub mod broker;
@@ -14,6 +16,7 @@ pub mod cert_renewal;
 pub mod cluster;
 pub mod connz;
 pub mod enrol;
+pub mod grow;
 pub mod hook;
 pub mod keys;
 pub mod metrics;

@@ -30,6 +30,7 @@ use crate::appliance::callout::service::{self, CalloutState};
 use crate::appliance::cert_renewal::CertRenewal;
 use crate::appliance::cluster;
 use crate::appliance::enrol::EnrolService;
+use crate::appliance::grow;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::metrics::{self, Metrics};
 use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
@@ -140,6 +141,9 @@ pub enum UpError {
     /// The metrics endpoint could not listen.
     #[error(transparent)]
     Scrape(#[from] ScrapeError),
+    /// A single node's store could not be carried into the cluster it grew into.
+    #[error(transparent)]
+    Grow(#[from] crate::appliance::grow::GrowError),
 }
 
 fn nats_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> UpError {
@@ -208,7 +212,7 @@ impl Appliance {
         };
         let renewal = renew_certificate(&home, &prepared, &audit)?;
         let own_renewal = renew_own_creds(&home, &prepared, &audit)?;
-        let broker = start_broker(&home, &prepared, &options).await?;
+        let mut broker = start_broker(&home, &prepared, &options).await?;
         let own = OwnUsers::issue(&prepared.authority, &mut prepared.services, started_at)?;
         let state = Arc::new(CalloutState::new(
             prepared.authority.clone(),
@@ -229,6 +233,16 @@ impl Appliance {
         };
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
         tasks.extend(open_audit_stream(&store, &prepared, &audit, replicas).await?);
+        if let Some(carried) = broker.carried.take() {
+            grow::carry_over(&home, &store, carried, replicas).await?;
+        }
+        grow::mark(
+            &home,
+            match prepared.clustered() {
+                true => grow::Mode::Clustered,
+                false => grow::Mode::Standalone,
+            },
+        )?;
         let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
         if prepared.clustered() {
             let mut streams: Vec<String> = crate::wire::subjects::BUCKETS
@@ -268,6 +282,11 @@ impl Appliance {
             ready_after,
             supervisor: broker.supervisor.info_handle(),
             nats_version: broker.version.clone(),
+            node: prepared.node_name.clone(),
+            cluster: prepared
+                .clustered()
+                .then(|| prepared.config.cluster.name.clone()),
+            store: store.clone(),
         };
         let context = ServiceContext {
             home: &home,
@@ -674,6 +693,9 @@ struct Broker {
     client_port: u16,
     monitor: Option<std::net::SocketAddr>,
     version: String,
+    /// A single node's buckets, set aside before a clustered child started on its store, to
+    /// be copied into the cluster once zester's store connection is up ([`grow`]).
+    carried: Option<grow::Carried>,
 }
 
 /// Step 2, the broker: find and check nats-server, render its configuration, start it as a
@@ -699,6 +721,15 @@ async fn start_broker(
     let binary = binary::locate(explicit_binary.as_deref())?;
     let version = binary::check_version(&binary.path)?;
     tracing::info!(path = %binary.path.display(), found_by = %binary.found_by, %version, "nats-server");
+    // Before the child sees the store: a clustered server would delete a standalone one's
+    // streams as orphans.
+    let carried = grow::before_start(
+        home,
+        prepared.clustered(),
+        &binary.path,
+        &prepared.authority.zester.public_key(),
+    )
+    .await?;
 
     for dir in [home.nats_dir(), home.resolver_dir(), home.jetstream_dir()] {
         home::create_private_dir(&dir)?;
@@ -790,6 +821,7 @@ async fn start_broker(
         client_port: child.ports.client.port(),
         monitor: child.ports.monitor,
         version,
+        carried,
     })
 }
 
@@ -988,7 +1020,17 @@ async fn start_nodes(
         changed_by: "node".into(),
         seen_at: now,
     };
-    match nodes.register_self(&me, now).await {
+    // Right after a bucket is made (or a leader elected) reads can fail for a moment ("no
+    // responders"): this node's record is worth a few tries before the periodic refresh.
+    let mut registered = nodes.register_self(&me, now).await;
+    for _ in 0..20 {
+        if registered.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        registered = nodes.register_self(&me, now_unix()).await;
+    }
+    match registered {
         Ok(record) if record.state == crate::wire::node::NodeState::Removed => tracing::warn!(
             node = %me.name,
             "this node was removed from the cluster (`zester node remove`); it runs, but the others ignore what it announces"
@@ -1505,6 +1547,12 @@ struct StatusSource {
     ready_after: Duration,
     supervisor: crate::appliance::broker::supervisor::InfoHandle,
     nats_version: String,
+    /// This node's name (`server_name`).
+    node: String,
+    /// The cluster's name, `None` on a single node.
+    cluster: Option<String>,
+    /// The store connection (the replicas of zester's buckets).
+    store: async_nats::Client,
 }
 
 impl StatusSource {
@@ -1512,7 +1560,13 @@ impl StatusSource {
         let child = self.supervisor.info();
         let connections = self.connections().await;
         let counts = self.keys.counts();
+        let cluster = match &self.cluster {
+            Some(name) => self.cluster_status(name).await,
+            None => Value::Null,
+        };
         json!({
+            "node": self.node,
+            "cluster": cluster,
             "zester": {
                 "pid": self.runtime.pid,
                 "version": env!("CARGO_PKG_VERSION"),
@@ -1556,6 +1610,54 @@ impl StatusSource {
     /// zester's own creds, the server certificate, and a year ahead the CA.
     fn expiring(&self, now: i64) -> Vec<crate::wire::expiry::Expiring> {
         crate::wire::expiry::expiring(credentials(&self.home, &self.keys, self.peel_expiry), now)
+    }
+
+    /// Nodes, routes, the meta leader and the buckets' replicas, as this node sees them.
+    async fn cluster_status(&self, name: &str) -> Value {
+        let server = self.sys.server_info().server_id;
+        let jsz = cluster::server_document(&self.sys, &server, "JSZ").await;
+        let routez = cluster::server_document(&self.sys, &server, "ROUTEZ").await;
+        let leader_jsz = cluster::leader_document(&self.sys, "JSZ").await;
+        let js = async_nats::jetstream::new(self.store.clone());
+        let mut streams = Vec::new();
+        for bucket in crate::wire::subjects::BUCKETS {
+            let name = format!("KV_{bucket}");
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(2), js.get_stream(&name)).await
+            else {
+                continue;
+            };
+            let info = stream.cached_info();
+            let (leader, peers) = match &info.cluster {
+                Some(c) => (
+                    c.leader.clone(),
+                    c.replicas
+                        .iter()
+                        .map(|p| cluster::Peer {
+                            name: p.name.clone(),
+                            current: p.current,
+                            offline: p.offline,
+                            lag: p.lag,
+                        })
+                        .collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+            streams.push(cluster::StreamReplicas {
+                stream: name,
+                replicas: info.config.num_replicas,
+                leader,
+                peers,
+            });
+        }
+        cluster::cluster_status(
+            &self.node,
+            name,
+            jsz.as_ref(),
+            leader_jsz.as_ref(),
+            routez.as_ref(),
+            &streams,
+        )
     }
 
     async fn connections(&self) -> Option<u64> {
@@ -1655,10 +1757,15 @@ async fn serve_status(
     source: StatusSource,
     audit: AuditSink,
 ) -> Result<tokio::task::JoinHandle<()>, UpError> {
-    let mut requests = service
+    let any_node = service
         .queue_subscribe(STATUS_SUBJECT, SERVICE_QUEUE.into())
         .await
         .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    let this_node = service
+        .subscribe(crate::wire::admin::node_status_subject(&source.node))
+        .await
+        .map_err(|e| nats_error("subscribing to the status subject")(e.into()))?;
+    let mut requests = futures_util::stream::select(any_node, this_node);
     service
         .flush()
         .await

@@ -258,7 +258,16 @@ pub async fn admin_request<C: AdminChannel + ?Sized>(
 /// Asks a running appliance for its status (`zester status`), as `target` says.
 pub async fn query_status(home: &Home, target: &AdminTarget) -> Result<Value, StatusError> {
     let client = admin_connect_to(home, target).await?;
-    admin_request(&client, STATUS_SUBJECT, &json!({})).await
+    // The node this connection is on answers; an appliance from before node subjects (or one
+    // whose service connection is reconnecting) leaves it to any node.
+    let node = client.nats().server_info().server_name;
+    let subject = crate::wire::admin::node_status_subject(&node);
+    match admin_request(&client, &subject, &json!({})).await {
+        Err(StatusError::NotServing { .. }) => {
+            admin_request(&client, STATUS_SUBJECT, &json!({})).await
+        }
+        answer => answer,
+    }
 }
 
 /// Why `zester status` has no status to show.

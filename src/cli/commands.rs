@@ -403,6 +403,7 @@ pub fn status(status: &Value) -> Output {
         k["revoked"],
     );
     let mut human = human;
+    human.push_str(&cluster_lines(&status["cluster"]));
     let expiring: Vec<crate::wire::expiry::Expiring> =
         serde_json::from_value(status["expiring"].clone()).unwrap_or_default();
     if expiring.is_empty() {
@@ -475,6 +476,97 @@ fn audit_status(audit: &Value) -> String {
         stream["backlog"],
         stream["dropped"],
     )
+}
+
+/// The cluster part of `zester status` for people: one line on a single node; else this node,
+/// the meta leader, every node with its state, the routes and each bucket's replicas.
+fn cluster_lines(cluster: &Value) -> String {
+    if cluster.is_null() {
+        return "cluster     single node\n".to_string();
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let mut out = format!(
+        "node        {}, of cluster {}\nmeta leader {}\n",
+        text(&cluster["node"]),
+        text(&cluster["name"]),
+        cluster["leader"]
+            .as_str()
+            .unwrap_or("none (more than half of the nodes must be up and routed)"),
+    );
+    let empty = Vec::new();
+    let nodes = cluster["nodes"].as_array().unwrap_or(&empty);
+    let node_text: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let name = text(&n["name"]);
+            if n["this_node"] == true {
+                return format!("{name} (this node)");
+            }
+            let mut state = vec![match (n["offline"] == true, n["current"] == true) {
+                (true, _) => "offline".to_string(),
+                (false, true) => "current".to_string(),
+                (false, false) => "not current".to_string(),
+            }];
+            if let Some(lag) = n["lag"].as_u64().filter(|lag| *lag > 0) {
+                state.push(format!("lag {lag}"));
+            }
+            state.push(
+                if n["routed"] == true {
+                    "routed"
+                } else {
+                    "no route"
+                }
+                .to_string(),
+            );
+            format!("{name} {}", state.join(", "))
+        })
+        .collect();
+    out.push_str(&format!(
+        "nodes       {}: {}\n",
+        nodes.len(),
+        node_text.join("; ")
+    ));
+    let routes: Vec<String> = cluster["routes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| format!("{} {}", text(&r["name"]), text(&r["address"])))
+        .collect();
+    out.push_str(&format!(
+        "routes      {}\n",
+        if routes.is_empty() {
+            "none".to_string()
+        } else {
+            routes.join("; ")
+        }
+    ));
+    for bucket in cluster["buckets"].as_array().unwrap_or(&empty) {
+        let current: Vec<String> = bucket["current"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(text)
+            .collect();
+        let behind: Vec<String> = bucket["behind"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|b| text(&b["name"]))
+            .collect();
+        out.push_str(&format!(
+            "bucket      {} R{}, leader {}, current: {}{}\n",
+            text(&bucket["bucket"]),
+            bucket["replicas"],
+            bucket["leader"].as_str().unwrap_or("none"),
+            current.join(" "),
+            if behind.is_empty() {
+                String::new()
+            } else {
+                format!(", behind: {}", behind.join(" "))
+            },
+        ));
+    }
+    out
 }
 
 /// What `zester key accept|reject|revoke|delete` acts on.

@@ -341,6 +341,21 @@ impl Home {
     pub fn jetstream_dir(&self) -> PathBuf {
         self.nats_dir().join("jetstream")
     }
+    /// The mode JetStream last ran in on this store, `standalone` or `clustered`
+    /// (`appliance::grow`).
+    pub fn jetstream_mode_file(&self) -> PathBuf {
+        self.nats_dir().join("jetstream.mode")
+    }
+    /// A standalone node's store, set aside while a node that grew into a cluster copies its
+    /// buckets over (removed once the copy is verified).
+    pub fn jetstream_set_aside_dir(&self) -> PathBuf {
+        self.nats_dir().join("jetstream.standalone")
+    }
+    /// The private standalone nats-server that reads the set-aside store: its config and ports
+    /// file.
+    pub fn grow_dir(&self) -> PathBuf {
+        self.nats_dir().join("grow")
+    }
     /// nats-server's pid file.
     pub fn nats_pid_file(&self) -> PathBuf {
         self.nats_dir().join("nats-server.pid")

@@ -6,8 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::record::{KeyRecord, KeyState, StateChange};
 
-/// Subject of the admin status request.
+/// Subject of the admin status request (answered by any node of a cluster).
 pub const STATUS_SUBJECT: &str = "zester.admin.status";
+
+/// The status request only node `node` answers (`zester status` asks the node it is connected
+/// to, so that a cluster's status names that node; the services of every node answer
+/// [`STATUS_SUBJECT`] in one queue group).
+pub fn node_status_subject(node: &str) -> String {
+    format!("{STATUS_SUBJECT}.{node}")
+}
 /// Prefix of every key admin subject.
 pub const KEY_SUBJECTS: &str = "zester.admin.key.>";
 /// List keys.

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod appliance;
+pub mod cluster;
 pub mod nodes;
 pub mod up;
 

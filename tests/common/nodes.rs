@@ -187,16 +187,33 @@ pub fn wait(
 /// `zester node join --wait` of `joining` through `via`, accepted there by the admin (with the
 /// fingerprint the join printed); returns the join's JSON output.
 pub fn join(joining: &Node, via: &Node) -> Value {
-    let listen = format!("127.0.0.1:{}", joining.client_port);
-    let cluster = format!("127.0.0.1:{}", joining.cluster_port);
-    let ca = via.ca();
+    join_at(
+        &joining.home(),
+        &joining.name,
+        (joining.client_port, joining.cluster_port),
+        &via.home(),
+        &via.url(),
+    )
+}
+
+/// [`join`] for any home: the new node `name` on `home` (client and route ports `ports`)
+/// joins through the running node on `via_home`, reachable at `via_url`.
+pub fn join_at(
+    home: &std::path::Path,
+    name: &str,
+    ports: (u16, u16),
+    via_home: &std::path::Path,
+    via_url: &str,
+) -> Value {
+    let listen = format!("127.0.0.1:{}", ports.0);
+    let cluster = format!("127.0.0.1:{}", ports.1);
     let child = Command::new(env!("CARGO_BIN_EXE_zester"))
         .arg("--home")
-        .arg(joining.home())
-        .args(["node", "join", "--server", &via.url()])
+        .arg(home)
+        .args(["node", "join", "--server", via_url])
         .arg("--ca")
-        .arg(&ca)
-        .args(["--name", &joining.name, "--listen", &listen])
+        .arg(via_home.join("pki/ca.pem"))
+        .args(["--name", name, "--listen", &listen])
         .args([
             "--cluster-listen",
             &cluster,
@@ -211,14 +228,16 @@ pub fn join(joining: &Node, via: &Node) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn zester node join");
+    let admin = |args: &[&str]| zester(via_home, args);
     let mut fingerprint = String::new();
     wait(
         Duration::from_secs(20),
-        &format!("{} pending on {}", joining.name, via.name),
+        &format!("{name} pending"),
         || {
-            let nodes = via.json(&["node", "list"]);
-            nodes.as_array().unwrap().iter().any(|n| {
-                let pending = n["name"] == joining.name.as_str() && n["state"] == "pending";
+            let out = admin(&["node", "list", "--json"]);
+            let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            nodes.as_array().into_iter().flatten().any(|n| {
+                let pending = n["name"] == name && n["state"] == "pending";
                 if pending {
                     fingerprint = fingerprint_of(n);
                 }
@@ -227,18 +246,16 @@ pub fn join(joining: &Node, via: &Node) -> Value {
         },
         String::new,
     );
-    via.ok(&[
-        "node",
-        "accept",
-        &joining.name,
-        "--fingerprint",
-        &fingerprint,
-    ]);
+    let accepted = admin(&["node", "accept", name, "--fingerprint", &fingerprint]);
+    assert!(
+        accepted.status.success(),
+        "node accept {name}: {}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "node join {}: {}",
-        joining.name,
+        "node join {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

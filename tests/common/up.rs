@@ -59,6 +59,29 @@ impl Up {
 
     /// [`Up::launch`] with `args` after `zester up`'s own test arguments.
     pub fn launch_with(&mut self, args: &[&str]) {
+        self.spawn_with(args);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Waits (at most `limit`) until the spawned `zester up` says it is ready.
+    pub fn wait_ready(&self, limit: Duration) {
+        self.wait_for(limit, "runtime.json", || {
+            self.home().join("nats/runtime.json").exists()
+        });
+    }
+
+    /// Stops `zester up` as a service manager does (SIGTERM) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Spawns `zester up` (its log starts afresh) without waiting for it to be ready: nodes
+    /// of a cluster become ready only together.
+    pub fn spawn_with(&mut self, args: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("zester.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_zester"))
             .arg("--home")
@@ -72,9 +95,6 @@ impl Up {
             .spawn()
             .expect("spawn zester up");
         self.child = Some(child);
-        self.wait_for(Duration::from_secs(20), "runtime.json", || {
-            self.home().join("nats/runtime.json").exists()
-        });
     }
 
     pub fn home(&self) -> std::path::PathBuf {
