@@ -82,6 +82,12 @@ impl PeerUsers {
         changed
     }
 
+    /// Forgets node `name` (removed from the cluster): its users are no longer trusted; true
+    /// when it had announced any.
+    pub fn forget(&mut self, name: &str) -> bool {
+        self.by_node.remove(name).is_some()
+    }
+
     /// The nodes heard from.
     pub fn nodes(&self) -> usize {
         self.by_node.len()
@@ -105,6 +111,8 @@ pub struct Node {
     me: Announcement,
     state: Arc<CalloutState>,
     peers: Arc<std::sync::Mutex<PeerUsers>>,
+    /// The home, whose copy of the node records says which nodes were removed.
+    home: crate::home::Home,
 }
 
 impl Node {
@@ -112,9 +120,9 @@ impl Node {
     pub fn new(
         sys: async_nats::Client,
         name: &str,
-        service: UserKey,
-        store: UserKey,
+        (service, store): (UserKey, UserKey),
         state: Arc<CalloutState>,
+        home: crate::home::Home,
     ) -> Node {
         let me = Announcement {
             node: name.to_string(),
@@ -127,12 +135,25 @@ impl Node {
             peers: Arc::new(std::sync::Mutex::new(PeerUsers::new(name))),
             me,
             state,
+            home,
         }
     }
 
     fn hear(&self, payload: &[u8]) -> Option<Announcement> {
         let announcement: Announcement = serde_json::from_slice(payload).ok()?;
+        let removed = crate::appliance::nodes::read_cache(&self.home)
+            .iter()
+            .any(|n| {
+                n.name == announcement.node && n.state == crate::wire::node::NodeState::Removed
+            });
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if removed {
+            if peers.forget(&announcement.node) {
+                self.state.set_peers(peers.trusted());
+                tracing::warn!(node = %announcement.node, "cluster: that node was removed: its own users are no longer trusted");
+            }
+            return None;
+        }
         if peers.hear(announcement.clone()) {
             self.state.set_peers(peers.trusted());
             tracing::info!(node = %announcement.node, run = %announcement.run, "cluster: trusting that node's own users");

@@ -26,6 +26,10 @@ use crate::wire::subjects::NODES_BUCKET;
 /// How often a running node refreshes its own record's `seen_at`.
 pub const SEEN_EVERY: Duration = Duration::from_secs(30);
 
+/// The most nodes that may wait for `zester node accept` at once; further joins are refused
+/// (an unknown key may ask, so what it can make must be bounded).
+pub const MAX_PENDING: usize = 16;
+
 /// How many times a compare-and-set is tried before giving up.
 const CAS_ATTEMPTS: usize = 5;
 
@@ -75,6 +79,12 @@ pub enum NodeError {
         found: String,
         /// The one given.
         given: String,
+    },
+    /// Too many nodes wait already.
+    #[error("{pending} nodes already wait for `zester node accept` (at most {MAX_PENDING}): accept or remove some first")]
+    TooManyPending {
+        /// How many wait.
+        pending: usize,
     },
     /// A node that made the cluster (it did not join) cannot be accepted or removed by name.
     #[error("node {name} is in state {state}, not pending")]
@@ -136,6 +146,7 @@ impl NodeError {
             NodeError::NoSuchNode { .. } => "node_unknown",
             NodeError::Fingerprint { .. } => "node_fingerprint_mismatch",
             NodeError::NotPending { .. } => "node_not_pending",
+            NodeError::TooManyPending { .. } => "node_too_many_pending",
             NodeError::Busy { .. } => "node_busy",
             _ => "node_store_error",
         }
@@ -347,6 +358,16 @@ impl NodeService {
             (_, Some((record, _))) if record.nkey != request.nkey => Err(taken(&record)),
             (NodeOp::NodeJoin, Some((record, _))) => Ok(answer(&record)),
             (NodeOp::NodeJoin, None) => {
+                let pending = self
+                    .store
+                    .list()
+                    .await?
+                    .iter()
+                    .filter(|n| n.state == NodeState::Pending)
+                    .count();
+                if pending >= MAX_PENDING {
+                    return Err(NodeError::TooManyPending { pending });
+                }
                 let hostname: String = request.hostname.chars().take(253).collect();
                 let record = NodeRecord {
                     name: request.name.clone(),

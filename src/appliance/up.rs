@@ -893,9 +893,12 @@ async fn join_cluster(
     let node = cluster::Node::new(
         sys.clone(),
         &prepared.node_name,
-        UserKey::parse(&own.service.key().public_key())?,
-        UserKey::parse(&own.store.key().public_key())?,
+        (
+            UserKey::parse(&own.service.key().public_key())?,
+            UserKey::parse(&own.store.key().public_key())?,
+        ),
         state.clone(),
+        prepared.home.clone(),
     );
     let task = node
         .listen()
