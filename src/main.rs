@@ -433,9 +433,11 @@ enum PeelCommand {
     /// by `zester peel enrol` and `zester creds issue`): the server, the CA pin, the master's
     /// curve key. `zester peel run --dir DIR` runs the peel enrolled into DIR with nothing else.
     Run {
-        /// The master's client URL, e.g. tls://master.example:4222. Default: the profile's.
+        /// The master's client URL, e.g. tls://master.example:4222; repeat it (or separate
+        /// URLs with commas) for the nodes of a cluster: the agent connects to one and fails
+        /// over to the others. Default: every server the profile lists.
         #[arg(long, value_name = "URL")]
-        server: Option<String>,
+        server: Vec<String>,
         /// The peel's creds (written by `zester peel enrol` or `zester creds issue`).
         #[arg(long, value_name = "FILE", required_unless_present = "dir")]
         creds: Option<PathBuf>,
@@ -1005,7 +1007,7 @@ fn peel_command(command: PeelCommand) -> anyhow::Result<ExitCode> {
             connect_timeout,
         } => {
             let inputs = zester::peel::profile::RunInputs {
-                server,
+                server: (!server.is_empty()).then(|| server.join(",")),
                 creds,
                 ca,
                 pin,

@@ -237,6 +237,22 @@ impl EnrolService {
         })
     }
 
+    /// Every accepted node's client URL (none on a single node): what a peel fails over among.
+    async fn node_urls(&self) -> Vec<String> {
+        let Some(nodes) = &self.nodes else {
+            return Vec::new();
+        };
+        nodes
+            .store
+            .list()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.state == crate::wire::node::NodeState::Accepted)
+            .map(|n| n.client_url)
+            .collect()
+    }
+
     /// Handles one request of a node joining the cluster.
     pub async fn handle_node(
         &self,
@@ -378,6 +394,7 @@ impl EnrolService {
                     Ok(EnrolAnswer {
                         jwt: Some(jwt.token().to_string()),
                         master_xkey: Some(self.authority.master_xkey.public_key()),
+                        servers: self.node_urls().await,
                         ..EnrolAnswer::state(record.state)
                     })
                 }

@@ -37,6 +37,17 @@ pub struct Endpoint {
     pub ca: PathBuf,
 }
 
+/// The URLs of a server list: `tls://a:4222,tls://b:4222` (every node of a cluster), as
+/// `zester peel run --server` and profiles give them. A client connects to one of them and
+/// fails over to the others.
+pub fn server_list(servers: &str) -> Vec<&str> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// Connection settings of one of zester's clients.
 #[derive(Debug, Clone)]
 pub struct ClientSpec<'a> {

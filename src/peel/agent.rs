@@ -317,7 +317,7 @@ impl Agent {
         let (closed_tx, closed) = watch::channel(false);
         let pacing = Arc::new(ReconnectPacing::default());
         let client = connect_options(&options, &id, connected_tx, closed_tx, pacing.clone())
-            .connect(options.server.as_str())
+            .connect(crate::net::connect::server_list(&options.server))
             .await
             .map_err(|source| match source.kind() {
                 ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {

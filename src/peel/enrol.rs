@@ -315,7 +315,11 @@ async fn connect_enrolling(
     let mut pause = Duration::from_secs(2);
     let mut said: Option<std::time::Instant> = None;
     loop {
-        match trust.clone().connect(options.server.as_str()).await {
+        match trust
+            .clone()
+            .connect(crate::net::connect::server_list(&options.server))
+            .await
+        {
             Ok(client) => return Ok(client),
             Err(e)
                 if options.wait
@@ -380,7 +384,19 @@ fn write_enrolled(
     if let Some(master_xkey) = &fetched.master_xkey {
         let profile = crate::peel::PeelProfile {
             id: id.to_string(),
-            servers: vec![options.server.clone()],
+            servers: {
+                // The one it enrolled through first, then every other node of the cluster.
+                let mut servers: Vec<String> = crate::net::connect::server_list(&options.server)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                for url in &fetched.servers {
+                    if !servers.contains(url) {
+                        servers.push(url.clone());
+                    }
+                }
+                servers
+            },
             ca_pin: ca_pin.to_string(),
             master_xkey: master_xkey.to_string(),
         };

@@ -139,7 +139,7 @@ impl Peel {
     /// Connects as this peel.
     pub async fn connect(&self) -> Result<async_nats::Client, AgentError> {
         self.connect_options()
-            .connect(self.options.server.as_str())
+            .connect(crate::net::connect::server_list(&self.options.server))
             .await
             .map_err(|source| AgentError::Connect {
                 url: self.options.server.clone(),

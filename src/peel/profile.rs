@@ -174,7 +174,8 @@ pub fn resolve_run(
     let profile = read(&profile_path);
     let server = match (inputs.server, &profile) {
         (Some(server), _) => server,
-        (None, Ok(profile)) if !profile.servers.is_empty() => profile.servers[0].clone(),
+        // Every server it lists (the nodes of a cluster): the agent fails over among them.
+        (None, Ok(profile)) if !profile.servers.is_empty() => profile.servers.join(","),
         (None, Ok(_)) => {
             return Err(RunSetupError::NoServer {
                 reason: format!("{} lists no server", profile_path.display()),

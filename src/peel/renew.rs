@@ -327,7 +327,7 @@ async fn connect_once(
         (None, None) => {}
     }
     let client = connect
-        .connect(options.server.as_str())
+        .connect(crate::net::connect::server_list(&options.server))
         .await
         .map_err(|source| {
             let refused = matches!(

@@ -66,6 +66,10 @@ pub struct EnrolAnswer {
     /// The master's curve public key, for the peel's profile (with the JWT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_xkey: Option<String>,
+    /// Every node's client URL, in a cluster (with the JWT), for the peel's profile: it fails
+    /// over among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }
 
 impl EnrolAnswer {
@@ -76,6 +80,7 @@ impl EnrolAnswer {
             fingerprint: None,
             jwt: None,
             master_xkey: None,
+            servers: Vec::new(),
         }
     }
 }
