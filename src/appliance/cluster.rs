@@ -281,6 +281,53 @@ pub fn routed_servers(routez: &Value) -> HashSet<String> {
         .unwrap_or_default()
 }
 
+/// How many nodes the meta group knows and how many are up, refreshed by [`watch_nodes`] for
+/// the metrics.
+#[derive(Debug, Default)]
+pub struct NodeCount {
+    known: std::sync::atomic::AtomicU64,
+    up: std::sync::atomic::AtomicU64,
+}
+
+impl NodeCount {
+    /// `(known, up)`.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.known.load(Relaxed), self.up.load(Relaxed))
+    }
+}
+
+/// `(known, up)` of a `JSZ` document: the meta group's peers (this server and its replicas)
+/// and those current and online. A server without a leader counts itself only.
+pub fn nodes_of(jsz: &Value) -> (u64, u64) {
+    let meta = &jsz["meta_cluster"];
+    let replicas = meta["replicas"].as_array().cloned().unwrap_or_default();
+    let up = replicas
+        .iter()
+        .filter(|r| r["current"] == true && r["offline"] != true)
+        .count() as u64;
+    let known = meta["cluster_size"]
+        .as_u64()
+        .unwrap_or(0)
+        .max(replicas.len() as u64 + 1);
+    let this = u64::from(meta["leader"].as_str().is_some_and(|l| !l.is_empty()));
+    (known, up + this)
+}
+
+/// Refreshes `count` from this node's server every 10 s.
+pub async fn watch_nodes(sys: async_nats::Client, count: Arc<NodeCount>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let server_id = sys.server_info().server_id;
+        if let Some(jsz) = server_document(&sys, &server_id, "JSZ").await {
+            let (known, up) = nodes_of(&jsz);
+            count.known.store(known, Relaxed);
+            count.up.store(up, Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
 /// JetStream's meta group as one server sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -574,6 +621,17 @@ mod tests {
             service: key(n),
             store: key(n + 1),
         }
+    }
+
+    #[test]
+    fn nodes_up_are_the_current_replicas_and_this_one() {
+        let jsz = serde_json::json!({"meta_cluster": {"leader": "a", "cluster_size": 3, "replicas": [
+            {"name": "b", "current": true},
+            {"name": "c", "current": false, "offline": true}
+        ]}});
+        assert_eq!(nodes_of(&jsz), (3, 2));
+        let leaderless = serde_json::json!({"meta_cluster": {"cluster_size": 3}});
+        assert_eq!(nodes_of(&leaderless), (3, 0));
     }
 
     #[test]

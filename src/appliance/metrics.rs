@@ -125,6 +125,9 @@ pub struct Readings {
     /// Seconds until the soonest expiry of each credential kind that has one (negative: that
     /// long ago).
     pub expires_in: Vec<(CredentialKind, i64)>,
+    /// On a node of a cluster: `(known, up)`, the nodes of JetStream's meta group and those
+    /// current in it (this one included); `None` on a single node.
+    pub cluster_nodes: Option<(u64, u64)>,
 }
 
 /// Where the readings come from (the running appliance, or a test).
@@ -202,6 +205,19 @@ impl Collector for LiveCollector {
         for (kind, seconds) in &readings.expires_in {
             let labels: OneLabel = [("kind", kind.as_str())];
             ConstGauge::new(*seconds).encode(expiry.encode_family(&labels)?)?;
+        }
+        drop(expiry);
+        if let Some((known, up)) = readings.cluster_nodes {
+            let mut nodes = encoder.encode_descriptor(
+                "zester_cluster_nodes",
+                "Nodes of the cluster as JetStream's meta group reports them (this node included): known, and up (current in the group)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, count) in [("known", known), ("up", up)] {
+                let labels: OneLabel = [("state", state)];
+                ConstGauge::new(count).encode(nodes.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -365,6 +381,7 @@ mod tests {
             shed_requests: 4,
             audit_records_dropped: 5,
             expires_in: vec![(CredentialKind::Peel, 600), (CredentialKind::Ca, -7)],
+            cluster_nodes: Some((3, 2)),
         })));
         metrics
     }
@@ -436,6 +453,8 @@ mod tests {
             "# TYPE zester_credential_expires_in_seconds gauge",
             "zester_credential_expires_in_seconds{kind=\"peel\"} 600",
             "zester_credential_expires_in_seconds{kind=\"ca\"} -7",
+            "zester_cluster_nodes{state=\"known\"} 3",
+            "zester_cluster_nodes{state=\"up\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\nnot in:\n{text}");
         }

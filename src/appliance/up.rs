@@ -311,6 +311,14 @@ impl Appliance {
                 keys: keys.cache(),
                 supervisor: broker.supervisor.info_handle(),
                 audit: audit.clone(),
+                cluster_nodes: prepared.clustered().then(|| {
+                    let count = Arc::new(cluster::NodeCount::default());
+                    tasks.push(tokio::spawn(cluster::watch_nodes(
+                        sys.clone(),
+                        count.clone(),
+                    )));
+                    count
+                }),
             }));
             if let Some(url) = &runtime.metrics_url {
                 tracing::info!(%url, "serving Prometheus metrics");
@@ -1687,6 +1695,8 @@ struct MetricsSource {
     keys: KeyCache,
     supervisor: crate::appliance::broker::supervisor::InfoHandle,
     audit: AuditSink,
+    /// On a node of a cluster: the meta group's nodes, refreshed by `cluster::watch_nodes`.
+    cluster_nodes: Option<Arc<cluster::NodeCount>>,
 }
 
 impl metrics::Live for MetricsSource {
@@ -1707,6 +1717,7 @@ impl metrics::Live for MetricsSource {
                 credentials(&self.home, &self.keys, self.peel_expiry),
                 now_unix(),
             ),
+            cluster_nodes: self.cluster_nodes.as_ref().map(|count| count.get()),
         }
     }
 }
