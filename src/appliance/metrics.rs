@@ -206,7 +206,6 @@ impl Collector for LiveCollector {
             let labels: OneLabel = [("kind", kind.as_str())];
             ConstGauge::new(*seconds).encode(expiry.encode_family(&labels)?)?;
         }
-        drop(expiry);
         if let Some((known, up)) = readings.cluster_nodes {
             let mut nodes = encoder.encode_descriptor(
                 "zester_cluster_nodes",
