@@ -92,6 +92,64 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         );
     }
 
+    // The buckets are replicated to all three nodes (before any node dies).
+    let replicas = || {
+        let jsz =
+            common::http_get_json(&a.monitor(), "/jsz?accounts=true&streams=true&config=true");
+        let mut found: Vec<(String, u64)> = Vec::new();
+        for account in jsz["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                found.push((
+                    stream["name"].as_str().unwrap_or_default().to_string(),
+                    stream["config"]["num_replicas"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        found.sort();
+        found
+    };
+    wait(
+        Duration::from_secs(60),
+        "every bucket and the audit stream at R3",
+        || {
+            let found = replicas();
+            let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+            zester::wire::subjects::BUCKETS
+                .iter()
+                .all(|b| names.contains(&format!("KV_{b}").as_str()))
+                && names.contains(&"zester-audit")
+                && found.iter().all(|(_, r)| *r == 3)
+        },
+        || format!("{:?}", replicas()),
+    );
+
+    // The nats CLI context lists every node.
+    let config = tempfile::tempdir().unwrap();
+    let exported = Command::new(env!("CARGO_BIN_EXE_zester"))
+        .arg("--home")
+        .arg(a.home())
+        .args([
+            "context", "export", "--name", "fleet", "--role", "admin", "--json",
+        ])
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("ZESTER_HOME")
+        .output()
+        .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let context: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(config.path().join("nats/context/fleet.json")).unwrap(),
+    )
+    .unwrap();
+    let urls = context["url"].as_str().unwrap();
+    assert_eq!(urls.split(',').count(), 3, "{context}");
+    for node in &nodes {
+        assert!(urls.contains(&node.url()), "{urls}");
+    }
+
     // One fleet: enrol through c, accept on a, fetch through b, run on b, command from a.
     let peel_dir = tempfile::tempdir().unwrap();
     let first = peel_enrol(c, "web-01", peel_dir.path());
@@ -161,10 +219,21 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         String::from_utf8_lossy(&ping.stdout)
     );
 
-    // b dies (zester and its child, kill -9): the peel fails over to a live node, and is
-    // answered there.
-    nodes[1].kill();
-    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // The node the peel is on dies (zester and its child, kill -9): the peel fails over to a
+    // live node, and is answered there.
+    let on = nodes
+        .iter()
+        .position(|node| {
+            let connz = common::http_get_json(&node.monitor(), "/connz?auth=true");
+            connz["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["authorized_user"] == "web-01")
+        })
+        .expect("the peel is on one of the nodes");
+    nodes[on].kill();
+    let (a, b, c) = (&nodes[(on + 1) % 3], &nodes[on], &nodes[(on + 2) % 3]);
     let killed = std::time::Instant::now();
     wait(
         Duration::from_secs(30),
@@ -177,10 +246,13 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         read_peel_log,
     );
     println!(
-        "peel answered again {:?} after b was killed",
-        killed.elapsed()
+        "peel answered again {:?} after {} was killed",
+        killed.elapsed(),
+        b.name
     );
-    let _ = b;
+    for line in read_peel_log().lines().filter(|l| !l.contains("facts")) {
+        println!("peel: {line}");
+    }
 
     // A revoke on c cuts the session the peel holds wherever it is now.
     let revoked = c.json(&["key", "revoke", "web-01"]);
@@ -193,18 +265,6 @@ fn three_nodes_grown_by_join_are_one_fleet() {
     );
     let _ = peel.kill();
     let _ = peel.wait();
-
-    // The buckets are replicated to all three nodes.
-    wait(
-        Duration::from_secs(60),
-        "zester-keys at R3",
-        || {
-            let jsz =
-                common::http_get_json(&a.monitor(), "/jsz?accounts=true&streams=true&config=true");
-            jsz.to_string().contains("\"num_replicas\":3")
-        },
-        String::new,
-    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 /// How long a starting node waits for the routed nodes to answer its announcement.
 pub const INTRODUCE_WAIT: Duration = Duration::from_secs(5);
 /// How often a clustered node checks that its buckets have the replicas the cluster allows.
-pub const REPLICAS_EVERY: Duration = Duration::from_secs(30);
+pub const REPLICAS_EVERY: Duration = Duration::from_secs(10);
 
 /// The most replicas zester asks JetStream for: R3 survives the loss of any one node.
 pub const MAX_REPLICAS: usize = 3;

@@ -493,29 +493,20 @@ pub async fn keep_seen(store: Arc<NodeStore>, me: NodeRecord, home: Home) {
     }
 }
 
-/// The home's copy of the node records (`<home>/nats/nodes.json`, public data only): where
-/// the next start finds the routes to the other nodes before JetStream runs.
-pub fn cache_file(home: &Home) -> std::path::PathBuf {
-    home.nats_dir().join("nodes.json")
-}
-
-/// Writes [`cache_file`] (atomically; a failure is logged, the next round writes it again).
+/// Writes the home's copy of the node records ([`Home::write_node_records`]); a failure is
+/// logged, the next round writes it again.
 pub fn write_cache(home: &Home, nodes: &[NodeRecord]) {
-    let text = serde_json::to_vec_pretty(nodes).unwrap_or_default();
-    if let Err(e) = home::write_atomic(&cache_file(home), &text, home::PUBLIC_MODE) {
+    if let Err(e) = home.write_node_records(nodes) {
         tracing::warn!(
             "could not keep the node list in {}: {e}",
-            cache_file(home).display()
+            home.nodes_file().display()
         );
     }
 }
 
-/// The node records [`write_cache`] kept (none when there is no copy or it is damaged).
+/// The node records the home keeps ([`Home::node_records`]).
 pub fn read_cache(home: &Home) -> Vec<NodeRecord> {
-    std::fs::read(cache_file(home))
-        .ok()
-        .and_then(|text| serde_json::from_slice(&text).ok())
-        .unwrap_or_default()
+    home.node_records()
 }
 
 /// The routes a node renders: the configured ones, then every other accepted node's route

@@ -920,7 +920,12 @@ async fn join_cluster(
         .unwrap_or(0);
     let answered = node.introduce(routed).await;
     tracing::info!(node = %prepared.node_name, leader = %meta.leader, cluster_size = meta.cluster_size, routed, answered, "cluster: joined");
-    Ok((task, cluster::replicas_for(meta.cluster_size)))
+    // The meta group may not count every routed node yet (they elected a leader among two):
+    // a bucket made now must not have fewer copies than the nodes already routed.
+    Ok((
+        task,
+        cluster::replicas_for(meta.cluster_size.max(routed + 1)),
+    ))
 }
 
 /// Step 4, the callout: several connections in its queue group (nats-server handles the

@@ -191,6 +191,15 @@ pub fn export(home: &Home, name: &str, role: Role, dir: &Path) -> Result<Output,
         None => home.load_config()?.server.listen,
     };
     let url = client_url(running.as_deref(), &listen)?;
+    // In a cluster, every node's URL (this one first): the nats CLI fails over among them.
+    let mut urls = vec![url];
+    for node in home.node_records() {
+        if node.state == crate::wire::node::NodeState::Accepted && !urls.contains(&node.client_url)
+        {
+            urls.push(node.client_url);
+        }
+    }
+    let url = urls.join(",");
     let document = context_json(name, role, &url, &creds, &ca);
     let path = dir.join(format!("{name}.json"));
     home::create_private_dir(dir)?;

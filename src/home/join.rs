@@ -39,6 +39,31 @@ pub struct NodePlacement {
 }
 
 impl Home {
+    /// `nats/nodes.json`: the home's copy of the cluster's node records (public data only),
+    /// where a start finds the routes to the other nodes before JetStream runs, and `zester
+    /// context export` every node's URL.
+    pub fn nodes_file(&self) -> PathBuf {
+        self.nats_dir().join("nodes.json")
+    }
+
+    /// The node records [`Home::write_node_records`] kept (none when there is no copy or it is
+    /// damaged: it is only a copy).
+    pub fn node_records(&self) -> Vec<crate::wire::node::NodeRecord> {
+        std::fs::read(self.nodes_file())
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes [`Home::nodes_file`] atomically.
+    pub fn write_node_records(
+        &self,
+        nodes: &[crate::wire::node::NodeRecord],
+    ) -> Result<(), HomeError> {
+        let text = serde_json::to_vec_pretty(nodes).unwrap_or_default();
+        write_atomic(&self.nodes_file(), &text, PUBLIC_MODE)
+    }
+
     /// `node/`: a joining node's own keys, kept across reruns of `zester node join`.
     pub fn node_dir(&self) -> PathBuf {
         self.root().join("node")
