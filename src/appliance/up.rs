@@ -1462,6 +1462,13 @@ async fn watch_server_events(
                     }
                 }
                 Some(message) = auth_errors.next() => {
+                    // In a cluster every node hears every server's events: each audits only
+                    // its own server's, so a refusal is one record, not one per node.
+                    let from = message.subject.as_str().split('.').nth(2).unwrap_or_default();
+                    let own = sys.server_info().server_id;
+                    if from != own && !own.is_empty() {
+                        continue;
+                    }
                     if let Some(record) = server_refusal(&state, &message.payload, now_unix()) {
                         audit.record(record);
                     }
