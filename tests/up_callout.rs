@@ -23,7 +23,7 @@ async fn peels_keep_to_their_lane_and_the_master_reaches_everything() {
     let peel_a = t.peel("peel-a").await;
     t.peel("peel-b").await;
     let master = t.master().await;
-    let mut everything = master.nats.subscribe("zester.>").await.unwrap();
+    let everything = master.nats.subscribe("zester.>").await.unwrap();
     master.nats.flush().await.unwrap();
     common::sync(&master.nats, "_INBOX._master.sync").await;
 

@@ -492,6 +492,24 @@ async fn open_audit_stream(
         .config
         .audit_stream_limits()
         .map_err(prepared.config_error())?;
+    // JetStream reserves a stream's max_bytes from `[jetstream] max_file` when it is made: an
+    // audit stream as large as the store would leave the key store no room. A quarter at most.
+    let room = prepared
+        .config
+        .jetstream_limits()
+        .map_err(prepared.config_error())?
+        .max_file()
+        / 4;
+    let max_bytes = if max_bytes > room {
+        tracing::warn!(
+            audit_max_bytes = max_bytes,
+            jetstream_max_file = room * 4,
+            "[audit] max_bytes is more than a quarter of [jetstream] max_file: the audit stream keeps {room} bytes"
+        );
+        room
+    } else {
+        max_bytes
+    };
     // Bounded waits: an API request or a publish ack that does not come within 5 s is a
     // failure the publisher retries, never a hang.
     let js = async_nats::jetstream::ContextBuilder::new()
