@@ -161,6 +161,12 @@ pub async fn join(
     let client = connect(options, &keys).await?;
     let joined = ask(&client, options, &keys, &request, NodeOp::NodeJoin).await?;
     progress(&format!("join recorded: {}", joined.state.as_str()));
+    if options.wait && joined.state == NodeState::Pending {
+        progress(&format!(
+            "waiting for an admin to run `zester node accept {} --fingerprint {fingerprint}` on a running node (Ctrl-C stops; running this again resumes with the same key)",
+            options.name
+        ));
+    }
     loop {
         let fetched = ask(&client, options, &keys, &request, NodeOp::NodeFetch).await?;
         match (fetched.state, fetched.bundle, fetched.sender) {
@@ -168,14 +174,14 @@ pub async fn join(
                 let bundle = open_bundle(&sealed, &sender, &keys.xkey)?;
                 home.write_joined(&bundle, &keys, &placement, crate::home::now_unix())?;
                 let human = format!(
-                    "node {} joined cluster {}: home written to {} (routes to {}).\nStart it with `zester up`{}.\n",
+                    "node {} joined cluster {}: home written to {} (routes to {}).\nStart it with `zester {}up`.\n",
                     options.name,
                     bundle.cluster_name,
                     home.root().display(),
                     if bundle.routes.is_empty() { "none".to_string() } else { bundle.routes.join(", ") },
                     match std::env::var_os("ZESTER_HOME") {
                         Some(_) => String::new(),
-                        None => format!(" --home {}", home.root().display()),
+                        None => format!("--home {} ", home.root().display()),
                     },
                 );
                 return Ok(Output {
