@@ -346,37 +346,10 @@ pub fn issue_server_cert(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<(String, String), PkiError> {
-    let sans = names.to_sans()?;
-    let ca_der = cert_der_from_pem(ca_cert_pem)?;
-    let ca = Cert::parse(&ca_der)?;
-    let ca_key = load_key(ca_key_pem)?;
-    if ca_key.subject_public_key_info() != ca.spki {
-        return Err(PkiError::CaKeyMismatch);
-    }
-    let ca_not_after = ca.validity()?.1;
-    if now >= ca_not_after.time {
-        return Err(PkiError::CaExpired {
-            at: rfc3339(ca_not_after.unix_seconds),
-        });
-    }
-
-    // The authority key identifier must equal the CA's subject key identifier, whatever method
-    // computed it, so copy it rather than recompute it.
-    let key_id = match ca.subject_key_id()? {
-        Some(id) => KeyIdMethod::PreSpecified(id.to_vec()),
-        None => KeyIdMethod::Sha256,
-    };
-    let issuer = Issuer::new(ca_params(key_id), &ca_key);
-    let (cert_pem, key_pem) =
-        sign_server_cert(&issuer, sans, now, lifetime, Some(ca_not_after.time))?;
-
-    // rcgen writes the issuer name from our template; a client only chains the certificate to the
-    // CA if that is byte for byte the CA's subject.
-    let cert_der = cert_der_from_pem(&cert_pem)?;
-    if Cert::parse(&cert_der)?.issuer != ca.subject {
-        return Err(PkiError::ForeignCa);
-    }
-    Ok((cert_pem, key_pem))
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
+    let public = P256PublicKey::from_point(key.public_key_raw())?;
+    let cert_pem = issue_server_cert_for(ca_cert_pem, ca_key_pem, &public, names, now, lifetime)?;
+    Ok((cert_pem, key.serialize_pem()))
 }
 
 /// `sha256:<lowercase hex>` of the DER SubjectPublicKeyInfo of the CA key (the standard SPKI pin,

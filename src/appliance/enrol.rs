@@ -9,7 +9,6 @@ use crate::wire::subjects::SERVICE_QUEUE;
 use std::sync::Arc;
 use std::time::Duration;
 
-use data_encoding::BASE64URL_NOPAD;
 use futures_util::StreamExt;
 
 use crate::appliance::callout::audit::{AuditRecord, AuditSink, Source, Verdict};
@@ -23,7 +22,7 @@ use crate::home::now_unix;
 use crate::identity::peel_id::PeelId;
 use crate::permissions::Role;
 pub use crate::wire::enrol::RequestError;
-use crate::wire::enrol::{verify_request, EnrolAnswer, EnrolRequest, Op, SignedRequest};
+use crate::wire::enrol::{verify_request, EnrolAnswer, EnrolRequest, Op};
 use crate::wire::reply::Asker;
 use crate::wire::subjects;
 
@@ -562,10 +561,7 @@ fn node_audit(
     nkey: &str,
     now: i64,
 ) -> AuditRecord {
-    let asked = serde_json::from_slice::<SignedRequest>(payload)
-        .ok()
-        .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
-        .and_then(|b| serde_json::from_slice::<crate::wire::node::NodeRequest>(&b).ok());
+    let asked = crate::wire::enrol::claimed_body::<crate::wire::node::NodeRequest>(payload);
     let op = asked.as_ref().map_or("node request", |a| match a.op {
         crate::wire::node::NodeOp::NodeJoin => "node join",
         crate::wire::node::NodeOp::NodeFetch => "node fetch",
@@ -604,10 +600,7 @@ fn enrol_audit(
     nkey: &str,
     now: i64,
 ) -> AuditRecord {
-    let asked = serde_json::from_slice::<SignedRequest>(payload)
-        .ok()
-        .and_then(|s| BASE64URL_NOPAD.decode(s.request.as_bytes()).ok())
-        .and_then(|b| serde_json::from_slice::<EnrolRequest>(&b).ok());
+    let asked = crate::wire::enrol::claimed_body::<EnrolRequest>(payload);
     let mut record = match outcome {
         Ok(answer) => {
             let mut record = AuditRecord::at(now, Source::Enrol, Verdict::Allow);

@@ -161,6 +161,13 @@ pub fn open_signed(payload: &[u8], subject_nkey: &str, now: i64) -> Result<Vec<u
     Ok(body)
 }
 
+/// What a signed request says, unchecked (for the audit record of one that was refused).
+pub fn claimed_body<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    let signed: SignedRequest = serde_json::from_slice(payload).ok()?;
+    let body = BASE64URL_NOPAD.decode(signed.request.as_bytes()).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
 /// Verifies a request that arrived on `zester.enrol.<subject_nkey>` at `now`.
 pub fn verify_request(
     payload: &[u8],

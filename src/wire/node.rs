@@ -231,13 +231,7 @@ pub fn is_node_request(payload: &[u8]) -> bool {
     struct Op {
         op: String,
     }
-    let Ok(signed) = serde_json::from_slice::<SignedRequest>(payload) else {
-        return false;
-    };
-    let Ok(body) = BASE64URL_NOPAD.decode(signed.request.as_bytes()) else {
-        return false;
-    };
-    serde_json::from_slice::<Op>(&body).is_ok_and(|o| o.op.starts_with("node_"))
+    crate::wire::enrol::claimed_body::<Op>(payload).is_some_and(|o| o.op.starts_with("node_"))
 }
 
 /// Verifies a node's request that arrived on `zester.enrol.<subject_nkey>` at `now`: the
