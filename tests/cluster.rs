@@ -326,8 +326,32 @@ fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
         .json(&["node", "list"])
         .to_string()
         .contains("\"pending\""));
+    // A removed node may not fetch: its next join says so.
+    a.ok(&["node", "remove", "b"]);
+    let out = b.zester(&[
+        "node",
+        "join",
+        "--server",
+        &a.url(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--name",
+        "b",
+        "--listen",
+        "127.0.0.1:1",
+        "--cluster-listen",
+        "127.0.0.1:2",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was removed from the cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!b.home().join("auth").exists());
     // The audit log names the join and the refusal.
     let audit = std::fs::read_to_string(a.home().join("audit.log")).unwrap();
     assert!(audit.contains("\"code\":\"node_pending\""), "{audit}");
     assert!(audit.contains("\"code\":\"node_name_taken\""), "{audit}");
+    assert!(audit.contains("\"code\":\"node_removed\""), "{audit}");
 }
