@@ -27,6 +27,9 @@ use crate::permissions::Role;
 
 /// Where nodes announce their own users, in the system account.
 pub const ANNOUNCE_SUBJECT: &str = "zester.cluster.users";
+/// The inbox prefix of zester's system connections: the only place an announcement is
+/// answered to.
+pub const SYSTEM_INBOX: &str = "_INBOX._sys.";
 /// How often a node announces its users again (heals an announcement missed in a partition).
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 /// How long a starting node waits for the routed nodes to answer its announcement.
@@ -179,8 +182,12 @@ impl Node {
                     message = heard.next() => {
                         let Some(message) = message else { return };
                         let from_other = node.hear(&message.payload).is_some_and(|a| a.node != node.me.node);
+                        // Only into another node's system inbox, never a subject a sender names
+                        // (the system connection may publish anything).
                         if let (true, Some(reply)) = (from_other, message.reply) {
-                            let _ = node.sys.publish(reply, node.payload().into()).await;
+                            if reply.as_str().starts_with(SYSTEM_INBOX) {
+                                let _ = node.sys.publish(reply, node.payload().into()).await;
+                            }
                         }
                     }
                     _ = every.tick() => {

@@ -276,6 +276,30 @@ pub fn unverified_subject(token: &str) -> Option<String> {
     claims["sub"].as_str().map(str::to_string)
 }
 
+/// Whether a JWT says it is a bearer JWT tagged `tag`, read without any verification: a cheap
+/// look before the full check, for a question most tokens answer "no" to.
+pub fn unverified_bearer_tagged(token: &str, tag: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Nats {
+        #[serde(default)]
+        bearer_token: bool,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        nats: Nats,
+    }
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(bytes) = data_encoding::BASE64URL_NOPAD.decode(payload.as_bytes()) else {
+        return false;
+    };
+    serde_json::from_slice::<Body>(&bytes)
+        .is_ok_and(|body| body.nats.bearer_token && body.nats.tags.iter().any(|t| t == tag))
+}
+
 /// Decodes and fully verifies a token of claim type `N`, including `exp`/`nbf` at `now`.
 pub fn decode<N: ClaimBody>(token: &str, now: i64) -> Result<Jwt<N>, JwtError> {
     let jwt = decode_ignoring_time::<N>(token)?;
