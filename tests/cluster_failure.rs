@@ -338,3 +338,206 @@ async fn kill_9_of_one_node_of_three_loses_no_peel_and_no_key() {
     // Clients first, then the nodes (dropped at the end, each killed and reaped).
     drop(peels);
 }
+
+/// A network namespace with a veth pair to the host, removed (with its veth) on drop.
+struct Netns {
+    name: String,
+    host_ip: String,
+    inner_ip: String,
+    inner_link: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// `zf<pid>` with veth `zfh<pid>` (host, 10.77.N.1) ↔ `zfn<pid>` (inside, 10.77.N.2).
+    fn create() -> Result<Netns, String> {
+        let pid = std::process::id();
+        let subnet = pid % 250 + 1;
+        let netns = Netns {
+            name: format!("zf{pid}"),
+            host_ip: format!("10.77.{subnet}.1"),
+            inner_ip: format!("10.77.{subnet}.2"),
+            inner_link: format!("zfn{pid}"),
+        };
+        ip(&["netns", "add", &netns.name])?;
+        // From here on, drop removes what was made.
+        let host_link = format!("zfh{pid}");
+        ip(&[
+            "link",
+            "add",
+            &host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &netns.inner_link,
+        ])?;
+        ip(&["link", "set", &netns.inner_link, "netns", &netns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", netns.host_ip),
+            "dev",
+            &host_link,
+        ])?;
+        ip(&["link", "set", &host_link, "up"])?;
+        netns.inside(&[
+            "addr",
+            "add",
+            &format!("{}/24", netns.inner_ip),
+            "dev",
+            &netns.inner_link,
+        ])?;
+        netns.inside(&["link", "set", &netns.inner_link, "up"])?;
+        netns.inside(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// `ip ARGS…` inside the namespace.
+    fn inside(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", &self.name, "ip"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Cuts (or restores) the only link between the namespace and the others.
+    fn link(&self, up: bool) {
+        self.inside(&[
+            "link",
+            "set",
+            &self.inner_link,
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth inside it, and with it its host end.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &format!("zfh{}", std::process::id())]);
+    }
+}
+
+/// The state of `id` as `key list` through `node` shows it.
+fn state_of(node: &Node, id: &str) -> Option<String> {
+    key_states(node).get(id).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_alone_refuses_key_changes_and_converges_when_healed() {
+    // Declared first: dropped last, after every node in it is gone.
+    let netns = match Netns::create() {
+        Ok(netns) => netns,
+        Err(why) => {
+            eprintln!("SKIPPED: this machine cannot make a network namespace with a veth: {why}");
+            return;
+        }
+    };
+    let a = Node::first("a").on(&netns.host_ip);
+    let b = Node::fresh("b").on(&netns.host_ip);
+    let c = Node::fresh("c").on(&netns.inner_ip).in_netns(&netns.name);
+    let nodes = blocking(|| nodes::three_from(a, b, c));
+    let (a, c) = (&nodes[0], &nodes[2]);
+
+    // Three keys waiting for a decision, enrolled through a.
+    let dir = tempfile::tempdir().unwrap();
+    for id in ["part-1", "part-2", "part-3"] {
+        let out = blocking(|| peel_enrol(a, id, dir.path()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    nodes::wait(
+        Duration::from_secs(10),
+        "the enrolments seen on c",
+        || state_of(c, "part-3").as_deref() == Some("pending"),
+        String::new,
+    );
+
+    // c alone: a key change through it is refused, with a reason, and not made anywhere.
+    netns.link(false);
+    let started = Instant::now();
+    let refused = blocking(|| c.zester(&["key", "accept", "part-1"]));
+    let took = started.elapsed();
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    eprintln!("PARTITION key accept on c alone, after {took:?}: {stderr}");
+    assert!(!refused.status.success(), "accepted on c alone: {stderr}");
+    // Once c has seen its routes go (seconds: the routes are pinged every 2 s), the answer
+    // is c's own, at once, and says why.
+    nodes::wait(
+        Duration::from_secs(30),
+        "c without routes",
+        || {
+            let status = c.zester(&["status", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&status.stdout)
+                .is_ok_and(|s| s["cluster"]["routes"].as_array().is_some_and(Vec::is_empty))
+        },
+        String::new,
+    );
+    let started = Instant::now();
+    let refused = blocking(|| c.zester(&["key", "accept", "part-1"]));
+    let took = started.elapsed();
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    eprintln!("PARTITION key accept on c alone, its routes gone, after {took:?}: {stderr}");
+    assert!(!refused.status.success(), "accepted on c alone: {stderr}");
+    // The other two go on: a majority.
+    blocking(|| a.ok(&["key", "accept", "part-2"]));
+    // (`key list` may be answered by b, which hears of the change a moment later.)
+    nodes::wait(
+        Duration::from_secs(5),
+        "the accept through a listed",
+        || state_of(a, "part-2").as_deref() == Some("accepted"),
+        String::new,
+    );
+    assert_eq!(state_of(a, "part-1").as_deref(), Some("pending"));
+
+    // Healed: c converges on what the others decided, and takes changes again.
+    netns.link(true);
+    nodes::wait(
+        Duration::from_secs(60),
+        "c converged after the partition",
+        || state_of(c, "part-2").as_deref() == Some("accepted"),
+        || format!("{:?}\n{}", key_states(c), c.log()),
+    );
+    assert_eq!(state_of(c, "part-1").as_deref(), Some("pending"));
+    nodes::wait(
+        Duration::from_secs(60),
+        "a key change through c once healed",
+        || c.zester(&["key", "accept", "part-3"]).status.success(),
+        || c.log(),
+    );
+    nodes::wait(
+        Duration::from_secs(5),
+        "the accept through c listed on a",
+        || state_of(a, "part-3").as_deref() == Some("accepted"),
+        String::new,
+    );
+    drop(nodes);
+}

@@ -702,6 +702,18 @@ impl ReconnectPacing {
             return Duration::ZERO;
         }
         let first = !self.attempted.swap(true, Ordering::Relaxed);
+        // The connection just lost may have lasted: async-nats asks for this pause before its
+        // `Disconnected` event reaches `on_event` (another task), so the streak would
+        // otherwise still count the failures from before it (4 s and more instead of 2 s).
+        if self
+            .up_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_AFTER)
+        {
+            self.streak.store(0, Ordering::Relaxed);
+        }
         let streak = self
             .streak
             .fetch_add(1, Ordering::Relaxed)
