@@ -507,6 +507,10 @@ async fn a_node_cut_off_alone_refuses_key_changes_and_converges_when_healed() {
     );
     eprintln!("PARTITION key accept on c alone, its routes gone, after {took:?}: {stderr}");
     assert!(!refused.status.success(), "accepted on c alone: {stderr}");
+    assert!(
+        stderr.contains("cannot reach a majority of the cluster"),
+        "the reason: {stderr}"
+    );
     // The other two go on: a majority.
     blocking(|| a.ok(&["key", "accept", "part-2"]));
     // (`key list` may be answered by b, which hears of the change a moment later.)
