@@ -81,6 +81,17 @@ pub enum AdminError {
     /// The key store refused.
     #[error(transparent)]
     Store(#[from] crate::appliance::keys::KeyStoreError),
+    /// This node of a cluster cannot reach the key bucket's leader: it is cut off from the
+    /// majority of the nodes, and a key change here could not be made everywhere.
+    #[error("could not {action} the key record of peel {id}: this node cannot reach a majority of the cluster (the key bucket answers nowhere: {why}), so key changes are refused here rather than made on this node alone; make the change through another node, or again once the network is back (`zester status` shows the routes)")]
+    NoQuorum {
+        /// What was being done ("update", "create", "read").
+        action: &'static str,
+        /// The id.
+        id: String,
+        /// What the bucket said.
+        why: String,
+    },
     /// A state change that is not allowed.
     #[error(transparent)]
     Record(#[from] crate::appliance::keys::KeyError),
@@ -405,7 +416,38 @@ impl AdminService {
         addresses.join(",")
     }
 
+    /// [`AdminService::handle_request`], with a key record that could not be read or written
+    /// on a node of a cluster explained: where the key bucket answers nowhere (no leader this
+    /// node can reach: it is cut off from the majority), the change is refused as
+    /// [`AdminError::NoQuorum`] rather than with the JetStream error of the moment ("no stream
+    /// found", a timeout), which read as if the bucket were gone.
     async fn handle(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        asked: &Asked,
+    ) -> Result<Value, AdminError> {
+        let result = self.handle_request(subject, payload, asked).await;
+        match result {
+            Err(AdminError::Store(crate::appliance::keys::KeyStoreError::Kv {
+                action,
+                id,
+                source,
+            })) if self.nodes.is_some() => match self.keys.reachable().await {
+                Err(why) => Err(AdminError::NoQuorum {
+                    action,
+                    id: id.to_string(),
+                    why,
+                }),
+                Ok(()) => Err(AdminError::Store(
+                    crate::appliance::keys::KeyStoreError::Kv { action, id, source },
+                )),
+            },
+            other => other,
+        }
+    }
+
+    async fn handle_request(
         &self,
         subject: &str,
         payload: &[u8],

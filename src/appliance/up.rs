@@ -837,7 +837,7 @@ async fn start_broker(
     }
     let endpoint = Endpoint {
         // TLS is required: the URL says so, as the one a user pastes must.
-        url: format!("tls://127.0.0.1:{}", child.ports.client.port()),
+        url: local_client_url(&listen_at, child.ports.client.port()),
         ca: home.ca_cert(),
     };
     tracing::info!(url = %endpoint.url, monitor = ?child.ports.monitor, pid = child.pid, "nats-server listening");
@@ -1275,6 +1275,19 @@ fn pick_port(at: &HostPort) -> Result<HostPort, UpError> {
         .map_err(cannot_listen)?
         .port();
     Ok(HostPort::parse(key, &join_host_port(at.host(), port))?)
+}
+
+/// The URL this node's own clients (services, store, the CLI through `runtime.json`) reach its
+/// nats-server at: the listen address, or loopback where it listens on every address. Always
+/// 127.0.0.1 before, which a node listening on one address of its own (`10.0.0.5:4222`, the
+/// address it gives the others of a cluster) refuses: `zester up` failed to start there.
+fn local_client_url(listen: &HostPort, port: u16) -> String {
+    let host = match listen.host().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => "127.0.0.1",
+        Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => "::1",
+        _ => listen.host(),
+    };
+    format!("tls://{}", join_host_port(host, port))
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -1838,6 +1851,17 @@ async fn serve_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_url_is_the_listen_address_or_loopback() {
+        let url = |listen: &str| local_client_url(&HostPort::parse("k", listen).unwrap(), 4222);
+        assert_eq!(url("0.0.0.0:0"), "tls://127.0.0.1:4222");
+        assert_eq!(url("[::]:0"), "tls://[::1]:4222");
+        assert_eq!(url("127.0.0.1:0"), "tls://127.0.0.1:4222");
+        assert_eq!(url("10.0.0.5:4222"), "tls://10.0.0.5:4222");
+        assert_eq!(url("[fd00::5]:4222"), "tls://[fd00::5]:4222");
+        assert_eq!(url("node-a.example:4222"), "tls://node-a.example:4222");
+    }
 
     #[test]
     fn how_long_the_server_held_a_client() {

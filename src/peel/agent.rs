@@ -5,7 +5,10 @@
 //! one is given), the connection name `zester-peel-<id>`, the inbox prefix `_INBOX.<id>` (the only
 //! inboxes a peel may subscribe to), and reconnects forever, 2 s plus up to 1 s of random jitter
 //! apart (backing off to 30 s plus jitter while attempts keep failing) so that a fleet does not
-//! stampede a restarted server. The peel id is the `name` of the
+//! stampede a restarted server. With several servers (a cluster: the ones it was given and the
+//! ones the servers announce) the pause is taken once per pass over the servers, not once per
+//! server: a dead node is passed over at once for a live one instead of costing a backoff step
+//! (see [`ReconnectPacing::choose`]). The peel id is the `name` of the
 //! creds' user JWT, never something the agent makes up.
 //!
 //! Credentials are not held in memory: every (re)connect reads the creds file again
@@ -667,6 +670,10 @@ pub fn peel_options(
     client_options
 }
 
+/// The most random pause, in ms, before trying the next server of a pass (the pass's first
+/// attempt takes the paced pause): enough to spread a fleet's moves off a dead node.
+const PASS_JITTER_MS: u64 = 250;
+
 /// How long a connection must have lasted for its loss not to count as one more failure in a
 /// row (longer than any auth timeout of the server's).
 const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -684,6 +691,8 @@ pub struct ReconnectPacing {
     planned: AtomicBool,
     streak: std::sync::atomic::AtomicU32,
     up_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The servers (`host:port`) tried since the last connection, in this pass over the pool.
+    tried: std::sync::Mutex<std::collections::HashSet<(String, u16)>>,
 }
 
 impl ReconnectPacing {
@@ -693,12 +702,77 @@ impl ReconnectPacing {
             return Duration::ZERO;
         }
         let first = !self.attempted.swap(true, Ordering::Relaxed);
+        // The connection just lost may have lasted: async-nats asks for this pause before its
+        // `Disconnected` event reaches `on_event` (another task), so the streak would
+        // otherwise still count the failures from before it (4 s and more instead of 2 s).
+        if self
+            .up_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_AFTER)
+        {
+            self.streak.store(0, Ordering::Relaxed);
+        }
         let streak = self
             .streak
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         let jitter = rand::thread_rng().gen_range(0..=RECONNECT_JITTER_MAX);
         reconnect_delay(first, streak as usize, jitter)
+    }
+
+    /// The server to try next and the pause before it, from the client's pool: one pass tries
+    /// every distinct server (`host:port`: the pool holds a server once as given, `tls://…`,
+    /// and again as announced, `nats://…`) once, those that failed least first and at random
+    /// among equals (so that a fleet spreads over the live nodes). Only the first attempt of a
+    /// pass takes [`ReconnectPacing::next_delay`]'s pause and counts as a failure in a row;
+    /// the others follow after a short jitter. Without this, async-nats's own choice takes a
+    /// backoff step per attempt and tries each server once per scheme, so a peel whose node
+    /// died spent up to half a minute on it (36 s measured with 300 peels on three nodes).
+    fn choose(&self, servers: &[async_nats::Server]) -> Option<async_nats::ReconnectToServer> {
+        // The first connect is async-nats's own: one call that tries every server given.
+        if !self.attempted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut failures: std::collections::HashMap<(String, u16), (usize, &async_nats::Server)> =
+            std::collections::HashMap::new();
+        for server in servers {
+            let key = (server.addr.host().to_string(), server.addr.port());
+            let entry = failures.entry(key).or_insert((0, server));
+            // The as-given entry is kept (its scheme says TLS); failures count for the server.
+            if entry.1.is_discovered && !server.is_discovered {
+                entry.1 = server;
+            }
+            entry.0 = entry.0.max(server.failed_attempts);
+        }
+        let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.keys().all(|key| tried.contains(key)) {
+            tried.clear();
+        }
+        let fresh_pass = tried.is_empty();
+        let fewest = failures
+            .iter()
+            .filter(|(key, _)| !tried.contains(*key))
+            .map(|(_, (n, _))| *n)
+            .min()?;
+        let candidates: Vec<_> = failures
+            .iter()
+            .filter(|(key, (n, _))| !tried.contains(*key) && *n == fewest)
+            .collect();
+        let (key, (_, server)) = candidates[rand::thread_rng().gen_range(0..candidates.len())];
+        tried.insert(key.clone());
+        let addr = server.addr.clone();
+        drop(tried);
+        let delay = if fresh_pass {
+            self.next_delay()
+        } else {
+            Duration::from_millis(rand::thread_rng().gen_range(0..=PASS_JITTER_MS))
+        };
+        Some(async_nats::ReconnectToServer {
+            addr,
+            delay: Some(delay),
+        })
     }
 
     /// Makes the next reconnect immediate and not count as a failure: the agent reconnects on
@@ -711,7 +785,10 @@ impl ReconnectPacing {
     pub fn on_event(&self, event: &Event) {
         let mut up_since = self.up_since.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Connected => *up_since = Some(std::time::Instant::now()),
+            Event::Connected => {
+                *up_since = Some(std::time::Instant::now());
+                self.tried.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
             // Taking the time also forgets it: the next loss counts from the next connect.
             Event::Disconnected | Event::Closed
                 if up_since.take().is_some_and(|t| t.elapsed() >= STABLE_AFTER) =>
@@ -730,10 +807,15 @@ pub fn with_fleet_reconnects(
     options: ConnectOptions,
     pacing: Arc<ReconnectPacing>,
 ) -> ConnectOptions {
+    let chooser = pacing.clone();
     options
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None)
         .reconnect_delay_callback(move |_attempt| pacing.next_delay())
+        .reconnect_to_server_callback(move |servers, _info| {
+            let choice = chooser.choose(&servers);
+            async move { choice }
+        })
 }
 
 /// The delay before connect attempt `attempt` (counted by [`ReconnectPacing`] from 1 since the
@@ -917,6 +999,58 @@ fn answer(payload: &[u8], state: &PeelState) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pass_tries_each_server_once_and_pauses_only_before_the_first() {
+        let server = |url: &str, discovered: bool, failed: usize| async_nats::Server {
+            addr: url.parse().unwrap(),
+            failed_attempts: failed,
+            did_connect: true,
+            is_discovered: discovered,
+            last_error: None,
+        };
+        let pool = [
+            server("tls://127.0.0.1:4001", false, 0),
+            server("nats://127.0.0.1:4001", true, 0),
+            server("tls://127.0.0.1:4002", false, 0),
+            server("nats://127.0.0.1:4003", true, 0),
+        ];
+        let pacing = super::ReconnectPacing::default();
+        assert!(
+            pacing.choose(&pool).is_none(),
+            "the first connect is async-nats's"
+        );
+        assert_eq!(pacing.next_delay(), super::Duration::ZERO);
+        let mut ports = Vec::new();
+        for n in 0..3 {
+            let choice = pacing.choose(&pool).unwrap();
+            let delay = choice.delay.unwrap();
+            if n == 0 {
+                assert!(delay >= super::RECONNECT_DELAY, "{delay:?}");
+            } else {
+                assert!(
+                    delay.as_millis() <= super::PASS_JITTER_MS as u128,
+                    "{delay:?}"
+                );
+            }
+            // The as-given entry of a server, which says TLS.
+            if choice.addr.port() == 4001 {
+                assert_eq!(choice.addr.as_url_str(), "tls://127.0.0.1:4001");
+            }
+            ports.push(choice.addr.port());
+        }
+        ports.sort();
+        assert_eq!(ports, [4001, 4002, 4003]);
+        // The next pass pauses again, longer, and tries the server that failed least first.
+        let pool = [
+            server("tls://127.0.0.1:4001", false, 2),
+            server("tls://127.0.0.1:4002", false, 0),
+            server("nats://127.0.0.1:4003", true, 1),
+        ];
+        let choice = pacing.choose(&pool).unwrap();
+        assert_eq!(choice.addr.port(), 4002);
+        assert!(choice.delay.unwrap() >= 2 * super::RECONNECT_DELAY);
+    }
+
     use super::*;
     use crate::authority::Authority;
     use crate::permissions::Role;

@@ -3,6 +3,10 @@
 //! and started with `--cluster-listen`; every other one runs `zester node join --wait` on a
 //! fresh home while the test, as the admin, runs `zester node accept` on the first; then every
 //! node is (re)started with `zester up`. Each process is killed (and reaped) on drop.
+//!
+//! A node listens on 127.0.0.1 unless made with another address ([`Node::on`]), and may run in
+//! a network namespace ([`Node::in_netns`]): its `zester up` and every `zester` command run
+//! for it go through `ip netns exec`, so a test can cut it off from the others.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +27,10 @@ pub struct Node {
     pub cluster_port: u16,
     child: Option<Child>,
     runs: u32,
+    /// The address it listens on (clients and routes).
+    pub host: String,
+    /// The network namespace its processes run in, if any.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -35,6 +43,41 @@ impl Node {
             cluster_port: free_port(),
             child: None,
             runs: 0,
+            host: "127.0.0.1".to_string(),
+            netns: None,
+        }
+    }
+
+    /// The node listening on `host` instead of 127.0.0.1.
+    pub fn on(mut self, host: &str) -> Node {
+        self.host = host.to_string();
+        if self.home().join("zester.toml").exists() {
+            // A home made by `zester init`: its certificate must name the address too, so it
+            // is made again with the address in `tls_names` (nothing has used it yet).
+            let config = self.home().join("zester.toml");
+            let text = std::fs::read_to_string(&config).unwrap();
+            let text = text.replacen("tls_names = []", &format!("tls_names = [\"{host}\"]"), 1);
+            std::fs::write(&config, text).unwrap();
+            self.ok(&["init", "--force"]);
+        }
+        self
+    }
+
+    /// The node's processes running in network namespace `netns`.
+    pub fn in_netns(mut self, netns: &str) -> Node {
+        self.netns = Some(netns.to_string());
+        self
+    }
+
+    /// A command running `program` here: in the node's namespace if it has one.
+    fn command(&self, program: &std::path::Path) -> Command {
+        match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(program);
+                command
+            }
+            None => Command::new(program),
         }
     }
 
@@ -56,9 +99,9 @@ impl Node {
         self.dir.path().join("home")
     }
 
-    /// `tls://127.0.0.1:<client port>`.
+    /// `tls://<host>:<client port>`.
     pub fn url(&self) -> String {
-        format!("tls://127.0.0.1:{}", self.client_port)
+        format!("tls://{}:{}", self.host, self.client_port)
     }
 
     /// The cluster CA (the same file on every node).
@@ -66,9 +109,19 @@ impl Node {
         self.home().join("pki/ca.pem")
     }
 
-    /// Runs `zester --home <this home> ARGS…`.
+    /// Runs `zester --home <this home> ARGS…` (in the node's namespace if it has one).
     pub fn zester(&self, args: &[&str]) -> std::process::Output {
-        zester(&self.home(), args)
+        if self.netns.is_none() {
+            return zester(&self.home(), args);
+        }
+        self.command(std::path::Path::new(env!("CARGO_BIN_EXE_zester")))
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .env_remove("ZESTER_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run zester")
     }
 
     /// [`Node::zester`], asserting success; its stdout.
@@ -106,9 +159,10 @@ impl Node {
         assert!(self.child.is_none(), "{} runs already", self.name);
         self.runs += 1;
         let log = std::fs::File::create(self.log_file(self.runs)).unwrap();
-        let listen = format!("127.0.0.1:{}", self.client_port);
-        let cluster = format!("127.0.0.1:{}", self.cluster_port);
-        let child = Command::new(env!("CARGO_BIN_EXE_zester"))
+        let listen = format!("{}:{}", self.host, self.client_port);
+        let cluster = format!("{}:{}", self.host, self.cluster_port);
+        let child = self
+            .command(std::path::Path::new(env!("CARGO_BIN_EXE_zester")))
             .arg("--home")
             .arg(self.home())
             .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
@@ -187,10 +241,10 @@ pub fn wait(
 /// `zester node join --wait` of `joining` through `via`, accepted there by the admin (with the
 /// fingerprint the join printed); returns the join's JSON output.
 pub fn join(joining: &Node, via: &Node) -> Value {
-    join_at(
+    join_on(
         &joining.home(),
         &joining.name,
-        (joining.client_port, joining.cluster_port),
+        (&joining.host, joining.client_port, joining.cluster_port),
         &via.home(),
         &via.url(),
     )
@@ -205,8 +259,25 @@ pub fn join_at(
     via_home: &std::path::Path,
     via_url: &str,
 ) -> Value {
-    let listen = format!("127.0.0.1:{}", ports.0);
-    let cluster = format!("127.0.0.1:{}", ports.1);
+    join_on(
+        home,
+        name,
+        ("127.0.0.1", ports.0, ports.1),
+        via_home,
+        via_url,
+    )
+}
+
+/// [`join_at`] for a node listening on `host` (its client and route ports after it).
+pub fn join_on(
+    home: &std::path::Path,
+    name: &str,
+    (host, client_port, cluster_port): (&str, u16, u16),
+    via_home: &std::path::Path,
+    via_url: &str,
+) -> Value {
+    let listen = format!("{host}:{client_port}");
+    let cluster = format!("{host}:{cluster_port}");
     let child = Command::new(env!("CARGO_BIN_EXE_zester"))
         .arg("--home")
         .arg(home)
@@ -269,11 +340,14 @@ pub fn fingerprint_of(record: &Value) -> String {
 
 /// Three nodes `a`, `b`, `c` grown from `a` as a user does, all running and ready.
 pub fn three() -> Vec<Node> {
-    let mut a = Node::first("a");
+    three_from(Node::first("a"), Node::fresh("b"), Node::fresh("c"))
+}
+
+/// [`three`] from nodes made by the caller (addresses, namespaces): `a` a first node, `b` and
+/// `c` fresh ones.
+pub fn three_from(mut a: Node, b: Node, c: Node) -> Vec<Node> {
     a.spawn();
     a.wait_ready(Duration::from_secs(30));
-    let b = Node::fresh("b");
-    let c = Node::fresh("c");
     join(&b, &a);
     join(&c, &a);
     // `a` started alone (nats-server's clustered JetStream needs a route); now it knows the

@@ -299,6 +299,11 @@ fn render_cluster(
     line("cluster {".into());
     line(format!("  name: {}", quote(cluster.name)));
     line(format!("  listen: {}", quote(&listen.to_nats_listen())));
+    // A node cut off by the network (no reset, packets just lost) is noticed in seconds, not
+    // nats-server's two minutes: until its route closes, the others still route a share of
+    // every queue group (the callouts, the services) to it, and those requests are lost.
+    line(format!("  ping_interval: \"{ROUTE_PING_INTERVAL_SECS}s\""));
+    line(format!("  ping_max: {ROUTE_PING_MAX}"));
     line("  routes: [".into());
     for route in &routes {
         line(format!("    {}", quote(&format!("nats-route://{route}"))));
@@ -318,6 +323,13 @@ fn render_cluster(
     line("}".into());
     Ok(())
 }
+
+/// Seconds between pings on a route, and the pings without answer after which the route is
+/// closed: a node lost without a reset leaves the others' queue groups within about
+/// `ROUTE_PING_INTERVAL_SECS * (ROUTE_PING_MAX + 1)` seconds.
+pub const ROUTE_PING_INTERVAL_SECS: u32 = 2;
+/// See [`ROUTE_PING_INTERVAL_SECS`].
+pub const ROUTE_PING_MAX: u32 = 2;
 
 /// Seconds a client has for its TLS handshake (nats-server's default is 2). Under a reconnect
 /// storm of thousands of peels on a small machine, handshakes queue for CPU: a handshake given
@@ -577,6 +589,9 @@ mod tests {
             // Mutual: a route must present a certificate of the zester CA.
             "verify: true",
             "min_version: \"1.3\"",
+            // A lost node's route closes in seconds.
+            "ping_interval: \"2s\"",
+            "ping_max: 2",
         ] {
             assert!(
                 lines.contains(&expected),

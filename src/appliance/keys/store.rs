@@ -33,6 +33,11 @@ pub const BUCKET_HISTORY: i64 = 5;
 /// The largest record the bucket accepts; a full record with 50 history entries is far smaller.
 const MAX_RECORD_BYTES: i32 = 64 * 1024;
 
+/// How long [`KeyStore::reachable`] waits for the bucket's leader to answer.
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A copy of the bucket the leader has not heard from for longer is counted lost (raft
+/// heartbeats are a second apart).
+const REPLICA_HEARD: Duration = Duration::from_secs(4);
 /// How long loading may wait for the next record before giving up.
 const LOAD_STALL: Duration = Duration::from_secs(10);
 /// Backoff between attempts to re-establish the watch.
@@ -235,6 +240,42 @@ impl KeyStore {
                 id: id.clone(),
                 source: Box::new(error),
             }),
+        }
+    }
+
+    /// Whether the bucket's stream has a leader this node can reach (asked afresh; a node
+    /// cut off from the majority answers from its own replica, with no leader): why not if not.
+    pub async fn reachable(&self) -> Result<(), String> {
+        match tokio::time::timeout(REACHABLE_TIMEOUT, self.kv.stream.get_info()).await {
+            Ok(Ok(info)) => match info.cluster {
+                Some(cluster) if cluster.leader.as_deref().unwrap_or_default().is_empty() => {
+                    Err(format!("bucket {BUCKET} has no leader"))
+                }
+                // A leader that lost its followers stays leader in its own eyes for a while
+                // (its writes just time out): it needs a majority it has heard from lately.
+                Some(cluster) => {
+                    let heard = cluster
+                        .replicas
+                        .iter()
+                        .filter(|peer| !peer.offline && peer.active <= REPLICA_HEARD)
+                        .count();
+                    let (up, all) = (1 + heard, 1 + cluster.replicas.len());
+                    if 2 * up > all {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "bucket {BUCKET}: its leader {} has heard from {up} of {all} copies lately",
+                            cluster.leader.unwrap_or_default()
+                        ))
+                    }
+                }
+                None => Ok(()),
+            },
+            Ok(Err(e)) => Err(format!("bucket {BUCKET}: {e}")),
+            Err(_) => Err(format!(
+                "bucket {BUCKET}: no answer within {} s",
+                REACHABLE_TIMEOUT.as_secs()
+            )),
         }
     }
 
