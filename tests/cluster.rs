@@ -93,35 +93,7 @@ fn three_nodes_grown_by_join_are_one_fleet() {
     }
 
     // The buckets are replicated to all three nodes (before any node dies).
-    let replicas = || {
-        let jsz =
-            common::http_get_json(&a.monitor(), "/jsz?accounts=true&streams=true&config=true");
-        let mut found: Vec<(String, u64)> = Vec::new();
-        for account in jsz["account_details"].as_array().into_iter().flatten() {
-            for stream in account["stream_detail"].as_array().into_iter().flatten() {
-                found.push((
-                    stream["name"].as_str().unwrap_or_default().to_string(),
-                    stream["config"]["num_replicas"].as_u64().unwrap_or(0),
-                ));
-            }
-        }
-        found.sort();
-        found
-    };
-    wait(
-        Duration::from_secs(60),
-        "every bucket and the audit stream at R3",
-        || {
-            let found = replicas();
-            let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
-            zester::wire::subjects::BUCKETS
-                .iter()
-                .all(|b| names.contains(&format!("KV_{b}").as_str()))
-                && names.contains(&"zester-audit")
-                && found.iter().all(|(_, r)| *r == 3)
-        },
-        || format!("{:?}", replicas()),
-    );
+    assert!(nodes::replicated(a), "{:?}", nodes::stream_replicas(a));
 
     // The nats CLI context lists every node.
     let config = tempfile::tempdir().unwrap();

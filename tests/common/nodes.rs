@@ -360,5 +360,43 @@ pub fn three_from(mut a: Node, b: Node, c: Node) -> Vec<Node> {
     for node in &nodes {
         node.wait_ready(Duration::from_secs(60));
     }
+    // A node may die in the test: not before every copy is there (buckets made while the
+    // meta group counted two nodes are raised within seconds).
+    wait(
+        Duration::from_secs(60),
+        "every bucket and the audit stream at R3",
+        || replicated(&nodes[0]),
+        || format!("{:?}", stream_replicas(&nodes[0])),
+    );
     nodes
+}
+
+/// Every zester stream `node`'s server reports, with its replicas, by name.
+pub fn stream_replicas(node: &Node) -> Vec<(String, u64)> {
+    let jsz = super::http_get_json(
+        &node.monitor(),
+        "/jsz?accounts=true&streams=true&config=true",
+    );
+    let mut found: Vec<(String, u64)> = Vec::new();
+    for account in jsz["account_details"].as_array().into_iter().flatten() {
+        for stream in account["stream_detail"].as_array().into_iter().flatten() {
+            found.push((
+                stream["name"].as_str().unwrap_or_default().to_string(),
+                stream["config"]["num_replicas"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Whether every bucket zester keeps and the audit stream exist with three copies.
+pub fn replicated(node: &Node) -> bool {
+    let found = stream_replicas(node);
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    zester::wire::subjects::BUCKETS
+        .iter()
+        .all(|b| names.contains(&format!("KV_{b}").as_str()))
+        && names.contains(&"zester-audit")
+        && found.iter().all(|(_, r)| *r == 3)
 }

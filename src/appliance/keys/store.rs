@@ -153,6 +153,24 @@ impl CreateOutcome {
     }
 }
 
+/// How long a read waits for a cluster to elect the bucket's new leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How often it asks again meanwhile.
+const ELECTION_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a JetStream error is one a leader election gives for a moment.
+fn is_transient(error: &str) -> bool {
+    let error = error.to_lowercase();
+    [
+        "no stream found",
+        "no responders",
+        "timed out",
+        "temporarily unavailable",
+    ]
+    .iter()
+    .any(|what| error.contains(what))
+}
+
 /// The key store of one node: the bucket, and the cache its watch task keeps current.
 ///
 /// Dropping it (or [`KeyStore::close`]) stops the watch task; caches handed out keep their last
@@ -212,7 +230,23 @@ impl KeyStore {
     pub async fn create_or_same(&self, record: &KeyRecord) -> Result<CreateOutcome, KeyStoreError> {
         record.validate()?;
         let id = &record.id;
-        match self.kv.create(id.as_str(), record.to_json().into()).await {
+        // As for reads, wait out a leader election (a create that landed before its answer was
+        // lost is found by the retry as "already exists", the same key: handled below).
+        let mut waited = Duration::ZERO;
+        let created = loop {
+            match self.kv.create(id.as_str(), record.to_json().into()).await {
+                Err(error)
+                    if error.kind() != kv::CreateErrorKind::AlreadyExists
+                        && waited < ELECTION_WAIT
+                        && is_transient(&error.to_string()) =>
+                {
+                    tokio::time::sleep(ELECTION_POLL).await;
+                    waited += ELECTION_POLL;
+                }
+                other => break other,
+            }
+        };
+        match created {
             Ok(revision) => Ok(CreateOutcome::Created(revision)),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
                 match self.get(id).await? {
@@ -352,15 +386,25 @@ impl KeyStore {
     /// Reads the record of `id` from the bucket (not the cache) with its revision; `None` when
     /// there is none (or it was deleted).
     pub async fn get(&self, id: &PeelId) -> Result<Option<(KeyRecord, u64)>, KeyStoreError> {
-        let entry = self
-            .kv
-            .entry(id.as_str())
-            .await
-            .map_err(|error| KeyStoreError::Kv {
-                action: "read",
-                id: id.clone(),
-                source: Box::new(error),
-            })?;
+        // While a cluster elects the bucket's new leader (its node just died), reads fail for a
+        // few seconds ("no stream found", "no responders"): a read is safe to ask again.
+        let mut waited = Duration::ZERO;
+        let entry = loop {
+            match self.kv.entry(id.as_str()).await {
+                Ok(entry) => break entry,
+                Err(error) if waited < ELECTION_WAIT && is_transient(&error.to_string()) => {
+                    tokio::time::sleep(ELECTION_POLL).await;
+                    waited += ELECTION_POLL;
+                }
+                Err(error) => {
+                    return Err(KeyStoreError::Kv {
+                        action: "read",
+                        id: id.clone(),
+                        source: Box::new(error),
+                    })
+                }
+            }
+        };
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => Ok(Some((
                 KeyRecord::from_kv(&entry.key, &entry.value)?,
