@@ -8,7 +8,7 @@
 //! stampede a restarted server. With several servers (a cluster: the ones it was given and the
 //! ones the servers announce) the pause is taken once per pass over the servers, not once per
 //! server: a dead node is passed over at once for a live one instead of costing a backoff step
-//! (see [`ReconnectPacing::choose`]). The peel id is the `name` of the
+//! (see `ReconnectPacing::choose`). The peel id is the `name` of the
 //! creds' user JWT, never something the agent makes up.
 //!
 //! Credentials are not held in memory: every (re)connect reads the creds file again
