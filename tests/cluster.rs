@@ -8,19 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::nodes::{self, wait, Node};
-
-fn peel_enrol(via: &Node, id: &str, dir: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "enrol", "--server", &via.url(), "--id", id])
-        .arg("--ca")
-        .arg(via.ca())
-        .arg("--dir")
-        .arg(dir)
-        .env_remove("ZESTER_HOME")
-        .output()
-        .unwrap()
-}
+use common::nodes::{self, peel_enrol, wait, Node};
 
 #[test]
 fn three_nodes_grown_by_join_are_one_fleet() {
@@ -245,22 +233,26 @@ fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
     a.spawn();
     a.wait_ready(Duration::from_secs(30));
     let b = Node::fresh("b");
-    // `node join` without --wait: pending, exit 2, no home written.
+    // `node join` as node "b" through a, without --wait.
     let ca = a.ca();
-    let out = b.zester(&[
-        "node",
-        "join",
-        "--server",
-        &a.url(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--name",
-        "b",
-        "--listen",
-        "127.0.0.1:1",
-        "--cluster-listen",
-        "127.0.0.1:2",
-    ]);
+    let ask_to_join = |node: &Node| {
+        node.zester(&[
+            "node",
+            "join",
+            "--server",
+            &a.url(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--name",
+            "b",
+            "--listen",
+            "127.0.0.1:1",
+            "--cluster-listen",
+            "127.0.0.1:2",
+        ])
+    };
+    // `node join` without --wait: pending, exit 2, no home written.
+    let out = ask_to_join(&b);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -271,20 +263,7 @@ fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
     assert!(!b.home().join("auth").exists());
     // Another key asking for the same name is refused, with the reason.
     let other = Node::fresh("other");
-    let out = other.zester(&[
-        "node",
-        "join",
-        "--server",
-        &a.url(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--name",
-        "b",
-        "--listen",
-        "127.0.0.1:1",
-        "--cluster-listen",
-        "127.0.0.1:2",
-    ]);
+    let out = ask_to_join(&other);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("taken by another node"),
@@ -300,20 +279,7 @@ fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
         .contains("\"pending\""));
     // A removed node may not fetch: its next join says so.
     a.ok(&["node", "remove", "b"]);
-    let out = b.zester(&[
-        "node",
-        "join",
-        "--server",
-        &a.url(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--name",
-        "b",
-        "--listen",
-        "127.0.0.1:1",
-        "--cluster-listen",
-        "127.0.0.1:2",
-    ]);
+    let out = ask_to_join(&b);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("was removed from the cluster"),

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectErrorKind, ServerAddr};
-use common::nodes::{self, Node};
+use common::nodes::{self, peel_enrol, Node};
 use zester::appliance::keys::KeyRecord;
 use zester::home::{self, now_unix, Home};
 use zester::identity::peel_id::PeelId;
@@ -160,19 +160,6 @@ async fn connect_only_to(
         .map_err(|e| async_nats::ConnectError::with_source(ConnectErrorKind::Io, e))?;
     assert_eq!(client.server_info().server_name, node.name);
     Ok(())
-}
-
-/// `zester peel enrol` of `id` through `via` into `dir`.
-fn peel_enrol(via: &Node, id: &str, dir: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "enrol", "--server", &via.url(), "--id", id])
-        .arg("--ca")
-        .arg(via.ca())
-        .arg("--dir")
-        .arg(dir)
-        .env_remove("ZESTER_HOME")
-        .output()
-        .unwrap()
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {

@@ -332,6 +332,19 @@ pub fn join_on(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `zester peel enrol` of `id` through `via` into `dir` (with `via`'s CA), to completion.
+pub fn peel_enrol(via: &Node, id: &str, dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zester"))
+        .args(["peel", "enrol", "--server", &via.url(), "--id", id])
+        .arg("--ca")
+        .arg(via.ca())
+        .arg("--dir")
+        .arg(dir)
+        .env_remove("ZESTER_HOME")
+        .output()
+        .unwrap()
+}
+
 /// The fingerprint of a node record as `node list --json` gives it.
 pub fn fingerprint_of(record: &Value) -> String {
     let nkey = record["nkey"].as_str().unwrap_or_default();
