@@ -119,15 +119,20 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         String::from_utf8_lossy(&first.stderr)
     );
     a.ok(&["key", "accept", "web-01"]);
-    wait(
-        Duration::from_secs(2),
-        "the accept on a seen on c",
-        || {
-            c.json(&["key", "list"])
-                .to_string()
-                .contains("\"accepted\"")
-        },
-        String::new,
+    // Held on every node: each node's own key cache (its metrics), which its callout decides
+    // from, whichever node answered the accept.
+    let accepted = std::time::Instant::now();
+    for node in &nodes {
+        wait(
+            Duration::from_secs(5),
+            &format!("the accept on a held in {}'s key cache", node.name),
+            || node.cached_keys("accepted") == 1,
+            || node.log(),
+        );
+    }
+    println!(
+        "the accept on a held in every node's key cache {:?} after it was made",
+        accepted.elapsed()
     );
     let fetched = peel_enrol(b, "web-01", peel_dir.path());
     assert!(
@@ -217,6 +222,19 @@ fn three_nodes_grown_by_join_are_one_fleet() {
     // A revoke on c cuts the session the peel holds wherever it is now.
     let revoked = c.json(&["key", "revoke", "web-01"]);
     assert!(revoked.to_string().contains("\"kicked\":1"), "{revoked}");
+    let revoked_at = std::time::Instant::now();
+    for node in [a, c] {
+        wait(
+            Duration::from_secs(5),
+            &format!("the revoke on c held in {}'s key cache", node.name),
+            || node.cached_keys("revoked") == 1,
+            || node.log(),
+        );
+    }
+    println!(
+        "the revoke on c held in both live nodes' key caches {:?} after it was made (one node dead)",
+        revoked_at.elapsed()
+    );
     wait(
         Duration::from_secs(5),
         "the peel cut off",

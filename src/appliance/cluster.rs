@@ -12,6 +12,11 @@
 //! announces again every [`ANNOUNCE_EVERY`]. Only zester's own system connections are in that
 //! account (no peel, admin or master can publish there), and an announcement only ever names
 //! `service` and `store` users, so hearing one can never make a key an admin.
+//!
+//! Nodes also announce the revision of every key record they write, on [`KEYS_SUBJECT`] in the
+//! same account ([`relay_key_writes`]): a node whose key store watch stalled (its consumer was
+//! on a node that died) then reloads within a second instead of after missed heartbeats. A
+//! notice carries a revision and nothing else; the records are always read from the bucket.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +41,11 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 pub const INTRODUCE_WAIT: Duration = Duration::from_secs(5);
 /// How often a clustered node checks that its buckets have the replicas the cluster allows.
 pub const REPLICAS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where nodes announce the revisions of their key writes, in the system account.
+pub const KEYS_SUBJECT: &str = "zester.cluster.keys";
+/// The largest key notice read (a real one is under 100 bytes).
+const MAX_NOTICE_BYTES: usize = 1024;
 
 /// The most replicas zester asks JetStream for: R3 survives the loss of any one node.
 pub const MAX_REPLICAS: usize = 3;
@@ -319,6 +329,59 @@ pub fn nodes_of(jsz: &Value) -> (u64, u64) {
         .max(replicas.len() as u64 + 1);
     let this = u64::from(meta["leader"].as_str().is_some_and(|l| !l.is_empty()));
     (known, up + this)
+}
+
+/// What a node says after writing a key record: the bucket has reached `revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyNotice {
+    /// The node that wrote.
+    pub node: String,
+    /// The bucket's revision after the write.
+    pub revision: u64,
+}
+
+impl KeyNotice {
+    /// The revision another node than `me` announced in `payload`, if it is a notice.
+    pub fn heard(me: &str, payload: &[u8]) -> Option<u64> {
+        if payload.len() > MAX_NOTICE_BYTES {
+            return None;
+        }
+        let notice: KeyNotice = serde_json::from_slice(payload).ok()?;
+        (notice.node != me).then_some(notice.revision)
+    }
+}
+
+/// Announces every key write of node `me` on [`KEYS_SUBJECT`], and tells `keys` of every other
+/// node's (see the module doc). A notice is never answered, whatever reply subject it names.
+pub async fn relay_key_writes(
+    sys: async_nats::Client,
+    me: String,
+    keys: Arc<crate::appliance::keys::KeyStore>,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    let mut heard = sys.subscribe(KEYS_SUBJECT).await?;
+    let mut written = keys.written();
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = heard.next() => {
+                    let Some(message) = message else { return };
+                    if let Some(revision) = KeyNotice::heard(&me, &message.payload) {
+                        keys.expect(revision);
+                    }
+                }
+                changed = written.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let revision = *written.borrow_and_update();
+                    let notice = KeyNotice { node: me.clone(), revision };
+                    if let Ok(payload) = serde_json::to_vec(&notice) {
+                        let _ = sys.publish(KEYS_SUBJECT, payload.into()).await;
+                    }
+                }
+            }
+        }
+    }))
 }
 
 /// Refreshes `count` from this node's server every 10 s.
@@ -666,6 +729,25 @@ mod tests {
         assert!(peers.hear(announcement("c", "1", 30)));
         assert_eq!(peers.nodes(), 2);
         assert_eq!(peers.trusted().len(), 4);
+    }
+
+    #[test]
+    fn a_key_notice_is_another_nodes_revision_and_nothing_else() {
+        let notice = |node: &str, revision: u64| {
+            serde_json::to_vec(&KeyNotice {
+                node: node.to_string(),
+                revision,
+            })
+            .unwrap()
+        };
+        assert_eq!(KeyNotice::heard("a", &notice("b", 42)), Some(42));
+        assert_eq!(KeyNotice::heard("a", &notice("a", 42)), None, "its own");
+        assert_eq!(KeyNotice::heard("a", b"{\"node\":\"b\"}"), None);
+        assert_eq!(KeyNotice::heard("a", b"not json"), None);
+        let mut padded = br#"{"node":"b","revision":7,"pad":""#.to_vec();
+        padded.extend(std::iter::repeat_n(b'x', MAX_NOTICE_BYTES));
+        padded.extend(br#""}"#);
+        assert_eq!(KeyNotice::heard("a", &padded), None, "too large");
     }
 
     #[test]

@@ -255,6 +255,13 @@ impl Appliance {
                 sys.clone(),
                 streams,
             )));
+            tasks.push(
+                cluster::relay_key_writes(sys.clone(), prepared.node_name.clone(), keys.clone())
+                    .await
+                    .map_err(|e| {
+                        nats_error("subscribing to the cluster's key notices")(e.into())
+                    })?,
+            );
         }
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;

@@ -425,9 +425,15 @@ pub fn sigkill(pid: u32) {
 
 /// GET `path` from `base` (`http://HOST:PORT`) over plain HTTP/1.0 and parse the JSON body.
 pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
+    let body = http_get_text(base, path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+}
+
+/// GET `path` from `base` (`http://HOST:PORT`) over plain HTTP/1.0: the body of a 200 answer.
+pub fn http_get_text(base: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = base.strip_prefix("http://").expect("an http:// URL");
-    let mut stream = TcpStream::connect(addr).expect("connect to the monitoring port");
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -441,5 +447,5 @@ pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+    body.to_string()
 }

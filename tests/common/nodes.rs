@@ -166,6 +166,7 @@ impl Node {
             .arg("--home")
             .arg(self.home())
             .args(["up", "--listen", &listen, "--monitor", "127.0.0.1:0"])
+            .args(["--metrics", &format!("{}:0", self.host)])
             .args(["--cluster-listen", &cluster, "--node-name", &self.name])
             .env_remove("ZESTER_HOME")
             .env_remove("ZESTER_METRICS")
@@ -194,6 +195,22 @@ impl Node {
         )
         .unwrap();
         runtime["monitor_url"].as_str().unwrap().to_string()
+    }
+
+    /// How many key records in `state` this node's own key cache holds (its `zester_keys`
+    /// gauge): what its callout decides from, whichever node answers admin requests.
+    pub fn cached_keys(&self, state: &str) -> u64 {
+        let runtime: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
+        )
+        .unwrap();
+        let url = runtime["metrics_url"].as_str().expect("metrics are on");
+        let base = url.trim_end_matches("/metrics");
+        let wanted = format!("zester_keys{{state=\"{state}\"}} ");
+        super::http_get_text(base, "/metrics")
+            .lines()
+            .find_map(|line| line.strip_prefix(&wanted)?.trim().parse::<f64>().ok())
+            .map_or(0, |count| count as u64)
     }
 
     /// SIGTERM, and waits for the process to end.

@@ -13,12 +13,21 @@
 //! revisions go backwards (a restored store), the task reloads every record with a short backoff
 //! and swaps the result in whole, logging at info level. Until then readers keep the last
 //! complete snapshot.
+//!
+//! A stalled watch shows itself only after async-nats misses two idle heartbeats (10 s), too
+//! late for a revoke that must hold on every node within a second. So the task is also told
+//! which revision the bucket is known to have reached ([`KeyStore::expect`]): every write this
+//! node makes, and every write another node announces (`appliance::cluster` relays them). When
+//! the watch has not delivered that revision [`NOTICE_GRACE`] later, the task reloads at once.
+//! A notice only ever makes the task read the bucket again, so a false one costs one reload
+//! and changes nothing; the records always come from the bucket.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -49,6 +58,9 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const LAG_CHECK: Duration = Duration::from_secs(15);
 /// The most changes folded into one snapshot.
 const MAX_BATCH: usize = 256;
+/// How long the watch may take to deliver a revision the bucket is known to have reached before
+/// the task reloads (deliveries normally take milliseconds).
+pub const NOTICE_GRACE: Duration = Duration::from_millis(500);
 
 /// What went wrong with the key store.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +192,10 @@ pub struct KeyStore {
     kv: kv::Store,
     cache: KeyCache,
     watcher: Option<JoinHandle<()>>,
+    /// The highest revision the bucket is known to have reached (read by the watch task).
+    expected: watch::Sender<u64>,
+    /// The highest revision this node wrote (for the cluster to announce).
+    written: watch::Sender<u64>,
 }
 
 impl KeyStore {
@@ -204,12 +220,41 @@ impl KeyStore {
             revision = cache.revision(),
             "key store loaded"
         );
-        let watcher = tokio::spawn(watch_forever(kv.clone(), writer, watch));
+        let (expected, expected_rx) = watch::channel(cache.revision());
+        let watcher = tokio::spawn(watch_forever(kv.clone(), writer, watch, expected_rx));
         Ok(KeyStore {
             kv,
             cache,
             watcher: Some(watcher),
+            expected,
+            written: watch::channel(0).0,
         })
+    }
+
+    /// Tells the watch task that the bucket has reached `revision` (another node announced a
+    /// write): if the cache has not seen it within [`NOTICE_GRACE`], the task reloads.
+    pub fn expect(&self, revision: u64) {
+        self.expected.send_if_modified(|known| {
+            let higher = revision > *known;
+            *known = (*known).max(revision);
+            higher
+        });
+    }
+
+    /// The highest revision this node has written, for the cluster to announce (0 before the
+    /// first write).
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+
+    /// After a write of this node at `revision`: expected here, and announced.
+    fn wrote(&self, revision: u64) {
+        self.expect(revision);
+        self.written.send_if_modified(|last| {
+            let higher = revision > *last;
+            *last = (*last).max(revision);
+            higher
+        });
     }
 
     /// A reader of the records, kept current by this store's watch.
@@ -247,7 +292,10 @@ impl KeyStore {
             }
         };
         match created {
-            Ok(revision) => Ok(CreateOutcome::Created(revision)),
+            Ok(revision) => {
+                self.wrote(revision);
+                Ok(CreateOutcome::Created(revision))
+            }
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
                 match self.get(id).await? {
                     Some((held, revision))
@@ -334,7 +382,10 @@ impl KeyStore {
             .update(id.as_str(), record.to_json().into(), expected_revision)
             .await
         {
-            Ok(revision) => Ok(revision),
+            Ok(revision) => {
+                self.wrote(revision);
+                Ok(revision)
+            }
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 // Only for the message: if this read fails, say what we know.
                 let found = match self.kv.entry(id.as_str()).await {
@@ -365,7 +416,14 @@ impl KeyStore {
             .delete_expect_revision(id.as_str(), Some(expected_revision))
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The delete's revision is its marker's (async-nats does not return it); if
+                // that read fails, the watch delivers the delete as usual.
+                if let Ok(Some(marker)) = self.kv.entry(id.as_str()).await {
+                    self.wrote(marker.revision);
+                }
+                Ok(())
+            }
             Err(error) => match self.get(id).await {
                 Ok(Some((_, found))) if found != expected_revision => {
                     Err(KeyStoreError::Conflict {
@@ -532,27 +590,51 @@ fn apply_entry(by_id: &mut BTreeMap<PeelId, Stored>, entry: &kv::Entry) {
     cache::apply(by_id, change);
 }
 
+/// Why [`follow`] stopped.
+struct Stopped {
+    reason: String,
+    /// The bucket is known to be ahead of the watch: reload now, without the backoff.
+    at_once: bool,
+}
+
 /// The watch task: follows the bucket, and reloads whenever following stops working.
-async fn watch_forever(kv: kv::Store, writer: CacheWriter, mut watch: kv::Watch) {
+async fn watch_forever(
+    kv: kv::Store,
+    writer: CacheWriter,
+    mut watch: kv::Watch,
+    mut expected: watch::Receiver<u64>,
+) {
     let mut backoff = MIN_BACKOFF;
+    // A notice the last reload did not bear out (the bucket is not there): not acted on again.
+    let mut dismissed = 0;
     loop {
         let started = Instant::now();
-        let reason = follow(&kv, &mut watch, &writer).await;
+        let stopped = follow(&kv, &mut watch, &writer, &mut expected, dismissed).await;
         if started.elapsed() >= HEALTHY_RUN {
             backoff = MIN_BACKOFF;
         }
         tracing::info!(
             bucket = BUCKET,
             revision = writer.revision(),
-            %reason,
+            reason = %stopped.reason,
             "key store watch stopped; reloading the key records"
         );
+        let mut wait = if stopped.at_once {
+            Duration::ZERO
+        } else {
+            backoff
+        };
         loop {
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(wait).await;
+            wait = backoff;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             match load(&kv, &writer).await {
                 Ok(fresh) => {
                     watch = fresh;
+                    let known = *expected.borrow();
+                    if known > writer.revision() {
+                        dismissed = known;
+                    }
                     tracing::info!(
                         bucket = BUCKET,
                         revision = writer.revision(),
@@ -571,19 +653,54 @@ async fn watch_forever(kv: kv::Store, writer: CacheWriter, mut watch: kv::Watch)
     }
 }
 
-/// Applies changes from `watch` until it ends, fails or falls behind; returns why it stopped.
-async fn follow(kv: &kv::Store, watch: &mut kv::Watch, writer: &CacheWriter) -> String {
+/// Applies changes from `watch` until it ends, fails or falls behind (the bucket's revision, or
+/// one it is known to have reached above `dismissed`); returns why it stopped.
+async fn follow(
+    kv: &kv::Store,
+    watch: &mut kv::Watch,
+    writer: &CacheWriter,
+    expected: &mut watch::Receiver<u64>,
+    dismissed: u64,
+) -> Stopped {
     let mut lag_check = tokio::time::interval_at(Instant::now() + LAG_CHECK, LAG_CHECK);
     // The bucket's last revision at the previous check, if the cache was behind it then.
     let mut behind: Option<u64> = None;
+    // When the watch must have delivered the revision the bucket is known to have reached.
+    let mut due: Option<Instant> = None;
+    let stop = |reason: String| Stopped {
+        reason,
+        at_once: false,
+    };
     loop {
+        let known = *expected.borrow_and_update();
+        if known <= writer.revision() || known <= dismissed {
+            due = None;
+        } else if due.is_none() {
+            due = Some(Instant::now() + NOTICE_GRACE);
+        }
         let first = tokio::select! {
             next = watch.next() => next,
             _ = lag_check.tick() => {
                 match check_lag(kv, writer.revision(), &mut behind).await {
-                    Some(reason) => return reason,
+                    Some(reason) => return stop(reason),
                     None => continue,
                 }
+            }
+            changed = expected.changed() => {
+                if changed.is_err() {
+                    // The store is gone; the task is about to be stopped.
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            }
+            _ = sleep_until(due) => {
+                return Stopped {
+                    reason: format!(
+                        "the bucket is known to be at revision {known}, and the watch has delivered only {} after {NOTICE_GRACE:?}",
+                        writer.revision()
+                    ),
+                    at_once: true,
+                };
             }
         };
         let mut by_id = writer.current().by_id().clone();
@@ -611,8 +728,16 @@ async fn follow(kv: &kv::Store, watch: &mut kv::Watch, writer: &CacheWriter) -> 
             behind = behind.filter(|&last| revision < last);
         }
         if let Some(reason) = stopped {
-            return reason;
+            return stop(reason);
         }
+    }
+}
+
+/// Sleeps until `due`, or forever when there is none.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
