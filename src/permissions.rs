@@ -125,11 +125,7 @@ pub fn permissions_for(role: &Role) -> Permissions {
                     // The audit trail is written by zester alone: a record on its subject from
                     // anyone else would be a forgery, and a changed or deleted stream a lost
                     // trail (records are never deleted or purged one by one: the stream denies it).
-                    deny: vec![
-                        audit::SUBJECTS.to_string(),
-                        format!("$JS.API.STREAM.UPDATE.{}", audit::STREAM),
-                        format!("$JS.API.STREAM.DELETE.{}", audit::STREAM),
-                    ],
+                    deny: master_denies(),
                 },
                 subscribe: allow(&all),
                 resp: None,
@@ -218,6 +214,33 @@ pub fn permissions_for(role: &Role) -> Permissions {
     }
 }
 
+/// What the master may not publish although `zester.>`, `$JS.API.>` and `$KV.>` allow it.
+///
+/// The audit trail is written by zester alone: a record on its subject from anyone else would be
+/// a forgery, and a changed or deleted stream a lost trail (records are never deleted or purged
+/// one by one: the stream denies it). zester's buckets (keys, settings, tokens, nodes …) are
+/// written only by zester's store connection: a put from the master would accept a key or make
+/// a token, and a deleted, purged or re-configured bucket would lose the fleet. The master may
+/// still read them (its JetStream requests are answered to its own inbox).
+fn master_denies() -> Vec<String> {
+    let mut deny = vec![
+        audit::SUBJECTS.to_string(),
+        format!("$JS.API.STREAM.UPDATE.{}", audit::STREAM),
+        format!("$JS.API.STREAM.DELETE.{}", audit::STREAM),
+    ];
+    for bucket in subjects::BUCKETS {
+        let stream = format!("KV_{bucket}");
+        deny.push(format!("$KV.{bucket}.>"));
+        for api in ["UPDATE", "DELETE", "PURGE", "RESTORE"] {
+            deny.push(format!("$JS.API.STREAM.{api}.{stream}"));
+        }
+        for api in ["MSG.DELETE", "PEER.REMOVE", "LEADER.STEPDOWN"] {
+            deny.push(format!("$JS.API.STREAM.{api}.{stream}"));
+        }
+    }
+    deny
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +252,26 @@ mod tests {
         assert!(!master.subscribe.allow.contains(&"$JS.FC.>".to_string()));
         let peel = peel("web-01");
         assert!(!peel.publish.allow.iter().any(|s| s.starts_with("$JS.FC")));
+    }
+
+    #[test]
+    fn the_master_may_not_write_zesters_buckets_or_the_audit_trail() {
+        let master = permissions_for(&Role::Master);
+        let deny = &master.publish.deny;
+        for bucket in subjects::BUCKETS {
+            assert!(deny.contains(&format!("$KV.{bucket}.>")), "{bucket}");
+            for api in ["UPDATE", "DELETE", "PURGE", "MSG.DELETE"] {
+                assert!(
+                    deny.contains(&format!("$JS.API.STREAM.{api}.KV_{bucket}")),
+                    "{api} {bucket}"
+                );
+            }
+        }
+        assert!(deny.contains(&audit::SUBJECTS.to_string()));
+        // Reads stay allowed.
+        assert!(!deny
+            .iter()
+            .any(|d| d.contains("INFO") || d.contains("DIRECT")));
     }
 
     fn peel(id: &str) -> Permissions {

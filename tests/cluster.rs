@@ -126,7 +126,7 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         wait(
             Duration::from_secs(5),
             &format!("the accept on a held in {}'s key cache", node.name),
-            || node.cached_keys("accepted") == 1,
+            || node.cached_keys("accepted") == Some(1),
             || node.log(),
         );
     }
@@ -227,7 +227,7 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         wait(
             Duration::from_secs(5),
             &format!("the revoke on c held in {}'s key cache", node.name),
-            || node.cached_keys("revoked") == 1,
+            || node.cached_keys("revoked") == Some(1),
             || node.log(),
         );
     }

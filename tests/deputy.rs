@@ -209,6 +209,70 @@ async fn a_peel_holds_no_jetstream_grant() {
     t.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_reads_zesters_buckets_but_cannot_write_or_delete_them() {
+    let t = appliance::start("").await;
+    let _ = t.peel("web-01").await;
+    let master = t.master().await;
+    let id = PeelId::parse("web-01").unwrap();
+    let before = t
+        .appliance
+        .keys()
+        .get(&id)
+        .await
+        .unwrap()
+        .expect("the record");
+    // A forged record: web-01 accepted under the master's own key.
+    let mut forged = before.0.clone();
+    forged.nkey = KeyPair::new_user().public_key();
+    let forged = serde_json::to_vec(&forged).unwrap();
+    let js = async_nats::jetstream::new(master.nats.clone());
+    // Reading is allowed.
+    let keys = js
+        .get_key_value("zester-keys")
+        .await
+        .expect("the master reads the bucket");
+    assert!(keys.entry("web-01").await.unwrap().is_some());
+    for subject in [
+        "$KV.zester-keys.web-01",
+        "$KV.zester-settings.web-01",
+        "$KV.zester-tokens.forged",
+        "$KV.zester-nodes.forged",
+        "$JS.API.STREAM.DELETE.KV_zester-keys",
+        "$JS.API.STREAM.PURGE.KV_zester-keys",
+        "$JS.API.STREAM.UPDATE.KV_zester-settings",
+        "$JS.API.STREAM.MSG.DELETE.KV_zester-keys",
+    ] {
+        master
+            .nats
+            .publish(subject, forged.clone().into())
+            .await
+            .unwrap();
+        master.nats.flush().await.unwrap();
+        assert!(
+            master.wait_error("permissions violation").await,
+            "the master's publish on {subject} was not refused: {:?}",
+            master.errors.lock().unwrap()
+        );
+        master.errors.lock().unwrap().clear();
+    }
+    // Through the KV API too: no ack, no purge, no delete.
+    assert!(keys.put("web-01", forged.clone().into()).await.is_err());
+    assert!(keys.purge("web-01").await.is_err());
+    assert!(js.delete_stream("KV_zester-keys").await.is_err());
+    // Nothing changed: the record is the one zester wrote, at the same revision.
+    let after = t
+        .appliance
+        .keys()
+        .get(&id)
+        .await
+        .unwrap()
+        .expect("the record");
+    assert_eq!(after.1, before.1, "the record was rewritten");
+    assert_eq!(after.0.nkey, before.0.nkey);
+    t.stop().await;
+}
+
 /// Asks on `subject` and returns the `{"ok"|"error"}` answer.
 async fn ask(client: &async_nats::Client, subject: String, body: Vec<u8>) -> Value {
     let reply = tokio::time::timeout(

@@ -431,21 +431,27 @@ pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
 
 /// GET `path` from `base` (`http://HOST:PORT`) over plain HTTP/1.0: the body of a 200 answer.
 pub fn http_get_text(base: &str, path: &str) -> String {
+    try_http_get_text(base, path).unwrap_or_else(|e| panic!("GET {base}{path}: {e}"))
+}
+
+/// [`http_get_text`], with what went wrong instead of a panic (a port not reachable yet).
+pub fn try_http_get_text(base: &str, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let addr = base.strip_prefix("http://").expect("an http:// URL");
-    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
+    let addr = base.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .expect("an HTTP response with a body");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
+        .ok_or("an HTTP response without a body")?;
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+        return Err(head.to_string());
+    }
+    Ok(body.to_string())
 }

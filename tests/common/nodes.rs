@@ -198,8 +198,9 @@ impl Node {
     }
 
     /// How many key records in `state` this node's own key cache holds (its `zester_keys`
-    /// gauge): what its callout decides from, whichever node answers admin requests.
-    pub fn cached_keys(&self, state: &str) -> u64 {
+    /// gauge): what its callout decides from, whichever node answers admin requests. `None`
+    /// while its metrics cannot be read (not started, or cut off).
+    pub fn cached_keys(&self, state: &str) -> Option<u64> {
         let runtime: Value = serde_json::from_str(
             &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
         )
@@ -207,10 +208,13 @@ impl Node {
         let url = runtime["metrics_url"].as_str().expect("metrics are on");
         let base = url.trim_end_matches("/metrics");
         let wanted = format!("zester_keys{{state=\"{state}\"}} ");
-        super::http_get_text(base, "/metrics")
-            .lines()
-            .find_map(|line| line.strip_prefix(&wanted)?.trim().parse::<f64>().ok())
-            .map_or(0, |count| count as u64)
+        let metrics = super::try_http_get_text(base, "/metrics").ok()?;
+        Some(
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&wanted)?.trim().parse::<f64>().ok())
+                .map_or(0, |count| count as u64),
+        )
     }
 
     /// SIGTERM, and waits for the process to end.
