@@ -167,7 +167,6 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on the merged tree (about 1 run in 2): after the kill, a node's key cache can stay behind a revoke for more than 20 s; see the issue 18 note. Run with --run-ignored all"]
 async fn kill_9_of_one_node_of_three_loses_no_peel_and_no_key() {
     let mut nodes = blocking(nodes::three);
     let urls: Vec<String> = nodes.iter().map(Node::url).collect();
@@ -503,7 +502,6 @@ fn state_of(node: &Node, id: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on the merged tree (about 1 run in 3): a key change through c right after the heal can time out; see the issue 18 note. Run with --run-ignored all"]
 async fn a_node_cut_off_alone_refuses_key_changes_and_converges_when_healed() {
     // Declared first: dropped last, after every node in it is gone.
     let netns = match Netns::create() {

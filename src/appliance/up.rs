@@ -459,6 +459,8 @@ impl Appliance {
 
 /// How long the audit stream's API answers and publish acks are waited for.
 const AUDIT_STREAM_WAIT: Duration = Duration::from_secs(5);
+/// How often a start that could not make the audit stream asks again.
+const AUDIT_STREAM_RETRY: Duration = Duration::from_secs(5);
 
 /// How long [`Appliance::stop`] waits for the audit writer to write what is queued.
 const AUDIT_DRAIN: Duration = Duration::from_secs(5);
@@ -494,7 +496,7 @@ async fn open_audit_stream(
     prepared: &Prepared,
     audit: &AuditSink,
     replicas: usize,
-) -> Result<Option<tokio::task::JoinHandle<()>>, UpError> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>, UpError> {
     let (max_age, max_bytes) = prepared
         .config
         .audit_stream_limits()
@@ -537,19 +539,43 @@ async fn open_audit_stream(
         i64::try_from(max_bytes).unwrap_or(i64::MAX),
         replicas,
     );
-    match js.create_or_update_stream(config).await {
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    match js.create_or_update_stream(config.clone()).await {
         Ok(info) => tracing::debug!(
             stream = %info.config.name,
             messages = info.state.messages,
             "audit stream ready"
         ),
-        Err(e) => tracing::warn!(
-            target: "audit",
-            "the audit stream {} could not be created or updated: {e}; publishing is retried, audit.log has every record",
-            crate::wire::audit::STREAM
-        ),
+        Err(e) => {
+            // Typical of a cluster's first seconds (the stream's peers are still being placed):
+            // asked again in the background, so the records reach the stream once it exists.
+            tracing::warn!(
+                target: "audit",
+                "the audit stream {} could not be created or updated: {e}; asked again every {} s, publishing is retried, audit.log has every record",
+                crate::wire::audit::STREAM,
+                AUDIT_STREAM_RETRY.as_secs()
+            );
+            let js = js.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(AUDIT_STREAM_RETRY).await;
+                    // Made meanwhile by another node: its copies are kept as they are.
+                    if js.get_stream(crate::wire::audit::STREAM).await.is_ok() {
+                        return;
+                    }
+                    match js.create_or_update_stream(config.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(target: "audit", stream = crate::wire::audit::STREAM, "audit stream ready");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(target: "audit", %e, "the audit stream is not ready yet"),
+                    }
+                }
+            }));
+        }
     }
-    Ok(audit.publish_to(js))
+    tasks.extend(audit.publish_to(js));
+    Ok(tasks)
 }
 
 /// What the home gives the appliance before anything runs.

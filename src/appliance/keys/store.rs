@@ -51,7 +51,7 @@ const REPLICA_HEARD: Duration = Duration::from_secs(4);
 const LOAD_STALL: Duration = Duration::from_secs(10);
 /// Backoff between attempts to re-establish the watch.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A watch that ran this long counts as healthy: the next failure starts the backoff over.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// How often the watch task compares the bucket's last revision with the cache's.
