@@ -80,6 +80,18 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         );
     }
 
+    // The cluster's signing key is not rotated on one node alone (the others would go on
+    // signing with the old one): refused, saying why, and nothing changed.
+    let account_before = std::fs::read(b.home().join("auth/zester.jwt")).unwrap();
+    let refused = b.zester(&["creds", "rotate", "signing-key"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is a node of cluster"), "{stderr}");
+    assert_eq!(
+        std::fs::read(b.home().join("auth/zester.jwt")).unwrap(),
+        account_before
+    );
+
     // The buckets are replicated to all three nodes (before any node dies).
     assert!(nodes::replicated(a), "{:?}", nodes::stream_replicas(a));
 

@@ -66,6 +66,12 @@ pub enum CommandError {
     /// Issuing failed.
     #[error("could not issue creds: {0}")]
     Issue(crate::authority::AuthorityError),
+    /// The signing key of a cluster cannot be rotated on one node.
+    #[error("this home is a node of cluster {cluster:?}: every node holds a copy of the ZESTER signing key and signs with it, so rotating it here alone would leave the others signing with the old key, and `--finish` would make every user they issue invalid. Rotating a cluster's signing key is not supported yet; nothing was changed")]
+    ClusterSigningKey {
+        /// The cluster's name.
+        cluster: String,
+    },
 }
 
 /// `zester init`.
@@ -892,6 +898,12 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// `zester creds rotate signing-key [--finish]` (with the appliance stopped: every running
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
+    let config = home.load_config()?;
+    if config.clustered() || home.node_records().len() > 1 {
+        return Err(CommandError::ClusterSigningKey {
+            cluster: config.cluster.name.clone(),
+        });
+    }
     if crate::home::runtime::RuntimeInfo::live(home).is_some() {
         return Err(CommandError::Running);
     }
