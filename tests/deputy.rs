@@ -210,7 +210,7 @@ async fn a_peel_holds_no_jetstream_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_master_reads_zesters_buckets_but_cannot_write_or_delete_them() {
+async fn the_master_reads_zesters_buckets_but_cannot_write_delete_or_republish_into_them() {
     let t = appliance::start("").await;
     let _ = t.peel("web-01").await;
     let master = t.master().await;
@@ -260,6 +260,24 @@ async fn the_master_reads_zesters_buckets_but_cannot_write_or_delete_them() {
     assert!(keys.put("web-01", forged.clone().into()).await.is_err());
     assert!(keys.purge("web-01").await.is_err());
     assert!(js.delete_stream("KV_zester-keys").await.is_err());
+    // No stream of its own whose republish (sent by the server, past every permission) would
+    // write into the bucket.
+    let republishing = async_nats::jetstream::stream::Config {
+        name: "MASTER_EVIL".to_string(),
+        subjects: vec!["evil.*".to_string()],
+        republish: Some(async_nats::jetstream::stream::Republish {
+            source: "evil.*".to_string(),
+            destination: "$KV.zester-keys.{{wildcard(1)}}".to_string(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    assert!(js.create_stream(republishing).await.is_err());
+    let _ = master
+        .nats
+        .publish("evil.web-01", forged.clone().into())
+        .await;
+    master.nats.flush().await.unwrap();
     // Nothing changed: the record is the one zester wrote, at the same revision.
     let after = t
         .appliance
