@@ -20,10 +20,11 @@
 //!
 //! A task ([`AdminBucket::follow`]) watches the key and reads it again every [`RECHECK`] (a
 //! watch can stall without saying so, see `keys::store`), so every node converges within about
-//! a second. Only zester's store connection may write the bucket (peels and admins have no
-//! JetStream rights, the master's are denied zester's buckets), and still: a record that does
-//! not parse, or a deleted one, never wipes the trust. The last good list is kept, the record
-//! logged, and the next change writes a good list over it.
+//! a second. Whoever writes this bucket decides who is an admin everywhere, so only zester's
+//! store connection may: peels and admins have no JetStream rights, and the master's publish
+//! denies cover every bucket in `wire::subjects::BUCKETS`, which this one is in. And still: a
+//! record that does not parse, or a deleted one, never wipes the trust. The last good list is
+//! kept, the record logged, and the next change writes a good list over it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
