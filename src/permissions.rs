@@ -358,10 +358,12 @@ mod tests {
                     || subject.contains("KV_zester-settings")
                     || subject.contains("KV_zester-tokens")
                     || subject.contains("KV_zester-nodes")
+                    || subject.contains("KV_zester-admins")
                     || subject.starts_with("$KV.zester-keys.")
                     || subject.starts_with("$KV.zester-settings.")
                     || subject.starts_with("$KV.zester-tokens.")
                     || subject.starts_with("$KV.zester-nodes.")
+                    || subject.starts_with("$KV.zester-admins.")
                     || subject.contains("zester-audit")
                     || subject == "zester.audit.>",
                 "{subject}"

@@ -97,6 +97,11 @@ async fn a_single_node_with_100_keys_grows_into_three_without_loss() {
         .nth(1)
         .expect("the token's id")
         .to_string();
+    let added = ok(
+        &first.zester(&["admin", "add", "carol", "--json"]),
+        "admin add",
+    );
+    assert!(added.contains("\"appliance\""), "{added}");
     first.stop();
     assert_eq!(
         std::fs::read_to_string(first.home().join("nats/jetstream.mode"))
@@ -143,6 +148,13 @@ async fn a_single_node_with_100_keys_grows_into_three_without_loss() {
         "nats-server found orphans:\n{}",
         nodes[0].log()
     );
+    // The named admin it had is the cluster's: in every node's admins.json.
+    for node in &nodes {
+        node.wait_for(Duration::from_secs(10), "carol in admins.json", || {
+            std::fs::read_to_string(node.home().join("auth/admins.json"))
+                .is_ok_and(|text| text.contains("\"carol\""))
+        });
+    }
 
     let expected: Vec<String> = {
         let mut ids: Vec<String> = (1..=KEYS).map(|n| format!("peel-{n}")).collect();

@@ -423,3 +423,35 @@ fn admin_names_are_checked_and_offline_adds_wait_for_the_next_up() {
         "{accepted}"
     );
 }
+
+#[test]
+fn offline_changes_between_runs_reach_the_list_the_appliance_keeps() {
+    // dave is added through the running appliance: into its bucket and its home.
+    let mut up = Up::start();
+    let (dave_creds, _) = add_admin(&up, "dave");
+    up.stop();
+
+    // With nothing running, erin is added and dave removed, in the home only.
+    let added = json_of(&up.zester(&["admin", "add", "erin", "--json"]));
+    assert_eq!(added["registered"], "home", "{added}");
+    let removed = up.zester(&["admin", "remove", "dave", "--json"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+
+    // The next `zester up` carries both changes into its list, instead of taking the home's
+    // file for one that is merely behind.
+    let up = Up::restart(up);
+    let list = json_of(&up.zester(&["admin", "list", "--json"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["erin"], "{list}");
+    let erin = Laptop::new(&up, &up.home().join("admins/erin.creds"));
+    let out = erin.admin(&up, &["key", "list", "--json"]);
+    assert!(out.status.success(), "erin is refused: {}", text(&out));
+    let dave = Laptop::new(&up, &dave_creds);
+    let out = dave.admin(&up, &["key", "list", "--json"]);
+    assert!(!out.status.success(), "dave still gets in: {}", text(&out));
+}

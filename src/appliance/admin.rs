@@ -153,6 +153,9 @@ pub enum AdminError {
         /// The name.
         name: String,
     },
+    /// The cluster's list of named admins could not be read or changed.
+    #[error(transparent)]
+    Admins(#[from] crate::appliance::admins::AdminsError),
     /// The key must not go into the account's revocations.
     #[error(
         "updating the ZESTER account: refusing to revoke {:?}: {why}",
@@ -184,6 +187,8 @@ pub struct AdminService {
     pub settings: Arc<crate::appliance::settings::SettingsStore>,
     /// Join tokens.
     pub tokens: Arc<crate::appliance::tokens::TokenStore>,
+    /// The named admins: the cluster's list, followed into `auth/admins.json` and the trust.
+    pub admins: Arc<crate::appliance::admins::AdminBucket>,
     /// The cluster's node records (`None` on a single node).
     pub nodes: Option<Arc<crate::appliance::nodes::NodeStore>>,
     /// Where refused requests are audited.
@@ -632,10 +637,7 @@ impl AdminService {
                 );
                 Ok(rotated)
             }
-            ADMINS_LIST => {
-                let list = crate::home::admins::AdminList::read(&self.home)?;
-                Ok(json!(list.admins))
-            }
+            ADMINS_LIST => Ok(json!(self.admins.list().await?.admins)),
             ADMINS_ADD => {
                 let request: AdminAddRequest =
                     serde_json::from_slice(payload).map_err(parse_error)?;
@@ -864,9 +866,11 @@ impl AdminService {
         kicked
     }
 
-    /// `zester admin add` with the appliance running: the key joins `auth/admins.json` and the
-    /// callout's trust at once (as `Role::Admin(Some(name))`). With `force`, an admin of that
-    /// name gets the new key and its old key is revoked and its sessions kicked.
+    /// `zester admin add` with the appliance running: the key joins the cluster's list (a
+    /// compare-and-set on the bucket `zester-admins`), and with it this node's
+    /// `auth/admins.json` and callout trust at once (as `Role::Admin(Some(name))`); the other
+    /// nodes follow within a second. With `force`, an admin of that name gets the new key and
+    /// its old key is revoked and its sessions kicked.
     async fn add_admin(
         &self,
         request: AdminAddRequest,
@@ -877,35 +881,31 @@ impl AdminService {
         let now = now_unix();
         let replaced = {
             let _guard = self.account_lock.lock().await;
-            let mut list = crate::home::admins::AdminList::read(&self.home)?;
-            if list.get(&name).is_some() && !request.force {
-                return Err(AdminError::AdminExists {
-                    name: name.to_string(),
-                });
-            }
             let trust = self.callout.trust();
-            if trust.services.contains_key(key.as_str()) {
-                return Err(AdminError::BadRequest(
-                    "that key already belongs to one of zester's own users or admins".into(),
-                ));
-            }
-            let replaced = list.put(AdminEntry {
-                name: name.clone(),
-                nkey: key.to_string(),
-                added_at: now,
-                added_by: asked.identity().to_string(),
-            });
-            list.write(&self.home)?;
-            let mut services = trust.services.clone();
-            if let Some(old) = &replaced {
-                services.remove(old.nkey.as_str());
-            }
-            services.insert(key.clone(), Role::Admin(Some(name.clone())));
-            self.callout.set_trust(Trust {
-                services,
-                ..(*trust).clone()
-            });
-            replaced
+            self.admins
+                .change(|list| {
+                    if list.get(&name).is_some() && !request.force {
+                        return Err(AdminError::AdminExists {
+                            name: name.to_string(),
+                        });
+                    }
+                    if trust.services.contains_key(key.as_str())
+                        || trust.peers.contains_key(key.as_str())
+                        || list.admins.iter().any(|a| a.nkey == key.as_str())
+                    {
+                        return Err(AdminError::BadRequest(
+                            "that key already belongs to one of zester's own users or admins"
+                                .into(),
+                        ));
+                    }
+                    Ok(list.put(AdminEntry {
+                        name: name.clone(),
+                        nkey: key.to_string(),
+                        added_at: now,
+                        added_by: asked.identity().to_string(),
+                    }))
+                })
+                .await?
         };
         let mut kicked = 0;
         if let Some(old) = &replaced {
@@ -934,8 +934,10 @@ impl AdminService {
         }))
     }
 
-    /// `zester admin remove`: out of `auth/admins.json` and the callout's trust (refused from
-    /// its next connection), its key revoked in the account, its live sessions kicked.
+    /// `zester admin remove`: out of the cluster's list, and with it this node's
+    /// `auth/admins.json` and callout trust at once (refused from its next connection; the
+    /// other nodes follow within a second), its key revoked in the account, its live sessions
+    /// kicked on every node.
     async fn remove_admin(
         &self,
         request: AdminRemoveRequest,
@@ -945,19 +947,13 @@ impl AdminService {
         let now = now_unix();
         let removed = {
             let _guard = self.account_lock.lock().await;
-            let mut list = crate::home::admins::AdminList::read(&self.home)?;
-            let removed = list.remove(&name).ok_or_else(|| AdminError::NoSuchAdmin {
-                name: name.to_string(),
-            })?;
-            list.write(&self.home)?;
-            let trust = self.callout.trust();
-            let mut services = trust.services.clone();
-            services.remove(removed.nkey.as_str());
-            self.callout.set_trust(Trust {
-                services,
-                ..(*trust).clone()
-            });
-            removed
+            self.admins
+                .change(|list| {
+                    list.remove(&name).ok_or_else(|| AdminError::NoSuchAdmin {
+                        name: name.to_string(),
+                    })
+                })
+                .await?
         };
         let kicked = self.cut_off_admin(&name, &removed.nkey, now).await?;
         tracing::warn!(target: "audit", admin = %name, kicked, by = asked.identity(), "named admin removed");
@@ -1017,9 +1013,12 @@ impl AdminService {
             format!("{}\n", account.token()).as_bytes(),
             home::PUBLIC_MODE,
         )?;
+        // Onto the trust as it is now, not as it was before the update's round trip: the named
+        // admins may have changed meanwhile (`appliance::admins` follows the cluster's list).
+        let current = self.callout.trust();
         self.callout.set_trust(Trust {
             account,
-            ..(*trust).clone()
+            ..(*current).clone()
         });
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! What runs inside `zester up`: `up` starts and stops everything in order; `broker` supervises
 //! the nats-server child; `callout` decides every connection; `keys` keeps the key store and its
-//! cache; `admin` serves the admin API; `enrol`, `rotate`, `renew` and `settings` serve the
+//! cache; `admin` serves the admin API, `admins` keeps the named admins one list for the whole
+//! cluster; `enrol`, `rotate`, `renew` and `settings` serve the
 //! peels' requests; `respond` is the one way every service answers (only into the asker's
 //! inbox); `cert_renewal` keeps the child's TLS certificate valid, `own_renewal` the creds of
 //! zester's own users; `cluster` is a node's part in a cluster (its own users announced to
@@ -10,6 +11,7 @@
 //! `/metrics`.
 
 pub mod admin;
+pub mod admins;
 pub mod broker;
 pub mod callout;
 pub mod cert_renewal;

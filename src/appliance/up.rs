@@ -90,6 +90,10 @@ pub enum UpError {
     /// The join-token bucket could not be opened.
     #[error("join tokens: {0}")]
     Tokens(Box<crate::appliance::tokens::TokenStoreError>),
+    /// The cluster's list of named admins could not be opened or brought together with the
+    /// home's.
+    #[error("named admins: {0}")]
+    Admins(Box<crate::appliance::admins::AdminsError>),
     /// The node records could not be opened.
     #[error("node records: {0}")]
     Nodes(Box<crate::appliance::nodes::NodeError>),
@@ -263,6 +267,17 @@ impl Appliance {
                     })?,
             );
         }
+        // The named admins are one list for the whole cluster: from here on the bucket's, with
+        // `auth/admins.json` (which the trust was built from so far) its local copy.
+        let admins = crate::appliance::admins::AdminBucket::open(
+            store.clone(),
+            replicas,
+            home.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| UpError::Admins(Box::new(e)))?;
+        tasks.push(tokio::spawn(admins.clone().follow()));
         state.set_keys(Arc::new(keys.cache()));
         import_journal(&home, &keys).await;
         let runtime = RuntimeInfo {
@@ -300,6 +315,7 @@ impl Appliance {
             prepared: &prepared,
             state: &state,
             keys: &keys,
+            admins: &admins,
             store: &store,
             sys: &sys,
             audit: &audit,
@@ -1042,6 +1058,7 @@ struct ServiceContext<'a> {
     prepared: &'a Prepared,
     state: &'a Arc<CalloutState>,
     keys: &'a Arc<KeyStore>,
+    admins: &'a Arc<crate::appliance::admins::AdminBucket>,
     store: &'a async_nats::Client,
     sys: &'a async_nats::Client,
     audit: &'a AuditSink,
@@ -1148,6 +1165,7 @@ async fn serve_services(
         prepared,
         state,
         keys,
+        admins,
         store,
         sys,
         audit,
@@ -1214,6 +1232,7 @@ async fn serve_services(
         account_lock: tokio::sync::Mutex::new(()),
         settings,
         tokens,
+        admins: admins.clone(),
         nodes: nodes.as_ref().map(|n| n.store.clone()),
         audit: audit.clone(),
         seen: Default::default(),
@@ -1378,7 +1397,8 @@ fn repair_revocations(
 }
 
 /// Master and admins are recognised by their keys in the home, never by what they claim: the
-/// home's admin creds, and the named admins of `auth/admins.json` (`zester admin add`).
+/// home's admin creds, and the named admins of `auth/admins.json` (`zester admin add`; once the
+/// store connection is up, `appliance::admins` replaces them with the cluster's list).
 fn service_roles(home: &Home) -> Result<std::collections::HashMap<UserKey, Role>, UpError> {
     let mut services = std::collections::HashMap::new();
     for (name, role) in [("master", Role::Master), ("admin", Role::Admin(None))] {

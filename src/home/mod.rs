@@ -390,6 +390,12 @@ impl Home {
     pub fn admins_file(&self) -> PathBuf {
         self.auth_dir().join("admins.json")
     }
+    /// `auth/admins.synced.json`: the named admins as this node last had them in common with
+    /// the cluster's list (the bucket `zester-admins`): what tells an offline `zester admin add`
+    /// or `remove` since then from a list that is merely behind the cluster's.
+    pub fn admins_synced_file(&self) -> PathBuf {
+        self.auth_dir().join("admins.synced.json")
+    }
     /// `admins/`: where `zester admin add NAME` writes `NAME.creds` by default.
     pub fn admins_dir(&self) -> PathBuf {
         self.root.join("admins")

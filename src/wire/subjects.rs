@@ -29,8 +29,17 @@ pub const SETTINGS_BUCKET: &str = "zester-settings";
 pub const TOKENS_BUCKET: &str = "zester-tokens";
 /// The cluster's node records (`zester node list`).
 pub const NODES_BUCKET: &str = "zester-nodes";
+/// The named admins of the whole cluster: one list, which every node copies into its
+/// `auth/admins.json` and its callout's trust.
+pub const ADMINS_BUCKET: &str = "zester-admins";
 /// Every bucket zester keeps: its store connection may use these and nothing else of JetStream.
-pub const BUCKETS: [&str; 4] = [KEYS_BUCKET, SETTINGS_BUCKET, TOKENS_BUCKET, NODES_BUCKET];
+pub const BUCKETS: [&str; 5] = [
+    KEYS_BUCKET,
+    SETTINGS_BUCKET,
+    TOKENS_BUCKET,
+    NODES_BUCKET,
+    ADMINS_BUCKET,
+];
 
 /// The inbox prefix the master uses (ids starting with `_` are reserved, so no peel has it).
 pub const MASTER_INBOX_PREFIX: &str = "_INBOX._master";

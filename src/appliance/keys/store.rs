@@ -166,12 +166,12 @@ impl CreateOutcome {
 }
 
 /// How long a read waits for a cluster to elect the bucket's new leader.
-const ELECTION_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// How often it asks again meanwhile.
-const ELECTION_POLL: Duration = Duration::from_millis(250);
+pub(crate) const ELECTION_POLL: Duration = Duration::from_millis(250);
 
 /// Whether a JetStream error is one a leader election gives for a moment.
-fn is_transient(error: &str) -> bool {
+pub(crate) fn is_transient(error: &str) -> bool {
     let error = error.to_lowercase();
     [
         "no stream found",
