@@ -463,6 +463,11 @@ fn sign_server_cert_for(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
+    // rcgen derives the serial from the public key when none is given: a certificate renewed
+    // for the same key (a node of a cluster keeps its key) needs a serial of its own.
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     let cert = params
@@ -500,6 +505,19 @@ impl P256PublicKey {
     pub fn point(&self) -> &[u8] {
         &self.0
     }
+
+    /// What nats-server's `pinned_certs` lists for a certificate of this key: the lowercase
+    /// hex sha256 of its DER SubjectPublicKeyInfo (nats-server hashes the peer certificate's
+    /// `RawSubjectPublicKeyInfo`), the hex of [`spki_pin_from_key_pem`].
+    pub fn route_pin(&self) -> String {
+        HEXLOWER.encode(&Sha256::digest(self.subject_public_key_info()))
+    }
+}
+
+/// The `pinned_certs` entry of the certificate `cert_pem` (see [`P256PublicKey::route_pin`]).
+pub fn route_pin_from_cert_pem(cert_pem: &str) -> Result<String, PkiError> {
+    let pin = spki_pin_from_cert_pem(cert_pem)?;
+    Ok(pin.trim_start_matches("sha256:").to_string())
 }
 
 impl PublicKeyData for P256PublicKey {
@@ -1362,6 +1380,29 @@ mod tests {
                 let _ = inspect_cert_pem(&pem_of(&bad));
             }
         }
+    }
+
+    #[test]
+    fn a_route_pin_is_the_same_from_the_point_the_key_and_the_certificate() {
+        let key = generate_server_key().unwrap();
+        let point = P256PublicKey::of_key_pem(&key).unwrap();
+        let pki = generate(&names(), now(), SERVER_VALIDITY).unwrap();
+        let cert = issue_server_cert_for(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &point,
+            &names(),
+            now(),
+            SERVER_VALIDITY,
+        )
+        .unwrap();
+        let pin = point.route_pin();
+        assert_eq!(pin.len(), 64);
+        assert_eq!(route_pin_from_cert_pem(&cert).unwrap(), pin);
+        assert_eq!(
+            spki_pin_from_key_pem(&key).unwrap(),
+            format!("sha256:{pin}")
+        );
     }
 
     #[test]

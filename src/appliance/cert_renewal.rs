@@ -16,6 +16,10 @@
 //!   then checks with a TLS handshake that nats-server now serves the new certificate. nats-server re-authorises every client on a
 //!   reload; the callout lets live connections in again ([`readmit`]), so nobody is dropped.
 //!
+//! A single node's renewal makes a new key each time; a node of a cluster keeps its key
+//! ([`CertRenewal::keeping_key`]), because the other nodes pin its routes to that key
+//! (`pinned_certs`, see [`crate::appliance::pinning`]): a new key would be refused by them.
+//!
 //! Every renewal is logged (target `audit`) and audited (`Source::Renew`, code
 //! `cert_renewed`); a failure is audited as `cert_renew_failed` with its reason and tried again
 //! after a tenth of the remaining life (between 1 s and an hour). Nothing here ends `zester up`:
@@ -152,6 +156,7 @@ pub struct CertRenewal {
     home: Home,
     lifetime: Duration,
     audit: AuditSink,
+    keep_key: bool,
 }
 
 /// A certificate re-issued but not yet known to be served.
@@ -167,6 +172,17 @@ impl CertRenewal {
             home,
             lifetime,
             audit,
+            keep_key: false,
+        }
+    }
+
+    /// The renewal of a node of a cluster: the certificate is re-issued for the key it has
+    /// ([`Home::reissue_server_cert_keeping_key`]), since the other nodes pin routes to that
+    /// key (`pinned_certs`); a single node gets a new key at every renewal.
+    pub fn keeping_key(self) -> CertRenewal {
+        CertRenewal {
+            keep_key: true,
+            ..self
         }
     }
 
@@ -276,9 +292,21 @@ impl CertRenewal {
     }
 
     fn reissue(&self, names: &ServerNames, now: SystemTime) -> Result<CertSummary, RenewError> {
-        self.home
-            .reissue_server_cert(names, self.lifetime, now)
-            .map_err(RenewError::Reissue)
+        // A key that does not parse any more is replaced (what else could be served).
+        let kept = match self.keep_key {
+            true => self
+                .home
+                .reissue_server_cert_keeping_key(names, self.lifetime, now)
+                .ok(),
+            false => None,
+        };
+        match kept {
+            Some(summary) => Ok(summary),
+            None => self
+                .home
+                .reissue_server_cert(names, self.lifetime, now)
+                .map_err(RenewError::Reissue),
+        }
     }
 
     /// Signals the child to reload and waits until it serves `expected`; returns its pid.
@@ -306,7 +334,9 @@ impl CertRenewal {
                 Ok(der) => {
                     let served =
                         pki::inspect_cert_pem(&der_to_pem(&der)).map_err(RenewError::Served)?;
-                    if served.spki_pin == expected.spki_pin {
+                    // The serial tells the new certificate from the old one also when the key
+                    // stayed (a node of a cluster).
+                    if served.spki_pin == expected.spki_pin && served.serial == expected.serial {
                         return Ok(pid);
                     }
                     Ok(served.serial)

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod metrics;
 pub mod nodes;
 pub mod own_renewal;
+pub mod pinning;
 pub mod renew;
 pub mod respond;
 pub mod rotate;

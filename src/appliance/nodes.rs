@@ -15,6 +15,8 @@ use futures_util::StreamExt;
 
 use crate::authority::Authority;
 use crate::home::{self, Home};
+use crate::identity::claims::AccountNats;
+use crate::identity::jwt::{decode_ignoring_time, AccountJwt};
 use crate::pki::{self, P256PublicKey, ServerNames};
 use crate::wire::enrol::RequestError;
 use crate::wire::node::{
@@ -64,6 +66,9 @@ pub enum NodeError {
         /// The name.
         name: String,
     },
+    /// The removed node's system user could not be revoked; nothing was changed.
+    #[error("cannot revoke the node's system user (nothing was changed; try again): {0}")]
+    Revoke(String),
     /// No such node.
     #[error("no node named {name:?} (see `zester node list`)")]
     NoSuchNode {
@@ -148,6 +153,7 @@ impl NodeError {
             NodeError::NotPending { .. } => "node_not_pending",
             NodeError::TooManyPending { .. } => "node_too_many_pending",
             NodeError::Busy { .. } => "node_busy",
+            NodeError::Revoke(_) => "node_revoke_failed",
             _ => "node_store_error",
         }
     }
@@ -156,6 +162,31 @@ impl NodeError {
 /// The node bucket.
 pub struct NodeStore {
     kv: kv::Store,
+    revoker: Option<Revoker>,
+}
+
+/// The revocation time given to a removed node's system user: every JWT of that key, issued
+/// before or after the removal, is refused (9999-12-31T23:59:59Z). A revocation at the time of
+/// removal would let the node's own renewal of its creds (same key, later `iat`) back in.
+pub const REVOKED_FOR_GOOD: i64 = 253_402_300_799;
+
+/// How long `zester node remove` waits for the servers to confirm the SYS account JWT.
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(3);
+
+/// What `zester node remove` needs besides the records: this node's keys and home, and
+/// where its nats-server listens. The SYS account JWT with the revocation is pushed over a
+/// system connection of its own, made for the push with a one-off system user: the admin API
+/// answers in a queue group, so the node removed may be the one answering, and its own system
+/// connection is among those the push closes.
+#[derive(Clone)]
+pub struct Revoker {
+    /// Its keys (the operator signing key signs the SYS account JWT, the SYS signing key the
+    /// one-off user).
+    pub authority: Arc<Authority>,
+    /// Its home (`auth/sys.jwt` is kept there).
+    pub home: Home,
+    /// Its nats-server.
+    pub endpoint: crate::net::connect::Endpoint,
 }
 
 impl NodeStore {
@@ -177,7 +208,21 @@ impl NodeStore {
                 .await?
             }
         };
-        Ok(NodeStore { kv })
+        Ok(NodeStore { kv, revoker: None })
+    }
+
+    /// The store that revokes what a removed node holds with `revoker` (see
+    /// [`NodeStore::remove`]).
+    pub fn with_revoker(self, revoker: Revoker) -> NodeStore {
+        NodeStore {
+            revoker: Some(revoker),
+            ..self
+        }
+    }
+
+    /// Every change of a record from now on (for [`crate::appliance::pinning::follow`]).
+    pub async fn changes(&self) -> Result<kv::Watch, NodeError> {
+        Ok(self.kv.watch_all().await?)
     }
 
     /// The record of node `name` and its revision.
@@ -265,6 +310,14 @@ impl NodeStore {
                 client_url: me.client_url.clone(),
                 cluster_url: me.cluster_url.clone(),
                 seen_at: now,
+                route_pin: match me.route_pin.is_empty() {
+                    true => record.route_pin.clone(),
+                    false => me.route_pin.clone(),
+                },
+                sys_user: match me.sys_user.is_empty() {
+                    true => record.sys_user.clone(),
+                    false => me.sys_user.clone(),
+                },
                 ..record.clone()
             })
         })
@@ -306,17 +359,180 @@ impl NodeStore {
         .await
     }
 
-    /// `zester node remove NAME`, by `by`.
+    /// `zester node remove NAME`, by `by`: first its system user is revoked (the SYS account
+    /// JWT, with every removed node's system user in its revocations, pushed to every server
+    /// while the node is still routed, so its own server drops its system connection too),
+    /// then its record is marked `removed`, which every node follows by dropping it from
+    /// `pinned_certs` ([`crate::appliance::pinning`]). The record keeps what was revoked.
+    /// Nothing changes when the revocation cannot be pushed.
     pub async fn remove(&self, name: &str, by: &str, now: i64) -> Result<NodeRecord, NodeError> {
+        let Some((record, _)) = self.get(name).await? else {
+            return Err(NodeError::NoSuchNode {
+                name: name.to_string(),
+            });
+        };
+        let mut records = self.list().await?;
+        let sys_updated_on = match &self.revoker {
+            Some(revoker) if !record.sys_user.is_empty() => {
+                let servers = records
+                    .iter()
+                    .filter(|n| n.state == NodeState::Accepted)
+                    .count();
+                let users: Vec<String> = records
+                    .iter()
+                    .filter(|n| n.state == NodeState::Removed || n.name == name)
+                    .map(|n| n.sys_user.clone())
+                    .filter(|k| !k.is_empty())
+                    .collect();
+                revoker.revoke_sys_users(&users, servers, now).await?
+            }
+            _ => 0,
+        };
+        for n in records.iter_mut().filter(|n| n.name == name) {
+            n.state = NodeState::Removed;
+        }
+        let unpinned = crate::appliance::pinning::unpinnable(&records);
+        let revoked = crate::wire::node::Revocation {
+            sys_user: record.sys_user.clone(),
+            sys_updated_on,
+            routes_refused: unpinned.is_none(),
+            routes_note: unpinned.unwrap_or_default(),
+        };
+        tracing::warn!(target: "audit", node = %name, sys_user = %revoked.sys_user, sys_updated_on, routes_refused = revoked.routes_refused, by, "node removed: its system user revoked (when known), its routes refused (when pinned)");
         self.update(name, |record| {
             Ok(NodeRecord {
                 state: NodeState::Removed,
                 changed_at: now,
                 changed_by: by.to_string(),
+                revoked: Some(revoked.clone()),
                 ..record.clone()
             })
         })
         .await
+    }
+}
+
+impl Revoker {
+    /// Puts `users` (system-account user keys) into the SYS account JWT's revocations for
+    /// good ([`REVOKED_FOR_GOOD`]), signs it with the operator signing key, pushes it to every
+    /// server (`$SYS.REQ.ACCOUNT.<SYS>.CLAIMS.UPDATE`, answered by each; waits for `servers`
+    /// answers, at most [`CONFIRM_WAIT`]) and keeps it in `auth/sys.jwt`. Built on the newest
+    /// SYS account JWT there is (the resolver's or the home's), so no earlier revocation made
+    /// by another node is lost. Returns how many servers confirmed.
+    pub async fn revoke_sys_users(
+        &self,
+        users: &[String],
+        servers: usize,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let creds = self
+            .authority
+            .issue_sys_creds(now)
+            .map_err(|e| NodeError::Revoke(e.to_string()))?;
+        let sys = crate::net::connect::connect_in_memory(
+            &self.endpoint,
+            Arc::new(creds),
+            "zester-sys-revoke",
+            crate::appliance::cluster::SYSTEM_INBOX.trim_end_matches('.'),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| NodeError::Revoke(e.to_string()))?;
+        let confirmed = self.push_revocations(&sys, users, servers, now).await;
+        let _ = sys.drain().await;
+        confirmed
+    }
+
+    async fn push_revocations(
+        &self,
+        sys: &async_nats::Client,
+        users: &[String],
+        servers: usize,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let current = self.newest_sys_jwt(sys).await;
+        let mut claims = current.claims().clone();
+        for user in users {
+            if crate::identity::keys::expect_role(user, &[crate::identity::keys::KeyRole::User])
+                .is_ok()
+            {
+                claims
+                    .nats
+                    .revocations
+                    .insert(user.clone(), REVOKED_FOR_GOOD);
+            }
+        }
+        claims.iat = now.max(claims.iat + 1);
+        let jwt = self
+            .authority
+            .sign_account(claims)
+            .map_err(|e| NodeError::Revoke(e.to_string()))?;
+        let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", jwt.subject());
+        let inbox = sys.new_inbox();
+        let mut answers = sys
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| NodeError::Revoke(e.to_string()))?;
+        sys.publish_with_reply(subject, inbox, jwt.token().as_bytes().to_vec().into())
+            .await
+            .map_err(|e| NodeError::Revoke(e.to_string()))?;
+        let mut confirmed = 0;
+        let mut refused = None;
+        let deadline = tokio::time::sleep(CONFIRM_WAIT);
+        tokio::pin!(deadline);
+        while confirmed < servers.max(1) {
+            tokio::select! {
+                answer = answers.next() => {
+                    let Some(answer) = answer else { break };
+                    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+                    match answer.get("error") {
+                        Some(error) => refused = Some(error.to_string()),
+                        None => confirmed += 1,
+                    }
+                }
+                _ = &mut deadline => break,
+            }
+        }
+        if confirmed == 0 {
+            return Err(NodeError::Revoke(refused.unwrap_or_else(|| {
+                format!("no server confirmed the SYS account JWT within {CONFIRM_WAIT:?}")
+            })));
+        }
+        home::write_atomic(
+            &self.home.auth_dir().join("sys.jwt"),
+            format!("{}\n", jwt.token()).as_bytes(),
+            home::PUBLIC_MODE,
+        )?;
+        Ok(confirmed)
+    }
+
+    /// The newest valid SYS account JWT: the resolver's (`CLAIMS.LOOKUP`), the home's
+    /// `auth/sys.jwt` or the one loaded at start, by `iat`; only one for the SYS account
+    /// signed by this operator's signing key counts.
+    async fn newest_sys_jwt(&self, client: &async_nats::Client) -> AccountJwt {
+        let sys = self.authority.sys.public_key();
+        let signer = self.authority.operator_signer.public_key();
+        let ours = |token: &str| {
+            decode_ignoring_time::<AccountNats>(token.trim())
+                .ok()
+                .filter(|jwt| jwt.subject() == sys && jwt.claims().iss == signer)
+        };
+        let subject = format!("$SYS.REQ.ACCOUNT.{sys}.CLAIMS.LOOKUP");
+        let looked_up =
+            tokio::time::timeout(Duration::from_secs(2), client.request(subject, "".into()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|answer| ours(&String::from_utf8_lossy(&answer.payload)));
+        let kept = std::fs::read_to_string(self.home.auth_dir().join("sys.jwt"))
+            .ok()
+            .and_then(|text| ours(&text));
+        [looked_up, kept]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(self.authority.sys_jwt.clone()))
+            .max_by_key(|jwt| jwt.claims().iat)
+            .unwrap_or_else(|| self.authority.sys_jwt.clone())
     }
 }
 
@@ -383,6 +599,16 @@ impl NodeService {
                     changed_at: now,
                     changed_by: "node".into(),
                     seen_at: 0,
+                    // The key it asks to have certified is the key of its certificate.
+                    route_pin: P256PublicKey::from_point(
+                        &BASE64URL_NOPAD
+                            .decode(request.tls_key.as_bytes())
+                            .unwrap_or_default(),
+                    )
+                    .map(|key| key.route_pin())
+                    .unwrap_or_default(),
+                    sys_user: String::new(),
+                    revoked: None,
                 };
                 match self.store.create(&record).await {
                     Ok(_) => Ok(answer(&record)),

@@ -34,6 +34,7 @@ use crate::appliance::grow;
 use crate::appliance::keys::{journal, KeyCache, KeyState, KeyStore};
 use crate::appliance::metrics::{self, Metrics};
 use crate::appliance::own_renewal::{OwnConnections, OwnRenewal};
+use crate::appliance::pinning;
 use crate::appliance::rotate::RotateService;
 use crate::appliance::scrape::{self, ScrapeError};
 use crate::home::{self, now_unix, Home, HomeError};
@@ -100,6 +101,9 @@ pub enum UpError {
     /// A creds file whose key is not a user's.
     #[error("a creds file of zester's own users: {0}")]
     Key(#[from] crate::identity::keys::KeyError),
+    /// The server config could not be rendered or written.
+    #[error(transparent)]
+    Pinning(#[from] crate::appliance::pinning::PinningError),
     /// The server config could not be rendered.
     #[error("nats-server configuration: {0}")]
     Render(#[from] server_config::ConfigRenderError),
@@ -310,6 +314,7 @@ impl Appliance {
                 .then(|| prepared.config.cluster.name.clone()),
             store: store.clone(),
         };
+        let ready = tokio::sync::watch::Sender::new(false);
         let context = ServiceContext {
             home: &home,
             prepared: &prepared,
@@ -321,6 +326,17 @@ impl Appliance {
             audit: &audit,
             replicas,
             client_port: broker.client_port,
+            follow: prepared.clustered().then(|| {
+                let (rendering, addresses, rendered) = broker.rendering.clone();
+                Follow {
+                    rendering,
+                    addresses,
+                    reload: broker.supervisor.reload_handle(),
+                    rendered,
+                    ready: ready.subscribe(),
+                }
+            }),
+            endpoint: &broker.endpoint,
         };
         tasks.extend(serve_services(context, &service, status).await?);
         if let (Some(listener), Some(metrics)) = (scrape, metrics) {
@@ -357,6 +373,7 @@ impl Appliance {
             sys: sys.clone(),
         }));
         announce_ready(&home, &keys, &runtime, ready_after).await?;
+        ready.send_replace(true);
         Ok(Appliance {
             home,
             supervisor: broker.supervisor,
@@ -733,7 +750,10 @@ fn renew_certificate(
     audit: &AuditSink,
 ) -> Result<CertRenewal, UpError> {
     let lifetime = home.cert_lifetime(&prepared.config)?;
-    let renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
+    let mut renewal = CertRenewal::new(home.clone(), lifetime, audit.clone());
+    if prepared.config.clustered() {
+        renewal = renewal.keeping_key();
+    }
     renewal.at_start(prepared.clustered());
     Ok(renewal)
 }
@@ -771,6 +791,14 @@ struct Broker {
     /// A single node's buckets, set aside before a clustered child started on its store, to
     /// be copied into the cluster once zester's store connection is up ([`grow`]).
     carried: Option<grow::Carried>,
+    /// What its configuration is rendered from, the client and monitor addresses it was
+    /// rendered with (ports picked), and what its cluster block holds: rendered again when the
+    /// node records change ([`pinning::follow`]).
+    rendering: (
+        pinning::Rendering,
+        (String, String),
+        Option<pinning::Rendered>,
+    ),
 }
 
 /// Step 2, the broker: find and check nats-server, render its configuration, start it as a
@@ -813,33 +841,26 @@ async fn start_broker(
         home.write_server_chain()?;
     }
     let limits = config.jetstream_limits().map_err(prepared.config_error())?;
-    let placement = server_config::Placement {
-        server_name: &prepared.node_name,
-        cluster: prepared.clustered().then(|| server_config::ClusterInput {
-            name: &config.cluster.name,
-            listen: &config.cluster.listen,
-            routes: &prepared.routes,
+    let rendering = pinning::Rendering {
+        home: home.clone(),
+        authority: prepared.authority.clone(),
+        sentinel: prepared.sentinel.token().to_string(),
+        limits,
+        server_name: prepared.node_name.clone(),
+        cluster: prepared.clustered().then(|| pinning::ClusterPlan {
+            name: config.cluster.name.clone(),
+            listen: config.cluster.listen.clone(),
+            routes: prepared.routes.clone(),
         }),
     };
-    let render = |listen: &str, monitor: &str| -> Result<(), UpError> {
-        let rendered = server_config::render_for_home(
-            home,
-            &prepared.authority,
-            prepared.sentinel.token(),
-            listen,
-            monitor,
-            limits,
-            placement,
-        )?;
-        home::write_atomic(
-            &home.nats_config_file(),
-            rendered.as_bytes(),
-            home::SECRET_MODE,
-        )?;
-        Ok(())
+    let records = crate::appliance::nodes::read_cache(home);
+    let render = |listen: &str, monitor: &str| -> Result<Option<pinning::Rendered>, UpError> {
+        Ok(rendering.write(listen, monitor, &records)?)
     };
     // Checks the addresses (a monitor off loopback is refused) before anything is bound.
-    render(&listen, &monitor)?;
+    if let Some(rendered) = render(&listen, &monitor)? {
+        pinning::log_pins(&rendered);
+    }
 
     let listen_at = HostPort::parse("server.listen", &listen)?;
     let requested_monitor = HostPort::parse("server.monitor", &monitor)?;
@@ -874,16 +895,15 @@ async fn start_broker(
         }
     };
     let child = supervisor.info();
-    if listen_at.port() == 0 || monitor_at.port() == 0 {
-        let pin = |at: &HostPort, port: Option<u16>| match port {
-            Some(port) if at.port() == 0 => join_host_port(at.host(), port),
-            _ => at.to_string(),
-        };
-        render(
-            &pin(&listen_at, Some(child.ports.client.port())),
-            &pin(&monitor_at, child.ports.monitor.map(|m| m.port())),
-        )?;
-    }
+    let pin = |at: &HostPort, port: Option<u16>| match port {
+        Some(port) if at.port() == 0 => join_host_port(at.host(), port),
+        _ => at.to_string(),
+    };
+    let addresses = (
+        pin(&listen_at, Some(child.ports.client.port())),
+        pin(&monitor_at, child.ports.monitor.map(|m| m.port())),
+    );
+    let rendered = render(&addresses.0, &addresses.1)?;
     let endpoint = Endpoint {
         // TLS is required: the URL says so, as the one a user pastes must.
         url: local_client_url(&listen_at, child.ports.client.port()),
@@ -897,6 +917,7 @@ async fn start_broker(
         monitor: child.ports.monitor,
         version,
         carried,
+        rendering: (rendering.clone(), addresses, rendered),
     })
 }
 
@@ -1066,23 +1087,45 @@ struct ServiceContext<'a> {
     replicas: usize,
     /// The port nats-server listens on for clients (after a port 0 was picked).
     client_port: u16,
+    /// On a clustered node: what [`pinning::follow`] renders again and reloads.
+    follow: Option<Follow>,
+    /// Where this node's nats-server listens.
+    endpoint: &'a Endpoint,
+}
+
+/// What [`pinning::follow`] is given: the rendering, the addresses, the reload, what runs,
+/// and when it may begin: once the appliance is ready, since a reload re-authorises every
+/// client through the callout, and zester's own connections are still being made before.
+struct Follow {
+    rendering: pinning::Rendering,
+    addresses: (String, String),
+    reload: crate::appliance::broker::supervisor::ReloadHandle,
+    rendered: Option<pinning::Rendered>,
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// On a node of a cluster: the node records (this node's own refreshed while it runs) and the
 /// service that answers joining nodes.
 async fn start_nodes(
     prepared: &Prepared,
-    store: &async_nats::Client,
+    (store, endpoint): (&async_nats::Client, &Endpoint),
     replicas: usize,
     client_port: u16,
+    follow: Option<Follow>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Arc<crate::appliance::nodes::NodeService>, UpError> {
-    use crate::appliance::nodes::{NodeService, NodeStore};
+    use crate::appliance::nodes::{NodeService, NodeStore, Revoker};
     let config = &prepared.config;
+    let home = &prepared.home;
     let nodes = Arc::new(
         NodeStore::open(store.clone(), replicas)
             .await
-            .map_err(|e| UpError::Nodes(Box::new(e)))?,
+            .map_err(|e| UpError::Nodes(Box::new(e)))?
+            .with_revoker(Revoker {
+                authority: prepared.authority.clone(),
+                home: home.clone(),
+                endpoint: endpoint.clone(),
+            }),
     );
     let now = now_unix();
     let cluster_port = HostPort::parse("cluster.listen", &config.cluster.listen)?.port();
@@ -1103,6 +1146,14 @@ async fn start_nodes(
         changed_at: now,
         changed_by: "node".into(),
         seen_at: now,
+        route_pin: std::fs::read_to_string(home.server_cert())
+            .ok()
+            .and_then(|pem| crate::pki::route_pin_from_cert_pem(&pem).ok())
+            .unwrap_or_default(),
+        sys_user: home::read_creds(&home.service_creds("sys"))
+            .map(|creds| creds.key().public_key())
+            .unwrap_or_default(),
+        revoked: None,
     };
     // Right after a bucket is made (or a leader elected) reads can fail for a moment ("no
     // responders"): this node's record is worth a few tries before the periodic refresh.
@@ -1129,6 +1180,22 @@ async fn start_nodes(
         me,
         prepared.home.clone(),
     )));
+    if let Some(mut follow) = follow {
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            if follow.ready.wait_for(|ready| *ready).await.is_err() {
+                return;
+            }
+            pinning::follow(
+                nodes,
+                follow.rendering,
+                follow.addresses,
+                follow.reload,
+                follow.rendered,
+            )
+            .await
+        }));
+    }
     Ok(Arc::new(NodeService {
         store: nodes,
         home: prepared.home.clone(),
@@ -1171,6 +1238,8 @@ async fn serve_services(
         audit,
         replicas,
         client_port,
+        follow,
+        endpoint,
     } = context;
     let config = &prepared.config;
     let config_error = prepared.config_error();
@@ -1185,7 +1254,17 @@ async fn serve_services(
     );
     let nodes = match config.clustered() {
         // A node with `[cluster] listen` answers joins, clustered or still the only one.
-        true => Some(start_nodes(prepared, store, replicas, client_port, &mut tasks).await?),
+        true => Some(
+            start_nodes(
+                prepared,
+                (store, endpoint),
+                replicas,
+                client_port,
+                follow,
+                &mut tasks,
+            )
+            .await?,
+        ),
         false => None,
     };
     let enrol = Arc::new(EnrolService {

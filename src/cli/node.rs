@@ -401,10 +401,7 @@ pub async fn change(
     .await?;
     let record: NodeRecord = serde_json::from_value(answer.clone())?;
     let human = if remove {
-        format!(
-            "node {}: removed (it may not fetch again; the other nodes ignore what it announces)\n",
-            record.name
-        )
+        removed_text(&record)
     } else {
         format!(
             "node {}: accepted ({}); its `zester node join` now writes its home\n",
@@ -417,4 +414,35 @@ pub async fn change(
         json: answer,
         exit_code: 0,
     })
+}
+
+/// What `zester node remove` says: what was taken from the node, and what it still holds.
+fn removed_text(record: &NodeRecord) -> String {
+    let mut text = format!(
+        "node {}: removed (it may not fetch again; the other nodes ignore what it announces)\n",
+        record.name
+    );
+    let Some(revoked) = &record.revoked else {
+        return text;
+    };
+    if revoked.sys_user.is_empty() {
+        text.push_str("  system user: not known (the node never ran since zester recorded it): nothing revoked\n");
+    } else {
+        text.push_str(&format!(
+            "  system user {}: revoked in the SYS account JWT (confirmed by {} server(s)); its system connection is closed everywhere\n",
+            revoked.sys_user, revoked.sys_updated_on
+        ));
+    }
+    if revoked.routes_refused {
+        text.push_str("  routes: its certificate is no longer pinned; every node drops its routes and refuses new ones\n");
+    } else {
+        text.push_str(&format!(
+            "  routes: NOT refused, routes are not pinned ({}); it can still route to the others\n",
+            revoked.routes_note
+        ));
+    }
+    text.push_str(
+        "  it still holds the cluster's signing seeds, the CA key and the shared callout, master and admin creds: only a full re-key takes those from it (see README, \"Removing a node\")\n",
+    );
+    text
 }

@@ -497,6 +497,29 @@ impl Home {
         )?;
         Ok(summary)
     }
+
+    /// [`Home::reissue_server_cert`] for the key `server.key` holds now, which stays: a node
+    /// of a cluster keeps its key, since the other nodes pin its routes to it (`pinned_certs`
+    /// lists keys, not certificates). Writes `server.pem`, then `server-chain.pem`.
+    pub fn reissue_server_cert_keeping_key(
+        &self,
+        names: &ServerNames,
+        lifetime: Duration,
+        now: std::time::SystemTime,
+    ) -> Result<pki::CertSummary, HomeError> {
+        let ca_cert = read_text(&self.ca_cert())?;
+        let ca_key = read_text(&self.ca_key())?;
+        let key = pki::P256PublicKey::of_key_pem(&read_text(&self.server_key())?)?;
+        let cert_pem = pki::issue_server_cert_for(&ca_cert, &ca_key, &key, names, now, lifetime)?;
+        let summary = pki::inspect_cert_pem(&cert_pem)?;
+        write_atomic(&self.server_cert(), cert_pem.as_bytes(), PUBLIC_MODE)?;
+        write_atomic(
+            &self.server_chain(),
+            format!("{cert_pem}{ca_cert}").as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        Ok(summary)
+    }
     /// The operator JWT.
     pub fn operator_jwt(&self) -> PathBuf {
         self.auth_dir().join(AUTH_FILES[2].0)
@@ -959,6 +982,29 @@ mod tests {
             .unwrap(),
             "the chain still ends with the same CA"
         );
+    }
+
+    #[test]
+    fn a_cluster_nodes_renewal_keeps_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let now = 1_800_000_000;
+        home.init(false, "h", now).unwrap();
+        let first = home.server_cert_status().unwrap();
+        let key = fs::read(home.server_key()).unwrap();
+        let renewed = home
+            .reissue_server_cert_keeping_key(
+                &first.summary.names,
+                Duration::from_secs(60),
+                system_time(now + 10),
+            )
+            .unwrap();
+        assert_ne!(renewed.serial, first.summary.serial);
+        assert_eq!(renewed.spki_pin, first.summary.spki_pin, "the same key");
+        assert_eq!(fs::read(home.server_key()).unwrap(), key);
+        let status = home.server_cert_status().unwrap();
+        assert!(status.consistent);
+        assert_eq!(status.summary, renewed);
     }
 
     #[test]

@@ -127,6 +127,35 @@ pub struct NodeRecord {
     /// When it last said it runs (every node refreshes its own record while up).
     #[serde(default)]
     pub seen_at: i64,
+    /// The lowercase hex sha256 of its server certificate's SubjectPublicKeyInfo, what
+    /// nats-server's `pinned_certs` lists: set from `tls_key` when it asks to join, and by
+    /// the node itself from its certificate while it runs. Empty in a record of a node that
+    /// has not run since pinning came (then no node pins routes, see
+    /// [`crate::appliance::pinning`]).
+    #[serde(default)]
+    pub route_pin: String,
+    /// The public key of its own system-account user (`auth/sys.creds`), said by the node
+    /// itself while it runs: what `zester node remove` revokes. Empty when not known.
+    #[serde(default)]
+    pub sys_user: String,
+    /// What `zester node remove` revoked, once removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// What removing a node took from it (`zester node remove`), kept in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Its system-account user key, now in the SYS account JWT's revocations (empty when the
+    /// record never said it: a node that has not run since this was recorded).
+    pub sys_user: String,
+    /// How many servers confirmed the SYS account JWT with that revocation.
+    pub sys_updated_on: usize,
+    /// Whether the nodes pin their routes, so that its certificate is refused from now on.
+    pub routes_refused: bool,
+    /// Why routes are not pinned, when they are not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub routes_note: String,
 }
 
 impl NodeRecord {

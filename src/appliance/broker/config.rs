@@ -76,6 +76,10 @@ pub struct ClusterInput<'a> {
     pub listen: &'a str,
     /// The other nodes' route addresses, `HOST:PORT` each.
     pub routes: &'a [String],
+    /// The route certificates accepted (`tls { pinned_certs }`: the lowercase hex sha256 of
+    /// each accepted node's certificate's SubjectPublicKeyInfo, this node's included). Empty:
+    /// any certificate of the zester CA.
+    pub pinned_certs: &'a [String],
 }
 
 /// Where this node stands: its `server_name`, and its cluster if it has one.
@@ -116,6 +120,12 @@ pub enum ConfigRenderError {
          [::1] or localhost (change server.monitor in zester.toml or pass --monitor)"
     )]
     MonitorNotLoopback {
+        /// The value given.
+        value: String,
+    },
+    /// A route pin that is not a hex sha256.
+    #[error("route pin {value:?} is not a hex sha256 of a certificate's public key: a node record in nats/nodes.json is damaged")]
+    BadPin {
         /// The value given.
         value: String,
     },
@@ -319,9 +329,29 @@ fn render_cluster(
     line("    verify: true".into());
     line("    min_version: \"1.3\"".into());
     line(format!("    timeout: {TLS_TIMEOUT_SECS}"));
+    if !cluster.pinned_certs.is_empty() {
+        // nats-server checks a route's peer certificate against these on every handshake,
+        // both ways, and on a reload closes the routes whose certificate is no longer listed.
+        line("    pinned_certs: [".into());
+        for pin in cluster.pinned_certs {
+            if !is_pin(pin) {
+                return Err(ConfigRenderError::BadPin { value: pin.clone() });
+            }
+            line(format!("      {}", quote(pin)));
+        }
+        line("    ]".into());
+    }
     line("  }".into());
     line("}".into());
     Ok(())
+}
+
+/// Whether `pin` is what `pinned_certs` takes: 64 lowercase hex digits.
+fn is_pin(pin: &str) -> bool {
+    pin.len() == 64
+        && pin
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Seconds between pings on a route, and the pings without answer after which the route is
@@ -575,6 +605,7 @@ mod tests {
             name: "zester",
             listen: "0.0.0.0:6222",
             routes: &routes,
+            pinned_certs: &[],
         });
         let text = render(&input).unwrap();
         let cluster = &text[text.find("cluster {").expect("a cluster block")..];
@@ -599,11 +630,45 @@ mod tests {
             );
         }
         assert!(text.contains("server_name: \"node-a\""));
+        assert!(
+            !text.contains("pinned_certs"),
+            "no pins: any certificate of the CA"
+        );
+        let pins = ["ab".repeat(32), "0f".repeat(32)];
+        input.cluster = Some(ClusterInput {
+            name: "zester",
+            listen: "0.0.0.0:6222",
+            routes: &routes,
+            pinned_certs: &pins,
+        });
+        let text = render(&input).unwrap();
+        let tls = &text[text.find("pinned_certs: [").expect("pinned certs")..];
+        let tls: Vec<&str> = tls.lines().map(str::trim).collect();
+        assert!(tls.starts_with(&[
+            "pinned_certs: [",
+            &format!("\"{}\"", pins[0]),
+            &format!("\"{}\"", pins[1]),
+            "]",
+            "}",
+            "}"
+        ]));
+        let bad = ["sha256:ab".to_string()];
+        input.cluster = Some(ClusterInput {
+            name: "zester",
+            listen: "0.0.0.0:6222",
+            routes: &routes,
+            pinned_certs: &bad,
+        });
+        assert!(matches!(
+            render(&input),
+            Err(ConfigRenderError::BadPin { .. })
+        ));
         let nowhere = ["nowhere".to_string()];
         input.cluster = Some(ClusterInput {
             name: "zester",
             listen: "0.0.0.0:6222",
             routes: &nowhere,
+            pinned_certs: &[],
         });
         assert_eq!(
             render(&input).unwrap_err(),
@@ -827,6 +892,7 @@ mod tests {
                     name: "zester",
                     listen: "127.0.0.1:0",
                     routes: &["127.0.0.1:6223".to_string(), "[::1]:6224".to_string()],
+                    pinned_certs: &["ab".repeat(32), "0f".repeat(32)],
                 }),
             },
         )
