@@ -323,3 +323,156 @@ fn a_join_that_is_not_accepted_gets_nothing_and_a_taken_name_is_refused() {
     assert!(audit.contains("\"code\":\"node_name_taken\""), "{audit}");
     assert!(audit.contains("\"code\":\"node_removed\""), "{audit}");
 }
+
+/// The ZESTER account JWT of `node`: its own copy (`auth/zester.jwt`), or its server's resolver
+/// file, decoded (signature checked).
+fn account_of(file: &std::path::Path) -> Option<zester::identity::jwt::AccountJwt> {
+    let text = std::fs::read_to_string(file).ok()?;
+    zester::identity::jwt::decode_ignoring_time(text.trim()).ok()
+}
+
+fn revokes_all(file: &std::path::Path, keys: &[&str]) -> bool {
+    account_of(file).is_some_and(|jwt| {
+        keys.iter()
+            .all(|k| jwt.claims().nats.revocations.contains_key(*k))
+    })
+}
+
+/// Which node's admin service answered the revocation of `id` (its log says so).
+fn answered_by<'a>(nodes: &'a [Node], id: &str) -> Option<&'a Node> {
+    nodes.iter().find(|node| {
+        node.log()
+            .lines()
+            .any(|line| line.contains("key revoked") && line.contains(id))
+    })
+}
+
+#[test]
+fn a_revocation_made_on_one_node_is_in_every_nodes_account_jwt_and_the_next_keeps_it() {
+    let mut nodes = nodes::three();
+    let peel_dir = tempfile::tempdir().unwrap();
+    let mut nkeys = Vec::new();
+    for id in ["acct-01", "acct-02"] {
+        let enrolled = peel_enrol(&nodes[0], id, peel_dir.path());
+        assert!(
+            enrolled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enrolled.stderr)
+        );
+        nodes[0].ok(&["key", "accept", id]);
+        let shown = nodes[0].json(&["key", "show", id]);
+        nkeys.push(shown["record"]["nkey"].as_str().unwrap().to_string());
+    }
+    let account = account_of(&nodes[0].home().join("auth/zester.jwt"))
+        .unwrap()
+        .subject()
+        .to_string();
+    let resolver_file = |node: &Node| node.home().join(format!("nats/jwt/{account}.jwt"));
+    let own_file = |node: &Node| node.home().join("auth/zester.jwt");
+
+    // The first revocation, through a: whichever node's service answers, every node's copy and
+    // every server's resolver hold it.
+    nodes[0].ok(&["key", "revoke", "acct-01"]);
+    let first = std::time::Instant::now();
+    for node in &nodes {
+        wait(
+            Duration::from_secs(10),
+            &format!(
+                "the first revocation in {}'s auth/zester.jwt and resolver",
+                node.name
+            ),
+            || {
+                revokes_all(&own_file(node), &[&nkeys[0]])
+                    && revokes_all(&resolver_file(node), &[&nkeys[0]])
+            },
+            || node.log(),
+        );
+    }
+    println!(
+        "the first revocation was in every node's auth/zester.jwt and resolver {:?} after it was made",
+        first.elapsed()
+    );
+    let by = answered_by(&nodes, "acct-01").expect("a node logged the revocation");
+    let by_name = by.name.clone();
+    println!("the first revocation was answered by {by_name}");
+
+    // The node that answered stops: the second revocation is signed by another node, from
+    // its own copy, which must not drop the first.
+    let stopped = nodes.iter().position(|n| n.name == by_name).unwrap();
+    nodes[stopped].stop();
+    let via = (stopped + 1) % 3;
+    let second = std::time::Instant::now();
+    wait(
+        Duration::from_secs(30),
+        "the second revocation made with one node down",
+        || {
+            nodes[via]
+                .zester(&["key", "revoke", "acct-02"])
+                .status
+                .success()
+        },
+        || nodes[via].log(),
+    );
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.name != by_name).collect();
+    for node in &live {
+        wait(
+            Duration::from_secs(10),
+            &format!(
+                "both revocations in {}'s auth/zester.jwt and resolver",
+                node.name
+            ),
+            || {
+                revokes_all(&own_file(node), &[&nkeys[0], &nkeys[1]])
+                    && revokes_all(&resolver_file(node), &[&nkeys[0], &nkeys[1]])
+            },
+            || node.log(),
+        );
+    }
+    println!(
+        "the second revocation (through {}) was in both live nodes' copies, with the first, {:?} after it was asked for",
+        nodes[via].name,
+        second.elapsed()
+    );
+    let second_by = answered_by(&nodes, "acct-02").expect("a node logged the revocation");
+    assert_ne!(second_by.name, by_name);
+    println!("the second revocation was answered by {}", second_by.name);
+
+    // The stopped node comes back: it takes the cluster's copy at start, and its server has
+    // it too.
+    let restarted = std::time::Instant::now();
+    nodes[stopped].spawn();
+    nodes[stopped].wait_ready(Duration::from_secs(60));
+    let node = &nodes[stopped];
+    wait(
+        Duration::from_secs(10),
+        &format!(
+            "both revocations in {}'s copy and resolver after its restart",
+            node.name
+        ),
+        || {
+            revokes_all(&own_file(node), &[&nkeys[0], &nkeys[1]])
+                && revokes_all(&resolver_file(node), &[&nkeys[0], &nkeys[1]])
+        },
+        || node.log(),
+    );
+    println!(
+        "{} held both revocations {:?} after it was started again",
+        node.name,
+        restarted.elapsed()
+    );
+    // One account JWT everywhere in the end: the same iat on every node, in every resolver.
+    let iats: Vec<i64> = nodes
+        .iter()
+        .flat_map(|n| [own_file(n), resolver_file(n)])
+        .map(|f| account_of(&f).unwrap().claims().iat)
+        .collect();
+    println!("account JWT iat on every node (own copy, resolver): {iats:?}");
+    // The monitor's view of the account agrees.
+    for node in &nodes {
+        let accountz = common::http_get_json(&node.monitor(), &format!("/accountz?acc={account}"));
+        let revoked = accountz["account_detail"]["decoded_jwt"]["nats"]["revocations"].clone();
+        for key in &nkeys {
+            assert!(revoked.get(key).is_some(), "{}: {accountz}", node.name);
+        }
+    }
+}

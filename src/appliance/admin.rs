@@ -986,41 +986,25 @@ impl AdminService {
 
     /// Adds `nkey` to the ZESTER account's revocations, pushes the account JWT to the server,
     /// keeps it in the home and in the callout's trust. Only a peel's user key can be revoked
-    /// this way: never `*`, another kind of key, or a key of zester's own users.
+    /// this way: never `*`, another kind of key, or a key of zester's own users. It starts from
+    /// the newest copy the cluster holds (this node's, or a resolver's signed elsewhere), with
+    /// the revocations of both (`appliance::account`), so no revocation made on another node
+    /// is dropped.
     pub async fn revoke_in_account(&self, nkey: &str, now: i64) -> Result<(), AdminError> {
         let _guard = self.account_lock.lock().await;
         let trust = self.callout.trust();
         check_revocable(nkey, &trust)?;
-        let mut claims = trust.account.claims().clone();
+        let newest = crate::appliance::account::newest(self, &trust, now).await;
+        let mut claims = crate::appliance::account::merged(&trust.account, newest.as_ref(), |k| {
+            crate::appliance::account::is_unrevocable_own_user(&trust, k)
+        });
         claims.nats.revocations.insert(nkey.to_string(), now);
         claims.iat = now.max(claims.iat + 1);
         let account = self.authority.sign_account(claims)?;
-        let subject = format!("$SYS.REQ.ACCOUNT.{}.CLAIMS.UPDATE", account.subject());
-        let after = Duration::from_secs(5);
-        let answer = tokio::time::timeout(
-            after,
-            self.sys
-                .request(subject, account.token().as_bytes().to_vec().into()),
-        )
-        .await
-        .map_err(|_| AdminError::AccountNoAnswer { after })??;
-        let answer: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
-        if let Some(error) = answer.get("error") {
-            return Err(AdminError::AccountRefused(error.to_string()));
-        }
-        home::write_atomic(
-            &self.home.auth_dir().join("zester.jwt"),
-            format!("{}\n", account.token()).as_bytes(),
-            home::PUBLIC_MODE,
-        )?;
+        crate::appliance::account::push(&self.sys, &account).await?;
         // Onto the trust as it is now, not as it was before the update's round trip: the named
         // admins may have changed meanwhile (`appliance::admins` follows the cluster's list).
-        let current = self.callout.trust();
-        self.callout.set_trust(Trust {
-            account,
-            ..(*current).clone()
-        });
-        Ok(())
+        crate::appliance::account::keep(self, account)
     }
 }
 
@@ -1036,8 +1020,9 @@ pub fn check_revocable(nkey: &str, trust: &Trust) -> Result<(), AdminError> {
     if crate::identity::keys::expect_role(nkey, &[crate::identity::keys::KeyRole::User]).is_err() {
         return refuse("not a user key");
     }
-    // A named admin's key may be revoked (`zester admin remove`); zester's own users' never.
-    if let Some(role) = trust.services.get(nkey) {
+    // A named admin's key may be revoked (`zester admin remove`); zester's own users' (this
+    // node's or another node's) never.
+    if let Some(role) = trust.service_role(nkey) {
         if !matches!(role, Role::Admin(Some(_))) {
             return refuse("it is a key of one of zester's own users");
         }

@@ -10,6 +10,7 @@
 //! answers `zester node join`; `metrics` is what Prometheus sees, `scrape` serves it on
 //! `/metrics`.
 
+pub mod account;
 pub mod admin;
 pub mod admins;
 pub mod broker;

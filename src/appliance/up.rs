@@ -1323,6 +1323,12 @@ async fn serve_services(
             .await
             .map_err(nats_error("subscribing to the admin subjects"))?,
     );
+    // The cluster's account JWT: taken once now (a node that was down), then followed.
+    tasks.push(
+        crate::appliance::account::follow(admin.clone())
+            .await
+            .map_err(nats_error("subscribing to the account JWT updates"))?,
+    );
     let rotate = Arc::new(RotateService {
         authority: authority.clone(),
         keys: keys.clone(),
@@ -1441,18 +1447,9 @@ fn repair_revocations(
     now: i64,
 ) -> Result<crate::authority::Authority, UpError> {
     let claims = authority.zester_jwt.claims();
-    let callout_keys = &claims.nats.authorization.auth_users;
-    let damaged: Vec<String> = claims
-        .nats
-        .revocations
-        .keys()
-        .filter(|key| {
-            key.as_str() == "*"
-                || own_users.contains_key(key.as_str())
-                || callout_keys.contains(key)
-        })
-        .cloned()
-        .collect();
+    let damaged = crate::appliance::account::harmful_revocations(&claims.nats, |key| {
+        own_users.contains_key(key)
+    });
     if damaged.is_empty() {
         return Ok(authority);
     }
@@ -1463,7 +1460,7 @@ fn repair_revocations(
     claims.iat = now.max(claims.iat + 1);
     let account = authority.sign_account(claims)?;
     home::write_atomic(
-        &home.auth_dir().join("zester.jwt"),
+        &home.zester_jwt_file(),
         format!("{}\n", account.token()).as_bytes(),
         home::PUBLIC_MODE,
     )?;

@@ -317,6 +317,10 @@ impl Home {
     pub fn auth_dir(&self) -> PathBuf {
         self.root.join("auth")
     }
+    /// `auth/zester.jwt`: this node's copy of the ZESTER account JWT.
+    pub fn zester_jwt_file(&self) -> PathBuf {
+        self.auth_dir().join("zester.jwt")
+    }
     /// `pki/`.
     pub fn pki_dir(&self) -> PathBuf {
         self.root.join("pki")

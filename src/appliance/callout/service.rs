@@ -142,6 +142,16 @@ impl CalloutState {
         *current = Arc::new(Trust { peers, ..trust });
     }
 
+    /// Replaces only the account JWT of the trust anchors (`appliance::account` follows the
+    /// cluster's): what else changed meanwhile stays as it is.
+    pub fn set_account(&self, account: crate::identity::jwt::AccountJwt) {
+        let mut current = self.trust.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(Trust {
+            account,
+            ..(**current).clone()
+        });
+    }
+
     /// Replaces the other nodes' own users (what `appliance::cluster` heard them announce).
     pub fn set_peers(&self, peers: std::collections::HashMap<UserKey, Role>) {
         let mut current = self.trust.write().unwrap_or_else(|p| p.into_inner());
