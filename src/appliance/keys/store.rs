@@ -167,6 +167,8 @@ impl CreateOutcome {
 
 /// How long a read waits for a cluster to elect the bucket's new leader.
 pub(crate) const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How long opening the store waits for a load it can start from (a leader it knows of).
+const START_LOAD_WAIT: Duration = Duration::from_secs(30);
 /// How often it asks again meanwhile.
 pub(crate) const ELECTION_POLL: Duration = Duration::from_millis(250);
 
@@ -213,7 +215,20 @@ impl KeyStore {
     ) -> Result<KeyStore, KeyStoreError> {
         let kv = open_bucket(&jetstream::new(client), replicas).await?;
         let (cache, writer) = KeyCache::new();
-        let watch = load(&kv, &writer).await?;
+        // Right after a start the bucket's leader may not be known yet (see `load`): asked
+        // again for a while.
+        let mut waited = Duration::ZERO;
+        let watch = loop {
+            match load(&kv, &writer).await {
+                Ok(watch) => break watch,
+                Err(error) if waited < START_LOAD_WAIT => {
+                    tracing::debug!(bucket = BUCKET, %error, "key store not loaded yet; asking again");
+                    tokio::time::sleep(ELECTION_POLL).await;
+                    waited += ELECTION_POLL;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         tracing::debug!(
             bucket = BUCKET,
             records = cache.counts().total(),
@@ -547,10 +562,23 @@ async fn load(kv: &kv::Store, writer: &CacheWriter) -> Result<kv::Watch, KeyStor
         .map_err(|error| KeyStoreError::Load {
             source: Box::new(error),
         })?;
+    // A node that just started may not know the bucket's leader yet, and then its own copy,
+    // which may be behind what changed while it was down, answers: not a state to start from.
+    if let Some(cluster) = &info.cluster {
+        if cluster.leader.as_deref().unwrap_or_default().is_empty() {
+            return Err(KeyStoreError::Load {
+                source: "the bucket has no leader this node knows of yet".into(),
+            });
+        }
+    }
     let mut by_id = BTreeMap::new();
-    let mut revision = info.state.last_sequence;
+    let last = info.state.last_sequence;
+    let mut revision = 0;
     // An empty bucket delivers nothing; otherwise the entry with nothing pending after it marks
     // the end of the replay (it may be later than `last_sequence` if writes raced the load).
+    // "Nothing pending" is counted on the copy the consumer lives on, which may still be
+    // catching up: the replay also goes on until it has delivered the bucket's last revision as
+    // the leader reported it (a bucket's newest message is always the latest of its key).
     if info.state.messages > 0 {
         loop {
             let entry = match tokio::time::timeout(LOAD_STALL, watch.next()).await {
@@ -569,12 +597,12 @@ async fn load(kv: &kv::Store, writer: &CacheWriter) -> Result<kv::Watch, KeyStor
             };
             apply_entry(&mut by_id, &entry);
             revision = revision.max(entry.revision);
-            if entry.delta == 0 {
+            if entry.delta == 0 && revision >= last {
                 break;
             }
         }
     }
-    writer.publish(Snapshot::build(by_id), revision);
+    writer.publish(Snapshot::build(by_id), revision.max(last));
     Ok(watch)
 }
 
