@@ -493,12 +493,7 @@ impl Home {
         let (cert_pem, key_pem) = pki::issue_server_cert(&ca_cert, &ca_key, names, now, lifetime)?;
         let summary = pki::inspect_cert_pem(&cert_pem)?;
         write_atomic(&self.server_key(), key_pem.as_bytes(), SECRET_MODE)?;
-        write_atomic(&self.server_cert(), cert_pem.as_bytes(), PUBLIC_MODE)?;
-        write_atomic(
-            &self.server_chain(),
-            format!("{cert_pem}{ca_cert}").as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        self.install_server_cert(&cert_pem, &ca_cert)?;
         Ok(summary)
     }
 
@@ -516,13 +511,19 @@ impl Home {
         let key = pki::P256PublicKey::of_key_pem(&read_text(&self.server_key())?)?;
         let cert_pem = pki::issue_server_cert_for(&ca_cert, &ca_key, &key, names, now, lifetime)?;
         let summary = pki::inspect_cert_pem(&cert_pem)?;
+        self.install_server_cert(&cert_pem, &ca_cert)?;
+        Ok(summary)
+    }
+
+    /// Writes `server.pem`, then `server-chain.pem` (the certificate and the CA), each
+    /// atomically.
+    fn install_server_cert(&self, cert_pem: &str, ca_cert: &str) -> Result<(), HomeError> {
         write_atomic(&self.server_cert(), cert_pem.as_bytes(), PUBLIC_MODE)?;
         write_atomic(
             &self.server_chain(),
             format!("{cert_pem}{ca_cert}").as_bytes(),
             PUBLIC_MODE,
-        )?;
-        Ok(summary)
+        )
     }
     /// The operator JWT.
     pub fn operator_jwt(&self) -> PathBuf {
