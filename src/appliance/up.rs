@@ -1675,6 +1675,7 @@ pub fn server_refusal(state: &CalloutState, payload: &[u8], now: i64) -> Option<
     record.connection_name = client["name"].as_str().unwrap_or_default().to_string();
     record.nkey = crate::identity::jwt::unverified_subject(presented)
         .unwrap_or_else(|| client["user"].as_str().unwrap_or_default().to_string());
+    record.peel_id = state.peel_of(&record.nkey).unwrap_or_default();
     record.server_id = server_id.to_string();
     Some(record)
 }

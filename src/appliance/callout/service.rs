@@ -203,6 +203,11 @@ impl CalloutState {
         self.audit.refusal()
     }
 
+    /// The peel id bound to `nkey` in the key cache, if any (for audit lines about a key).
+    pub fn peel_of(&self, nkey: &str) -> Option<String> {
+        Some(self.keys().peel_key(nkey)?.0.to_string())
+    }
+
     fn keys(&self) -> SharedKeys {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
