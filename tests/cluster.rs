@@ -1,7 +1,8 @@
 //! Three real `zester up` nodes grown with `zester node join` (issue 18): the secrets that
 //! travel and those that do not, one fleet on any node (enrol on one, accept on another,
 //! connect to a third, revoke anywhere cuts the session where it is), the buckets replicated
-//! to three, and a joining key that is not accepted gets nothing.
+//! to three, a joining key that is not accepted gets nothing, and a configuration reload on one
+//! node cuts no connection anywhere.
 
 mod common;
 
@@ -474,5 +475,227 @@ fn a_revocation_made_on_one_node_is_in_every_nodes_account_jwt_and_the_next_keep
         for key in &nkeys {
             assert!(revoked.get(key).is_some(), "{}: {accountz}", node.name);
         }
+    }
+}
+
+/// Peels connected through the reload.
+const RELOAD_PEELS: usize = 30;
+
+/// The `zester_sessions` gauge of `node` (its session table), `None` while unreadable.
+fn sessions_on(node: &Node) -> Option<u64> {
+    let runtime: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.home().join("nats/runtime.json")).ok()?)
+            .ok()?;
+    let url = runtime["metrics_url"].as_str()?;
+    let metrics = common::try_http_get_text(url.trim_end_matches("/metrics"), "/metrics").ok()?;
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("zester_sessions ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|count| count as u64)
+}
+
+/// The client ids of zester's own store and service connections on `node`'s server.
+fn own_connections(node: &Node) -> Vec<(String, u64)> {
+    let connz = common::http_get_json(&node.monitor(), "/connz?auth=true&limit=1024");
+    let mut own: Vec<(String, u64)> = connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let name = c["name"].as_str()?;
+            matches!(name, "zester-store" | "zester-service")
+                .then(|| (name.to_string(), c["cid"].as_u64().unwrap_or(0)))
+        })
+        .collect();
+    own.sort();
+    own
+}
+
+/// A configuration reload on one node (SIGHUP to its nats-server, as a certificate renewal or
+/// a route change sends) re-authorises every connection on that server, and the callout that
+/// answers is any node's: no connection is cut, the peels' wherever they were admitted, nor
+/// the node's own store and service connections (key changes through it work at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_on_one_node_cuts_no_connection_anywhere() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use zester::appliance::keys::KeyRecord;
+    use zester::home::{self, now_unix, Home};
+    use zester::identity::peel_id::PeelId;
+
+    let nodes = tokio::task::block_in_place(nodes::three);
+    let reloaded = &nodes[1];
+
+    // The fleet: creds issued with a's authority, registered as accepted, each peel given one
+    // node's URL (ten per node), counting its disconnects.
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(nodes[0].home());
+    let authority = home.load_authority().unwrap();
+    let admin = zester::cli::client::admin_connect(&home).await.unwrap();
+    let disconnects = Arc::new(AtomicUsize::new(0));
+    let mut peels = Vec::new();
+    for n in 0..RELOAD_PEELS {
+        let id = PeelId::parse(&format!("reload-{n:02}")).unwrap();
+        let creds = authority.issue_peel(&id, now_unix(), 3600).unwrap();
+        let path = dir.path().join(format!("{id}.creds"));
+        home::write_creds(&path, &creds).unwrap();
+        let record = KeyRecord::new_accepted(
+            id.clone(),
+            &creds.key().public_key(),
+            "cluster",
+            "the reload test's fleet",
+            now_unix(),
+        )
+        .unwrap();
+        zester::cli::client::admin_request(&admin, zester::wire::admin::KEY_REGISTER, &record)
+            .await
+            .unwrap_or_else(|e| panic!("register {id}: {e}"));
+        let node = &nodes[n % nodes.len()];
+        let counted = disconnects.clone();
+        let client = async_nats::ConnectOptions::with_credentials_file(&path)
+            .await
+            .unwrap()
+            .add_root_certificates(node.ca())
+            .require_tls(true)
+            .custom_inbox_prefix(format!("_INBOX.{id}"))
+            .event_callback(move |event| {
+                if let async_nats::Event::Disconnected = event {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                async {}
+            })
+            .connect(node.url())
+            .await
+            .unwrap_or_else(|e| panic!("{id} connects to {}: {e}", node.name));
+        client.flush().await.unwrap();
+        peels.push(client);
+    }
+    // Admissions are announced fire-and-forget: a moment for them to arrive everywhere.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<Option<u64>> = nodes.iter().map(sessions_on).collect();
+    eprintln!("session tables before the reload (a, b, c): {before:?}");
+    let own_before = own_connections(reloaded);
+    assert_eq!(own_before.len(), 2, "{own_before:?}");
+
+    // SIGHUP to b's nats-server, as zester's own reload does.
+    let pid: i32 = std::fs::read_to_string(reloaded.home().join("nats/nats-server.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let reloads = || {
+        reloaded
+            .log()
+            .matches("Reloaded server configuration")
+            .count()
+    };
+    let reloads_before = reloads();
+    let sent = std::time::Instant::now();
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    tokio::task::block_in_place(|| {
+        wait(
+            Duration::from_secs(20),
+            "b's nats-server reloaded",
+            || reloads() > reloads_before,
+            || reloaded.log(),
+        )
+    });
+    eprintln!("b reloaded {:?} after SIGHUP", sent.elapsed());
+    // Re-authorisation runs after the reload: a few seconds for any disconnect to show.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let cut = disconnects.load(Ordering::SeqCst);
+    let own_after = own_connections(reloaded);
+    eprintln!(
+        "after the reload: {cut} of {RELOAD_PEELS} peels disconnected; b's own connections {own_before:?} -> {own_after:?}"
+    );
+    let refusals = || {
+        nodes
+            .iter()
+            .flat_map(|n| {
+                n.log()
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "again",
+                            "refused",
+                            "forgot",
+                            "ignored",
+                            "shut down",
+                            "DEBUG",
+                        ]
+                        .iter()
+                        .any(|w| l.contains(w))
+                    })
+                    .map(|l| format!("{}: {l}", n.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(cut, 0, "peels were cut by a reload on b:\n{}", refusals());
+    assert_eq!(
+        own_after, own_before,
+        "b's store and service connections were cut (new client ids)"
+    );
+    for peel in &peels {
+        tokio::time::timeout(Duration::from_secs(5), peel.flush())
+            .await
+            .expect("a round trip within 5 s")
+            .expect("a round trip");
+    }
+
+    // A key change through b works at once and holds in every node's cache.
+    let started = std::time::Instant::now();
+    let revoked = tokio::task::block_in_place(|| reloaded.json(&["key", "revoke", "reload-01"]));
+    eprintln!("key revoke through b: {:?}: {revoked}", started.elapsed());
+    assert!(revoked.to_string().contains("\"kicked\":1"), "{revoked}");
+    for node in &nodes {
+        tokio::task::block_in_place(|| {
+            wait(
+                Duration::from_secs(10),
+                &format!("the revoke through b held in {}'s key cache", node.name),
+                || node.cached_keys("revoked") == Some(1),
+                || node.log(),
+            )
+        });
+    }
+    eprintln!(
+        "the revoke through b held in every node's cache {:?} after it was made",
+        started.elapsed()
+    );
+
+    // Every node's table forgets a closed connection, whichever node let it in.
+    let during = disconnects.load(Ordering::SeqCst);
+    drop(peels);
+    tokio::task::block_in_place(|| {
+        for node in &nodes {
+            wait(
+                Duration::from_secs(10),
+                &format!("{}'s table back to zester's own sessions", node.name),
+                || sessions_on(node).is_some_and(|n| n < RELOAD_PEELS as u64),
+                || format!("{:?}", sessions_on(node)),
+            );
+        }
+    });
+    let after: Vec<Option<u64>> = nodes.iter().map(sessions_on).collect();
+    eprintln!("session tables with the fleet gone (a, b, c): {after:?} ({during} disconnects counted, the revoked peel's kick included)");
+    for (node, (before, after)) in nodes.iter().zip(before.iter().zip(&after)) {
+        assert!(
+            before.unwrap_or(0) >= RELOAD_PEELS as u64,
+            "{}'s table held {before:?} sessions with {RELOAD_PEELS} peels connected",
+            node.name
+        );
+        assert!(
+            after.unwrap_or(u64::MAX) <= before.unwrap_or(0) - RELOAD_PEELS as u64,
+            "{}: {after:?}",
+            node.name
+        );
     }
 }

@@ -17,6 +17,12 @@
 //! same account ([`relay_key_writes`]): a node whose key store watch stalled (its consumer was
 //! on a node that died) then reloads within a second instead of after missed heartbeats. A
 //! notice carries a revision and nothing else; the records are always read from the bucket.
+//!
+//! And every admission, on [`SESSIONS_SUBJECT`] ([`relay_sessions`]): on a configuration
+//! reload nats-server asks again about every live connection, the answer comes from any
+//! node's callout, and that callout must know the connection whichever node let it in. A
+//! notice files one session row and grants nothing by itself (the re-admission checks the
+//! key's standing again).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -46,6 +52,15 @@ pub const REPLICAS_EVERY: Duration = Duration::from_secs(10);
 pub const KEYS_SUBJECT: &str = "zester.cluster.keys";
 /// The largest key notice read (a real one is under 100 bytes).
 const MAX_NOTICE_BYTES: usize = 1024;
+
+/// Where nodes announce the sessions their callouts let in, in the system account.
+pub const SESSIONS_SUBJECT: &str = "zester.cluster.sessions";
+/// Where a starting node asks the others for their session tables, in the system account.
+pub const SESSIONS_SYNC_SUBJECT: &str = "zester.cluster.sessions.sync";
+/// How long a starting node takes in the other nodes' tables.
+pub const SESSIONS_SYNC_WAIT: Duration = Duration::from_secs(10);
+/// How many admissions may wait to be announced before new ones are dropped (and counted).
+pub const SESSIONS_QUEUE: usize = 4096;
 
 /// The most replicas zester asks JetStream for: R3 survives the loss of any one node.
 pub const MAX_REPLICAS: usize = 3;
@@ -377,6 +392,92 @@ pub async fn relay_key_writes(
                     let notice = KeyNotice { node: me.clone(), revision };
                     if let Ok(payload) = serde_json::to_vec(&notice) {
                         let _ = sys.publish(KEYS_SUBJECT, payload.into()).await;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// Announces every session node `me`'s callout lets in (handed over on `to_announce`, see
+/// [`CalloutState::announce_sessions`]; set before the callout starts, so that what it lets in
+/// while the node joins waits there) on [`SESSIONS_SUBJECT`], and files every other node's
+/// into this node's session table, so that any node's callout can let any live connection in
+/// again after a configuration reload (see the module doc of
+/// [`callout::announce`](crate::appliance::callout::announce)). A notice is never answered, and
+/// one that fails its checks files nothing.
+///
+/// Starting, the node also asks the others for their tables on [`SESSIONS_SYNC_SUBJECT`] (once
+/// subscribed, so nothing falls between the two) and files what they send within
+/// [`SESSIONS_SYNC_WAIT`]: the sessions let in while it was not listening, among them the
+/// other nodes' own connections when the nodes start together. A node answers in batches,
+/// only into another node's system inbox.
+pub async fn relay_sessions(
+    sys: async_nats::Client,
+    me: String,
+    state: Arc<CalloutState>,
+    mut to_announce: tokio::sync::mpsc::Receiver<crate::appliance::callout::sessions::Session>,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    use crate::appliance::callout::announce::{SessionNotice, BATCH};
+    let mut heard = sys.subscribe(SESSIONS_SUBJECT).await?;
+    let mut asked = sys.subscribe(SESSIONS_SYNC_SUBJECT).await?;
+    let inbox = sys.new_inbox();
+    let mut tables = sys.subscribe(inbox.clone()).await?;
+    let _ = sys
+        .publish_with_reply(SESSIONS_SYNC_SUBJECT, inbox, me.clone().into())
+        .await;
+    let filing = state.clone();
+    let from = me.clone();
+    tokio::spawn(async move {
+        let mut filed = 0usize;
+        let _ = tokio::time::timeout(SESSIONS_SYNC_WAIT, async {
+            while let Some(batch) = tables.next().await {
+                if let Ok(sessions) = SessionNotice::heard_batch(&from, &batch.payload) {
+                    for session in sessions {
+                        filed += usize::from(filing.sessions.hear(session));
+                    }
+                }
+            }
+        })
+        .await;
+        tracing::info!(filed, "cluster: took in the other nodes' session tables");
+    });
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                question = asked.next() => {
+                    let Some(question) = question else { return };
+                    let Some(reply) = question.reply else { continue };
+                    if question.payload.as_ref() == me.as_bytes() || !reply.as_str().starts_with(SYSTEM_INBOX) {
+                        continue;
+                    }
+                    let notices: Vec<SessionNotice> = state
+                        .sessions
+                        .all()
+                        .iter()
+                        .filter_map(|s| SessionNotice::of(&me, s))
+                        .collect();
+                    for batch in notices.chunks(BATCH) {
+                        if let Ok(payload) = serde_json::to_vec(batch) {
+                            let _ = sys.publish(reply.clone(), payload.into()).await;
+                        }
+                    }
+                }
+                message = heard.next() => {
+                    let Some(message) = message else { return };
+                    match SessionNotice::heard(&me, &message.payload) {
+                        Ok(Some(session)) => {
+                            state.sessions.hear(session);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("cluster: ignored a session notice: {e}"),
+                    }
+                }
+                session = to_announce.recv() => {
+                    let Some(session) = session else { return };
+                    let Some(notice) = SessionNotice::of(&me, &session) else { continue };
+                    if let Ok(payload) = serde_json::to_vec(&notice) {
+                        let _ = sys.publish(SESSIONS_SUBJECT, payload.into()).await;
                     }
                 }
             }

@@ -164,7 +164,7 @@ impl Collector for LiveCollector {
         gauge(
             &mut encoder,
             "zester_sessions",
-            "Connections the callout let in that are still open (its session table).",
+            "Connections the callouts let in that are still open (the session table: in a cluster every node's admissions).",
             readings.sessions,
         )?;
         let mut keys = encoder.encode_descriptor(

@@ -228,16 +228,35 @@ impl Appliance {
             prepared.session_ttl,
             audit.clone(),
         ));
+        // On a node of a cluster every admission is told to the others, from the first one.
+        let to_announce = prepared.clustered().then(|| {
+            let (admitted, to_announce) = tokio::sync::mpsc::channel(cluster::SESSIONS_QUEUE);
+            state.announce_sessions(admitted);
+            to_announce
+        });
         let (callout, mut tasks) = start_callout(&home, &broker.endpoint, &state).await?;
         let (sys, events) =
             start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
         tasks.push(events);
-        let replicas = if prepared.clustered() {
-            let (task, replicas) = join_cluster(&prepared, &sys, &own, &state).await?;
-            tasks.push(task);
-            replicas
-        } else {
-            1
+        let replicas = match to_announce {
+            Some(to_announce) => {
+                let (task, replicas) = join_cluster(&prepared, &sys, &own, &state).await?;
+                tasks.push(task);
+                // Before this node's own connections sign in: wherever they are let in, every
+                // node's table must hold them (a reload re-authorises them through any callout).
+                tasks.push(
+                    cluster::relay_sessions(
+                        sys.clone(),
+                        prepared.node_name.clone(),
+                        state.clone(),
+                        to_announce,
+                    )
+                    .await
+                    .map_err(|e| nats_error("subscribing to the cluster's sessions")(e.into()))?,
+                );
+                replicas
+            }
+            None => 1,
         };
         let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
         tasks.extend(open_audit_stream(&store, &prepared, &audit, replicas).await?);
@@ -1517,27 +1536,59 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// How soon after a restart of the child it is checked (the system connection is back).
 const RECONCILE_AFTER_RESTART: Duration = Duration::from_secs(1);
 
-/// Forgets the sessions on `server` that the server no longer lists (their disconnect events
-/// were missed). Sessions admitted within the server's auth timeout are kept: under load the
-/// server may not list yet a connection whose answer it is still processing.
+/// How many checks in a row another server may leave unanswered before its sessions are
+/// forgotten (it died without a shutdown event; a route down for one check is not enough).
+const UNANSWERED_CHECKS: u32 = 2;
+
+/// Forgets the sessions the servers no longer list (their disconnect events were missed):
+/// those on `own` server, and in a cluster those on every other server the table holds
+/// sessions of (the other nodes' admissions are filed here too). Sessions admitted within the
+/// server's auth timeout are kept: under load the server may not list yet a connection whose
+/// answer it is still processing. Another server that leaves [`UNANSWERED_CHECKS`] checks in a
+/// row unanswered (`unanswered` counts them) is gone, and so are its sessions.
 async fn reconcile_sessions(
     sys: async_nats::Client,
     state: Arc<CalloutState>,
     account: String,
-    server: String,
+    own: String,
+    unanswered: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 ) {
-    let listed_at = now_unix() - i64::from(crate::wire::AUTH_TIMEOUT_SECS);
-    let Some(connections) = crate::appliance::connz::list_on(&sys, &server, &account, None).await
-    else {
-        return;
-    };
-    let live: std::collections::HashSet<u64> = connections.iter().map(|c| c.cid).collect();
-    let dropped = state.sessions.reconcile(&server, &live, listed_at);
-    if dropped > 0 {
-        tracing::info!(
-            dropped,
-            "forgot sessions the server no longer has (missed disconnect events)"
-        );
+    let mut servers = state.sessions.servers();
+    if !servers.contains(&own) {
+        servers.push(own.clone());
+    }
+    for server in servers {
+        let listed_at = now_unix() - i64::from(crate::wire::AUTH_TIMEOUT_SECS);
+        let listed = crate::appliance::connz::list_on(&sys, &server, &account, None).await;
+        let mut misses = unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(connections) = listed else {
+            if server == own {
+                continue;
+            }
+            let missed = misses.entry(server.clone()).or_default();
+            *missed += 1;
+            if *missed >= UNANSWERED_CHECKS {
+                misses.remove(&server);
+                let dropped = state.sessions.forget_server(&server);
+                tracing::info!(
+                    dropped,
+                    server = %server,
+                    "forgot the sessions of a server that no longer answers"
+                );
+            }
+            continue;
+        };
+        misses.remove(&server);
+        drop(misses);
+        let live: std::collections::HashSet<u64> = connections.iter().map(|c| c.cid).collect();
+        let dropped = state.sessions.reconcile(&server, &live, listed_at);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                server = %server,
+                "forgot sessions the server no longer has (missed disconnect events)"
+            );
+        }
     }
 }
 
@@ -1563,8 +1614,9 @@ async fn connect_own_in_memory(
 }
 
 /// Audits refusals the server makes before the callout sees the client, forgets sessions
-/// that closed, and those of a server that is gone (one node: the server the system
-/// connection is on is the only live one).
+/// that closed (every server's disconnect events reach every node), and those of a server
+/// that is gone: this node's previous one after a restart of the child, one that announced
+/// its shutdown, one that stopped answering ([`reconcile_sessions`]).
 async fn watch_server_events(
     sys: async_nats::Client,
     state: Arc<CalloutState>,
@@ -1579,6 +1631,11 @@ async fn watch_server_events(
         .subscribe(format!("$SYS.ACCOUNT.{account}.DISCONNECT"))
         .await
         .map_err(|e| nats_error("subscribing to disconnect events")(e.into()))?;
+    let mut shutdowns = sys
+        .subscribe("$SYS.SERVER.*.SHUTDOWN")
+        .await
+        .map_err(|e| nats_error("subscribing to shutdown events")(e.into()))?;
+    let unanswered = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     sys.flush()
         .await
         .map_err(|e| nats_error("subscribing to server events")(e.into()))?;
@@ -1594,7 +1651,9 @@ async fn watch_server_events(
                     // it and will never be reported closed.
                     let now_on = sys.server_info().server_id;
                     if now_on != live_server && !now_on.is_empty() {
-                        let dropped = state.sessions.retain_servers(&[now_on.as_str()]);
+                        // Only the old server's: in a cluster the table also holds the
+                        // sessions on the other nodes' servers, which are still there.
+                        let dropped = state.sessions.forget_server(&live_server);
                         tracing::info!(dropped, "nats-server restarted: forgot the old server's sessions");
                         live_server = now_on;
                         // Disconnects of the new server while this connection was still away
@@ -1618,6 +1677,7 @@ async fn watch_server_events(
                             state.clone(),
                             account.clone(),
                             live_server.clone(),
+                            unanswered.clone(),
                         ));
                     }
                 }
@@ -1638,6 +1698,15 @@ async fn watch_server_events(
                         let server = event["server"]["id"].as_str().unwrap_or_default();
                         let client = event["client"]["id"].as_u64().unwrap_or_default();
                         state.sessions.remove(server, client);
+                    }
+                }
+                Some(message) = shutdowns.next() => {
+                    // A server of the cluster (or this node's own) shutting down: its
+                    // connections are gone with it, and their disconnects are not reported.
+                    let server = message.subject.as_str().split('.').nth(2).unwrap_or_default();
+                    if !server.is_empty() {
+                        let dropped = state.sessions.forget_server(server);
+                        tracing::info!(dropped, server, "a server shut down: forgot its sessions");
                     }
                 }
                 else => break,

@@ -54,7 +54,7 @@ pub fn admit(
     audit.server_id = request.server.id.clone();
     let again = live
         .and_then(|session| Some((&session.nkey, session.grant.as_deref()?)))
-        .filter(|_| readmit::is_asked_again(request, trust));
+        .filter(|_| readmit::is_asked_again(request, trust, now));
     if let Some((nkey, grant)) = again {
         let decision = readmit::readmit(request, nkey, grant, trust, keys, now);
         let filing = match &decision {

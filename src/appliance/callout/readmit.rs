@@ -45,15 +45,17 @@ pub struct Grant {
     pub identity: Option<IdentityJwt>,
 }
 
-/// Whether `request` is nats-server asking again about a connection it let in: no JWT of the
-/// client's own (only the sentinel), no bare nkey, but a nonce signature. A client connecting
+/// Whether `request` is nats-server asking again, at `now`, about a connection it let in: no
+/// JWT of the client's own (only a sentinel), no bare nkey, but a nonce signature. The
+/// sentinel is the asking server's, which in a cluster is usually another node's than the one
+/// whose callout answers, so any node's counts ([`Trust::is_sentinel`]). A client connecting
 /// afresh this way is refused by [`decide`](super::decide) whatever this says, since its
 /// connection has no session.
-pub fn is_asked_again(request: &AuthRequestNats, trust: &Trust) -> bool {
+pub fn is_asked_again(request: &AuthRequestNats, trust: &Trust, now: i64) -> bool {
     let opts = &request.connect_opts;
-    (opts.jwt.is_empty() || opts.jwt == trust.sentinel)
-        && opts.nkey.is_empty()
+    opts.nkey.is_empty()
         && !opts.signed_nonce.is_empty()
+        && (opts.jwt.is_empty() || trust.is_sentinel(&opts.jwt, now))
 }
 
 /// Decides again, at `now`, on the live connection that was let in as `nkey` with `grant`.
@@ -221,7 +223,7 @@ mod tests {
         let mut w = world();
         let (key, nkey, grant) = peel(&mut w, NOW + 600);
         let request = asked_again(&key);
-        assert!(is_asked_again(&request, &w.trust));
+        assert!(is_asked_again(&request, &w.trust, NOW));
         match readmit(&request, &nkey, &grant, &w.trust, &w.keys, NOW) {
             Decision::Allow(admission) => {
                 assert_eq!(admission.role, grant.role);
@@ -233,6 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn another_nodes_sentinel_is_asked_again_too() {
+        let mut w = world();
+        let (key, _, _) = peel(&mut w, NOW + 600);
+        let mut request = asked_again(&key);
+        // Every node issues its own sentinel; the asking server hands out its node's.
+        let other = w.authority.issue_sentinel(NOW - 5).unwrap();
+        request.connect_opts.jwt = other.token().to_string();
+        assert!(is_asked_again(&request, &w.trust, NOW));
+        let peel_jwt = w
+            .authority
+            .issue_peel(&PeelId::parse("web-02").unwrap(), NOW, 60)
+            .unwrap();
+        request.connect_opts.jwt = peel_jwt.jwt().token().to_string();
+        assert!(!is_asked_again(&request, &w.trust, NOW), "a JWT of its own");
+    }
+
+    #[test]
     fn only_a_signature_by_the_sessions_key_lets_it_in_again() {
         let mut w = world();
         let (_, nkey, grant) = peel(&mut w, NOW + 600);
@@ -241,7 +260,7 @@ mod tests {
         assert_eq!(code(&decision), "nonce_signature_mismatch");
         let mut unsigned = asked_again(&other);
         unsigned.connect_opts.signed_nonce.clear();
-        assert!(!is_asked_again(&unsigned, &w.trust));
+        assert!(!is_asked_again(&unsigned, &w.trust, NOW));
     }
 
     #[test]

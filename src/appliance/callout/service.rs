@@ -16,7 +16,7 @@ use super::audit::{AuditRecord, AuditSink, Source, Verdict};
 use super::decide::{self, Decision, KeyLookup, Trust};
 use super::protocol::{self, Channel, ProtocolError, XKEY_HEADER};
 use super::readmit::{self, Grant};
-use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, SessionTable};
+use super::sessions::{CalloutStats, EnrolLimiter, RecentDecisions, Session, SessionTable};
 use crate::authority::Authority;
 use crate::home::now_unix;
 use crate::identity::keys::UserKey;
@@ -58,6 +58,8 @@ pub struct CalloutState {
     /// Whether the (first) callout connection is up, and since when.
     pub connection: Presence,
     channels: RwLock<std::collections::HashMap<String, Arc<Channel>>>,
+    /// Where admissions go to be told to the other nodes (set on a node of a cluster).
+    announcer: std::sync::OnceLock<tokio::sync::mpsc::Sender<Session>>,
     enrol_limiter: EnrolLimiter,
     enrol_per_minute: std::sync::atomic::AtomicU32,
 }
@@ -110,6 +112,7 @@ impl CalloutState {
             recent: RecentDecisions::default(),
             connection: Presence::default(),
             channels: RwLock::new(std::collections::HashMap::new()),
+            announcer: std::sync::OnceLock::new(),
             enrol_limiter: EnrolLimiter::default(),
             enrol_per_minute: std::sync::atomic::AtomicU32::new(10),
         }
@@ -120,6 +123,24 @@ impl CalloutState {
     /// that time (overload).
     pub fn may_have_missed_requests(&self) -> bool {
         self.connection.down_within(MISSED_WINDOW) || self.stats.shed_within(MISSED_WINDOW)
+    }
+
+    /// Hands every admission from now on to `announcer` (the task that tells the other nodes
+    /// of a cluster, `appliance::cluster::relay_sessions`); set once, later calls change
+    /// nothing.
+    pub fn announce_sessions(&self, announcer: tokio::sync::mpsc::Sender<Session>) {
+        let _ = self.announcer.set(announcer);
+    }
+
+    /// Hands `session` to the announcer without waiting: when its queue is full the notice is
+    /// dropped and counted (the answer never waits for the cluster; the other nodes then learn
+    /// of the session only when their server lists reconcile, see `SessionTable`).
+    fn announce(&self, session: Session) {
+        if let Some(announcer) = self.announcer.get() {
+            if announcer.try_send(session).is_err() {
+                self.stats.record_unannounced();
+            }
+        }
     }
 
     /// How many enrolment connections one address may make per minute.
@@ -232,7 +253,7 @@ impl CalloutState {
             .load(std::sync::atomic::Ordering::Relaxed);
         // Only a request that repeats a connection's nonce signature without a JWT can be
         // nats-server asking again (a reload); only then is the session table looked at.
-        let live = readmit::is_asked_again(request, &trust)
+        let live = readmit::is_asked_again(request, &trust, now)
             .then(|| {
                 self.sessions
                     .admitted(&request.server.id, request.client_info.id)
@@ -279,7 +300,7 @@ impl CalloutState {
                         if let crate::permissions::Role::Admin(_) = admission.role {
                             audit.admin = admission.role.identity();
                         }
-                        self.sessions.insert_granted(
+                        let filed = self.sessions.insert_granted(
                             &filing.identity,
                             (&request.server.id, request.client_info.id),
                             admission.nkey.clone(),
@@ -291,6 +312,7 @@ impl CalloutState {
                                 identity: admission.identity.clone(),
                             }),
                         );
+                        self.announce(filed);
                         (Ok(session.token().to_string()), true)
                     }
                     Err(e) => {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::announce::Heard;
 use super::readmit::Grant;
 use crate::identity::keys::{ServerId, UserKey};
 
@@ -45,8 +46,10 @@ pub struct Session {
 /// ids and identities are stored once and shared, which keeps the index small.
 ///
 /// Nothing is evicted silently: a session stays until its server reports it closed, or until
-/// its server is known to be gone ([`SessionTable::retain_servers`], after a restart of the
-/// child), so a revocation finds every session this node admitted.
+/// its server is known to be gone ([`SessionTable::forget_server`]), so a revocation finds
+/// every session. In a cluster the table holds every node's admissions, not only this node's
+/// callout's: the others announce theirs ([`SessionTable::hear`]), so that any node can let a
+/// live connection in again after a reload and a revocation on any node kicks every session.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     inner: Mutex<Sessions>,
@@ -106,7 +109,8 @@ impl SessionTable {
         self.insert_granted(identity, (server_id, client_id), nkey, since, ip, None);
     }
 
-    /// [`SessionTable::insert`] with what the connection was let in with.
+    /// [`SessionTable::insert`] with what the connection was let in with; returns the session
+    /// filed (to announce it to the other nodes of a cluster).
     pub fn insert_granted(
         &self,
         identity: &str,
@@ -115,8 +119,61 @@ impl SessionTable {
         since: i64,
         ip: Option<&str>,
         grant: Option<Grant>,
-    ) {
+    ) -> Session {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Self::file(
+            &mut sessions,
+            identity,
+            (server_id, client_id),
+            nkey,
+            since,
+            ip,
+            grant,
+        )
+    }
+
+    /// Files a session another node's callout let in (see
+    /// [`announce`](super::announce)), unless the table holds a newer admission of the same
+    /// connection (notices from several nodes may arrive out of order). True when filed.
+    pub fn hear(&self, heard: Heard) -> bool {
+        let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(server) = sessions.servers.get(heard.server.as_str()).cloned() {
+            let newer = sessions
+                .by_connection
+                .get(&(server, heard.client))
+                .and_then(|identity| sessions.by_identity.get(identity))
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s.client_id == heard.client
+                        && s.server_id.as_str() == heard.server
+                        && s.since > heard.since
+                });
+            if newer {
+                return false;
+            }
+        }
+        Self::file(
+            &mut sessions,
+            &heard.identity,
+            (&heard.server, heard.client),
+            heard.nkey,
+            heard.since,
+            heard.ip.as_deref(),
+            Some(heard.grant),
+        );
+        true
+    }
+
+    fn file(
+        sessions: &mut Sessions,
+        identity: &str,
+        (server_id, client_id): (&str, u64),
+        nkey: UserKey,
+        since: i64,
+        ip: Option<&str>,
+        grant: Option<Grant>,
+    ) -> Session {
         let session = Session {
             server_id: sessions.server(server_id),
             client_id,
@@ -133,7 +190,7 @@ impl SessionTable {
         let list = sessions.by_identity.entry(identity.clone()).or_default();
         // The same connection admitted twice as the same identity is one session.
         list.retain(|s| !(s.client_id == session.client_id && s.server_id == session.server_id));
-        list.push_back(session);
+        list.push_back(session.clone());
         // The same connection admitted again under another identity (a peel that enrolled,
         // then was let in as itself) belongs to the newer one only.
         if let Some(previous) = sessions
@@ -144,6 +201,7 @@ impl SessionTable {
                 sessions.forget(&previous, &connection);
             }
         }
+        session
     }
 
     /// Forgets a connection that closed.
@@ -158,22 +216,41 @@ impl SessionTable {
         }
     }
 
-    /// Forgets every session on a server not in `live` (a restarted child has a new server
-    /// id, and the old one never reports its connections closed); returns how many went.
-    pub fn retain_servers(&self, live: &[&str]) -> usize {
+    /// Forgets every session on `server_id`, a server that is gone (a restarted child has a
+    /// new server id, and the old one never reports its connections closed); returns how many
+    /// went. In a cluster the table holds the sessions of every node's server, so only the
+    /// server known to be gone is forgotten, never "all but this node's".
+    pub fn forget_server(&self, server_id: &str) -> usize {
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let before = sessions.by_connection.len();
         sessions
             .by_connection
-            .retain(|(server, _), _| live.contains(&server.as_str()));
+            .retain(|(server, _), _| server.as_str() != server_id);
         sessions.by_identity.retain(|_, list| {
-            list.retain(|s| live.contains(&s.server_id.as_str()));
+            list.retain(|s| s.server_id.as_str() != server_id);
             !list.is_empty()
         });
-        sessions
-            .servers
-            .retain(|server| live.contains(&server.as_str()));
+        sessions.servers.remove(server_id);
         before - sessions.by_connection.len()
+    }
+
+    /// Every session (for a node that asks for this node's table when it starts).
+    pub fn all(&self) -> Vec<Session> {
+        let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.by_identity.values().flatten().cloned().collect()
+    }
+
+    /// The servers some session is on.
+    pub fn servers(&self) -> Vec<String> {
+        let sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers: Vec<String> = sessions
+            .by_connection
+            .keys()
+            .map(|(server, _)| server.to_string())
+            .collect();
+        servers.sort_unstable();
+        servers.dedup();
+        servers
     }
 
     /// Forgets the sessions on `server_id` that the server no longer has (`live` client ids),
@@ -319,6 +396,7 @@ pub struct CalloutStats {
     allowed: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
+    unannounced: AtomicU64,
     /// When a request was last shed (only written under overload, so a lock is cheap enough).
     last_shed: Mutex<Option<std::time::Instant>>,
     latencies: Mutex<VecDeque<u32>>,
@@ -334,6 +412,9 @@ pub struct StatsSnapshot {
     /// Requests dropped unanswered because they waited too long in zester's queue (the server
     /// had given up on them; see `callout::service`).
     pub shed: u64,
+    /// Admissions not told to the other nodes of a cluster because the announcer's queue was
+    /// full (0 on a single node).
+    pub unannounced: u64,
     /// Median decision time, µs (over the recent window).
     pub p50_micros: u32,
     /// 99th percentile decision time, µs.
@@ -349,6 +430,12 @@ impl CalloutStats {
     pub fn record_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
         *self.last_shed.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Counts one admission the other nodes were not told about (the announcer's queue was
+    /// full).
+    pub fn record_unannounced(&self) {
+        self.unannounced.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many requests were shed since start.
@@ -408,6 +495,7 @@ impl CalloutStats {
             allowed: self.allowed.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             shed: self.shed.load(Ordering::Relaxed),
+            unannounced: self.unannounced.load(Ordering::Relaxed),
             p50_micros: at(0.50),
             p99_micros: at(0.99),
             max_micros: sorted.last().copied().unwrap_or(0),
@@ -495,12 +583,52 @@ mod tests {
         table.insert("web-01", "OLD", 1, key(), 0, None);
         table.insert("web-01", "NEW", 1, key(), 0, None);
         table.insert("web-02", "OLD", 2, key(), 0, Some("10.0.0.9"));
-        assert_eq!(table.retain_servers(&["NEW"]), 2);
+        table.insert("web-03", "OTHER", 3, key(), 0, None);
+        assert_eq!(table.servers(), ["NEW", "OLD", "OTHER"]);
+        assert_eq!(table.forget_server("OLD"), 2);
         assert_eq!(table.of("web-01"), vec![session("NEW", 1)]);
         assert!(table.of("web-02").is_empty());
-        assert_eq!(table.len(), 1);
+        assert_eq!(table.of("web-03").len(), 1, "another node's server stays");
+        assert_eq!(table.len(), 2);
         table.remove("OLD", 1);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.servers(), ["NEW", "OTHER"]);
+        assert_eq!(table.all().len(), 2);
+    }
+
+    #[test]
+    fn a_heard_session_is_filed_unless_a_newer_admission_is() {
+        let table = SessionTable::default();
+        let grant = Grant {
+            role: crate::permissions::Role::Store,
+            expires: 0,
+            identity: None,
+        };
+        let heard = |since| Heard {
+            node: "b".into(),
+            identity: "store".into(),
+            server: "N2".into(),
+            client: 4,
+            nkey: key(),
+            since,
+            ip: None,
+            grant: grant.clone(),
+        };
+        assert!(table.hear(heard(10)));
+        let found = table.admitted("N2", 4).expect("filed");
+        assert_eq!(found.grant.as_deref(), Some(&grant));
+        assert!(table.hear(heard(20)), "a re-admission replaces it");
+        assert!(
+            !table.hear(heard(15)),
+            "an older one arriving late does not"
+        );
+        assert_eq!(table.admitted("N2", 4).map(|s| s.since), Some(20));
         assert_eq!(table.len(), 1);
+        table.remove("N2", 4);
+        assert!(
+            table.is_empty(),
+            "a disconnect event forgets it as any other"
+        );
     }
 
     #[test]
