@@ -93,6 +93,21 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         account_before
     );
 
+    // Nor the master's or admin's creds (every node trusts their key): refused on the first
+    // node too (its zester.toml has no [cluster]: its node records say it), files unchanged.
+    for role in ["master", "admin"] {
+        let creds = a.home().join(format!("auth/{role}.creds"));
+        let before = std::fs::read(&creds).unwrap();
+        let refused = a.zester(&["creds", "rotate", role]);
+        assert!(!refused.status.success(), "creds rotate {role}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("is a node of cluster") && stderr.contains(role),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(&creds).unwrap(), before, "{role}.creds");
+    }
+
     // The buckets are replicated to all three nodes (before any node dies).
     assert!(nodes::replicated(a), "{:?}", nodes::stream_replicas(a));
 

@@ -145,6 +145,12 @@ pub enum AdminError {
         /// The name.
         name: String,
     },
+    /// The master's or admin's creds cannot be rotated on one node of a cluster.
+    #[error("refused: this appliance is a node of a cluster, where every node holds the {role} creds and trusts their key; rotating them on one node is not supported yet, and nothing was changed")]
+    ClusterServiceCreds {
+        /// `master` or `admin`.
+        role: String,
+    },
     /// A named admin of that name exists.
     #[error(
         "admin {name} exists already: pass --force to replace its key (the old one is revoked)"
@@ -794,6 +800,13 @@ impl AdminService {
                 )))
             }
         };
+        // Every node holds these creds and trusts their key: a rotation on one node alone
+        // would leave the others refusing the new creds and admitting the old ones.
+        if self.home.is_cluster_node()? {
+            return Err(AdminError::ClusterServiceCreds {
+                role: role_name.to_string(),
+            });
+        }
         let path = self.home.service_creds(role_name);
         let old = home::read_creds(&path)?;
         let old_key = old.key().public_key();

@@ -72,6 +72,14 @@ pub enum CommandError {
         /// The cluster's name.
         cluster: String,
     },
+    /// The master's or admin's creds of a cluster cannot be rotated on one node.
+    #[error("this home is a node of cluster {cluster:?}: every node holds a copy of the {role} creds and its callout trusts their key, so rotating them here alone would leave the other nodes refusing the new creds and still admitting the old ones. Rotating a cluster's {role} creds is not supported yet; nothing was changed (to shut out one admin, use named admins: `zester admin add NAME`, `zester admin remove NAME`)")]
+    ClusterServiceCreds {
+        /// `master` or `admin`.
+        role: String,
+        /// The cluster's name.
+        cluster: String,
+    },
 }
 
 /// `zester init`.
@@ -856,6 +864,12 @@ pub async fn key_act(
 /// `zester creds rotate master|admin`: through the running appliance when there is one (so the
 /// callout learns the new key at once), else directly in the home.
 pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, CommandError> {
+    if home.is_cluster_node()? {
+        return Err(CommandError::ClusterServiceCreds {
+            role: role.to_string(),
+            cluster: home.load_config()?.cluster.name,
+        });
+    }
     let rotated = match crate::cli::client::admin_connect(home).await {
         Ok(client) => {
             crate::cli::client::admin_request(
@@ -899,7 +913,7 @@ pub async fn creds_rotate(home: &Home, role: &str, now: i64) -> Result<Output, C
 /// component signs with the key it loaded at start).
 pub fn signing_key_rotate(home: &Home, finish: bool, now: i64) -> Result<Output, CommandError> {
     let config = home.load_config()?;
-    if config.clustered() || home.node_records().len() > 1 {
+    if home.is_cluster_node()? {
         return Err(CommandError::ClusterSigningKey {
             cluster: config.cluster.name.clone(),
         });

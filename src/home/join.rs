@@ -55,6 +55,19 @@ impl Home {
             .unwrap_or_default()
     }
 
+    /// Whether this home is a node of a cluster: its `zester.toml` has `[cluster] listen`, or
+    /// its copy of the node records names more than one node that was not removed. What every
+    /// node holds a copy of (the ZESTER signing key, the master's and admin's creds) cannot be
+    /// changed on one such node alone.
+    pub fn is_cluster_node(&self) -> Result<bool, HomeError> {
+        let members = self
+            .node_records()
+            .iter()
+            .filter(|node| node.state != crate::wire::node::NodeState::Removed)
+            .count();
+        Ok(self.load_config()?.clustered() || members > 1)
+    }
+
     /// Writes [`Home::nodes_file`] atomically.
     pub fn write_node_records(
         &self,
