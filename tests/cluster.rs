@@ -186,6 +186,25 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         assert!(servers.contains(&node.url().as_str()), "{profile}");
     }
 
+    // So does the profile `creds issue` writes on any node, that node first.
+    let issued = c.json(&["creds", "issue", "web-09"]);
+    let listed: Vec<&str> = issued["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{issued}");
+    assert_eq!(listed[0], c.url());
+    let profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(issued["profile"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(profile["servers"], issued["servers"], "{profile}");
+    for node in [a, b] {
+        assert!(listed.contains(&node.url().as_str()), "{issued}");
+    }
+
     // `peel run --dir` with nothing else: the profile's servers, b first.
     let peel_log = peel_dir.path().join("peel.log");
     let mut peel = Command::new(env!("CARGO_BIN_EXE_zester"))
@@ -271,6 +290,29 @@ fn three_nodes_grown_by_join_are_one_fleet() {
     );
     let _ = peel.kill();
     let _ = peel.wait();
+}
+
+/// The walkthrough's order on one machine, typed without a pause: `zester up &` on the first
+/// node, then `node join --wait` at once. The join runs before the node listens, and waits for
+/// it instead of failing ("connection refused").
+#[test]
+fn a_join_with_wait_waits_for_a_node_that_is_not_up_yet() {
+    let mut a = Node::first("a");
+    let b = Node::fresh("b");
+    let (home, url, a_home) = (b.home(), a.url(), a.home());
+    let ports = (b.client_port, b.cluster_port);
+    let joining = std::thread::spawn(move || nodes::join_at(&home, "b", ports, &a_home, &url));
+    // The join has made its keys (it connects right after): only now does a start.
+    wait(
+        Duration::from_secs(10),
+        "b's node keys",
+        || b.home().join("node").is_dir(),
+        String::new,
+    );
+    a.spawn();
+    let joined = joining.join().expect("the join completes once a is up");
+    assert_eq!(joined["state"], "accepted", "{joined}");
+    assert!(b.home().join("zester.toml").exists());
 }
 
 #[test]

@@ -212,10 +212,14 @@ pub async fn creds_issue(
     let profile_path = PeelProfile::beside(&path, id.as_str());
     let profile = PeelProfile {
         id: id.to_string(),
-        servers: vec![crate::cli::context::client_url(
-            running.as_ref().map(|r| r.url.as_str()),
-            &config.server.listen,
-        )?],
+        // In a cluster every node's URL, this one first: the agent fails over among them.
+        servers: crate::cli::context::with_every_node(
+            home,
+            crate::cli::context::client_url(
+                running.as_ref().map(|r| r.url.as_str()),
+                &config.server.listen,
+            )?,
+        ),
         ca_pin: home.ca_pin()?,
         master_xkey: authority.master_xkey.public_key(),
     };
@@ -232,17 +236,19 @@ pub async fn creds_issue(
     };
     Ok(Output {
         human: format!(
-            "Issued creds for peel {id}\n  file     {}\n  curve    {} (seed of {})\n  profile  {}\n  user     {}\n  expires  {expires}\n  key      {registered_text}\n",
+            "Issued creds for peel {id}\n  file     {}\n  curve    {} (seed of {})\n  profile  {} (servers {})\n  user     {}\n  expires  {expires}\n  key      {registered_text}\n",
             path.display(),
             curve_path.display(),
             curve.public_key(),
             profile_path.display(),
+            profile.servers.join(", "),
             claims.sub,
         ),
         json: json!({
             "id": id.as_str(),
             "file": path,
             "profile": profile_path,
+            "servers": profile.servers,
             "xkey": curve.public_key(),
             "xkey_seed_file": curve_path,
             "user_key": claims.sub,

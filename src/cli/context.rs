@@ -176,6 +176,19 @@ fn absolute(path: PathBuf) -> Result<PathBuf, ContextError> {
     })
 }
 
+/// `url` (this node's), then the client URL of every other accepted node of the cluster, as
+/// the home's copy of the node records lists them: what a client given them fails over among.
+pub fn with_every_node(home: &Home, url: String) -> Vec<String> {
+    let mut urls = vec![url];
+    for node in home.node_records() {
+        if node.state == crate::wire::node::NodeState::Accepted && !urls.contains(&node.client_url)
+        {
+            urls.push(node.client_url);
+        }
+    }
+    urls
+}
+
 /// Writes the context for `role` as `name` into `dir` (0700, file 0600, atomically) and says
 /// what it did. The creds and CA are referred to by absolute path, never copied or printed.
 pub fn export(home: &Home, name: &str, role: Role, dir: &Path) -> Result<Output, ContextError> {
@@ -192,14 +205,7 @@ pub fn export(home: &Home, name: &str, role: Role, dir: &Path) -> Result<Output,
     };
     let url = client_url(running.as_deref(), &listen)?;
     // In a cluster, every node's URL (this one first): the nats CLI fails over among them.
-    let mut urls = vec![url];
-    for node in home.node_records() {
-        if node.state == crate::wire::node::NodeState::Accepted && !urls.contains(&node.client_url)
-        {
-            urls.push(node.client_url);
-        }
-    }
-    let url = urls.join(",");
+    let url = with_every_node(home, url).join(",");
     let document = context_json(name, role, &url, &creds, &ca);
     let path = dir.join(format!("{name}.json"));
     home::create_private_dir(dir)?;

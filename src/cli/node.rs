@@ -158,7 +158,7 @@ pub async fn join(
         keys.key.public_key()
     ));
     let request = node_request(options, &keys)?;
-    let client = connect(options, &keys).await?;
+    let client = connect(options, &keys, &progress).await?;
     let joined = ask(&client, options, &keys, &request, NodeOp::NodeJoin).await?;
     progress(&format!("join recorded: {}", joined.state.as_str()));
     if options.wait && joined.state == NodeState::Pending {
@@ -266,10 +266,12 @@ fn split_host_port(value: &str) -> Option<(String, u16)> {
 }
 
 /// Connects with the node key alone (the callout admits it as an enrolling key that may only
-/// ask on `zester.enrol.<its key>`), trusting the CA file or the pinned CA.
+/// ask on `zester.enrol.<its key>`), trusting the CA file or the pinned CA; with `--wait` a
+/// node that is not up yet is waited for.
 async fn connect(
     options: &JoinOptions,
     keys: &NodeKeys,
+    progress: &impl Fn(&str),
 ) -> Result<async_nats::Client, NodeCommandError> {
     let nkey = keys.key.public_key();
     let trust = async_nats::ConnectOptions::with_nkey(keys.key.seed().unwrap_or_default());
@@ -290,27 +292,23 @@ async fn connect(
         (None, Some(pin)) => trust.tls_client_config(crate::net::tls::pinned_client_config(pin)?),
         (None, None) => return Err(NodeCommandError::NoTrust),
     };
-    trust
+    let trust = trust
         .require_tls(true)
         .name(format!("zester-node-{}", options.name))
         .custom_inbox_prefix(format!("_INBOX.{nkey}"))
         .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(3))
-        .connect(options.server.as_str())
+        .max_reconnects(Some(3));
+    crate::net::connect::connect_waiting(&trust, &options.server, options.wait, progress)
         .await
         .map_err(|source| {
-            let refused = matches!(
-                source.kind(),
-                async_nats::ConnectErrorKind::AuthorizationViolation
-                    | async_nats::ConnectErrorKind::Authentication
-            );
+            let refused = crate::net::connect::is_refusal(&source);
             NodeCommandError::Connect {
                 url: options.server.clone(),
                 source,
                 hint: if refused {
                     " (the cluster refused this key, or this address made too many attempts; see the audit log there)"
                 } else {
-                    ""
+                    " (is zester up running there, with --cluster-listen? `--wait` waits for it)"
                 },
             }
         })

@@ -29,7 +29,7 @@ impl RuntimeInfo {
     pub fn read(home: &Home) -> Result<RuntimeInfo, String> {
         let path = home.runtime_file();
         let text = std::fs::read_to_string(&path)
-            .map_err(|_| format!("no {} (start it with `zester up`)", path.display()))?;
+            .map_err(|_| format!("no {} (start it with `zester up`; one that is starting writes it once it says `zester is ready`)", path.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{} is unreadable: {e}", path.display()))
     }
 

@@ -28,6 +28,48 @@ pub enum ConnectError {
     },
 }
 
+/// Connects with `options` to `servers` (a [`server_list`]); with `wait`, a server that is down
+/// or not up yet is waited for — attempts 2 s apart doubling to 30 s, with jitter, and
+/// `progress` told at most once a minute — while a refusal of the key (authorization,
+/// authentication) ends it at once, as does every error without `wait`. For commands a person
+/// runs with `--wait` (`peel enrol`, `node join`): the next step of a walkthrough may come
+/// before the server it talks to is up.
+pub async fn connect_waiting(
+    options: &async_nats::ConnectOptions,
+    servers: &str,
+    wait: bool,
+    progress: &impl Fn(&str),
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let mut pause = Duration::from_secs(2);
+    let mut said: Option<Instant> = None;
+    loop {
+        match options.clone().connect(server_list(servers)).await {
+            Ok(client) => return Ok(client),
+            Err(e) if wait && !is_refusal(&e) => {
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    progress(&format!(
+                        "cannot reach {servers} yet ({e}); retrying (said at most once a minute, Ctrl-C stops)"
+                    ));
+                    said = Some(Instant::now());
+                }
+                let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a connect error is the server refusing the key (not worth trying again as is).
+pub fn is_refusal(error: &async_nats::ConnectError) -> bool {
+    matches!(
+        error.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication
+    )
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {

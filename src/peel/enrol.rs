@@ -280,11 +280,7 @@ async fn connect_enrolling(
     progress: &impl Fn(&str),
 ) -> Result<async_nats::Client, PeelEnrolError> {
     let connect_error = |source: async_nats::ConnectError| {
-        let refused = matches!(
-            source.kind(),
-            async_nats::ConnectErrorKind::AuthorizationViolation
-                | async_nats::ConnectErrorKind::Authentication
-        );
+        let refused = crate::net::connect::is_refusal(&source);
         PeelEnrolError::Connect {
             url: options.server.clone(),
             source,
@@ -312,37 +308,9 @@ async fn connect_enrolling(
         .custom_inbox_prefix(format!("_INBOX.{}", key.public_key()))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(Some(3));
-    let mut pause = Duration::from_secs(2);
-    let mut said: Option<std::time::Instant> = None;
-    loop {
-        match trust
-            .clone()
-            .connect(crate::net::connect::server_list(&options.server))
-            .await
-        {
-            Ok(client) => return Ok(client),
-            Err(e)
-                if options.wait
-                    && !matches!(
-                        e.kind(),
-                        async_nats::ConnectErrorKind::AuthorizationViolation
-                            | async_nats::ConnectErrorKind::Authentication
-                    ) =>
-            {
-                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                    progress(&format!(
-                        "cannot reach {} yet ({e}); retrying (said at most once a minute)",
-                        options.server
-                    ));
-                    said = Some(std::time::Instant::now());
-                }
-                let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
-                tokio::time::sleep(pause + jitter).await;
-                pause = (pause * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(connect_error(e)),
-        }
-    }
+    crate::net::connect::connect_waiting(&trust, &options.server, options.wait, progress)
+        .await
+        .map_err(connect_error)
 }
 
 /// Sends one signed request and unwraps the `{"ok": …}` / `{"error": …}` answer.
