@@ -199,6 +199,14 @@ async fn concurrent_accept_and_reject_exactly_one_wins() {
         let shown = json(&t.zester(&["key", "show", &id, "--json"]));
         let expected = if accepted { "accepted" } else { "rejected" };
         assert_eq!(shown["record"]["state"], expected);
+        // Asked again, the winner's verb says the key is there already (no one changed it
+        // "meanwhile"), and changes nothing.
+        let again = t.zester(&["key", if accepted { "accept" } else { "reject" }, &id]);
+        assert!(!again.status.success());
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert!(said.contains(&format!("{expected} already")), "{said}");
+        let after = json(&t.zester(&["key", "show", &id, "--json"]));
+        assert_eq!(after["record"]["history"], shown["record"]["history"]);
     }
     t.stop().await;
 }

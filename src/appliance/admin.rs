@@ -59,6 +59,14 @@ pub enum AdminError {
         /// The state found.
         found: KeyState,
     },
+    /// The key is in the state asked for already.
+    #[error("peel {id} is {state} already: nothing changed (see `zester key show {id}`)")]
+    AlreadyInState {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: KeyState,
+    },
     /// An accepted key cannot be deleted.
     #[error("peel {id} is accepted: revoke it first (`zester key revoke {id}`), then delete it")]
     DeleteAccepted {
@@ -694,6 +702,12 @@ impl AdminService {
             })
             .await?;
         if let Some(expected) = request.from {
+            if record.state != expected && record.state == request.to {
+                return Err(AdminError::AlreadyInState {
+                    id: request.id,
+                    state: record.state,
+                });
+            }
             if record.state != expected {
                 return Err(AdminError::StateChanged {
                     id: request.id,
