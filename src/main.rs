@@ -605,6 +605,10 @@ enum NodeCommand {
     Remove {
         /// The node's name.
         name: String,
+        /// Remove it even if the nodes left up would be fewer than the cluster needs for key
+        /// changes (refused otherwise: start the nodes that are down first).
+        #[arg(long)]
+        force: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -969,12 +973,17 @@ async fn node_command(home: &Home, command: NodeCommand) -> anyhow::Result<(Outp
             json,
             admin,
         } => (
-            node::change(home, &admin.target(), &name, fingerprint, false).await?,
+            node::change(home, &admin.target(), &name, fingerprint, false, false).await?,
             json,
         ),
         NodeCommand::List { json, admin } => (node::list(home, &admin.target()).await?, json),
-        NodeCommand::Remove { name, json, admin } => (
-            node::change(home, &admin.target(), &name, None, true).await?,
+        NodeCommand::Remove {
+            name,
+            force,
+            json,
+            admin,
+        } => (
+            node::change(home, &admin.target(), &name, None, true, force).await?,
             json,
         ),
     })

@@ -290,6 +290,46 @@ fn three_nodes_grown_by_join_are_one_fleet() {
     );
     let _ = peel.kill();
     let _ = peel.wait();
+
+    // With b dead, removing c too would leave a alone of the three the meta group counts: the
+    // cluster would stop taking key changes. Refused, saying why; c stays a node.
+    let counts_dead = |node: &Node| {
+        let status = node.json(&["status"]);
+        status["cluster"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == b.name.as_str() && n["current"] != true)
+    };
+    wait(
+        Duration::from_secs(30),
+        &format!(
+            "{} counted not current by {} and {}",
+            b.name, a.name, c.name
+        ),
+        || counts_dead(a) && counts_dead(c),
+        String::new,
+    );
+    let refused = a.zester(&["node", "remove", &c.name]);
+    assert!(
+        !refused.status.success(),
+        "node remove {} with {} dead",
+        c.name,
+        b.name
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("would leave") && said.contains("--force"),
+        "{said}"
+    );
+    let listed = a.json(&["node", "list"]);
+    let state = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == c.name.as_str())
+        .map(|n| n["state"].clone());
+    assert_eq!(state, Some(serde_json::json!("accepted")), "{listed}");
 }
 
 /// The walkthrough's order on one machine, typed without a pause: `zester up &` on the first

@@ -153,6 +153,16 @@ pub enum AdminError {
         /// The name.
         name: String,
     },
+    /// Removing the node would leave no majority of the cluster up.
+    #[error("refused: removing node {name} now would leave {left}, and the cluster needs {needed} for key changes (a removal does not make it smaller); start the nodes that are down first (`zester status`), or pass --force to remove it anyway; nothing was changed")]
+    RemoveWithoutMajority {
+        /// The node asked about.
+        name: String,
+        /// What would be left.
+        left: String,
+        /// How many the meta group needs.
+        needed: u64,
+    },
     /// The master's or admin's creds cannot be rotated on one node of a cluster.
     #[error("refused: this appliance is a node of a cluster, where every node holds the {role} creds and trusts their key; rotating them on one node is not supported yet, and nothing was changed")]
     ClusterServiceCreds {
@@ -370,6 +380,9 @@ impl AdminService {
             );
             record
         } else {
+            if !change.force {
+                self.removal_keeps_a_majority(&change.name).await?;
+            }
             let record = nodes.remove(&change.name, by, now).await.map_err(failed)?;
             self.audit_action(
                 asked,
@@ -384,6 +397,37 @@ impl AdminService {
             crate::appliance::nodes::write_cache(&self.home, &all);
         }
         Ok(json!(record))
+    }
+
+    /// Refuses to remove `name` when the nodes left up and current would be fewer than the
+    /// JetStream meta group needs: the cluster would stop taking key changes until a node that
+    /// is down comes back (a removal does not shrink the group).
+    async fn removal_keeps_a_majority(&self, name: &str) -> Result<(), AdminError> {
+        // Without a leader to ask (a node alone, or none elected) the removal's own write
+        // says what is wrong.
+        let jsz = crate::appliance::cluster::leader_document(&self.sys, "JSZ").await;
+        let Some((live, needed)) = jsz
+            .as_ref()
+            .and_then(|jsz| crate::appliance::cluster::live_without(jsz, name))
+        else {
+            return Ok(());
+        };
+        let was_counted = |jsz: &Value| {
+            let meta = &jsz["meta_cluster"];
+            meta["leader"] == name
+                || meta["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|peer| peer["name"] == name))
+        };
+        // A node the group never counted (still pending, say) changes no majority.
+        if jsz.as_ref().is_some_and(was_counted) && (live.len() as u64) < needed {
+            return Err(AdminError::RemoveWithoutMajority {
+                name: name.to_string(),
+                left: format!("only {} up and current", live.join(", ")),
+                needed,
+            });
+        }
+        Ok(())
     }
 
     /// Audits an admin request refused before it was acted on, with the claimed key.

@@ -223,6 +223,15 @@ impl Node {
         }))
     }
 
+    /// Announces this node's users once more, without waiting for answers.
+    pub async fn announce(&self) {
+        let _ = self
+            .sys
+            .publish(ANNOUNCE_SUBJECT, self.payload().into())
+            .await;
+        let _ = self.sys.flush().await;
+    }
+
     /// Announces this node and waits (at most [`INTRODUCE_WAIT`]) until each of the `routed`
     /// nodes answered with its own, so that this node's users are trusted everywhere before
     /// they connect. Returns how many nodes answered.
@@ -344,6 +353,29 @@ pub fn nodes_of(jsz: &Value) -> (u64, u64) {
         .max(replicas.len() as u64 + 1);
     let this = u64::from(meta["leader"].as_str().is_some_and(|l| !l.is_empty()));
     (known, up + this)
+}
+
+/// What removing node `name` would leave, from the meta leader's `JSZ`: the nodes still up and
+/// current without it (the leader and its current, online replicas), and how many the meta
+/// group needs (a majority of its size: a removal does not shrink the group).
+/// `None` while there is no leader.
+pub fn live_without(jsz: &Value, name: &str) -> Option<(Vec<String>, u64)> {
+    let meta = &jsz["meta_cluster"];
+    let leader = meta["leader"].as_str().filter(|l| !l.is_empty())?;
+    let replicas = meta["replicas"].as_array().cloned().unwrap_or_default();
+    let mut live = vec![leader.to_string()];
+    live.extend(
+        replicas
+            .iter()
+            .filter(|r| r["current"] == true && r["offline"] != true)
+            .filter_map(|r| r["name"].as_str().map(str::to_string)),
+    );
+    live.retain(|node| node != name);
+    let size = meta["cluster_size"]
+        .as_u64()
+        .unwrap_or(0)
+        .max(replicas.len() as u64 + 1);
+    Some((live, size / 2 + 1))
 }
 
 /// What a node says after writing a key record: the bucket has reached `revision`.
@@ -777,6 +809,28 @@ pub fn cluster_status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_removal_that_would_leave_no_majority_up_is_seen() {
+        let jsz = serde_json::json!({"meta_cluster": {
+            "leader": "a", "cluster_size": 3,
+            "replicas": [
+                {"name": "b", "current": false, "offline": true},
+                {"name": "c", "current": true}
+            ]
+        }});
+        // b down: removing c leaves a alone, of the 2 the group of 3 needs.
+        assert_eq!(live_without(&jsz, "c"), Some((vec!["a".to_string()], 2)));
+        // Removing b (the one down) leaves a and c.
+        assert_eq!(
+            live_without(&jsz, "b"),
+            Some((vec!["a".to_string(), "c".to_string()], 2))
+        );
+        // Removing the leader itself counts it out too.
+        assert_eq!(live_without(&jsz, "a"), Some((vec!["c".to_string()], 2)));
+        let leaderless = serde_json::json!({"meta_cluster": {"leader": "", "cluster_size": 3}});
+        assert_eq!(live_without(&leaderless, "c"), None);
+    }
+
     use super::*;
 
     fn key(n: u8) -> UserKey {

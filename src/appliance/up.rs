@@ -238,9 +238,9 @@ impl Appliance {
         let (sys, events) =
             start_system(&home, &broker.endpoint, &state, &audit, &prepared).await?;
         tasks.push(events);
-        let replicas = match to_announce {
+        let (replicas, node) = match to_announce {
             Some(to_announce) => {
-                let (task, replicas) = join_cluster(&prepared, &sys, &own, &state).await?;
+                let (task, replicas, node) = join_cluster(&prepared, &sys, &own, &state).await?;
                 tasks.push(task);
                 // Before this node's own connections sign in: wherever they are let in, every
                 // node's table must hold them (a reload re-authorises them through any callout).
@@ -254,11 +254,13 @@ impl Appliance {
                     .await
                     .map_err(|e| nats_error("subscribing to the cluster's sessions")(e.into()))?,
                 );
-                replicas
+                (replicas, Some(node))
             }
-            None => 1,
+            None => (1, None),
         };
-        let (store, service) = own.connect(&broker.endpoint, &state.connection).await?;
+        let (store, service) = own
+            .connect(&broker.endpoint, &state.connection, node.as_ref())
+            .await?;
         tasks.extend(open_audit_stream(&store, &prepared, &audit, replicas).await?);
         if let Some(carried) = broker.carried.take() {
             grow::carry_over(&home, &store, carried, replicas).await?;
@@ -969,42 +971,89 @@ impl OwnUsers {
     /// connection alone speaks JetStream (its buckets only) and hears nothing a client can
     /// send; the service connection hears the requests and may only answer into inboxes
     /// (DESIGN §4). Returns `(store, service)`.
+    /// In a cluster (`node`), a connection refused because the callout that answered does not
+    /// know this run's users yet (its node missed the announcement: busy, or starting too) is
+    /// tried again after announcing them once more, up to [`OWN_CONNECT_ATTEMPTS`] times.
     async fn connect(
         self,
         endpoint: &Endpoint,
         callout: &connect::Presence,
+        node: Option<&cluster::Node>,
     ) -> Result<(async_nats::Client, async_nats::Client), UpError> {
-        let store = connect_own_in_memory(
+        let store = connect_own_announcing(
             endpoint,
             self.store,
             ("zester-store", STORE_INBOX_PREFIX),
             "key store connection (through the callout)",
             callout,
+            node,
         )
         .await?;
-        let service = connect_own_in_memory(
+        let service = connect_own_announcing(
             endpoint,
             self.service,
             ("zester-service", SERVICE_INBOX_PREFIX),
             "service connection (through the callout)",
             callout,
+            node,
         )
         .await?;
         Ok((store, service))
     }
 }
 
+/// How often a starting node of a cluster tries one of its own connections that a callout
+/// refused, announcing its users again in between (1 s, 2 s, 4 s, 8 s apart).
+const OWN_CONNECT_ATTEMPTS: u32 = 5;
+
+/// [`connect_own_in_memory`], tried again on a refusal when this node is one of a cluster.
+async fn connect_own_announcing(
+    endpoint: &Endpoint,
+    creds: Arc<Creds>,
+    names: (&str, &str),
+    what: &'static str,
+    callout: &connect::Presence,
+    node: Option<&cluster::Node>,
+) -> Result<async_nats::Client, UpError> {
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match connect_own_in_memory(endpoint, creds.clone(), names, what, callout).await {
+            Err(UpError::Connect {
+                source: connect::ConnectError::Connect { source, .. },
+                ..
+            }) if node.is_some()
+                && attempt < OWN_CONNECT_ATTEMPTS
+                && connect::is_refusal(&source) =>
+            {
+                tracing::warn!(
+                    what,
+                    attempt,
+                    "refused ({source}): the callout that answered may not know this run's users yet; announcing them again, then trying again in {pause:?}"
+                );
+                if let Some(node) = node {
+                    node.announce().await;
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Between steps 5 and 6, on a node of a cluster: waits for JetStream's meta leader, then
 /// announces this run's service and store users to the other nodes (whose callouts answer for
 /// this node's server too) and waits until the routed ones answered, so that both connect at
-/// once wherever their auth request is answered. Returns the announcing task and the replicas
-/// the buckets are made with (`min(3, nodes)`).
+/// once wherever their auth request is answered. Returns the announcing task, the replicas
+/// the buckets are made with (`min(3, nodes)`) and the node (to announce again).
 async fn join_cluster(
     prepared: &Prepared,
     sys: &async_nats::Client,
     own: &OwnUsers,
     state: &Arc<CalloutState>,
-) -> Result<(tokio::task::JoinHandle<()>, usize), UpError> {
+) -> Result<(tokio::task::JoinHandle<()>, usize, cluster::Node), UpError> {
     let node = cluster::Node::new(
         sys.clone(),
         &prepared.node_name,
@@ -1032,6 +1081,7 @@ async fn join_cluster(
     Ok((
         task,
         cluster::replicas_for(meta.cluster_size.max(routed + 1)),
+        node,
     ))
 }
 

@@ -378,13 +378,14 @@ pub async fn list(home: &Home, target: &AdminTarget) -> Result<Output, NodeComma
     })
 }
 
-/// `zester node accept NAME [--fingerprint FP]` and `zester node remove NAME`.
+/// `zester node accept NAME [--fingerprint FP]` and `zester node remove NAME [--force]`.
 pub async fn change(
     home: &Home,
     target: &AdminTarget,
     name: &str,
     fingerprint: Option<String>,
     remove: bool,
+    force: bool,
 ) -> Result<Output, NodeCommandError> {
     let client = admin_connect_to(home, target).await?;
     let subject = if remove { NODE_REMOVE } else { NODE_ACCEPT };
@@ -394,6 +395,7 @@ pub async fn change(
         &NodeChange {
             name: name.to_string(),
             fingerprint,
+            force,
         },
     )
     .await?;

@@ -180,6 +180,9 @@ pub struct NodeChange {
     /// `accept` only: the fingerprint the admin expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// `remove` only: remove it even if the nodes left up would be no majority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// One named admin, as the appliance keeps it (`<home>/auth/admins.json`) and lists it.

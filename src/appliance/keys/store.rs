@@ -167,6 +167,8 @@ impl CreateOutcome {
 
 /// How long a read waits for a cluster to elect the bucket's new leader.
 pub(crate) const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How long a write refused at once is asked again while a leader may be being elected.
+const WRITE_ELECTION_WAIT: Duration = Duration::from_secs(4);
 /// How long opening the store waits for a load it can start from (a leader it knows of).
 const START_LOAD_WAIT: Duration = Duration::from_secs(30);
 /// How often it asks again meanwhile.
@@ -392,16 +394,49 @@ impl KeyStore {
             });
         }
         record.validate()?;
-        match self
-            .kv
-            .update(id.as_str(), record.to_json().into(), expected_revision)
-            .await
-        {
+        // While a cluster elects the bucket's new leader (its node just died) a write is
+        // refused at once for a few seconds ("no responders", "no stream found"): asked again
+        // for WRITE_ELECTION_WAIT. Not after a timeout, which may have landed and takes seconds
+        // itself; and not longer, so that a node cut off from the majority still answers the
+        // admin (who waits 10 s) with why it refuses.
+        let started = std::time::Instant::now();
+        let mut retried = false;
+        let outcome = loop {
+            match self
+                .kv
+                .update(id.as_str(), record.to_json().into(), expected_revision)
+                .await
+            {
+                Err(error)
+                    if error.kind() != kv::UpdateErrorKind::WrongLastRevision
+                        && started.elapsed() < WRITE_ELECTION_WAIT
+                        && is_transient(&error.to_string())
+                        && !error.to_string().to_lowercase().contains("timed out") =>
+                {
+                    retried = true;
+                    tokio::time::sleep(ELECTION_POLL).await;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(revision) => {
                 self.wrote(revision);
                 Ok(revision)
             }
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // An attempt refused "at once" may still have landed: if the bucket holds
+                // exactly this record (its history carries this write's time), it is ours.
+                if retried {
+                    if let Ok(Some(entry)) = self.kv.entry(id.as_str()).await {
+                        if entry.operation == kv::Operation::Put
+                            && entry.value.as_ref() == record.to_json().as_slice()
+                        {
+                            self.wrote(entry.revision);
+                            return Ok(entry.revision);
+                        }
+                    }
+                }
                 // Only for the message: if this read fails, say what we know.
                 let found = match self.kv.entry(id.as_str()).await {
                     Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
