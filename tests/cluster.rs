@@ -207,15 +207,17 @@ fn three_nodes_grown_by_join_are_one_fleet() {
 
     // `peel run --dir` with nothing else: the profile's servers, b first.
     let peel_log = peel_dir.path().join("peel.log");
-    let mut peel = Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "run", "--id", "web-01"])
-        .arg("--dir")
-        .arg(peel_dir.path())
-        .env_remove("ZESTER_HOME")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&peel_log).unwrap())
-        .spawn()
-        .unwrap();
+    let peel = common::Reaped::new(
+        Command::new(env!("CARGO_BIN_EXE_zester"))
+            .args(["peel", "run", "--id", "web-01"])
+            .arg("--dir")
+            .arg(peel_dir.path())
+            .env_remove("ZESTER_HOME")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&peel_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let read_peel_log = || std::fs::read_to_string(&peel_log).unwrap_or_default();
     let connects = || read_peel_log().matches("connected peel=web-01").count();
     wait(
@@ -288,8 +290,7 @@ fn three_nodes_grown_by_join_are_one_fleet() {
         || read_peel_log().matches("disconnected").count() >= 2,
         read_peel_log,
     );
-    let _ = peel.kill();
-    let _ = peel.wait();
+    drop(peel);
 
     // With b dead, removing c too would leave a alone of the three the meta group counts: the
     // cluster would stop taking key changes. Refused, saying why; c stays a node.

@@ -182,6 +182,32 @@ impl Drop for NatsServer {
     }
 }
 
+/// A child process a test started, killed and reaped when dropped: also when the test
+/// panics before it would have stopped it.
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    /// Waits for it to end by itself and returns its output.
+    pub fn output(mut self) -> std::process::Output {
+        let child = self.0.take().expect("not reaped yet");
+        child.wait_with_output().expect("wait for the child")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The caller's config followed by the keys the helper owns. nats-server lets a later key
 /// override an earlier one, so these win even if the caller set them by mistake.
 fn render_config(config: &str, dir: &Path) -> String {

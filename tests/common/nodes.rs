@@ -299,27 +299,29 @@ pub fn join_on(
 ) -> Value {
     let listen = format!("{host}:{client_port}");
     let cluster = format!("{host}:{cluster_port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_zester"))
-        .arg("--home")
-        .arg(home)
-        .args(["node", "join", "--server", via_url])
-        .arg("--ca")
-        .arg(via_home.join("pki/ca.pem"))
-        .args(["--name", name, "--listen", &listen])
-        .args([
-            "--cluster-listen",
-            &cluster,
-            "--monitor",
-            "127.0.0.1:0",
-            "--wait",
-            "--json",
-        ])
-        .env_remove("ZESTER_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zester node join");
+    let child = super::Reaped::new(
+        Command::new(env!("CARGO_BIN_EXE_zester"))
+            .arg("--home")
+            .arg(home)
+            .args(["node", "join", "--server", via_url])
+            .arg("--ca")
+            .arg(via_home.join("pki/ca.pem"))
+            .args(["--name", name, "--listen", &listen])
+            .args([
+                "--cluster-listen",
+                &cluster,
+                "--monitor",
+                "127.0.0.1:0",
+                "--wait",
+                "--json",
+            ])
+            .env_remove("ZESTER_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn zester node join"),
+    );
     let admin = |args: &[&str]| zester(via_home, args);
     let mut fingerprint = String::new();
     wait(
@@ -344,7 +346,7 @@ pub fn join_on(
         "node accept {name}: {}",
         String::from_utf8_lossy(&accepted.stderr)
     );
-    let out = child.wait_with_output().unwrap();
+    let out = child.output();
     assert!(
         out.status.success(),
         "node join {name}: {}",
