@@ -296,8 +296,10 @@ pub fn creds_file_auth(path: PathBuf) -> async_nats::ConnectOptions {
 }
 
 /// Delay before connect attempt `attempt` (async-nats asks before the very first one too):
-/// none for the first, then 50 ms: the server is on this host, so a refused attempt costs
-/// nothing and the appliance's connections are back moments after a restarted child listens.
+/// none for the first, then 50 ms for a second's worth of attempts: the server is on this
+/// host, so the appliance's connections are back moments after a restarted child listens.
+/// After that, one a second: a connection refused for good (a removed node's system user,
+/// revoked) must not knock 20 times a second on every server, each refusal an audit line there.
 /// A connection that waits for another (`after`) retries every second until that one is up.
 fn reconnect_delay(attempt: usize, after: Option<&Presence>) -> Duration {
     if attempt <= 1 {
@@ -305,12 +307,17 @@ fn reconnect_delay(attempt: usize, after: Option<&Presence>) -> Duration {
     }
     match after {
         Some(presence) if !presence.is_settled() => WAIT_FOR_PRESENCE,
+        _ if attempt > FAST_RETRIES => SLOW_RETRY,
         _ => RETRY,
     }
 }
 
-/// The pause between reconnect attempts of the appliance's own connections.
+/// The pause between the first reconnect attempts of the appliance's own connections.
 const RETRY: Duration = Duration::from_millis(50);
+/// How many attempts are made [`RETRY`] apart (about a second).
+const FAST_RETRIES: usize = 20;
+/// The pause between later attempts.
+const SLOW_RETRY: Duration = Duration::from_secs(1);
 /// The pause of a connection whose prerequisite connection is down.
 const WAIT_FOR_PRESENCE: Duration = Duration::from_secs(1);
 
@@ -323,7 +330,9 @@ mod tests {
         assert_eq!(reconnect_delay(0, None), Duration::ZERO);
         assert_eq!(reconnect_delay(1, None), Duration::ZERO);
         assert_eq!(reconnect_delay(2, None), RETRY);
-        assert_eq!(reconnect_delay(50, None), RETRY);
+        assert_eq!(reconnect_delay(FAST_RETRIES, None), RETRY);
+        assert_eq!(reconnect_delay(FAST_RETRIES + 1, None), SLOW_RETRY);
+        assert_eq!(reconnect_delay(500, None), SLOW_RETRY);
     }
 
     #[test]
