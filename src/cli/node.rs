@@ -389,7 +389,7 @@ pub async fn change(
 ) -> Result<Output, NodeCommandError> {
     let client = admin_connect_to(home, target).await?;
     let subject = if remove { NODE_REMOVE } else { NODE_ACCEPT };
-    let answer = admin_request(
+    let asked = admin_request(
         &client,
         subject,
         &NodeChange {
@@ -398,7 +398,26 @@ pub async fn change(
             force,
         },
     )
-    .await?;
+    .await;
+    let answer = match asked {
+        // Any node's service may answer, the one being removed too, whose answer can be lost
+        // with the routes its removal closes: the node records say whether it was done.
+        Err(StatusError::NoAnswer) if remove => match removed_record(&client, name).await {
+            Some(record) => {
+                let mut human = removed_text(&record);
+                human.push_str("(the answer was lost, likely with the removed node's routes; the node records show it removed)\n");
+                let mut json = serde_json::to_value(&record)?;
+                json["answer_lost"] = json!(true);
+                return Ok(Output {
+                    human,
+                    json,
+                    exit_code: 0,
+                });
+            }
+            None => return Err(StatusError::NoAnswer.into()),
+        },
+        other => other?,
+    };
     let record: NodeRecord = serde_json::from_value(answer.clone())?;
     let human = if remove {
         removed_text(&record)
@@ -414,6 +433,24 @@ pub async fn change(
         json: answer,
         exit_code: 0,
     })
+}
+
+/// The record of `name` once the cluster's node records show it removed (asked for up to
+/// 10 s, through whichever node answers), `None` if they do not.
+async fn removed_record(client: &crate::cli::client::AdminClient, name: &str) -> Option<NodeRecord> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(answer) = admin_request(client, NODE_LIST, &json!({})).await {
+            let nodes: Vec<NodeRecord> = serde_json::from_value(answer).unwrap_or_default();
+            if let Some(record) = nodes.into_iter().find(|n| n.name == name) {
+                if record.state == NodeState::Removed {
+                    return Some(record);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
 }
 
 /// What `zester node remove` says: what was taken from the node, and what it still holds.
