@@ -437,7 +437,10 @@ pub async fn change(
 
 /// The record of `name` once the cluster's node records show it removed (asked for up to
 /// 10 s, through whichever node answers), `None` if they do not.
-async fn removed_record(client: &crate::cli::client::AdminClient, name: &str) -> Option<NodeRecord> {
+async fn removed_record(
+    client: &crate::cli::client::AdminClient,
+    name: &str,
+) -> Option<NodeRecord> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         if let Ok(answer) = admin_request(client, NODE_LIST, &json!({})).await {
