@@ -459,7 +459,7 @@ async fn peel_connects(up: &Up, id: &str) -> bool {
         .max_reconnects(1);
     let url = up.runtime()["url"].as_str().unwrap().to_string();
     match options.connect(url).await {
-        Ok(client) => client.flush().await.is_ok(),
+        Ok(client) => common::peel_admitted(&client, id).await.is_ok(),
         Err(_) => false,
     }
 }

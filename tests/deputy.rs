@@ -83,6 +83,9 @@ async fn hostile_reply_subjects_get_no_answer_and_change_nothing() {
         .connect(&victim_creds, "_INBOX.web-02")
         .await
         .expect("victim connects");
+    // Admitted (a round trip only an admitted client gets), before it listens on its inbox,
+    // where the probe's own answer would land.
+    common::sync_peel(&victim.nats, "web-02").await;
     let mut victim_cmd = victim.nats.subscribe("zester.cmd.web-02").await.unwrap();
     let mut victim_inbox = victim.nats.subscribe("_INBOX.web-02.>").await.unwrap();
     victim.nats.flush().await.unwrap();

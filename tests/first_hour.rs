@@ -82,12 +82,7 @@ async fn connect_once(up: &Up, creds: &Path, id: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     // A round trip: async-nats calls a connection up before the callout has decided.
-    client.flush().await.map_err(|e| e.to_string())?;
-    client
-        .publish(format!("zester.fact.{id}"), "{}".into())
-        .await
-        .map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())
+    common::peel_admitted(&client, id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

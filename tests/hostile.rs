@@ -432,9 +432,11 @@ async fn hostile_clients_are_refused_with_their_reasons() {
     let mut loris = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    t.connect(&good_path, "_INBOX.web-01")
+    let good = t
+        .connect(&good_path, "_INBOX.web-01")
         .await
         .expect("a good peel still gets in");
+    common::sync_peel(&good.nats, "web-01").await;
     let mut buf = vec![0u8; 4096];
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         use tokio::io::AsyncReadExt;

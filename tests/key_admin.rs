@@ -239,6 +239,7 @@ async fn service_creds_rotate_while_running() {
     // creds get in as the master, and zester's own services (which never use the master's
     // creds) keep answering.
     let old_session = t.master().await;
+    common::sync(&old_session.nats, "_INBOX._master.sync").await;
     let out = t.zester(&["creds", "rotate", "master"]);
     assert!(
         out.status.success(),

@@ -261,7 +261,10 @@ fn removing_a_named_admin_cuts_it_off_at_once() {
             .await
             .expect("bob connects")
     });
-    rt.block_on(live.flush()).unwrap();
+    // Admitted: a round trip only an admitted connection gets (the status request is answered
+    // by the service; no signature is needed to read it).
+    let probe = rt.block_on(live.request(zester::wire::admin::STATUS_SUBJECT, "{}".into()));
+    assert!(probe.is_ok(), "bob admitted: {probe:?}");
 
     let removed = json_of(&up.zester(&["admin", "remove", "bob", "--json"]));
     assert!(removed["kicked"].as_u64().unwrap() >= 1, "{removed}");

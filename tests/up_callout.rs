@@ -272,9 +272,11 @@ async fn every_bad_client_is_refused_with_an_audited_reason() {
     ids.dedup();
     assert_eq!(ids.len(), all, "a connection was audited twice: {audit:#?}");
     // The good creds still work after all that.
-    t.connect(&good, "_INBOX.web-01")
+    let real = t
+        .connect(&good, "_INBOX.web-01")
         .await
         .expect("the real peel still connects");
+    common::sync_peel(&real.nats, "web-01").await;
     t.stop().await;
 }
 

@@ -88,8 +88,8 @@ pub fn status(up: &Up) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Connects to `up` as peel `id` with `creds`, and makes one round trip and one publish on the
-/// peel's own subject (async-nats calls a connection up before the callout has decided).
+/// Connects to `up` as peel `id` with `creds`, admitted: proven by a round trip
+/// ([`super::peel_admitted`]; async-nats calls a connection up before the callout has decided).
 pub async fn peel_connects(up: &Up, creds: &std::path::Path, id: &str) -> Result<(), String> {
     let client = async_nats::ConnectOptions::with_credentials_file(creds)
         .await
@@ -101,10 +101,5 @@ pub async fn peel_connects(up: &Up, creds: &std::path::Path, id: &str) -> Result
         .connect(up.runtime()["url"].as_str().unwrap_or_default())
         .await
         .map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())?;
-    client
-        .publish(format!("zester.fact.{id}"), "{}".into())
-        .await
-        .map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())
+    super::peel_admitted(&client, id).await
 }

@@ -339,17 +339,40 @@ pub async fn publish_until_received(
 
 /// Makes sure the server has processed everything `client` sent so far (its subscriptions
 /// included) by a request round trip on `subject`, a subject the client may publish to and
-/// nobody serves: the server answers "no responders" only after the preceding operations.
+/// nobody serves: the server answers "no responders" only after the preceding operations,
+/// and only to an admitted connection, so this also proves the client was let in (async-nats's
+/// `connect` returns at any first server op, possibly while the callout still decides, and
+/// `flush` only writes). Fails the test otherwise.
 pub async fn sync(client: &async_nats::Client, subject: &str) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
         client.request(subject.to_string(), "".into()),
     )
     .await;
+    assert!(
+        matches!(&answer, Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "no round trip on {subject} (not admitted, or the subject is served or not allowed): {answer:?}"
+    );
 }
 
-/// Makes sure the server has processed a peel's connection and subscriptions: a request on
-/// one of its own event subjects (which it may publish to) comes back as "no responders".
+/// Whether peel `id`'s `client` was admitted: a request on one of its own event subjects,
+/// which nothing serves, answered "no responders" (the server answers only an admitted
+/// connection; `connect` and `flush` succeeding prove nothing). The error says what came.
+pub async fn peel_admitted(client: &async_nats::Client, id: &str) -> Result<(), String> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.request(format!("zester.event.{id}.probe"), "".into()),
+    )
+    .await;
+    match answer {
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        other => Err(format!("no round trip as {id}: {other:?}")),
+    }
+}
+
+/// Makes sure the server has processed a peel's connection and subscriptions, and admitted it:
+/// a request on one of its own event subjects (which it may publish to) comes back as "no
+/// responders".
 pub async fn sync_peel(client: &async_nats::Client, id: &str) {
     sync(client, &format!("zester.event.{id}.sync-probe")).await;
 }
@@ -383,6 +406,25 @@ pub fn process_alive(pid: u32) -> bool {
 /// A port on 127.0.0.1 that was free a moment ago (for a server that must be told its port
 /// before it starts; another process taking it in between fails that start, never passes it).
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range, where no outgoing connection takes a port: a node
+    // that restarts on its port must find it still free, not taken meanwhile by some other
+    // test's client (seen in CI: "127.0.0.1:36777 is already in use").
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        use rand::Rng;
+        static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..200 {
+            let port = rand::thread_rng().gen_range(10_000..low);
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
