@@ -159,6 +159,13 @@ pub enum Refusal {
     /// child) or too busy. The client retries; nothing is wrong with its creds.
     #[error("nats-server got no answer from the callout in time (it was reconnecting or overloaded); the creds are fine and the client retries")]
     NoCalloutAnswer,
+    /// A user of the system account, which nats-server checks itself (zester's own system
+    /// connections, or a removed node's, whose user is revoked in the SYS account JWT).
+    #[error("user {nkey} is a system account user (a zester node's system connection): nats-server refused it itself: revoked in the SYS account (a removed node's, see `zester node list`), expired, or its nonce signature failed")]
+    SystemUser {
+        /// The user's key.
+        nkey: String,
+    },
 }
 
 impl Refusal {
@@ -188,6 +195,7 @@ impl Refusal {
             Refusal::KeyNotAccepted { .. } => "key_not_accepted",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::NoCalloutAnswer => "callout_no_answer",
+            Refusal::SystemUser { .. } => "system_user_refused",
         }
     }
 }
@@ -314,6 +322,15 @@ pub fn diagnose(jwt_text: &str, trust: &Trust, now: i64, unanswered: bool) -> Re
         Ok(user) => user,
         Err(e) => return Refusal::Jwt(e),
     };
+    // Not a ZESTER user at all: checking it against ZESTER would call it foreign.
+    let system = &trust.operator.claims().nats.system_account;
+    if !system.is_empty()
+        && (user.claims().nats.issuer_account == *system || user.claims().iss == *system)
+    {
+        return Refusal::SystemUser {
+            nkey: user.subject().to_string(),
+        };
+    }
     if let Err(e) = chain::verify_user(&trust.operator, &trust.account, &user, now) {
         return Refusal::Chain(e);
     }
@@ -488,6 +505,18 @@ mod tests {
         let foreign_sentinel = foreign.issue_sentinel(NOW).unwrap();
         assert!(!w.trust.is_sentinel(foreign_sentinel.token(), NOW));
         assert!(!w.trust.is_sentinel("not a jwt", NOW));
+    }
+
+    #[test]
+    fn a_refused_system_user_is_named_as_one_not_as_foreign() {
+        let w = world();
+        let sys = w.authority.issue_sys_creds(NOW).unwrap();
+        let refusal = diagnose(sys.jwt().token(), &w.trust, NOW, false);
+        assert_eq!(refusal.code(), "system_user_refused");
+        assert!(
+            refusal.to_string().contains("system account user"),
+            "{refusal}"
+        );
     }
 
     #[test]
