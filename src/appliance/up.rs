@@ -294,12 +294,14 @@ impl Appliance {
         }
         // The named admins are one list for the whole cluster: from here on the bucket's, with
         // `auth/admins.json` (which the trust was built from so far) its local copy.
-        let admins = crate::appliance::admins::AdminBucket::open(
-            store.clone(),
-            replicas,
-            home.clone(),
-            state.clone(),
-        )
+        let admins = opened(crate::wire::subjects::ADMINS_BUCKET, || {
+            crate::appliance::admins::AdminBucket::open(
+                store.clone(),
+                replicas,
+                home.clone(),
+                state.clone(),
+            )
+        })
         .await
         .map_err(|e| UpError::Admins(Box::new(e)))?;
         tasks.push(tokio::spawn(admins.clone().follow()));
@@ -1043,6 +1045,32 @@ async fn connect_own_announcing(
     }
 }
 
+/// How long `zester up` asks again to open a bucket while a forming cluster's JetStream is
+/// still settling (a meta leader just elected, the API timing out under load).
+const BUCKET_OPEN_WAIT: Duration = Duration::from_secs(30);
+
+/// `open()`, asked again once a second while it fails the way a settling cluster makes it
+/// fail for a moment (timeouts, "temporarily unavailable", no responders), for up to
+/// [`BUCKET_OPEN_WAIT`]; any other error, or the last one, is returned.
+async fn opened<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    bucket: &str,
+    mut open: impl FnMut() -> F,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    loop {
+        match open().await {
+            Err(e)
+                if started.elapsed() < BUCKET_OPEN_WAIT
+                    && crate::appliance::keys::store::is_transient(&e.to_string()) =>
+            {
+                tracing::info!(bucket, "{e}; asking again (JetStream is still settling)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Between steps 5 and 6, on a node of a cluster: waits for JetStream's meta leader, then
 /// announces this run's service and store users to the other nodes (whose callouts answer for
 /// this node's server too) and waits until the routed ones answered, so that both connect at
@@ -1187,7 +1215,7 @@ async fn start_nodes(
     let config = &prepared.config;
     let home = &prepared.home;
     let nodes = Arc::new(
-        NodeStore::open(store.clone(), replicas)
+        opened("zester-nodes", || NodeStore::open(store.clone(), replicas))
             .await
             .map_err(|e| UpError::Nodes(Box::new(e)))?
             .with_revoker(Revoker {
@@ -1317,9 +1345,11 @@ async fn serve_services(
     let mut tasks = vec![serve_status(service.clone(), status, audit.clone()).await?];
     state.set_enrol_rate(config.keys.enrol_rate);
     let tokens = Arc::new(
-        crate::appliance::tokens::TokenStore::open(store.clone(), replicas)
-            .await
-            .map_err(|e| UpError::Tokens(Box::new(e)))?,
+        opened("zester-tokens", || {
+            crate::appliance::tokens::TokenStore::open(store.clone(), replicas)
+        })
+        .await
+        .map_err(|e| UpError::Tokens(Box::new(e)))?,
     );
     let nodes = match config.clustered() {
         // A node with `[cluster] listen` answers joins, clustered or still the only one.
@@ -1364,8 +1394,12 @@ async fn serve_services(
             .await
             .map_err(nats_error("subscribing to the enrolment subjects"))?,
     );
-    let settings =
-        Arc::new(crate::appliance::settings::SettingsStore::open(store.clone(), replicas).await?);
+    let settings = Arc::new(
+        opened("zester-settings", || {
+            crate::appliance::settings::SettingsStore::open(store.clone(), replicas)
+        })
+        .await?,
+    );
     tasks.push(
         crate::appliance::settings::serve_peels(settings.clone(), service.clone(), audit.clone())
             .await
