@@ -74,8 +74,20 @@ pub fn start_all(nodes: &mut [Up], ports: &[u16], names: &[&str]) {
         let listen = format!("127.0.0.1:{}", ports[i]);
         node.spawn_with(&["--cluster-listen", &listen, "--node-name", names[i]]);
     }
-    for node in nodes.iter() {
-        node.wait_ready(NODE_READY);
+    let deadline = std::time::Instant::now() + NODE_READY;
+    while !nodes.iter().all(Up::is_ready) {
+        if std::time::Instant::now() >= deadline {
+            let mut report = String::new();
+            for (node, name) in nodes.iter().zip(names) {
+                report.push_str(&format!(
+                    "\n--- node {name}, ready: {}; its last lines:\n{}\n",
+                    node.is_ready(),
+                    node.log_tail()
+                ));
+            }
+            panic!("not every node was ready within {NODE_READY:?}:{report}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -65,9 +65,12 @@ impl Up {
 
     /// Waits (at most `limit`) until the spawned `zester up` says it is ready.
     pub fn wait_ready(&self, limit: Duration) {
-        self.wait_for(limit, "runtime.json", || {
-            self.home().join("nats/runtime.json").exists()
-        });
+        self.wait_for(limit, "runtime.json", || self.is_ready());
+    }
+
+    /// Whether the spawned `zester up` said it is ready (wrote `runtime.json`).
+    pub fn is_ready(&self) -> bool {
+        self.home().join("nats/runtime.json").exists()
     }
 
     /// Stops `zester up` as a service manager does (SIGTERM) and reaps it.
@@ -105,6 +108,24 @@ impl Up {
         std::fs::read_to_string(self.dir.path().join("zester.log")).unwrap_or_default()
     }
 
+    /// The last lines of the log that are zester's own or nats-server's warnings and errors:
+    /// a failure message ends with them, since a long log is cut in the middle where CI shows it.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("INFO audit: allowed"))
+            .filter(|l| {
+                !l.contains(" nats-server: ")
+                    || l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+                    || l.contains("[WRN]")
+                    || l.contains("[ERR]")
+            })
+            .collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
     pub fn runtime(&self) -> Value {
         serde_json::from_str(
             &std::fs::read_to_string(self.home().join("nats/runtime.json")).unwrap(),
@@ -134,8 +155,10 @@ impl Up {
         while !done() {
             assert!(
                 Instant::now() < deadline,
-                "{what} did not happen; zester log:\n{}",
-                self.log()
+                "{what} did not happen; zester log:\n{}\n\
+                 --- its last lines of zester's own and nats-server's warnings:\n{}",
+                self.log(),
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
