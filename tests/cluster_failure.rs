@@ -139,11 +139,9 @@ async fn connect_peel(
 /// then still sends the callout request, into the account the client was not yet bound to,
 /// where no callout listens: the refusal comes when the auth timeout, 10 s, runs out.)
 async fn admitted(client: &async_nats::Client, id: &str, within: Duration) -> bool {
-    let probe = client.request(format!("zester.event.{id}.probe"), "".into());
-    matches!(
-        tokio::time::timeout(within, probe).await,
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders
-    )
+    common::peel_admitted_within(client, id, within)
+        .await
+        .is_ok()
 }
 
 /// Whether `client` (peel `id`) is connected to a server other than `dead` and admitted there.

@@ -517,6 +517,9 @@ impl Appliance {
 const AUDIT_STREAM_WAIT: Duration = Duration::from_secs(5);
 /// How often a start that could not make the audit stream asks again.
 const AUDIT_STREAM_RETRY: Duration = Duration::from_secs(5);
+/// How long a forming cluster may take to place the audit stream's copies before the failure
+/// is a warning: on the nodes that start second and third it fails at first on every start.
+const AUDIT_STREAM_SETTLING: Duration = Duration::from_secs(60);
 
 /// How long [`Appliance::stop`] waits for the audit writer to write what is queued.
 const AUDIT_DRAIN: Duration = Duration::from_secs(5);
@@ -605,16 +608,33 @@ async fn open_audit_stream(
         Err(e) => {
             // Typical of a cluster's first seconds (the stream's peers are still being placed):
             // asked again in the background, so the records reach the stream once it exists.
-            tracing::warn!(
-                target: "audit",
+            // A single node has no such excuse; a cluster node warns once it lasts.
+            let clustered = prepared.clustered();
+            let what = format!(
                 "the audit stream {} could not be created or updated: {e}; asked again every {} s, publishing is retried, audit.log has every record",
                 crate::wire::audit::STREAM,
                 AUDIT_STREAM_RETRY.as_secs()
             );
+            match clustered {
+                true => tracing::info!(target: "audit", "{what} (the cluster is forming)"),
+                false => tracing::warn!(target: "audit", "{what}"),
+            }
             let js = js.clone();
             tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let mut warned = !clustered;
                 loop {
                     tokio::time::sleep(AUDIT_STREAM_RETRY).await;
+                    if !warned && started.elapsed() >= AUDIT_STREAM_SETTLING {
+                        warned = true;
+                        tracing::warn!(
+                            target: "audit",
+                            waited_secs = started.elapsed().as_secs(),
+                            "the audit stream {} is still not in the cluster: are more than half of the nodes up and routed? asked again every {} s, audit.log has every record",
+                            crate::wire::audit::STREAM,
+                            AUDIT_STREAM_RETRY.as_secs()
+                        );
+                    }
                     // Made meanwhile by another node: its copies are kept as they are.
                     if js.get_stream(crate::wire::audit::STREAM).await.is_ok() {
                         return;

@@ -359,8 +359,17 @@ pub async fn sync(client: &async_nats::Client, subject: &str) {
 /// which nothing serves, answered "no responders" (the server answers only an admitted
 /// connection; `connect` and `flush` succeeding prove nothing). The error says what came.
 pub async fn peel_admitted(client: &async_nats::Client, id: &str) -> Result<(), String> {
+    peel_admitted_within(client, id, Duration::from_secs(15)).await
+}
+
+/// [`peel_admitted`], waiting at most `within` for the round trip.
+pub async fn peel_admitted_within(
+    client: &async_nats::Client,
+    id: &str,
+    within: Duration,
+) -> Result<(), String> {
     let answer = tokio::time::timeout(
-        Duration::from_secs(15),
+        within,
         client.request(format!("zester.event.{id}.probe"), "".into()),
     )
     .await;
