@@ -97,18 +97,20 @@ async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
     // sees the names, never the values.
     let seed_file = a_creds.with_file_name("peel-a.xk");
     std::fs::write(&seed_file, peel_a_x.seed().unwrap()).unwrap();
-    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
-        .args(["peel", "run", "--server", &t.url(), "--creds"])
-        .arg(&a_creds)
-        .arg("--ca")
-        .arg(t.home.ca_cert())
-        .arg("--xkey")
-        .arg(&seed_file)
-        .args(["--from", &master_xkey])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = common::Reaped::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+            .args(["peel", "run", "--server", &t.url(), "--creds"])
+            .arg(&a_creds)
+            .arg("--ca")
+            .arg(t.home.ca_cert())
+            .arg("--xkey")
+            .arg(&seed_file)
+            .args(["--from", &master_xkey])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let master = t.master().await;
     let mut keys = serde_json::Value::Null;
     for _ in 0..60 {
@@ -130,7 +132,7 @@ async fn only_the_peel_reads_its_settings_and_opens_its_secrets() {
     assert_eq!(keys["keys"], serde_json::json!(["db", "region"]), "{keys}");
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let out = agent.wait_with_output().unwrap();
+    let out = agent.output();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("settings loaded"), "{log}");
     assert!(!log.contains("s3cret"), "a secret reached the log");

@@ -212,9 +212,10 @@ impl TestAppliance {
             .expect("run zester")
     }
 
-    /// Starts `zester peel run` with `creds` against this appliance (kill it when done).
-    pub fn peel_run(&self, creds: &Path) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
+    /// Starts `zester peel run` with `creds` against this appliance, killed when dropped (also
+    /// when the test fails before it stops the agent).
+    pub fn peel_run(&self, creds: &Path) -> super::Reaped {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zester"))
             .args(["peel", "run", "--server", &self.url(), "--creds"])
             .arg(creds)
             .arg("--ca")
@@ -222,7 +223,8 @@ impl TestAppliance {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("spawn zester peel run")
+            .expect("spawn zester peel run");
+        super::Reaped::new(child)
     }
 
     /// Stops the appliance (child first, callout last).

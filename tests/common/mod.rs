@@ -199,6 +199,20 @@ impl Reaped {
     }
 }
 
+/// The child itself, for a test that signals or waits for it before the drop.
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("not reaped yet")
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("not reaped yet")
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
