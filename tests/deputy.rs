@@ -364,10 +364,12 @@ async fn forged_rotation_notices_revoke_nothing() {
         "revocations were added: {}",
         claims["nats"]["revocations"]
     );
-    // The victim and the master still get in.
-    t.connect(&victim_creds, "_INBOX.web-02")
+    // The victim and the master still get in: admitted, proven by a round trip.
+    let victim = t
+        .connect(&victim_creds, "_INBOX.web-02")
         .await
         .expect("the victim still connects");
+    common::sync_peel(&victim.nats, "web-02").await;
     t.master().await;
     t.stop().await;
 }
@@ -550,8 +552,10 @@ async fn a_home_whose_account_revokes_zester_itself_is_repaired_at_start() {
         assert!(!revocations.contains_key(key), "{key} is still revoked");
     }
     t.master().await;
-    t.connect(&creds, "_INBOX.web-01")
+    let peel = t
+        .connect(&creds, "_INBOX.web-01")
         .await
         .expect("peels get in again");
+    common::sync_peel(&peel.nats, "web-01").await;
     t.stop().await;
 }

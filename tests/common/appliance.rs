@@ -196,10 +196,15 @@ impl TestAppliance {
     }
 
     /// Connects as the master (through the callout, with the master's inbox prefix).
+    /// Admitted, proven by a round trip (a request nothing serves, answered "no responders"):
+    /// async-nats calls a connection up before the callout has decided.
     pub async fn master(&self) -> Client {
-        self.connect(&self.home.service_creds("master"), "_INBOX._master")
+        let master = self
+            .connect(&self.home.service_creds("master"), "_INBOX._master")
             .await
-            .expect("the master connects through the callout")
+            .expect("the master connects through the callout");
+        super::sync(&master.nats, "_INBOX._master.admission-probe").await;
+        master
     }
 
     /// Runs the `zester` binary on this appliance's home.
