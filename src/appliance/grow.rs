@@ -646,15 +646,21 @@ async fn copy_bucket(
     for key in &plan.kept {
         tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster since the node grew: the cluster's history is kept, the standalone one is not copied");
     }
+    // The key's last revision is asked of the stream's leader: a bucket's `entry` is a direct
+    // get any replica answers, and a follower that has not applied this copy's last write yet
+    // gives an older revision, which the next write's expectation then fails on as if another
+    // node had changed the key (CI: zester-nodes left one key short, the grow refused).
+    let stream = js
+        .get_stream(&bucket.config.name)
+        .await
+        .map_err(|e| bucket_error("open in the cluster", name, set_aside)(e.into()))?;
     for (key, revisions) in &plan.append {
         // Each write expects the revision the key had when it was read: a node that changed
         // the key meanwhile (they serve while this one copies) keeps its change, and this
         // key's old history is left out, as for one that changed before the plan.
-        let mut expected = kv
-            .entry(key)
+        let mut expected = last_revision(&stream, name, key)
             .await
-            .map_err(|e| bucket_error("read", name, set_aside)(e.into()))?
-            .map_or(0, |entry| entry.revision);
+            .map_err(bucket_error("read", name, set_aside))?;
         for revision in revisions {
             let written: Result<(), async_nats::Error> = match revision {
                 Revision::Put(value) => kv
@@ -678,11 +684,9 @@ async fn copy_bucket(
                 }
                 return Err(bucket_error("write into", name, set_aside)(e));
             }
-            expected = kv
-                .entry(key)
+            expected = last_revision(&stream, name, key)
                 .await
-                .map_err(|e| bucket_error("read", name, set_aside)(e.into()))?
-                .map_or(0, |entry| entry.revision);
+                .map_err(bucket_error("read", name, set_aside))?;
         }
     }
     let check = plan_bucket(
@@ -698,6 +702,23 @@ async fn copy_bucket(
         });
     }
     Ok(plan)
+}
+
+/// The revision of `key`'s last record in bucket `bucket` (a put, a delete or a purge), 0 when
+/// it has none, as the stream's leader has it (the message-get API always reaches the leader).
+async fn last_revision(
+    stream: &jetstream::stream::Stream,
+    bucket: &str,
+    key: &str,
+) -> Result<u64, async_nats::Error> {
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(message) => Ok(message.sequence),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The bucket in the cluster, made with the standalone configuration if it is missing.
