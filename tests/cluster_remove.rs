@@ -109,11 +109,24 @@ fn until_ok(node: &Node, args: &[&str], nodes: &[Node]) {
 }
 
 fn logs(nodes: &[Node]) -> String {
-    nodes
+    let whole = nodes
         .iter()
         .map(|n| format!("--- {}\n{}", n.name, n.log()))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    // Last, where CI's report (which cuts a long one in the middle) keeps them.
+    let tails = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {}, its last lines:\n{}",
+                n.name,
+                common::log_tail(&n.log())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("{whole}\n{tails}")
 }
 
 #[test]
@@ -244,7 +257,14 @@ fn three_with_c_removed() -> (Vec<Node>, Instant) {
         || logs(&nodes),
     );
     let asked = Instant::now();
-    nodes[0].json(&["node", "remove", "c"]);
+    let removed = nodes[0].zester(&["node", "remove", "c", "--json"]);
+    assert!(
+        removed.status.success(),
+        "node remove c on a: {}{}\n{}",
+        String::from_utf8_lossy(&removed.stdout),
+        String::from_utf8_lossy(&removed.stderr),
+        logs(&nodes)
+    );
     wait(
         Duration::from_secs(30),
         "a and b without a route to c",

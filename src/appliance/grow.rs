@@ -43,6 +43,7 @@ use futures_util::StreamExt;
 
 use crate::appliance::broker::config::{quote, quote_path, HostPort};
 use crate::appliance::broker::supervisor::{BrokerError, Supervisor, SupervisorSettings};
+use crate::appliance::kv_leader;
 use crate::home::{self, Home, HomeError};
 
 /// The stream-name prefix of zester's buckets (`KV_zester-keys` …).
@@ -142,6 +143,26 @@ pub enum Revision {
     Delete,
     /// A purge marker (the revisions before it are gone).
     Purge,
+}
+
+impl Revision {
+    /// What a record read from a bucket is.
+    fn of(entry: &kv::Entry) -> Revision {
+        match entry.operation {
+            kv::Operation::Put => Revision::Put(entry.value.to_vec()),
+            kv::Operation::Delete => Revision::Delete,
+            kv::Operation::Purge => Revision::Purge,
+        }
+    }
+
+    /// The marker a record of `operation` is (`None` for a put, whose value tells it apart).
+    fn marker_of(operation: &kv::Operation) -> Option<&'static Revision> {
+        match operation {
+            kv::Operation::Put => None,
+            kv::Operation::Delete => Some(&Revision::Delete),
+            kv::Operation::Purge => Some(&Revision::Purge),
+        }
+    }
 }
 
 /// Every key of a bucket with its history, oldest revision first.
@@ -558,11 +579,7 @@ pub async fn read_bucket(
                 entry.map_err(|e| bucket_error("read", bucket, set_aside)(e.into()))?
             }
         };
-        let revision = match entry.operation {
-            kv::Operation::Put => Revision::Put(entry.value.to_vec()),
-            kv::Operation::Delete => Revision::Delete,
-            kv::Operation::Purge => Revision::Purge,
-        };
+        let revision = Revision::of(&entry);
         keys.entry(entry.key).or_default().push(revision);
         if entry.delta == 0 {
             break;
@@ -646,47 +663,75 @@ async fn copy_bucket(
     for key in &plan.kept {
         tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster since the node grew: the cluster's history is kept, the standalone one is not copied");
     }
-    // The key's last revision is asked of the stream's leader: a bucket's `entry` is a direct
-    // get any replica answers, and a follower that has not applied this copy's last write yet
-    // gives an older revision, which the next write's expectation then fails on as if another
-    // node had changed the key (CI: zester-nodes left one key short, the grow refused).
-    let stream = js
-        .get_stream(&bucket.config.name)
-        .await
-        .map_err(|e| bucket_error("open in the cluster", name, set_aside)(e.into()))?;
+    // The key's last revision is asked of the stream's leader ([`kv_leader`]): a follower
+    // that has not applied this copy's last write yet gives an older one, which the next
+    // write's expectation then fails on as if another node had changed the key (CI:
+    // zester-nodes left one key short, the grow refused).
     for (key, revisions) in &plan.append {
         // Each write expects the revision the key had when it was read: a node that changed
         // the key meanwhile (they serve while this one copies) keeps its change, and this
         // key's old history is left out, as for one that changed before the plan.
-        let mut expected = last_revision(&stream, name, key)
-            .await
-            .map_err(bucket_error("read", name, set_aside))?;
+        let history = bucket.keys.get(key).map(Vec::as_slice).unwrap_or_default();
+        let there = history.len().saturating_sub(revisions.len());
+        let mut expected = match there {
+            // The cluster lacked the key: the first write creates it, or fails if it is there.
+            0 => 0,
+            // The cluster's latest record must still be the one the plan saw.
+            _ => match kv_leader::entry(&kv, key)
+                .await
+                .map_err(|e| bucket_error("read", name, set_aside)(e.into()))?
+            {
+                Some(entry) if Revision::of(&entry) == history[there - 1] => entry.revision,
+                _ => {
+                    tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
+                    continue;
+                }
+            },
+        };
         for revision in revisions {
-            let written: Result<(), async_nats::Error> = match revision {
+            // The next write expects the revision this one made, never one read afterwards:
+            // a node that wrote the key in between (its own record at start, say) must make
+            // the next write fail, not be overwritten by the old history.
+            let written: Result<Option<u64>, async_nats::Error> = match revision {
                 Revision::Put(value) => kv
                     .update(key, value.clone().into(), expected)
                     .await
-                    .map(|_| ())
+                    .map(Some)
                     .map_err(Into::into),
                 Revision::Delete => kv
                     .delete_expect_revision(key, Some(expected))
                     .await
+                    .map(|_| None)
                     .map_err(Into::into),
                 Revision::Purge => kv
                     .purge_expect_revision(key, Some(expected))
                     .await
+                    .map(|_| None)
                     .map_err(Into::into),
             };
-            if let Err(e) = written {
-                if e.to_string().to_lowercase().contains("wrong last") {
+            let made = match written {
+                Ok(Some(made)) => made,
+                // A delete or a purge says no revision: the leader's latest record is this
+                // one only if it is that marker.
+                Ok(None) => match kv_leader::entry(&kv, key)
+                    .await
+                    .map_err(|e| bucket_error("read", name, set_aside)(e.into()))?
+                {
+                    Some(entry) if Revision::marker_of(&entry.operation) == Some(revision) => {
+                        entry.revision
+                    }
+                    _ => {
+                        tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
+                        break;
+                    }
+                },
+                Err(e) if e.to_string().to_lowercase().contains("wrong last") => {
                     tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
                     break;
                 }
-                return Err(bucket_error("write into", name, set_aside)(e));
-            }
-            expected = last_revision(&stream, name, key)
-                .await
-                .map_err(bucket_error("read", name, set_aside))?;
+                Err(e) => return Err(bucket_error("write into", name, set_aside)(e)),
+            };
+            expected = made;
         }
     }
     let check = plan_bucket(
@@ -702,23 +747,6 @@ async fn copy_bucket(
         });
     }
     Ok(plan)
-}
-
-/// The revision of `key`'s last record in bucket `bucket` (a put, a delete or a purge), 0 when
-/// it has none, as the stream's leader has it (the message-get API always reaches the leader).
-async fn last_revision(
-    stream: &jetstream::stream::Stream,
-    bucket: &str,
-    key: &str,
-) -> Result<u64, async_nats::Error> {
-    match stream
-        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
-        .await
-    {
-        Ok(message) => Ok(message.sequence),
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The bucket in the cluster, made with the standalone configuration if it is missing.

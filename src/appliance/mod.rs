@@ -22,6 +22,7 @@ pub mod enrol;
 pub mod grow;
 pub mod hook;
 pub mod keys;
+pub mod kv_leader;
 pub mod metrics;
 pub mod nodes;
 pub mod own_renewal;

@@ -182,6 +182,24 @@ impl Drop for NatsServer {
     }
 }
 
+/// The last 40 lines of a `zester up` log that are zester's own (but for the "allowed" audit
+/// lines) or nats-server's warnings and errors: a failure message ends with them, since CI
+/// shows a long log cut in the middle.
+pub fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("INFO audit: allowed"))
+        .filter(|l| {
+            !l.contains(" nats-server: ")
+                || l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains("[WRN]")
+                || l.contains("[ERR]")
+        })
+        .collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// A child process a test started, killed and reaped when dropped: also when the test
 /// panics before it would have stopped it.
 pub struct Reaped(Option<std::process::Child>);

@@ -184,7 +184,13 @@ impl Node {
             limit,
             &format!("{} ready", self.name),
             || self.log().contains("zester is ready"),
-            || self.log(),
+            || {
+                let log = self.log();
+                format!(
+                    "{log}\n--- its last lines of zester's own and nats-server's warnings:\n{}",
+                    super::log_tail(&log)
+                )
+            },
         );
     }
 
@@ -393,9 +399,26 @@ pub fn three_from(mut a: Node, b: Node, c: Node) -> Vec<Node> {
     for node in &mut nodes {
         node.spawn();
     }
-    for node in &nodes {
-        node.wait_ready(Duration::from_secs(60));
-    }
+    // Together, and when one is not ready, every node's end of the log says why.
+    wait(
+        Duration::from_secs(60),
+        "every node ready",
+        || nodes.iter().all(|n| n.log().contains("zester is ready")),
+        || {
+            nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "--- node {}, ready: {}; its last lines:\n{}",
+                        n.name,
+                        n.log().contains("zester is ready"),
+                        super::log_tail(&n.log())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
     // A node may die in the test: not before every copy is there (buckets made while the
     // meta group counted two nodes are raised within seconds).
     wait(

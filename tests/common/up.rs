@@ -108,22 +108,9 @@ impl Up {
         std::fs::read_to_string(self.dir.path().join("zester.log")).unwrap_or_default()
     }
 
-    /// The last lines of the log that are zester's own or nats-server's warnings and errors:
-    /// a failure message ends with them, since a long log is cut in the middle where CI shows it.
+    /// The end of the log that says why ([`super::log_tail`]).
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("INFO audit: allowed"))
-            .filter(|l| {
-                !l.contains(" nats-server: ")
-                    || l.contains(" WARN ")
-                    || l.contains(" ERROR ")
-                    || l.contains("[WRN]")
-                    || l.contains("[ERR]")
-            })
-            .collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        super::log_tail(&self.log())
     }
 
     pub fn runtime(&self) -> Value {
