@@ -663,10 +663,10 @@ async fn copy_bucket(
     for key in &plan.kept {
         tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster since the node grew: the cluster's history is kept, the standalone one is not copied");
     }
-    // The key's last revision is asked of the stream's leader ([`kv_leader`]): a follower
-    // that has not applied this copy's last write yet gives an older one, which the next
-    // write's expectation then fails on as if another node had changed the key (CI:
-    // zester-nodes left one key short, the grow refused).
+    // What a write expects comes from this copy's own writes, or else from the stream's
+    // leader (`kv_leader`): a follower that has not applied the latest write yet gives an
+    // older revision, which the write then fails on as if another node had changed the key
+    // (CI: zester-nodes was left one key short and the grow refused).
     for (key, revisions) in &plan.append {
         // Each write expects the revision the key had when it was read: a node that changed
         // the key meanwhile (they serve while this one copies) keeps its change, and this

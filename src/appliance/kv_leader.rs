@@ -42,8 +42,3 @@ pub async fn entry(kv: &kv::Store, key: &str) -> Result<Option<kv::Entry>, kv::E
         seen_current: false,
     }))
 }
-
-/// The revision of `key`'s latest record in `kv` as the leader has it, 0 when it has none.
-pub async fn revision(kv: &kv::Store, key: &str) -> Result<u64, kv::EntryError> {
-    Ok(entry(kv, key).await?.map_or(0, |entry| entry.revision))
-}
