@@ -46,6 +46,10 @@ use crate::appliance::broker::supervisor::{BrokerError, Supervisor, SupervisorSe
 use crate::appliance::kv_leader;
 use crate::home::{self, Home, HomeError};
 
+/// What the copy says of a key another node wrote while it was being copied.
+const CHANGED_WHILE_COPIED: &str =
+    "grow: this key changed in the cluster while it was copied: the cluster's history is kept";
+
 /// The stream-name prefix of zester's buckets (`KV_zester-keys` …).
 pub const BUCKET_STREAMS: &str = "KV_zester-";
 /// How long reading a bucket may wait for its next revision.
@@ -683,7 +687,7 @@ async fn copy_bucket(
             {
                 Some(entry) if Revision::of(&entry) == history[there - 1] => entry.revision,
                 _ => {
-                    tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
+                    tracing::warn!(bucket = %name, %key, "{CHANGED_WHILE_COPIED}");
                     continue;
                 }
             },
@@ -721,12 +725,12 @@ async fn copy_bucket(
                         entry.revision
                     }
                     _ => {
-                        tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
+                        tracing::warn!(bucket = %name, %key, "{CHANGED_WHILE_COPIED}");
                         break;
                     }
                 },
                 Err(e) if e.to_string().to_lowercase().contains("wrong last") => {
-                    tracing::warn!(bucket = %name, %key, "grow: this key changed in the cluster while it was copied: the cluster's history is kept");
+                    tracing::warn!(bucket = %name, %key, "{CHANGED_WHILE_COPIED}");
                     break;
                 }
                 Err(e) => return Err(bucket_error("write into", name, set_aside)(e)),
