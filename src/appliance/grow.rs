@@ -54,10 +54,17 @@ const CHANGED_WHILE_COPIED: &str =
 pub const BUCKET_STREAMS: &str = "KV_zester-";
 /// How long reading a bucket may wait for its next revision.
 const READ_STALL: Duration = Duration::from_secs(10);
-/// How many times one bucket's copy is tried (a bucket just made answers once it has a leader).
+/// How many times one bucket's copy is tried when it fails otherwise than on a cluster that
+/// cannot answer yet (a bucket just made answers once it has a leader). A cluster that cannot
+/// answer at all, the copy waits for as long as it takes.
 const COPY_ATTEMPTS: u32 = 20;
-/// The pause after the first failed attempt, growing by as much after each.
+/// The pause after the first failed attempt, growing by as much after each, up to
+/// [`COPY_BACKOFF_MAX`].
 const COPY_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest pause between two attempts.
+const COPY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a copy still waiting for the cluster says so at WARN.
+const SETTLING_WARN: Duration = Duration::from_secs(30);
 /// How long the private standalone server may take to restore the set-aside store.
 const READER_READY: Duration = Duration::from_secs(60);
 
@@ -607,16 +614,34 @@ pub async fn carry_over(
     let mut report = CarryReport::default();
     for bucket in &carried.buckets {
         let mut attempt = 0;
+        let started = std::time::Instant::now();
+        let mut warned = started;
         let done = loop {
             attempt += 1;
             match copy_bucket(&js, bucket, replicas, &set_aside).await {
                 Ok(done) => break done,
                 // A bucket just made in the cluster answers only once its replicas elected a
                 // leader; the plan is made again from what the cluster holds, so retrying never
-                // writes a revision twice.
-                Err(e) if attempt < COPY_ATTEMPTS && !matches!(e, GrowError::Unverified { .. }) => {
-                    tracing::info!(bucket = bucket.name(), attempt, "grow: {e}; trying again");
-                    tokio::time::sleep(COPY_BACKOFF * attempt).await;
+                // writes a revision twice. While the cluster cannot answer at all (its peers not
+                // up yet, no quorum), the copy waits for it as long as it takes.
+                Err(e) if !matches!(e, GrowError::Unverified { .. }) => {
+                    let transient = crate::appliance::keys::store::is_transient(&e.to_string());
+                    if !transient && attempt >= COPY_ATTEMPTS {
+                        return Err(e);
+                    }
+                    if warned.elapsed() >= SETTLING_WARN {
+                        warned = std::time::Instant::now();
+                        tracing::warn!(
+                            bucket = bucket.name(),
+                            attempt,
+                            waited_s = started.elapsed().as_secs(),
+                            "grow: {e}; still trying: are more than half of the nodes up and \
+                             routed? (`zester status` on one of them shows which)"
+                        );
+                    } else {
+                        tracing::info!(bucket = bucket.name(), attempt, "grow: {e}; trying again");
+                    }
+                    tokio::time::sleep((COPY_BACKOFF * attempt).min(COPY_BACKOFF_MAX)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -272,7 +272,14 @@ impl Appliance {
                 false => grow::Mode::Standalone,
             },
         )?;
-        let keys = Arc::new(KeyStore::open_replicated(store.clone(), replicas).await?);
+        let keys = Arc::new(
+            opened(
+                crate::wire::subjects::KEYS_BUCKET,
+                prepared.clustered(),
+                || KeyStore::open_replicated(store.clone(), replicas),
+            )
+            .await?,
+        );
         if prepared.clustered() {
             let mut streams: Vec<String> = crate::wire::subjects::BUCKETS
                 .iter()
@@ -294,14 +301,18 @@ impl Appliance {
         }
         // The named admins are one list for the whole cluster: from here on the bucket's, with
         // `auth/admins.json` (which the trust was built from so far) its local copy.
-        let admins = opened(crate::wire::subjects::ADMINS_BUCKET, || {
-            crate::appliance::admins::AdminBucket::open(
-                store.clone(),
-                replicas,
-                home.clone(),
-                state.clone(),
-            )
-        })
+        let admins = opened(
+            crate::wire::subjects::ADMINS_BUCKET,
+            prepared.clustered(),
+            || {
+                crate::appliance::admins::AdminBucket::open(
+                    store.clone(),
+                    replicas,
+                    home.clone(),
+                    state.clone(),
+                )
+            },
+        )
         .await
         .map_err(|e| UpError::Admins(Box::new(e)))?;
         tasks.push(tokio::spawn(admins.clone().follow()));
@@ -1065,25 +1076,56 @@ async fn connect_own_announcing(
     }
 }
 
-/// How long `zester up` asks again to open a bucket while a forming cluster's JetStream is
-/// still settling (a meta leader just elected, the API timing out under load).
+/// How long a single node's `zester up` asks again to open a bucket while its JetStream is
+/// still settling (the API timing out under load). A node of a cluster asks as long as it
+/// takes: its peers may be started by hand minutes apart, or be busy electing.
 const BUCKET_OPEN_WAIT: Duration = Duration::from_secs(30);
 
-/// `open()`, asked again once a second while it fails the way a settling cluster makes it
-/// fail for a moment (timeouts, "temporarily unavailable", no responders), for up to
-/// [`BUCKET_OPEN_WAIT`]; any other error, or the last one, is returned.
+/// `open()`, asked again once a second while it fails the way a settling JetStream makes it
+/// fail for a moment (timeouts, "temporarily unavailable", no responders, a peer still counted
+/// offline): for up to [`BUCKET_OPEN_WAIT`] on a single node, with no end on a node of a
+/// cluster (`clustered`), which says every [`BUCKET_OPEN_WAIT`] that it is still waiting. Any
+/// other error, or the last one, is returned.
 async fn opened<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     bucket: &str,
-    mut open: impl FnMut() -> F,
+    clustered: bool,
+    open: impl FnMut() -> F,
 ) -> Result<T, E> {
+    asked_until_settled(bucket, (!clustered).then_some(BUCKET_OPEN_WAIT), open).await
+}
+
+/// [`opened`] with its limit: `open()` asked again while it fails transiently, for up to
+/// `limit` (`None`: without end, a WARN every [`BUCKET_OPEN_WAIT`]).
+async fn asked_until_settled<T, E, F>(
+    bucket: &str,
+    limit: Option<Duration>,
+    mut open: impl FnMut() -> F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
     let started = std::time::Instant::now();
+    let mut warned = started;
     loop {
         match open().await {
             Err(e)
-                if started.elapsed() < BUCKET_OPEN_WAIT
+                if limit.is_none_or(|limit| started.elapsed() < limit)
                     && crate::appliance::keys::store::is_transient(&e.to_string()) =>
             {
-                tracing::info!(bucket, "{e}; asking again (JetStream is still settling)");
+                if warned.elapsed() >= BUCKET_OPEN_WAIT {
+                    warned = std::time::Instant::now();
+                    let waited = started.elapsed().as_secs();
+                    tracing::warn!(
+                        bucket,
+                        waited_s = waited,
+                        "{e}; still asking: the cluster's JetStream has not settled for {waited} s \
+                         (are more than half of the nodes up and routed? `zester status` on one \
+                         of them shows which)"
+                    );
+                } else {
+                    tracing::info!(bucket, "{e}; asking again (JetStream is still settling)");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
@@ -1235,14 +1277,16 @@ async fn start_nodes(
     let config = &prepared.config;
     let home = &prepared.home;
     let nodes = Arc::new(
-        opened("zester-nodes", || NodeStore::open(store.clone(), replicas))
-            .await
-            .map_err(|e| UpError::Nodes(Box::new(e)))?
-            .with_revoker(Revoker {
-                authority: prepared.authority.clone(),
-                home: home.clone(),
-                endpoint: endpoint.clone(),
-            }),
+        opened("zester-nodes", prepared.clustered(), || {
+            NodeStore::open(store.clone(), replicas)
+        })
+        .await
+        .map_err(|e| UpError::Nodes(Box::new(e)))?
+        .with_revoker(Revoker {
+            authority: prepared.authority.clone(),
+            home: home.clone(),
+            endpoint: endpoint.clone(),
+        }),
     );
     let now = now_unix();
     let cluster_port = HostPort::parse("cluster.listen", &config.cluster.listen)?.port();
@@ -1365,7 +1409,7 @@ async fn serve_services(
     let mut tasks = vec![serve_status(service.clone(), status, audit.clone()).await?];
     state.set_enrol_rate(config.keys.enrol_rate);
     let tokens = Arc::new(
-        opened("zester-tokens", || {
+        opened("zester-tokens", prepared.clustered(), || {
             crate::appliance::tokens::TokenStore::open(store.clone(), replicas)
         })
         .await
@@ -1415,7 +1459,7 @@ async fn serve_services(
             .map_err(nats_error("subscribing to the enrolment subjects"))?,
     );
     let settings = Arc::new(
-        opened("zester-settings", || {
+        opened("zester-settings", prepared.clustered(), || {
             crate::appliance::settings::SettingsStore::open(store.clone(), replicas)
         })
         .await?,
@@ -2179,5 +2223,40 @@ mod tests {
         );
         assert_eq!(held("garbage", "2026-11-24T00:00:00Z"), None);
         assert_eq!(held_for(None, Some("2026-11-24T00:00:00Z")), None);
+    }
+
+    /// A bucket whose cluster is not ready fails transiently three times, then opens; `tries`
+    /// counts how often it was asked.
+    async fn open_on_the_fourth(tries: &std::cell::Cell<u32>) -> Result<&'static str, String> {
+        tries.set(tries.get() + 1);
+        match tries.get() {
+            1..=3 => Err("no suitable peers for placement, peer offline (code 400)".into()),
+            _ => Ok("opened"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_settling_cluster_is_waited_for_and_a_single_node_gives_up_in_time() {
+        // Without a limit (a node of a cluster): asked until it opens.
+        let tries = std::cell::Cell::new(0);
+        let opened = asked_until_settled("b", None, || open_on_the_fourth(&tries)).await;
+        assert_eq!((opened, tries.get()), (Ok("opened"), 4));
+        // With one (a single node): the transient error it still had at the limit is returned.
+        let tries = std::cell::Cell::new(0);
+        let limit = Some(Duration::from_millis(1500));
+        let opened = asked_until_settled("b", limit, || open_on_the_fourth(&tries)).await;
+        assert!(tries.get() < 4, "asked {} times", tries.get());
+        assert!(opened.is_err_and(|e| e.contains("no suitable peers")));
+        // Any other error at once.
+        let tries = std::cell::Cell::new(0);
+        let opened = asked_until_settled("b", None, || async {
+            tries.set(tries.get() + 1);
+            Err::<(), _>("permissions violation".to_string())
+        })
+        .await;
+        assert_eq!(
+            (opened, tries.get()),
+            (Err("permissions violation".into()), 1)
+        );
     }
 }

@@ -77,15 +77,13 @@ pub fn start_all(nodes: &mut [Up], ports: &[u16], names: &[&str]) {
     let deadline = std::time::Instant::now() + NODE_READY;
     while !nodes.iter().all(Up::is_ready) {
         if std::time::Instant::now() >= deadline {
-            let mut report = String::new();
-            for (node, name) in nodes.iter().zip(names) {
-                report.push_str(&format!(
-                    "\n--- node {name}, ready: {}; its last lines:\n{}\n",
-                    node.is_ready(),
-                    node.log_tail()
-                ));
-            }
-            panic!("not every node was ready within {NODE_READY:?}:{report}");
+            let report = super::nodes_report(
+                nodes
+                    .iter()
+                    .zip(names)
+                    .map(|(node, name)| (*name, node.is_ready(), node.log())),
+            );
+            panic!("not every node was ready within {NODE_READY:?}:\n{report}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

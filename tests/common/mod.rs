@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod nodes;
 pub mod up;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -184,7 +185,9 @@ impl Drop for NatsServer {
 
 /// The last 40 lines of a `zester up` log that are zester's own (but for the "allowed" audit
 /// lines) or nats-server's warnings and errors: a failure message ends with them, since CI
-/// shows a long log cut in the middle.
+/// shows a long log cut in the middle. A line repeated but for its numbers (nats-server's
+/// "Error trying to connect to route (attempt 57)" every second) is kept once, at its last
+/// place, with how often it came.
 pub fn log_tail(log: &str) -> String {
     let lines: Vec<&str> = log
         .lines()
@@ -197,7 +200,46 @@ pub fn log_tail(log: &str) -> String {
                 || l.contains("[ERR]")
         })
         .collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    // A line's shape: without its timestamp (the first word) and its digits.
+    let shape = |line: &str| -> String {
+        let text = line.split_once(' ').map_or(line, |(_, rest)| rest);
+        text.chars().filter(|c| !c.is_ascii_digit()).collect()
+    };
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for line in &lines {
+        *count.entry(shape(line)).or_default() += 1;
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut kept: Vec<String> = Vec::new();
+    for line in &lines {
+        let key = shape(line);
+        let n = count[&key];
+        let at = seen.entry(key).or_default();
+        *at += 1;
+        match n {
+            1 => kept.push(line.to_string()),
+            n if *at == n => kept.push(format!("{line}  [{n} lines like this one]")),
+            _ => {}
+        }
+    }
+    kept[kept.len().saturating_sub(40)..].join("\n")
+}
+
+/// Every node's end of the log for a failure message, the nodes that are not ready last (CI
+/// keeps a long message's end): `(name, ready, log)` of each.
+pub fn nodes_report<'a>(nodes: impl IntoIterator<Item = (&'a str, bool, String)>) -> String {
+    let mut nodes: Vec<_> = nodes.into_iter().collect();
+    nodes.sort_by_key(|(_, ready, _)| !*ready);
+    nodes
+        .iter()
+        .map(|(name, ready, log)| {
+            format!(
+                "--- node {name}, ready: {ready}; its last lines:\n{}",
+                log_tail(log)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A child process a test started, killed and reaped when dropped: also when the test

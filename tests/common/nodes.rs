@@ -405,18 +405,10 @@ pub fn three_from(mut a: Node, b: Node, c: Node) -> Vec<Node> {
         "every node ready",
         || nodes.iter().all(|n| n.log().contains("zester is ready")),
         || {
-            nodes
-                .iter()
-                .map(|n| {
-                    format!(
-                        "--- node {}, ready: {}; its last lines:\n{}",
-                        n.name,
-                        n.log().contains("zester is ready"),
-                        super::log_tail(&n.log())
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
+            super::nodes_report(nodes.iter().map(|n| {
+                let log = n.log();
+                (n.name.as_str(), log.contains("zester is ready"), log)
+            }))
         },
     );
     // A node may die in the test: not before every copy is there (buckets made while the
