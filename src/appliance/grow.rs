@@ -16,7 +16,7 @@
 //! 2. A private standalone nats-server (127.0.0.1, a port the OS picks, a user key only this
 //!    process holds, gone within seconds) opens the set-aside store, and every zester
 //!    bucket (`KV_zester-*`) is read into memory with its configuration and each key's whole
-//!    history ([`read_bucket`]).
+//!    history (`read_bucket`).
 //! 3. Once clustered JetStream has a meta leader and zester's store connection is up — before
 //!    any of this node's stores opens and before it serves anything — [`carry_over`] creates
 //!    the buckets the cluster lacks (with the standalone one's configuration and the cluster's
@@ -552,7 +552,8 @@ async fn read_buckets(js: &jetstream::Context, set_aside: &Path) -> Result<Vec<B
             .get_key_value(&bucket)
             .await
             .map_err(|e| bucket_error("open", &bucket, set_aside)(e.into()))?;
-        let keys = read_bucket(&kv, &bucket, info.state.messages, set_aside).await?;
+        let state = (info.state.messages, info.state.last_sequence);
+        let keys = read_bucket(&kv, &bucket, state, set_aside).await?;
         buckets.push(Bucket {
             config: info.config,
             keys,
@@ -561,11 +562,16 @@ async fn read_buckets(js: &jetstream::Context, set_aside: &Path) -> Result<Vec<B
     Ok(buckets)
 }
 
-/// Every key of bucket `kv` (holding `messages` revisions) with its whole history.
-pub async fn read_bucket(
+/// Every key of bucket `kv` with its whole history, up to at least revision `last` (the
+/// stream's last sequence as its leader reported it; `messages`, how many it holds).
+///
+/// The watch's consumer may run on a follower that has not applied the latest writes yet: it
+/// then says "nothing pending" before `last` (CI: right after the copy, its check saw a key one
+/// revision short, and the grow refused). Such a read goes on until `last` arrives.
+async fn read_bucket(
     kv: &kv::Store,
     bucket: &str,
-    messages: u64,
+    (messages, last): (u64, u64),
     set_aside: &Path,
 ) -> Result<Histories, GrowError> {
     let mut keys = Histories::new();
@@ -591,8 +597,9 @@ pub async fn read_bucket(
             }
         };
         let revision = Revision::of(&entry);
+        let caught_up = entry.delta == 0 && entry.revision >= last;
         keys.entry(entry.key).or_default().push(revision);
-        if entry.delta == 0 {
+        if caught_up {
             break;
         }
     }
@@ -811,14 +818,14 @@ async fn read_cluster(
     set_aside: &Path,
 ) -> Result<Histories, GrowError> {
     let name = bucket.name();
-    let messages = js
+    let state = js
         .get_stream(&bucket.config.name)
         .await
         .map_err(|e| bucket_error("read the state in the cluster of", name, set_aside)(e.into()))?
         .cached_info()
         .state
-        .messages;
-    read_bucket(kv, name, messages, set_aside).await
+        .clone();
+    read_bucket(kv, name, (state.messages, state.last_sequence), set_aside).await
 }
 
 #[cfg(test)]
