@@ -295,7 +295,7 @@ impl AdminBucket {
     pub async fn read(&self) -> Result<Stored, AdminsError> {
         let mut waited = Duration::ZERO;
         let entry = loop {
-            match crate::appliance::kv_leader::entry(&self.kv, KEY).await {
+            match self.kv.entry(KEY).await {
                 Ok(entry) => break entry,
                 Err(error) if waited < ELECTION_WAIT && is_transient(&error.to_string()) => {
                     tokio::time::sleep(ELECTION_POLL).await;

@@ -431,9 +431,7 @@ impl KeyStore {
                 // An attempt refused "at once" may still have landed: if the bucket holds
                 // exactly this record (its history carries this write's time), it is ours.
                 if retried {
-                    if let Ok(Some(entry)) =
-                        crate::appliance::kv_leader::entry(&self.kv, id.as_str()).await
-                    {
+                    if let Ok(Some(entry)) = self.kv.entry(id.as_str()).await {
                         if entry.operation == kv::Operation::Put
                             && entry.value.as_ref() == record.to_json().as_slice()
                         {
@@ -443,7 +441,7 @@ impl KeyStore {
                     }
                 }
                 // Only for the message: if this read fails, say what we know.
-                let found = match crate::appliance::kv_leader::entry(&self.kv, id.as_str()).await {
+                let found = match self.kv.entry(id.as_str()).await {
                     Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                         Some(entry.revision)
                     }
@@ -474,9 +472,7 @@ impl KeyStore {
             Ok(()) => {
                 // The delete's revision is its marker's (async-nats does not return it); if
                 // that read fails, the watch delivers the delete as usual.
-                if let Ok(Some(marker)) =
-                    crate::appliance::kv_leader::entry(&self.kv, id.as_str()).await
-                {
+                if let Ok(Some(marker)) = self.kv.entry(id.as_str()).await {
                     self.wrote(marker.revision);
                 }
                 Ok(())
@@ -498,15 +494,20 @@ impl KeyStore {
         }
     }
 
-    /// Reads the record of `id` from the bucket (not the cache) with its revision, as the
-    /// stream's leader has it (a compare-and-set expects that revision; a follower may lag);
-    /// `None` when there is none (or it was deleted).
+    /// Reads the record of `id` from the bucket (not the cache) with its revision; `None` when
+    /// there is none (or it was deleted).
+    ///
+    /// A direct get, which any copy answers, not the stream's leader (`kv_leader`): while a
+    /// cluster elects a new leader (its node just died) only the copies answer, and an admin's
+    /// revoke must not wait seconds for the read (CI, with leader reads: "did not answer within
+    /// 10 s"). A copy that lags can only make the compare-and-set that follows fail as a
+    /// conflict, never lose a write.
     pub async fn get(&self, id: &PeelId) -> Result<Option<(KeyRecord, u64)>, KeyStoreError> {
         // While a cluster elects the bucket's new leader (its node just died), reads fail for a
         // few seconds ("no stream found", "no responders"): a read is safe to ask again.
         let mut waited = Duration::ZERO;
         let entry = loop {
-            match crate::appliance::kv_leader::entry(&self.kv, id.as_str()).await {
+            match self.kv.entry(id.as_str()).await {
                 Ok(entry) => break entry,
                 Err(error) if waited < ELECTION_WAIT && is_transient(&error.to_string()) => {
                     tokio::time::sleep(ELECTION_POLL).await;
