@@ -566,8 +566,9 @@ async fn read_buckets(js: &jetstream::Context, set_aside: &Path) -> Result<Vec<B
 /// stream's last sequence as its leader reported it; `messages`, how many it holds).
 ///
 /// The watch's consumer may run on a follower that has not applied the latest writes yet: it
-/// then says "nothing pending" before `last` (CI: right after the copy, its check saw a key one
-/// revision short, and the grow refused). Such a read goes on until `last` arrives.
+/// then says "nothing pending" before `last` (in a full test run the check right after the
+/// copy saw a key one revision short, and the grow refused). Such a read goes on until `last`
+/// arrives.
 async fn read_bucket(
     kv: &kv::Store,
     bucket: &str,
