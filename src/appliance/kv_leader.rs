@@ -4,7 +4,29 @@
 //! copies were raised, say) gives an older record. A read whose revision a compare-and-set
 //! then expects, or whose fields a change is built from, must be the latest: these are.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{kv, stream::LastRawMessageErrorKind};
+
+/// How long [`latest`] waits for the stream's leader before it asks the nearest copy.
+const LEADER_WAIT: Duration = Duration::from_secs(1);
+
+/// [`entry`] if the stream's leader answers within [`LEADER_WAIT`], else the nearest copy's
+/// record (the bucket's own direct get, which any copy answers).
+///
+/// While a cluster elects a new leader for the stream (its node just died) no leader answers
+/// for seconds, and each leader read would wait out the JetStream API's 5 s timeout and fail
+/// (`node list` right after the records' leader was killed). A copy that lags can only make a
+/// compare-and-set that follows fail as a conflict, never lose a write. Where a stale record
+/// would do harm by itself (the grow's copy), [`entry`] is used.
+pub async fn latest(kv: &kv::Store, key: &str) -> Result<Option<kv::Entry>, kv::EntryError> {
+    match tokio::time::timeout(LEADER_WAIT, entry(kv, key)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) if !crate::appliance::keys::store::is_transient(&e.to_string()) => Err(e),
+        // No leader yet ("no responders" at once, or no answer in time).
+        _ => kv.entry(key).await,
+    }
+}
 
 /// The latest record of `key` in bucket `kv`, as its stream's leader has it: its value, its
 /// revision and what it was (a put, a delete or a purge); `None` when the key has none.

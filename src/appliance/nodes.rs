@@ -227,7 +227,7 @@ impl NodeStore {
 
     /// The record of node `name` and its revision.
     pub async fn get(&self, name: &str) -> Result<Option<(NodeRecord, u64)>, NodeError> {
-        let Some(entry) = crate::appliance::kv_leader::entry(&self.kv, name).await? else {
+        let Some(entry) = crate::appliance::kv_leader::latest(&self.kv, name).await? else {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {

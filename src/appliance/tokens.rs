@@ -100,7 +100,7 @@ impl TokenStore {
 
     /// The record of token `id` and its revision.
     pub async fn get(&self, id: &str) -> Result<Option<(TokenRecord, u64)>, TokenStoreError> {
-        let Some(entry) = crate::appliance::kv_leader::entry(&self.kv, id).await? else {
+        let Some(entry) = crate::appliance::kv_leader::latest(&self.kv, id).await? else {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {
