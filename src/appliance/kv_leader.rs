@@ -11,7 +11,7 @@ use async_nats::jetstream::{kv, stream::LastRawMessageErrorKind};
 /// How long [`latest`] waits for the stream's leader before it asks the nearest copy.
 const LEADER_WAIT: Duration = Duration::from_secs(1);
 
-/// [`entry`] if the stream's leader answers within [`LEADER_WAIT`], else the nearest copy's
+/// [`entry`] if the stream's leader answers within 1 s (`LEADER_WAIT`), else the nearest copy's
 /// record (the bucket's own direct get, which any copy answers).
 ///
 /// While a cluster elects a new leader for the stream (its node just died) no leader answers
