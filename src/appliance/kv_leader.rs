@@ -2,7 +2,9 @@
 //! get when the stream allows it (zester's buckets do), and on a cluster any replica answers
 //! that: a follower that has not applied the latest write yet (one just added when a bucket's
 //! copies were raised, say) gives an older record. A read whose revision a compare-and-set
-//! then expects, or whose fields a change is built from, must be the latest: these are.
+//! then expects, or whose fields a change is built from, must be the latest: [`entry`] always
+//! is (the grow's copy uses it); [`latest`] is unless the stream has no leader for a moment,
+//! when it gives the nearest copy's record rather than wait (the node and token records).
 
 use std::time::Duration;
 

@@ -200,28 +200,26 @@ pub fn log_tail(log: &str) -> String {
                 || l.contains("[ERR]")
         })
         .collect();
-    // A line's shape: without its timestamp (the first word) and its digits.
+    // A line's shape: without its timestamp (the first word) and its digits. Each shape is
+    // kept at its last place, with how often it came.
     let shape = |line: &str| -> String {
         let text = line.split_once(' ').map_or(line, |(_, rest)| rest);
         text.chars().filter(|c| !c.is_ascii_digit()).collect()
     };
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for line in &lines {
-        *count.entry(shape(line)).or_default() += 1;
+    let mut last: HashMap<String, (usize, usize)> = HashMap::new();
+    for (at, line) in lines.iter().enumerate() {
+        let (place, count) = last.entry(shape(line)).or_default();
+        (*place, *count) = (at, *count + 1);
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut kept: Vec<String> = Vec::new();
-    for line in &lines {
-        let key = shape(line);
-        let n = count[&key];
-        let at = seen.entry(key).or_default();
-        *at += 1;
-        match n {
-            1 => kept.push(line.to_string()),
-            n if *at == n => kept.push(format!("{line}  [{n} lines like this one]")),
-            _ => {}
-        }
-    }
+    let kept: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(at, line)| match last[&shape(line)] {
+            (place, _) if place != at => None,
+            (_, 1) => Some(line.to_string()),
+            (_, count) => Some(format!("{line}  [{count} lines like this one]")),
+        })
+        .collect();
     kept[kept.len().saturating_sub(40)..].join("\n")
 }
 
